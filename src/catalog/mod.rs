@@ -1,0 +1,468 @@
+//! The operations people and devices perform on the catalog of bundles and releases. Every
+//! rule lives here once; the REST API, the UI and (later) the operator all call these.
+
+pub mod staging;
+pub mod target_cache;
+pub mod zip_check;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::domain::channel::Channel;
+use crate::domain::device::{DeviceInfo, DeviceRefusal};
+use crate::domain::names::{check_app_id, check_bundle_version, check_native_version};
+use crate::domain::stats::StatsEvent;
+use crate::domain::update::ChannelTarget;
+use crate::domain::{
+    now_millis, Bundle, BundleEncryption, ChannelName, InvalidInput, Platform, RecordId, Release,
+    ReleaseKey, UnixMillis,
+};
+use crate::store::{BlobStore, MetadataStore, StoreError};
+use staging::StagedBlob;
+use target_cache::{Resolution, TargetCache, TargetKey};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<InvalidInput> for CatalogError {
+    fn from(e: InvalidInput) -> CatalogError {
+        CatalogError::Invalid(e.0)
+    }
+}
+
+impl From<StoreError> for CatalogError {
+    fn from(e: StoreError) -> CatalogError {
+        match e {
+            StoreError::Conflict(detail) => CatalogError::Conflict(detail),
+            StoreError::Unavailable(detail) => {
+                CatalogError::Unavailable(format!("the metadata store is unavailable: {detail}"))
+            }
+            StoreError::Internal(detail) => CatalogError::Internal(detail),
+        }
+    }
+}
+
+/// A bundle upload's fields, before the bytes are checked.
+#[derive(Debug, Clone, Default)]
+pub struct NewBundle {
+    pub app_id: String,
+    pub version_name: String,
+    pub description: String,
+    /// Set for encrypted uploads (`bundle encrypt` output).
+    pub session_key: Option<String>,
+    /// The encrypted checksum for encrypted uploads; for plain uploads, an optional SHA-256
+    /// the stored bytes must match.
+    pub checksum: Option<String>,
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRelease {
+    pub platform: String,
+    pub app_id: String,
+    pub version_name: String,
+    pub version_code: String,
+    pub builtin_bundle_id: String,
+}
+
+pub struct Catalog {
+    metadata: Arc<dyn MetadataStore>,
+    blobs: Arc<dyn BlobStore>,
+    targets: TargetCache,
+}
+
+impl Catalog {
+    pub fn new(
+        metadata: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+        cache_duration: Duration,
+    ) -> Catalog {
+        Catalog {
+            metadata,
+            blobs,
+            targets: TargetCache::new(cache_duration),
+        }
+    }
+
+    pub fn download_url(&self, bundle: &Bundle) -> String {
+        self.blobs.download_url(&bundle.blob_key)
+    }
+
+    pub fn blobs(&self) -> &dyn BlobStore {
+        self.blobs.as_ref()
+    }
+
+    // ---- device side -------------------------------------------------------------------
+
+    /// What the device's release and channel serve now (cached; see [`TargetCache`]).
+    pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<Resolution, CatalogError> {
+        let key = TargetKey {
+            release: device.release.clone(),
+            channel: device.channel_or_default(),
+        };
+        let generation = match self.targets.get(&key) {
+            Ok(resolution) => return Ok(resolution),
+            Err(generation) => generation,
+        };
+        let resolution = Arc::new(self.load_target(&key).await?);
+        self.targets.store(key, generation, resolution.clone());
+        Ok(resolution)
+    }
+
+    async fn load_target(
+        &self,
+        key: &TargetKey,
+    ) -> Result<Result<ChannelTarget, DeviceRefusal>, CatalogError> {
+        let Some(release) = self.metadata.release_by_key(&key.release).await? else {
+            return Ok(Err(DeviceRefusal::failed(
+                "no_release",
+                format!("No release is registered for {}", key.release),
+            )));
+        };
+        let bundle_id = release.bundle_for(&key.channel);
+        let Some(bundle) = self.metadata.bundle(bundle_id).await? else {
+            return Ok(Err(DeviceRefusal::failed(
+                "no_bundle",
+                format!("The bundle of channel {} is missing", key.channel),
+            )));
+        };
+        Ok(Ok(ChannelTarget {
+            url: self.download_url(&bundle),
+            is_builtin: bundle.id == release.builtin_bundle_id,
+            bundle,
+        }))
+    }
+
+    pub async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, CatalogError> {
+        Ok(self.metadata.channels(app_id).await?)
+    }
+
+    pub async fn record_stats(&self, events: &[StatsEvent]) -> Result<(), CatalogError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        Ok(self.metadata.insert_stats(events).await?)
+    }
+
+    // ---- bundles -----------------------------------------------------------------------
+
+    /// Checks an upload's fields before its bytes are read, so a bad or duplicate upload is
+    /// refused without receiving the whole file.
+    pub async fn check_new_bundle(&self, new: &NewBundle) -> Result<(), CatalogError> {
+        check_app_id(&new.app_id)?;
+        check_bundle_version(&new.version_name)?;
+        if self
+            .metadata
+            .bundle_by_version(&new.app_id, &new.version_name)
+            .await?
+            .is_some()
+        {
+            return Err(duplicate_bundle(new));
+        }
+        Ok(())
+    }
+
+    /// Checks the staged bytes, stores them, then records the bundle. A failure at any step
+    /// leaves neither a record nor a stored object behind.
+    pub async fn add_bundle(
+        &self,
+        new: NewBundle,
+        staged: StagedBlob,
+    ) -> Result<Bundle, CatalogError> {
+        self.check_new_bundle(&new).await?;
+        if new.description.len() > 4096 {
+            return Err(CatalogError::Invalid(
+                "description is longer than 4096 characters".into(),
+            ));
+        }
+        if staged.size == 0 {
+            return Err(CatalogError::Invalid("the bundle file is empty".into()));
+        }
+        let encryption = match new.session_key {
+            Some(session_key) => {
+                // Ciphertext is not a zip: the uploader's checksum is what devices verify.
+                Some(BundleEncryption::new(
+                    session_key,
+                    new.checksum,
+                    new.key_id,
+                )?)
+            }
+            None => {
+                if new.key_id.is_some() {
+                    return Err(CatalogError::Invalid(
+                        "key_id is only meaningful for encrypted bundles (with session_key)".into(),
+                    ));
+                }
+                let path = staged.path().to_path_buf();
+                tokio::task::spawn_blocking(move || zip_check::check_bundle_zip(&path))
+                    .await
+                    .map_err(|e| CatalogError::Internal(format!("zip check task failed: {e}")))??;
+                if let Some(expected) = &new.checksum {
+                    let expected = expected.to_ascii_lowercase();
+                    if expected != staged.sha256 && expected != staged.crc32 {
+                        return Err(CatalogError::Invalid(format!(
+                            "checksum mismatch: the upload's SHA-256 is {}, the request said {expected}",
+                            staged.sha256
+                        )));
+                    }
+                }
+                None
+            }
+        };
+        let id = RecordId::generate();
+        let bundle = Bundle {
+            blob_key: Bundle::blob_key_for(&id),
+            id,
+            app_id: new.app_id,
+            version_name: new.version_name,
+            description: new.description,
+            sha256: staged.sha256.clone(),
+            crc32: staged.crc32.clone(),
+            size: staged.size,
+            encryption,
+            created_at: now_millis(),
+        };
+        self.blobs.put_file(&bundle.blob_key, staged.path()).await?;
+        if let Err(e) = self.metadata.insert_bundle(&bundle).await {
+            self.remove_blob(&bundle.blob_key).await;
+            return Err(match e {
+                StoreError::Conflict(_) => {
+                    duplicate_bundle_of(&bundle.app_id, &bundle.version_name)
+                }
+                other => other.into(),
+            });
+        }
+        Ok(bundle)
+    }
+
+    pub async fn bundle(&self, id: &str) -> Result<Bundle, CatalogError> {
+        let id = RecordId::parse(id, "bundle id")?;
+        self.metadata
+            .bundle(&id)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("bundle {id} does not exist")))
+    }
+
+    pub async fn list_bundles(&self) -> Result<Vec<Bundle>, CatalogError> {
+        Ok(self.metadata.list_bundles().await?)
+    }
+
+    /// Deletes a bundle no release uses, then its stored bytes.
+    pub async fn delete_bundle(&self, id: &str) -> Result<Bundle, CatalogError> {
+        let bundle = self.bundle(id).await?;
+        let users = self.metadata.releases_using_bundle(&bundle.id).await?;
+        if !users.is_empty() {
+            return Err(bundle_in_use(&bundle, &users));
+        }
+        match self.metadata.delete_bundle(&bundle.id).await {
+            Ok(_) => {}
+            // A release started using it between our check and the delete.
+            Err(StoreError::Conflict(_)) => {
+                let users = self.metadata.releases_using_bundle(&bundle.id).await?;
+                return Err(bundle_in_use(&bundle, &users));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.remove_blob(&bundle.blob_key).await;
+        Ok(bundle)
+    }
+
+    /// Deletes a stored object; a failure only leaves an orphan for [`Catalog::sweep_orphans`].
+    async fn remove_blob(&self, key: &str) {
+        if let Err(e) = self.blobs.delete(key).await {
+            tracing::warn!(blob = key, error = %e, "could not delete a stored bundle; the orphan sweep will retry");
+        }
+    }
+
+    /// Deletes stored objects that no bundle record refers to and that are older than
+    /// `min_age` (younger ones may belong to an upload in progress).
+    pub async fn sweep_orphans(&self, min_age: Duration) -> Result<usize, CatalogError> {
+        let in_use: HashSet<String> = self
+            .metadata
+            .bundle_blob_keys()
+            .await?
+            .into_iter()
+            .collect();
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for blob in self.blobs.list().await? {
+            let age = now.duration_since(blob.modified).unwrap_or_default();
+            if !in_use.contains(&blob.key) && age >= min_age {
+                self.blobs.delete(&blob.key).await?;
+                tracing::info!(blob = blob.key, "removed an orphaned bundle object");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // ---- releases ----------------------------------------------------------------------
+
+    pub async fn create_release(&self, new: NewRelease) -> Result<Release, CatalogError> {
+        let platform: Platform = new.platform.parse()?;
+        check_app_id(&new.app_id)?;
+        check_native_version(&new.version_name, "version_name")?;
+        check_native_version(&new.version_code, "version_code")?;
+        let builtin = self
+            .bundle_for_app(&new.builtin_bundle_id, "builtin_bundle_id", &new.app_id)
+            .await?;
+        let now = now_millis();
+        let release = Release {
+            id: RecordId::generate(),
+            key: ReleaseKey {
+                platform,
+                app_id: new.app_id,
+                version_name: new.version_name,
+                version_code: new.version_code,
+            },
+            builtin_bundle_id: builtin.id,
+            channels: Default::default(),
+            release_date: None,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.metadata.insert_release(&release).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                return Err(CatalogError::Conflict(format!(
+                    "a release for {} already exists",
+                    release.key
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // A device of this build may have been told "no release" a moment ago.
+        self.targets.invalidate();
+        Ok(release)
+    }
+
+    pub async fn release(&self, id: &str) -> Result<Release, CatalogError> {
+        let id = RecordId::parse(id, "release id")?;
+        self.metadata
+            .release(&id)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("release {id} does not exist")))
+    }
+
+    pub async fn list_releases(&self) -> Result<Vec<Release>, CatalogError> {
+        Ok(self.metadata.list_releases().await?)
+    }
+
+    pub async fn set_release_date(
+        &self,
+        id: &str,
+        release_date: Option<UnixMillis>,
+    ) -> Result<Release, CatalogError> {
+        let release = self.release(id).await?;
+        if !self
+            .metadata
+            .set_release_date(&release.id, release_date, now_millis())
+            .await?
+        {
+            return Err(CatalogError::NotFound(format!(
+                "release {id} does not exist"
+            )));
+        }
+        self.release(id).await
+    }
+
+    /// Points a channel of a release at a bundle of the same app: how a bundle is promoted,
+    /// and how it is rolled back (to an earlier bundle, or to the builtin one).
+    pub async fn set_active_bundle(
+        &self,
+        release_id: &str,
+        bundle_id: &str,
+        channel: Option<&str>,
+    ) -> Result<Release, CatalogError> {
+        let channel = match channel.filter(|c| !c.is_empty()) {
+            Some(name) => ChannelName::parse(name)?,
+            None => ChannelName::default_channel(),
+        };
+        let release = self.release(release_id).await?;
+        let bundle = self
+            .bundle_for_app(bundle_id, "bundle_id", &release.key.app_id)
+            .await?;
+        let updated = self
+            .metadata
+            .set_channel_bundle(&release.id, &channel, &bundle.id, now_millis())
+            .await;
+        self.targets.invalidate();
+        match updated {
+            Ok(true) => self.release(release_id).await,
+            Ok(false) => Err(CatalogError::NotFound(format!(
+                "release {release_id} does not exist"
+            ))),
+            Err(StoreError::Conflict(_)) => Err(CatalogError::Conflict(format!(
+                "bundle {bundle_id} was deleted while it was being activated"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn delete_release(&self, id: &str) -> Result<Release, CatalogError> {
+        let release = self.release(id).await?;
+        self.metadata.delete_release(&release.id).await?;
+        self.targets.invalidate();
+        Ok(release)
+    }
+
+    /// Looks up a bundle a request refers to in `field`, which must belong to `app_id`.
+    async fn bundle_for_app(
+        &self,
+        id: &str,
+        field: &str,
+        app_id: &str,
+    ) -> Result<Bundle, CatalogError> {
+        let parsed = RecordId::parse(id, field)?;
+        let bundle = self
+            .metadata
+            .bundle(&parsed)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("{field} {id}: no such bundle")))?;
+        if bundle.app_id != app_id {
+            return Err(CatalogError::Invalid(format!(
+                "{field} {id} is a bundle of {}, not of {app_id}",
+                bundle.app_id
+            )));
+        }
+        Ok(bundle)
+    }
+}
+
+fn duplicate_bundle(new: &NewBundle) -> CatalogError {
+    duplicate_bundle_of(&new.app_id, &new.version_name)
+}
+
+fn duplicate_bundle_of(app_id: &str, version_name: &str) -> CatalogError {
+    CatalogError::Conflict(format!(
+        "{app_id} already has a bundle named {version_name:?}; devices tell bundles apart by \
+         name, so upload the new one under a new version_name"
+    ))
+}
+
+fn bundle_in_use(bundle: &Bundle, users: &[Release]) -> CatalogError {
+    let names: Vec<String> = users
+        .iter()
+        .map(|r| format!("{} [{}]", r.key, r.id))
+        .collect();
+    CatalogError::Conflict(format!(
+        "bundle {} ({}) is used by release(s) {}; point them at another bundle first",
+        bundle.id,
+        bundle.version_name,
+        names.join(", ")
+    ))
+}

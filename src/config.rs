@@ -1,0 +1,564 @@
+//! Settings: `config/config.yml` (or `--config PATH`) overridden key by key by the
+//! environment. Each YAML key is its environment variable's name in lower case, so
+//! `CACHE_RESULT_DURATION` is `cache_result_duration` in the file.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Where the default config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/config.yml";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mongo_connection_string: Option<String>,
+    pub mongo_database: String,
+    pub s3_base_endpoint: Option<String>,
+    pub s3_bucket: Option<String>,
+    /// Full-access management tokens. Empty means "generate one in DATA_DIR".
+    pub management_api_tokens: Vec<String>,
+    /// Requests per minute per client IP on the device API; 0 disables the limit.
+    pub limit_request_per_minute: u32,
+    pub trusted_proxies: Vec<IpNet>,
+    pub cache_result_duration: Duration,
+    pub oauth_issuer: Option<String>,
+    pub oauth_client_id: Option<String>,
+    pub listen_address: IpAddr,
+    pub user_port: u16,
+    pub management_port: u16,
+    pub data_dir: PathBuf,
+    /// How devices reach the public port; download URLs are built from it.
+    pub public_base_url: String,
+    pub max_bundle_size: u64,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("config file {path}: unknown key `{key}` (known keys: {known})")]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        known: String,
+    },
+    #[error("invalid value for {env} (`{yaml_key}` in the config file): {value:?}: {reason}")]
+    Invalid {
+        env: &'static str,
+        yaml_key: String,
+        value: String,
+        reason: String,
+    },
+}
+
+/// One setting: its environment variable and its default (as text, parsed like any value).
+struct Setting {
+    env: &'static str,
+    default: Option<&'static str>,
+}
+
+impl Setting {
+    fn yaml_key(&self) -> String {
+        self.env.to_ascii_lowercase()
+    }
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        env: "MONGO_CONNECTION_STRING",
+        default: None,
+    },
+    Setting {
+        env: "MONGO_DATABASE",
+        default: Some("capgo"),
+    },
+    Setting {
+        env: "S3_BASE_ENDPOINT",
+        default: None,
+    },
+    Setting {
+        env: "S3_BUCKET",
+        default: None,
+    },
+    Setting {
+        env: "MANAGEMENT_API_TOKENS",
+        default: None,
+    },
+    Setting {
+        env: "LIMIT_REQUEST_PER_MINUTE",
+        default: Some("100"),
+    },
+    Setting {
+        env: "TRUSTED_PROXIES",
+        default: None,
+    },
+    Setting {
+        env: "CACHE_RESULT_DURATION",
+        default: Some("10m"),
+    },
+    Setting {
+        env: "OAUTH_ISSUER",
+        default: None,
+    },
+    Setting {
+        env: "OAUTH_CLIENT_ID",
+        default: None,
+    },
+    Setting {
+        env: "LISTEN_ADDRESS",
+        default: Some("0.0.0.0"),
+    },
+    Setting {
+        env: "CAPGO_USER_PORT",
+        default: Some("8000"),
+    },
+    Setting {
+        env: "CAPGO_MANAGEMENT_PORT",
+        default: Some("8001"),
+    },
+    Setting {
+        env: "DATA_DIR",
+        default: Some("./data"),
+    },
+    Setting {
+        env: "PUBLIC_BASE_URL",
+        default: Some("http://localhost:8000"),
+    },
+    Setting {
+        env: "MAX_BUNDLE_SIZE",
+        default: Some("512MiB"),
+    },
+    Setting {
+        env: "LOG_FORMAT",
+        default: Some("text"),
+    },
+];
+
+/// Raw values by environment-variable name, after file and environment are merged.
+struct RawValues(BTreeMap<&'static str, String>);
+
+impl RawValues {
+    fn get(&self, env: &'static str) -> Option<&str> {
+        self.0
+            .get(env)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T>(
+        &self,
+        env: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(env) {
+            None => Ok(None),
+            Some(value) => parse(value.trim())
+                .map(Some)
+                .map_err(|reason| ConfigError::Invalid {
+                    env,
+                    yaml_key: env.to_ascii_lowercase(),
+                    value: value.to_string(),
+                    reason,
+                }),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        env: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        // Every required setting has a default in SETTINGS, so it is always present.
+        self.parse(env, parse)?.ok_or_else(|| ConfigError::Invalid {
+            env,
+            yaml_key: env.to_ascii_lowercase(),
+            value: String::new(),
+            reason: "a value is required".into(),
+        })
+    }
+}
+
+impl Config {
+    /// Loads the file (the explicit one must exist; the default one may be absent), then
+    /// applies environment overrides from `env`.
+    pub fn load(
+        explicit_path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file_values = match explicit_path {
+            Some(path) => read_yaml_file(path)?,
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_PATH);
+                if default.exists() {
+                    read_yaml_file(default)?
+                } else {
+                    BTreeMap::new()
+                }
+            }
+        };
+        let mut raw = BTreeMap::new();
+        for setting in SETTINGS {
+            let value = env(setting.env)
+                .or_else(|| file_values.get(&setting.yaml_key()).cloned())
+                .or_else(|| setting.default.map(str::to_string));
+            if let Some(value) = value {
+                raw.insert(setting.env, value);
+            }
+        }
+        Self::from_raw(&RawValues(raw))
+    }
+
+    /// Loads from the process environment.
+    pub fn from_process(explicit_path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load(explicit_path, |name| std::env::var(name).ok())
+    }
+
+    fn from_raw(raw: &RawValues) -> Result<Config, ConfigError> {
+        Ok(Config {
+            mongo_connection_string: raw.get("MONGO_CONNECTION_STRING").map(str::to_string),
+            mongo_database: raw.required("MONGO_DATABASE", |v| Ok(v.to_string()))?,
+            s3_base_endpoint: raw.parse("S3_BASE_ENDPOINT", parse_http_url)?,
+            s3_bucket: raw.get("S3_BUCKET").map(str::to_string),
+            management_api_tokens: raw
+                .parse("MANAGEMENT_API_TOKENS", parse_tokens)?
+                .unwrap_or_default(),
+            limit_request_per_minute: raw.required("LIMIT_REQUEST_PER_MINUTE", |v| {
+                v.parse::<u32>().map_err(|_| {
+                    "expected a whole number of requests per minute (0 disables)".into()
+                })
+            })?,
+            trusted_proxies: raw
+                .parse("TRUSTED_PROXIES", parse_trusted_proxies)?
+                .unwrap_or_default(),
+            cache_result_duration: raw.required("CACHE_RESULT_DURATION", parse_go_duration)?,
+            oauth_issuer: raw.parse("OAUTH_ISSUER", |v| {
+                parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
+            })?,
+            oauth_client_id: raw.get("OAUTH_CLIENT_ID").map(str::to_string),
+            listen_address: raw.required("LISTEN_ADDRESS", |v| {
+                v.parse::<IpAddr>()
+                    .map_err(|_| "expected an IP address such as 0.0.0.0 or ::".into())
+            })?,
+            user_port: raw.required("CAPGO_USER_PORT", parse_port)?,
+            management_port: raw.required("CAPGO_MANAGEMENT_PORT", parse_port)?,
+            data_dir: raw.required("DATA_DIR", |v| Ok(PathBuf::from(v)))?,
+            public_base_url: raw.required("PUBLIC_BASE_URL", |v| {
+                parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
+            })?,
+            max_bundle_size: raw.required("MAX_BUNDLE_SIZE", parse_byte_size)?,
+            log_format: raw.required("LOG_FORMAT", |v| match v {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `text` or `json`".into()),
+            })?,
+        })
+    }
+
+    /// True when neither MongoDB nor S3 is configured: everything lives in DATA_DIR.
+    pub fn uses_embedded_storage(&self) -> bool {
+        self.mongo_connection_string.is_none() && self.s3_bucket.is_none()
+    }
+}
+
+fn read_yaml_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let document: Option<BTreeMap<String, serde_yaml::Value>> = serde_yaml::from_str(&text)
+        .map_err(|source| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut values = BTreeMap::new();
+    for (key, value) in document.unwrap_or_default() {
+        let Some(setting) = SETTINGS.iter().find(|s| s.yaml_key() == key) else {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key,
+                known: SETTINGS
+                    .iter()
+                    .map(Setting::yaml_key)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let text = yaml_scalar_text(&value).ok_or_else(|| ConfigError::Invalid {
+            env: setting.env,
+            yaml_key: key.clone(),
+            value: format!("{value:?}"),
+            reason: "expected a string, a number, a boolean or a list of those".into(),
+        })?;
+        values.insert(key, text);
+    }
+    Ok(values)
+}
+
+/// YAML scalars become their text; lists become comma-separated text, as in the environment.
+fn yaml_scalar_text(value: &serde_yaml::Value) -> Option<String> {
+    use serde_yaml::Value;
+    match value {
+        Value::Null => Some(String::new()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(s.clone()),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|item| match item {
+                Value::Sequence(_) | Value::Mapping(_) => None,
+                other => yaml_scalar_text(other),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.join(",")),
+        Value::Mapping(_) | Value::Tagged(_) => None,
+    }
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    value
+        .parse::<u16>()
+        .map_err(|_| "expected a TCP port from 0 to 65535 (0 picks a free port)".into())
+}
+
+fn parse_http_url(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix("http://")
+        .or_else(|| value.strip_prefix("https://"))
+        .ok_or("expected an absolute http:// or https:// URL")?;
+    if rest.is_empty() || rest.starts_with('/') || value.chars().any(char::is_whitespace) {
+        return Err("expected an absolute http:// or https:// URL with a host".into());
+    }
+    Ok(value.to_string())
+}
+
+fn parse_tokens(value: &str) -> Result<Vec<String>, String> {
+    let tokens: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    if let Some(short) = tokens.iter().find(|t| t.len() < 8) {
+        return Err(format!(
+            "token of {} characters is too short to be secret (at least 8)",
+            short.len()
+        ));
+    }
+    Ok(tokens)
+}
+
+fn parse_trusted_proxies(value: &str) -> Result<Vec<IpNet>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("`{entry}` is neither an IP address nor a CIDR range"))
+        })
+        .collect()
+}
+
+/// Parses a Go `time.ParseDuration` string: a sequence of decimal numbers with units
+/// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, such as `10m`, `1s`, `1h30m` or `1.5h`.
+pub fn parse_go_duration(value: &str) -> Result<Duration, String> {
+    const UNITS: &[(&str, f64)] = &[
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("µs", 1e-6),
+        ("ms", 1e-3),
+        ("s", 1.0),
+        ("m", 60.0),
+        ("h", 3600.0),
+    ];
+    let bad = || format!("expected a Go duration such as `10m`, `1s` or `1h30m`, got `{value}`");
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = value;
+    let mut seconds = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        let scale = UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, scale)| *scale)
+            .ok_or_else(bad)?;
+        seconds += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+}
+
+/// Parses a byte size: a whole number with an optional `KiB`, `MiB`, `GiB` (or `KB`, `MB`,
+/// `GB`, decimal) suffix.
+pub fn parse_byte_size(value: &str) -> Result<u64, String> {
+    const UNITS: &[(&str, u64)] = &[
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("KB", 1_000),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("B", 1),
+    ];
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let bad = || format!("expected a size such as `512MiB` or `1073741824`, got `{value}`");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let scale = if unit.is_empty() {
+        1
+    } else {
+        UNITS
+            .iter()
+            .find(|(name, _)| *name == unit.trim())
+            .map(|(_, scale)| *scale)
+            .ok_or_else(bad)?
+    };
+    let size = number.checked_mul(scale).ok_or_else(bad)?;
+    if size == 0 {
+        return Err("the maximum bundle size must be above zero".into());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)], yaml: Option<&str>) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        if let Some(yaml) = yaml {
+            std::fs::write(&path, yaml).unwrap();
+        }
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(yaml.map(|_| path.as_path()), |name| env.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let config = load(&[], None).unwrap();
+        assert_eq!(config.mongo_database, "capgo");
+        assert_eq!(config.limit_request_per_minute, 100);
+        assert_eq!(config.cache_result_duration, Duration::from_secs(600));
+        assert_eq!(config.user_port, 8000);
+        assert_eq!(config.management_port, 8001);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.public_base_url, "http://localhost:8000");
+        assert!(config.uses_embedded_storage());
+        assert!(config.management_api_tokens.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let yaml = "cache_result_duration: 1s\nmanagement_api_tokens:\n  - file-token-1\n  - file-token-2\ncapgo_user_port: 9000\n";
+        let config = load(&[("CAPGO_USER_PORT", "9100")], Some(yaml)).unwrap();
+        assert_eq!(config.cache_result_duration, Duration::from_secs(1));
+        assert_eq!(
+            config.management_api_tokens,
+            vec!["file-token-1", "file-token-2"]
+        );
+        assert_eq!(config.user_port, 9100);
+    }
+
+    #[test]
+    fn invalid_value_names_key_and_value() {
+        let err = load(&[("CACHE_RESULT_DURATION", "10x")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CACHE_RESULT_DURATION"), "{err}");
+        assert!(err.contains("10x"), "{err}");
+        let err = load(&[], Some("capgo_management_port: eighty\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CAPGO_MANAGEMENT_PORT") && err.contains("eighty"),
+            "{err}"
+        );
+        let err = load(&[("TRUSTED_PROXIES", "10.0.0.0/8,nope")], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let err = load(&[], Some("cache_duration: 1s\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown key `cache_duration`"), "{err}");
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("1.5h").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("250ms").unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(parse_go_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "10", "m", "1d", "-1s", "1s2"] {
+            assert!(parse_go_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_accept_ips_and_cidrs() {
+        let nets = parse_trusted_proxies("127.0.0.1, 10.0.0.0/8,::1").unwrap();
+        assert_eq!(nets.len(), 3);
+        assert!(nets[1].contains(&"10.1.2.3".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_byte_size("1000").unwrap(), 1000);
+        assert!(parse_byte_size("0").is_err());
+        assert!(parse_byte_size("12 parsecs").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+use super::{InvalidInput, PluginVersion, RecordId, UnixMillis};
+
+/// A zip of web assets for one app, under a version name devices will report once they run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub id: RecordId,
+    pub app_id: String,
+    pub version_name: String,
+    pub description: String,
+    /// SHA-256 of the stored bytes, lowercase hex: guards our own storage and is what devices
+    /// verify for unencrypted bundles.
+    pub sha256: String,
+    /// CRC32 of the stored bytes, `%08x`: what plugins older than SHA-256 support verify.
+    pub crc32: String,
+    pub size: u64,
+    /// Where the bytes live in the blob store.
+    pub blob_key: String,
+    pub encryption: Option<BundleEncryption>,
+    pub created_at: UnixMillis,
+}
+
+impl Bundle {
+    /// The blob key of a bundle: one object per bundle, so deleting a bundle never has to ask
+    /// whether another record shares its bytes.
+    pub fn blob_key_for(id: &RecordId) -> String {
+        format!("bundles/{id}.zip")
+    }
+
+    /// The checksum a device of this plugin version verifies after download.
+    pub fn checksum_for(&self, plugin: Option<PluginVersion>) -> &str {
+        match &self.encryption {
+            Some(encryption) => &encryption.checksum,
+            None if plugin.is_some_and(|v| !v.verifies_sha256()) => &self.crc32,
+            None => &self.sha256,
+        }
+    }
+
+    pub fn session_key(&self) -> &str {
+        self.encryption
+            .as_ref()
+            .map_or("", |e| e.session_key.as_str())
+    }
+
+    pub fn key_id(&self) -> Option<&str> {
+        self.encryption.as_ref().and_then(|e| e.key_id.as_deref())
+    }
+}
+
+/// What the Capgo CLI's `bundle encrypt` produced for an encrypted bundle; served as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleEncryption {
+    /// `base64(IV):base64(RSA-encrypted AES key)`.
+    pub session_key: String,
+    /// The encrypted checksum (512 hex characters for "V3", base64 for legacy "V2").
+    pub checksum: String,
+    /// First 20 characters of the public key's PEM body, when the uploader gave it.
+    pub key_id: Option<String>,
+}
+
+impl BundleEncryption {
+    pub fn new(
+        session_key: String,
+        checksum: Option<String>,
+        key_id: Option<String>,
+    ) -> Result<BundleEncryption, InvalidInput> {
+        let (iv, key) = session_key.split_once(':').ok_or_else(|| {
+            InvalidInput(
+                "session_key must be `base64(IV):base64(encrypted key)` as `bundle encrypt` prints it"
+                    .into(),
+            )
+        })?;
+        if !is_base64(iv) || !is_base64(key) {
+            return Err(InvalidInput("session_key parts must be base64".into()));
+        }
+        let checksum = checksum.filter(|c| !c.is_empty()).ok_or_else(|| {
+            InvalidInput(
+                "an encrypted bundle (session_key given) needs its encrypted checksum in `checksum`: \
+                 devices with a public key refuse bundles without one"
+                    .into(),
+            )
+        })?;
+        // RSA-2048 output is 256 bytes: 512 hex characters ("V3") or 344 base64 ones ("V2").
+        let is_hex = checksum.bytes().all(|b| b.is_ascii_hexdigit());
+        if !(is_hex && checksum.len() == 512 || is_base64(&checksum) && checksum.len() == 344) {
+            return Err(InvalidInput(
+                "checksum must be the encrypted checksum: 512 hex characters (or base64 for legacy plugins)"
+                    .into(),
+            ));
+        }
+        if let Some(key_id) = &key_id {
+            if key_id.is_empty() || key_id.len() > 20 {
+                return Err(InvalidInput("key_id must be 1 to 20 characters".into()));
+            }
+        }
+        Ok(BundleEncryption {
+            session_key,
+            checksum,
+            key_id,
+        })
+    }
+}
+
+fn is_base64(value: &str) -> bool {
+    let body = value.trim_end_matches('=');
+    !body.is_empty()
+        && value.len() - body.len() <= 2
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(encryption: Option<BundleEncryption>) -> Bundle {
+        Bundle {
+            id: RecordId::generate(),
+            app_id: "com.example.app".into(),
+            version_name: "1.0.1".into(),
+            description: String::new(),
+            sha256: "a".repeat(64),
+            crc32: "0badf00d".into(),
+            size: 10,
+            blob_key: "bundles/x.zip".into(),
+            encryption,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn checksum_depends_on_plugin_and_encryption() {
+        let plain = bundle(None);
+        assert_eq!(
+            plain.checksum_for(PluginVersion::parse("6.14.0")),
+            "0badf00d"
+        );
+        assert_eq!(
+            plain.checksum_for(PluginVersion::parse("8.0.0")),
+            "a".repeat(64)
+        );
+        assert_eq!(plain.checksum_for(None), "a".repeat(64));
+        let enc = BundleEncryption::new("aXY=:a2V5".into(), Some("f".repeat(512)), None).unwrap();
+        let encrypted = bundle(Some(enc));
+        assert_eq!(
+            encrypted.checksum_for(PluginVersion::parse("6.14.0")),
+            "f".repeat(512)
+        );
+        assert_eq!(encrypted.session_key(), "aXY=:a2V5");
+    }
+
+    #[test]
+    fn encryption_metadata_is_checked() {
+        assert!(BundleEncryption::new("nocolon".into(), Some("f".repeat(512)), None).is_err());
+        assert!(BundleEncryption::new("aXY=:a2V5".into(), None, None).is_err());
+        assert!(BundleEncryption::new("aXY=:a2V5".into(), Some("zz".into()), None).is_err());
+        assert!(BundleEncryption::new(
+            "aXY=:a2V5".into(),
+            Some("f".repeat(512)),
+            Some("x".repeat(21))
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,240 @@
+//! What a device sends: the plugin's "InfoObject", read leniently where plugins differ and
+//! strictly where a wrong value would mislead the update decision.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{ChannelName, Platform, PluginVersion, ReleaseKey};
+
+/// How the plugin treats a refusal (`kind` in the answer): `up_to_date` and `blocked` end
+/// quietly, `failed` also emits `downloadFailed` and a `download_fail` stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    UpToDate,
+    Blocked,
+    Failed,
+}
+
+/// An expected outcome that is not an update, in the shape every plugin understands:
+/// HTTP 200 with `error`, `message` and `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRefusal {
+    pub error: &'static str,
+    pub message: String,
+    pub kind: RefusalKind,
+}
+
+impl DeviceRefusal {
+    pub fn failed(error: &'static str, message: impl Into<String>) -> DeviceRefusal {
+        DeviceRefusal {
+            error,
+            message: message.into(),
+            kind: RefusalKind::Failed,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> DeviceRefusal {
+        DeviceRefusal::failed("invalid_request", message)
+    }
+}
+
+/// Reads the fields of a device's JSON object, with errors that name the field.
+pub struct DeviceFields<'a>(&'a Map<String, Value>);
+
+impl<'a> DeviceFields<'a> {
+    pub fn new(body: &'a Value) -> Result<DeviceFields<'a>, DeviceRefusal> {
+        body.as_object().map(DeviceFields).ok_or_else(|| {
+            DeviceRefusal::invalid("the request body must be a JSON object of device information")
+        })
+    }
+
+    /// A string field; absent, null and "" all read as `None`.
+    pub fn optional_str(&self, name: &str) -> Result<Option<&'a str>, DeviceRefusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(other) => Err(DeviceRefusal::invalid(format!(
+                "field `{name}` must be a string, got {}",
+                json_type(other)
+            ))),
+        }
+    }
+
+    pub fn required_str(&self, name: &str) -> Result<&'a str, DeviceRefusal> {
+        self.optional_str(name)?.ok_or_else(|| {
+            DeviceRefusal::failed("missing_info", format!("field `{name}` is required"))
+        })
+    }
+
+    pub fn optional_bool(&self, name: &str) -> Result<Option<bool>, DeviceRefusal> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            // Query-string requests (GET /channel_self) carry booleans as text.
+            Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+            Some(other) => Err(DeviceRefusal::invalid(format!(
+                "field `{name}` must be a boolean, got {}",
+                json_type(other)
+            ))),
+        }
+    }
+
+    pub fn platform(&self) -> Result<Platform, DeviceRefusal> {
+        self.required_str("platform")?
+            .parse()
+            .map_err(|e: super::InvalidInput| DeviceRefusal::invalid(e.0))
+    }
+
+    pub fn plugin_version(&self) -> Result<Option<PluginVersion>, DeviceRefusal> {
+        let Some(raw) = self.optional_str("plugin_version")? else {
+            return Ok(None);
+        };
+        let version = PluginVersion::parse(raw).ok_or_else(|| {
+            DeviceRefusal::invalid(format!("plugin_version {raw:?} is not a version"))
+        })?;
+        if !version.is_supported() {
+            return Err(DeviceRefusal::failed(
+                "unsupported_plugin_version",
+                format!("plugin {raw} is too old; update @capgo/capacitor-updater to 5 or newer"),
+            ));
+        }
+        Ok(Some(version))
+    }
+
+    /// The channel a device asks for in `field` (`defaultChannel` or `channel`).
+    pub fn channel(&self, field: &str) -> Result<Option<ChannelName>, DeviceRefusal> {
+        self.optional_str(field)?
+            .map(|name| ChannelName::parse(name).map_err(|e| DeviceRefusal::invalid(e.0)))
+            .transpose()
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What `POST /updates` needs from a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub release: ReleaseKey,
+    pub device_id: String,
+    /// The bundle the device runs now: a bundle version, `builtin`, or (plugin 8.44+ on the
+    /// builtin bundle) the native `version_build`.
+    pub version_name: String,
+    pub plugin_version: Option<PluginVersion>,
+    /// The channel chosen with `setChannel` or configured as `defaultChannel`.
+    pub channel: Option<ChannelName>,
+    pub key_id: Option<String>,
+}
+
+impl DeviceInfo {
+    pub fn parse(body: &Value) -> Result<DeviceInfo, DeviceRefusal> {
+        let fields = DeviceFields::new(body)?;
+        let platform = fields.platform()?;
+        let app_id = fields.required_str("app_id")?;
+        let device_id = fields.required_str("device_id")?;
+        if device_id.len() > 36 {
+            return Err(DeviceRefusal::invalid(
+                "device_id is longer than 36 characters",
+            ));
+        }
+        let version_build = fields.required_str("version_build")?;
+        let version_code = fields.required_str("version_code")?;
+        Ok(DeviceInfo {
+            release: ReleaseKey {
+                platform,
+                app_id: app_id.to_string(),
+                version_name: version_build.to_string(),
+                version_code: version_code.to_string(),
+            },
+            device_id: device_id.to_ascii_lowercase(),
+            version_name: fields
+                .optional_str("version_name")?
+                .unwrap_or("builtin")
+                .to_string(),
+            plugin_version: fields.plugin_version()?,
+            channel: fields.channel("defaultChannel")?,
+            key_id: fields.optional_str("key_id")?.map(str::to_string),
+        })
+    }
+
+    /// True when the device reports that it runs the bundle shipped in the binary.
+    pub fn runs_builtin(&self) -> bool {
+        self.version_name == "builtin" || self.version_name == self.release.version_name
+    }
+
+    pub fn channel_or_default(&self) -> ChannelName {
+        self.channel
+            .clone()
+            .unwrap_or_else(ChannelName::default_channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn plugin8() -> Value {
+        json!({
+            "platform": "android", "device_id": "9B1DEB4D-3B7D-4BAD-9BDD-2B0D7B3DCB6D",
+            "app_id": "com.example.app", "version_name": "builtin", "version_build": "1.0.0",
+            "version_code": "10", "version_os": "14", "plugin_version": "8.51.14",
+            "is_emulator": false, "is_prod": true, "custom_id": "", "defaultChannel": "",
+            "install_source": "google_play"
+        })
+    }
+
+    #[test]
+    fn parses_a_plugin_8_body() {
+        let info = DeviceInfo::parse(&plugin8()).unwrap();
+        assert_eq!(info.release.platform, Platform::Android);
+        assert_eq!(info.device_id, "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d");
+        assert_eq!(info.channel, None);
+        assert_eq!(info.channel_or_default().as_str(), "production");
+        assert!(info.runs_builtin());
+    }
+
+    #[test]
+    fn names_the_missing_or_mistyped_field() {
+        let mut body = plugin8();
+        body.as_object_mut().unwrap().remove("version_code");
+        let refusal = DeviceInfo::parse(&body).unwrap_err();
+        assert_eq!(refusal.error, "missing_info");
+        assert!(refusal.message.contains("version_code"));
+
+        let mut body = plugin8();
+        body["app_id"] = json!(42);
+        let refusal = DeviceInfo::parse(&body).unwrap_err();
+        assert_eq!(refusal.error, "invalid_request");
+        assert!(refusal.message.contains("app_id") && refusal.message.contains("number"));
+
+        let mut body = plugin8();
+        body["platform"] = json!("windows");
+        assert!(DeviceInfo::parse(&body)
+            .unwrap_err()
+            .message
+            .contains("windows"));
+
+        let mut body = plugin8();
+        body["plugin_version"] = json!("4.9.0");
+        assert_eq!(
+            DeviceInfo::parse(&body).unwrap_err().error,
+            "unsupported_plugin_version"
+        );
+
+        assert_eq!(
+            DeviceInfo::parse(&json!([1, 2])).unwrap_err().kind,
+            RefusalKind::Failed
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! The update decision: a device and the bundle its channel serves → the answer it gets.
+
+use serde::Serialize;
+
+use super::device::{DeviceInfo, DeviceRefusal, RefusalKind};
+use super::Bundle;
+
+/// The bundle a device's channel serves, resolved from the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelTarget {
+    pub bundle: Bundle,
+    /// Absolute URL devices download the bundle from.
+    pub url: String,
+    /// True when the target is the release's builtin bundle (serving it means "roll back").
+    pub is_builtin: bool,
+}
+
+/// The body of a `POST /updates` answer. Serialized untagged: each variant is its own shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum UpdateAnswer {
+    /// Download and switch to this bundle. Carries no `error`, `kind` or `message` key, which
+    /// would send plugins down their error path.
+    Update(UpdateOffer),
+    /// `{"version":"builtin"}`: go back to the bundle shipped in the binary.
+    RevertToBuiltin {
+        version: &'static str,
+    },
+    Refused(DeviceRefusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateOffer {
+    pub version: String,
+    pub url: String,
+    pub checksum: String,
+    /// Always present, `""` for unencrypted bundles; snake case, as iOS decodes it.
+    pub session_key: String,
+}
+
+impl UpdateAnswer {
+    pub fn refused(refusal: DeviceRefusal) -> UpdateAnswer {
+        UpdateAnswer::Refused(refusal)
+    }
+}
+
+pub fn up_to_date() -> DeviceRefusal {
+    DeviceRefusal {
+        error: "no_new_version_available",
+        message: "No new version available".into(),
+        kind: RefusalKind::UpToDate,
+    }
+}
+
+/// Decides what a device gets. The plugin installs whatever `version` differs from its own by
+/// plain string comparison, so "newer" is not ours to judge: the channel's bundle is the truth.
+pub fn decide(device: &DeviceInfo, target: &ChannelTarget) -> UpdateAnswer {
+    if target.is_builtin {
+        let on_builtin = device.runs_builtin() || device.version_name == target.bundle.version_name;
+        return if on_builtin {
+            UpdateAnswer::Refused(up_to_date())
+        } else {
+            UpdateAnswer::RevertToBuiltin { version: "builtin" }
+        };
+    }
+    let bundle = &target.bundle;
+    if device.version_name == bundle.version_name {
+        return UpdateAnswer::Refused(up_to_date());
+    }
+    if let (Some(bundle_key), Some(device_key)) = (bundle.key_id(), device.key_id.as_deref()) {
+        let checks_key = device.plugin_version.is_none_or(|v| v.checks_key_id());
+        if bundle_key != device_key && checks_key {
+            return UpdateAnswer::Refused(DeviceRefusal {
+                error: "key_id_mismatch",
+                message: format!(
+                    "bundle {} is encrypted for key {bundle_key}, the device has key {device_key}",
+                    bundle.version_name
+                ),
+                kind: RefusalKind::Blocked,
+            });
+        }
+    }
+    UpdateAnswer::Update(UpdateOffer {
+        version: bundle.version_name.clone(),
+        url: target.url.clone(),
+        checksum: bundle.checksum_for(device.plugin_version).to_string(),
+        session_key: bundle.session_key().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{BundleEncryption, Platform, PluginVersion, RecordId, ReleaseKey};
+
+    fn bundle(version: &str) -> Bundle {
+        Bundle {
+            id: RecordId::generate(),
+            app_id: "com.example.app".into(),
+            version_name: version.into(),
+            description: String::new(),
+            sha256: "ab".repeat(32),
+            crc32: "0badf00d".into(),
+            size: 1,
+            blob_key: "bundles/x.zip".into(),
+            encryption: None,
+            created_at: 0,
+        }
+    }
+
+    fn device(version_name: &str, plugin: &str) -> DeviceInfo {
+        DeviceInfo {
+            release: ReleaseKey {
+                platform: Platform::Ios,
+                app_id: "com.example.app".into(),
+                version_name: "1.0.0".into(),
+                version_code: "1".into(),
+            },
+            device_id: "d".into(),
+            version_name: version_name.into(),
+            plugin_version: PluginVersion::parse(plugin),
+            channel: None,
+            key_id: None,
+        }
+    }
+
+    fn target(bundle: Bundle, is_builtin: bool) -> ChannelTarget {
+        ChannelTarget {
+            bundle,
+            url: "http://localhost:8000/files/x.zip".into(),
+            is_builtin,
+        }
+    }
+
+    #[test]
+    fn offers_the_channel_bundle() {
+        let answer = decide(
+            &device("builtin", "8.51.14"),
+            &target(bundle("1.0.1"), false),
+        );
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["version"], "1.0.1");
+        assert_eq!(json["checksum"], "ab".repeat(32));
+        assert_eq!(json["session_key"], "");
+        for forbidden in ["error", "kind", "message"] {
+            assert!(json.get(forbidden).is_none(), "{forbidden} in {json}");
+        }
+    }
+
+    #[test]
+    fn old_plugins_get_crc32() {
+        let answer = decide(
+            &device("builtin", "6.14.0"),
+            &target(bundle("1.0.1"), false),
+        );
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap()["checksum"],
+            "0badf00d"
+        );
+    }
+
+    #[test]
+    fn device_on_target_is_up_to_date() {
+        let answer = decide(&device("1.0.1", "8.51.14"), &target(bundle("1.0.1"), false));
+        let json = serde_json::to_value(&answer).unwrap();
+        assert_eq!(json["error"], "no_new_version_available");
+        assert_eq!(json["kind"], "up_to_date");
+        assert_eq!(json["message"], "No new version available");
+    }
+
+    #[test]
+    fn builtin_target_reverts_ota_devices_only() {
+        let builtin = target(bundle("1.0.0-web"), true);
+        let revert = decide(&device("1.0.1", "8.51.14"), &builtin);
+        assert_eq!(
+            serde_json::to_string(&revert).unwrap(),
+            r#"{"version":"builtin"}"#
+        );
+        for on_builtin in ["builtin", "1.0.0", "1.0.0-web"] {
+            let answer = decide(&device(on_builtin, "8.51.14"), &builtin);
+            assert_eq!(
+                serde_json::to_value(&answer).unwrap()["kind"],
+                "up_to_date",
+                "{on_builtin}"
+            );
+        }
+    }
+
+    #[test]
+    fn encrypted_bundles_serve_the_uploaders_checksum_and_check_the_key() {
+        let mut encrypted = bundle("2.0.0");
+        encrypted.encryption = Some(
+            BundleEncryption::new(
+                "aXY=:a2V5".into(),
+                Some("c".repeat(512)),
+                Some("KEYA".into()),
+            )
+            .unwrap(),
+        );
+        let mut dev = device("builtin", "8.51.14");
+        let json = serde_json::to_value(decide(&dev, &target(encrypted.clone(), false))).unwrap();
+        assert_eq!(json["checksum"], "c".repeat(512));
+        assert_eq!(json["session_key"], "aXY=:a2V5");
+        dev.key_id = Some("KEYB".into());
+        let json = serde_json::to_value(decide(&dev, &target(encrypted, false))).unwrap();
+        assert_eq!(json["error"], "key_id_mismatch");
+        assert_eq!(json["kind"], "blocked");
+    }
+}

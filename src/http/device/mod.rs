@@ -1,0 +1,126 @@
+//! The device API: what `@capgo/capacitor-updater` calls (see `capgo-protocol.md`).
+
+mod channel_self;
+mod files;
+mod stats;
+mod updates;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::{json, Value};
+
+use super::rate_limit::limit_device_requests;
+use super::AppState;
+use crate::catalog::CatalogError;
+use crate::domain::device::DeviceRefusal;
+use crate::store::fs_blobs::FILES_ROUTE_PREFIX;
+
+/// Largest device request body: an InfoObject is well under 2 KiB.
+const MAX_DEVICE_BODY: usize = 64 * 1024;
+/// Largest `/stats` body: 200 queued events with metadata.
+const MAX_STATS_BODY: usize = 4 * 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let limited = Router::new()
+        .route("/updates", post(updates::check_for_update).get(ok))
+        .route(
+            "/channel_self",
+            post(channel_self::set_channel)
+                .put(channel_self::get_channel)
+                .get(channel_self::list_channels)
+                .delete(channel_self::unset_channel),
+        )
+        .layer(DefaultBodyLimit::max(MAX_DEVICE_BODY))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_device_requests,
+        ));
+    let stats = Router::new()
+        .route("/stats", post(stats::record).get(ok))
+        .layer(DefaultBodyLimit::max(MAX_STATS_BODY));
+    Router::new()
+        .merge(limited)
+        .merge(stats)
+        .route("/ok", get(ok))
+        .route(
+            &format!("{FILES_ROUTE_PREFIX}{{*key}}"),
+            get(files::download),
+        )
+        .merge(super::health_routes())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn ok() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> Response {
+    device_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// A device-facing error outside `/updates`: `{error, message}`.
+pub(crate) fn device_error(status: StatusCode, error: &str, message: &str) -> Response {
+    (status, Json(json!({"error": error, "message": message}))).into_response()
+}
+
+/// A JSON body read leniently: whatever the Content-Type, and with any problem (too large,
+/// empty, not JSON) kept as a refusal for the handler to answer in its endpoint's shape.
+pub struct DeviceBody(pub Result<Value, DeviceRefusal>);
+
+impl<S: Send + Sync> FromRequest<S> for DeviceBody {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, state: &S) -> Result<DeviceBody, Self::Rejection> {
+        let bytes = match Bytes::from_request(request, state).await {
+            Ok(bytes) => bytes,
+            Err(rejection) => {
+                let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "the request body is too large".to_string()
+                } else {
+                    format!(
+                        "the request body could not be read: {}",
+                        rejection.body_text()
+                    )
+                };
+                return Ok(DeviceBody(Err(DeviceRefusal::invalid(message))));
+            }
+        };
+        Ok(DeviceBody(parse_json_body(&bytes)))
+    }
+}
+
+fn parse_json_body(bytes: &[u8]) -> Result<Value, DeviceRefusal> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(DeviceRefusal::invalid(
+            "the request body is empty; send the device information as JSON",
+        ));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| DeviceRefusal::invalid(format!("the request body is not valid JSON: {e}")))
+}
+
+/// Turns a catalog failure into a device refusal, logging what devices must not see.
+pub(crate) fn server_refusal(error: &CatalogError) -> DeviceRefusal {
+    match error {
+        CatalogError::Unavailable(_) => {
+            tracing::warn!(%error, "device request failed: storage unavailable");
+            DeviceRefusal::failed(
+                "server_unavailable",
+                "The update server is temporarily unavailable",
+            )
+        }
+        _ => {
+            let trace = crate::domain::RecordId::generate();
+            tracing::error!(%error, %trace, "device request failed");
+            DeviceRefusal::failed(
+                "server_error",
+                format!("Internal server error (trace {trace})"),
+            )
+        }
+    }
+}

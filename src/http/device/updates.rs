@@ -1,0 +1,29 @@
+//! `POST /updates`: the check every app launch and foreground makes.
+
+use axum::extract::State;
+use axum::Json;
+
+use super::{server_refusal, DeviceBody};
+use crate::domain::device::DeviceInfo;
+use crate::domain::update::{decide, UpdateAnswer};
+use crate::http::AppState;
+
+/// Always HTTP 200: plugins handle `error` + `kind` answers gracefully whatever the status,
+/// and older ones only report `download_fail` for non-2xx answers.
+pub async fn check_for_update(
+    State(state): State<AppState>,
+    DeviceBody(body): DeviceBody,
+) -> Json<UpdateAnswer> {
+    let device = match body.and_then(|body| DeviceInfo::parse(&body)) {
+        Ok(device) => device,
+        Err(refusal) => return Json(UpdateAnswer::refused(refusal)),
+    };
+    let answer = match state.catalog.resolve_target(&device).await {
+        Ok(resolution) => match resolution.as_ref() {
+            Ok(target) => decide(&device, target),
+            Err(refusal) => UpdateAnswer::refused(refusal.clone()),
+        },
+        Err(error) => UpdateAnswer::refused(server_refusal(&error)),
+    };
+    Json(answer)
+}

@@ -1,0 +1,126 @@
+//! `/api/v1/bundles.*`
+
+use axum::extract::multipart::{Field, MultipartError};
+use axum::extract::{Multipart, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiJson;
+use super::views::BundleView;
+use super::ApiError;
+use crate::catalog::NewBundle;
+use crate::http::AppState;
+
+/// Longest text field accepted in the upload form.
+const MAX_TEXT_FIELD: usize = 8 * 1024;
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let bundles = state.catalog.list_bundles().await?;
+    let data: Vec<BundleView> = bundles
+        .iter()
+        .map(|b| BundleView::new(b, &state.catalog))
+        .collect();
+    Ok(Json(json!({ "data": data })))
+}
+
+/// Multipart form: `bundle` (the file), `app_id`, `version_name`, `description`, and for
+/// encrypted bundles `session_key`, `checksum`, `key_id`. The file streams to a staging file;
+/// when `app_id` and `version_name` come before it, a duplicate is refused before the upload.
+pub async fn upload(
+    State(state): State<AppState>,
+    mut form: Multipart,
+) -> Result<Json<Value>, ApiError> {
+    let mut new = NewBundle::default();
+    let mut staged = None;
+    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "bundle" => {
+                if staged.is_some() {
+                    return Err(ApiError::BadRequest(
+                        "send one `bundle` file per upload".into(),
+                    ));
+                }
+                if !new.app_id.is_empty() && !new.version_name.is_empty() {
+                    state.catalog.check_new_bundle(&new).await?;
+                }
+                let mut file = state.staging.create(state.max_bundle_size).await?;
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    file.write(&chunk).await?;
+                }
+                staged = Some(file.finish().await?);
+            }
+            "app_id" => new.app_id = read_text(field).await?,
+            "version_name" => new.version_name = read_text(field).await?,
+            "description" => new.description = read_text(field).await?,
+            "session_key" => new.session_key = non_empty(read_text(field).await?),
+            "checksum" => new.checksum = non_empty(read_text(field).await?),
+            "key_id" => new.key_id = non_empty(read_text(field).await?),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown form field {other:?}; expected bundle, app_id, version_name, \
+                     description, session_key, checksum, key_id"
+                )))
+            }
+        }
+    }
+    let staged = staged.ok_or_else(|| {
+        ApiError::BadRequest("form field `bundle` (the zip file) is required".into())
+    })?;
+    let bundle = state.catalog.add_bundle(new, staged).await?;
+    tracing::info!(bundle = %bundle.id, app = bundle.app_id, version = bundle.version_name, size = bundle.size, "bundle uploaded");
+    Ok(Json(json!({
+        "message": "Bundle uploaded successfully",
+        "bundle": BundleView::new(&bundle, &state.catalog),
+    })))
+}
+
+fn non_empty(value: String) -> Option<String> {
+    Some(value).filter(|v| !v.is_empty())
+}
+
+async fn read_text(mut field: Field<'_>) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or_default().to_string();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MAX_TEXT_FIELD {
+            return Err(ApiError::BadRequest(format!(
+                "form field `{name}` is longer than {MAX_TEXT_FIELD} bytes"
+            )));
+        }
+    }
+    String::from_utf8(bytes)
+        .map(|text| text.trim().to_string())
+        .map_err(|_| ApiError::BadRequest(format!("form field `{name}` is not UTF-8 text")))
+}
+
+fn multipart_error(error: MultipartError) -> ApiError {
+    let message = error.body_text();
+    if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!(
+            "the upload is larger than allowed (MAX_BUNDLE_SIZE): {message}"
+        ))
+    } else {
+        ApiError::BadRequest(format!(
+            "the upload is not a valid multipart/form-data body (send it with curl -F): {message}"
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeleteBundleRequest {
+    bundle_id: String,
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<DeleteBundleRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let bundle = state.catalog.delete_bundle(&request.bundle_id).await?;
+    Ok(Json(json!({
+        "message": "Bundle deleted successfully",
+        "bundle": BundleView::new(&bundle, &state.catalog),
+    })))
+}

@@ -1,0 +1,98 @@
+//! One error type for the management API: `{"error": "<what is wrong>"}` with a fitting status
+//! (the seed's UI shows `error`). Internal details are logged with a trace id, never sent.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::catalog::CatalogError;
+use crate::domain::RecordId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> ApiError {
+        match e {
+            CatalogError::Invalid(m) => ApiError::BadRequest(m),
+            CatalogError::NotFound(m) => ApiError::NotFound(m),
+            CatalogError::Conflict(m) => ApiError::Conflict(m),
+            CatalogError::TooLarge(m) => ApiError::TooLarge(m),
+            CatalogError::Unavailable(m) => ApiError::Unavailable(m),
+            CatalogError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
+            ApiError::Unavailable(m) => {
+                tracing::warn!(error = %m, "management request failed: storage unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage is temporarily unavailable; retry shortly".into(),
+                )
+            }
+            ApiError::Internal(m) => {
+                let trace = RecordId::generate();
+                tracing::error!(error = %m, %trace, "management request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("internal server error (trace {trace})"),
+                )
+            }
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+pub async fn unknown_route() -> ApiError {
+    ApiError::NotFound("no such route; see the API reference in README.md".into())
+}
+
+/// `Json<T>` whose rejections (bad JSON, wrong types, wrong Content-Type) are [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<ApiJson<T>, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
+                    "send the body as JSON with `Content-Type: application/json`".into(),
+                ),
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::TooLarge("the request body is too large".into())
+                }
+                other => ApiError::BadRequest(format!("invalid JSON body: {}", other.body_text())),
+            }),
+        }
+    }
+}

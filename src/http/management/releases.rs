@@ -1,0 +1,121 @@
+//! `/api/v1/releases.*`
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::error::ApiJson;
+use super::views::ReleaseView;
+use super::ApiError;
+use crate::catalog::NewRelease;
+use crate::domain::Release;
+use crate::http::AppState;
+
+fn release_answer(message: &str, release: &Release) -> Json<Value> {
+    Json(json!({ "message": message, "release": ReleaseView::from(release) }))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let releases = state.catalog.list_releases().await?;
+    let data: Vec<ReleaseView> = releases.iter().map(ReleaseView::from).collect();
+    Ok(Json(json!({ "data": data })))
+}
+
+#[derive(Deserialize)]
+pub struct CreateReleaseRequest {
+    platform: String,
+    app_id: String,
+    version_name: String,
+    version_code: String,
+    builtin_bundle_id: String,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateReleaseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let release = state
+        .catalog
+        .create_release(NewRelease {
+            platform: request.platform,
+            app_id: request.app_id,
+            version_name: request.version_name,
+            version_code: request.version_code,
+            builtin_bundle_id: request.builtin_bundle_id,
+        })
+        .await?;
+    tracing::info!(release = %release.id, key = %release.key, "release created");
+    Ok(release_answer("Release created successfully", &release))
+}
+
+#[derive(Deserialize)]
+pub struct UpdateReleaseRequest {
+    release_id: String,
+    /// RFC 3339, or null to clear it.
+    release_date: Option<String>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<UpdateReleaseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let release_date = request
+        .release_date
+        .as_deref()
+        .map(|text| {
+            OffsetDateTime::parse(text, &Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "release_date {text:?} is not an RFC 3339 date such as 2026-01-31T09:00:00Z: {e}"
+                    ))
+                })
+        })
+        .transpose()?;
+    let release = state
+        .catalog
+        .set_release_date(&request.release_id, release_date)
+        .await?;
+    Ok(release_answer("Release updated successfully", &release))
+}
+
+#[derive(Deserialize)]
+pub struct SetActiveRequest {
+    release_id: String,
+    bundle_id: String,
+    /// Defaults to `production`.
+    channel: Option<String>,
+}
+
+pub async fn set_active(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<SetActiveRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let release = state
+        .catalog
+        .set_active_bundle(
+            &request.release_id,
+            &request.bundle_id,
+            request.channel.as_deref(),
+        )
+        .await?;
+    tracing::info!(release = %release.id, bundle = request.bundle_id, channel = ?request.channel, "active bundle set");
+    Ok(release_answer("Release updated successfully", &release))
+}
+
+#[derive(Deserialize)]
+pub struct DeleteReleaseRequest {
+    release_id: String,
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<DeleteReleaseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let release = state.catalog.delete_release(&request.release_id).await?;
+    tracing::info!(release = %release.id, key = %release.key, "release deleted");
+    Ok(release_answer("Release deleted successfully", &release))
+}

@@ -1,0 +1,80 @@
+//! LIMIT_REQUEST_PER_MINUTE per client IP on the device API, with the 429 answer plugins
+//! understand: a `Retry-After` header and `retryAfterSeconds` in the body (without a hint,
+//! plugins 7.23.8 to 8.51.4 go silent until the app restarts).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::json;
+
+use super::AppState;
+
+pub struct DeviceRateLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl DeviceRateLimiter {
+    /// `None` when `per_minute` is 0 (no limit).
+    pub fn per_minute(per_minute: u32) -> Option<DeviceRateLimiter> {
+        let per_minute = NonZeroU32::new(per_minute)?;
+        Some(DeviceRateLimiter {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+        })
+    }
+
+    /// `Err(wait)` when `client` is over its limit.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        self.limiter
+            .check_key(&client)
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
+    /// Forgets clients whose buckets are full again, so memory follows active clients only.
+    pub fn forget_idle_clients(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+pub async fn limit_device_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(limiter) = &state.rate_limiter else {
+        return next.run(request).await;
+    };
+    let client = state.client_ip.resolve_request(&request);
+    match limiter.check(client) {
+        Ok(()) => next.run(request).await,
+        Err(wait) => too_many_requests(wait),
+    }
+}
+
+fn too_many_requests(wait: Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let reset_at = SystemTime::now()
+        .checked_add(Duration::from_secs(seconds))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    let body = json!({
+        "error": "too_many_requests",
+        "message": "Too many requests",
+        "retryAfterSeconds": seconds,
+        "moreInfo": { "retryAfterSeconds": seconds, "rateLimitResetAt": reset_at },
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, seconds.to_string())],
+        Json(body),
+    )
+        .into_response()
+}

@@ -1,0 +1,15 @@
+//! capgo-server: a self-hosted backend for Capgo live updates (`@capgo/capacitor-updater`).
+//!
+//! Layers, outer calling inner only (see `DESIGN.md`):
+//! - [`domain`]: pure types and decisions (the update decision lives here), no I/O;
+//! - [`store`]: metadata and blob storage traits with their implementations;
+//! - [`catalog`]: the operations people perform, each rule enforced once;
+//! - [`http`]: the device API (public port) and the management API (management port).
+
+pub mod app;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod store;

@@ -1,0 +1,110 @@
+//! Bundle bytes in a folder, served by the public port under `/files/`.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{BlobInfo, BlobStore, StoreError};
+
+/// URL path prefix on the public port under which local blobs are served.
+pub const FILES_ROUTE_PREFIX: &str = "/files/";
+
+pub struct FilesystemBlobStore {
+    root: PathBuf,
+    public_base_url: String,
+}
+
+impl FilesystemBlobStore {
+    pub fn open(root: PathBuf, public_base_url: &str) -> Result<FilesystemBlobStore, StoreError> {
+        std::fs::create_dir_all(&root).map_err(|e| {
+            StoreError::Internal(format!("cannot create blob folder {}: {e}", root.display()))
+        })?;
+        Ok(FilesystemBlobStore {
+            root,
+            public_base_url: public_base_url.to_string(),
+        })
+    }
+
+    /// Maps a key to a path below the root; `None` for keys that could escape it.
+    fn path_of(&self, key: &str) -> Option<PathBuf> {
+        let safe = !key.is_empty()
+            && key.split('/').all(|part| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            });
+        safe.then(|| self.root.join(key))
+    }
+
+    fn checked_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        self.path_of(key)
+            .ok_or_else(|| StoreError::Internal(format!("refusing unsafe blob key {key:?}")))
+    }
+}
+
+#[async_trait]
+impl BlobStore for FilesystemBlobStore {
+    async fn put_file(&self, key: &str, source: &Path) -> Result<(), StoreError> {
+        let target = self.checked_path(key)?;
+        let source = source.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let parent = target.parent().expect("blob paths are below the root");
+            std::fs::create_dir_all(parent)?;
+            // The staging folder is on the same disk, so this is an atomic rename; syncing the
+            // folder makes the new name survive a power loss.
+            std::fs::rename(&source, &target)?;
+            std::fs::File::open(parent)?.sync_all()
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob write task failed: {e}")))?
+        .map_err(|e| StoreError::Internal(format!("cannot store blob {key}: {e}")))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.checked_path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Internal(format!(
+                "cannot delete blob {key}: {e}"
+            ))),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            let mut folders = vec![root.clone()];
+            while let Some(folder) = folders.pop() {
+                for entry in std::fs::read_dir(&folder)? {
+                    let entry = entry?;
+                    let metadata = entry.metadata()?;
+                    if metadata.is_dir() {
+                        folders.push(entry.path());
+                    } else if let Ok(relative) = entry.path().strip_prefix(&root) {
+                        found.push(BlobInfo {
+                            key: relative.to_string_lossy().replace('\\', "/"),
+                            modified: metadata.modified()?,
+                        });
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob listing task failed: {e}")))?
+        .map_err(|e: std::io::Error| StoreError::Internal(format!("cannot list blobs: {e}")))
+    }
+
+    fn download_url(&self, key: &str) -> String {
+        format!("{}{FILES_ROUTE_PREFIX}{key}", self.public_base_url)
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path_of(key)
+    }
+}

@@ -1,0 +1,505 @@
+//! The embedded metadata store: one SQLite file in DATA_DIR.
+//!
+//! SQLite (bundled build, so nothing to install) gives unique indexes that turn duplicate
+//! uploads into clean conflicts, foreign keys that stop a used bundle from vanishing,
+//! transactions for batches, WAL for crash safety, and a file people can open with `sqlite3`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+
+use super::{MetadataStore, StoreError};
+use crate::domain::channel::Channel;
+use crate::domain::stats::StatsEvent;
+use crate::domain::{
+    Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, UnixMillis,
+    DEFAULT_CHANNEL,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS bundles (
+    id                 TEXT PRIMARY KEY,
+    app_id             TEXT NOT NULL,
+    version_name       TEXT NOT NULL,
+    description        TEXT NOT NULL,
+    sha256             TEXT NOT NULL,
+    crc32              TEXT NOT NULL,
+    size               INTEGER NOT NULL,
+    blob_key           TEXT NOT NULL,
+    session_key        TEXT,
+    encrypted_checksum TEXT,
+    key_id             TEXT,
+    created_at         INTEGER NOT NULL,
+    UNIQUE (app_id, version_name)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id                TEXT PRIMARY KEY,
+    platform          TEXT NOT NULL,
+    app_id            TEXT NOT NULL,
+    version_name      TEXT NOT NULL,
+    version_code      TEXT NOT NULL,
+    builtin_bundle_id TEXT NOT NULL REFERENCES bundles(id),
+    release_date      INTEGER,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    UNIQUE (version_name, platform, app_id, version_code)
+);
+CREATE TABLE IF NOT EXISTS release_channels (
+    release_id TEXT NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+    channel    TEXT NOT NULL,
+    bundle_id  TEXT NOT NULL REFERENCES bundles(id),
+    PRIMARY KEY (release_id, channel)
+);
+CREATE INDEX IF NOT EXISTS release_channels_by_bundle ON release_channels (bundle_id);
+CREATE INDEX IF NOT EXISTS releases_by_builtin ON releases (builtin_bundle_id);
+CREATE TABLE IF NOT EXISTS channels (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    UNIQUE (app_id, name)
+);
+CREATE TABLE IF NOT EXISTS stats_events (
+    id               INTEGER PRIMARY KEY,
+    occurred_at      INTEGER NOT NULL,
+    app_id           TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
+    action           TEXT NOT NULL,
+    platform         TEXT,
+    version_name     TEXT,
+    old_version_name TEXT,
+    version_build    TEXT,
+    version_code     TEXT,
+    plugin_version   TEXT,
+    is_emulator      INTEGER,
+    is_prod          INTEGER,
+    custom_id        TEXT,
+    metadata         TEXT
+);
+CREATE INDEX IF NOT EXISTS stats_by_bundle ON stats_events (app_id, version_name, occurred_at);
+"#;
+
+const BUNDLE_COLUMNS: &str = "id, app_id, version_name, description, sha256, crc32, size, \
+    blob_key, session_key, encrypted_checksum, key_id, created_at";
+const RELEASE_COLUMNS: &str = "id, platform, app_id, version_name, version_code, \
+    builtin_bundle_id, release_date, created_at, updated_at";
+
+pub struct SqliteMetadataStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteMetadataStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteMetadataStore, StoreError> {
+        let connection = Connection::open(path).map_err(|e| {
+            StoreError::Internal(format!("cannot open database {}: {e}", path.display()))
+        })?;
+        Self::prepare(connection)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn in_memory() -> Result<SqliteMetadataStore, StoreError> {
+        Self::prepare(Connection::open_in_memory().map_err(internal)?)
+    }
+
+    fn prepare(connection: Connection) -> Result<SqliteMetadataStore, StoreError> {
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(internal)?;
+        connection.execute_batch(SCHEMA).map_err(internal)?;
+        Ok(SqliteMetadataStore {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Runs `work` on the connection off the async runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = connection
+                .lock()
+                .map_err(|_| StoreError::Internal("database lock poisoned".into()))?;
+            work(&mut guard).map_err(map_error)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))?
+    }
+}
+
+fn internal(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+fn map_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => internal(e),
+    }
+}
+
+fn bundle_from_row(row: &Row<'_>) -> rusqlite::Result<Bundle> {
+    let session_key: Option<String> = row.get(8)?;
+    let encrypted_checksum: Option<String> = row.get(9)?;
+    let key_id: Option<String> = row.get(10)?;
+    Ok(Bundle {
+        id: RecordId::from_stored(row.get(0)?),
+        app_id: row.get(1)?,
+        version_name: row.get(2)?,
+        description: row.get(3)?,
+        sha256: row.get(4)?,
+        crc32: row.get(5)?,
+        size: row.get::<_, i64>(6)? as u64,
+        blob_key: row.get(7)?,
+        encryption: session_key.map(|session_key| BundleEncryption {
+            session_key,
+            checksum: encrypted_checksum.unwrap_or_default(),
+            key_id,
+        }),
+        created_at: row.get(11)?,
+    })
+}
+
+fn release_from_row(row: &Row<'_>) -> rusqlite::Result<Release> {
+    let platform: String = row.get(1)?;
+    Ok(Release {
+        id: RecordId::from_stored(row.get(0)?),
+        key: ReleaseKey {
+            platform: platform.parse().map_err(|e: crate::domain::InvalidInput| {
+                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+            })?,
+            app_id: row.get(2)?,
+            version_name: row.get(3)?,
+            version_code: row.get(4)?,
+        },
+        builtin_bundle_id: RecordId::from_stored(row.get(5)?),
+        channels: BTreeMap::new(),
+        release_date: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+/// Loads releases matching `filter` (a WHERE clause over `releases r`) with their channels.
+fn load_releases(
+    connection: &Connection,
+    filter: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<Release>> {
+    let sql = format!(
+        "SELECT {} FROM releases r WHERE {filter} ORDER BY r.created_at DESC, r.id DESC",
+        RELEASE_COLUMNS
+            .split(", ")
+            .map(|c| format!("r.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut releases: Vec<Release> = connection
+        .prepare_cached(&sql)?
+        .query_map(params, release_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut channels = connection
+        .prepare_cached("SELECT channel, bundle_id FROM release_channels WHERE release_id = ?1")?;
+    for release in &mut releases {
+        let rows = channels.query_map([release.id.as_str()], |row| {
+            Ok((
+                ChannelName::from_stored(row.get(0)?),
+                RecordId::from_stored(row.get(1)?),
+            ))
+        })?;
+        for row in rows {
+            let (channel, bundle) = row?;
+            release.channels.insert(channel, bundle);
+        }
+    }
+    Ok(releases)
+}
+
+fn ensure_channel(connection: &Connection, app_id: &str, name: &str) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached("INSERT OR IGNORE INTO channels (app_id, name) VALUES (?1, ?2)")?
+        .execute(params![app_id, name])?;
+    Ok(())
+}
+
+#[async_trait]
+impl MetadataStore for SqliteMetadataStore {
+    async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
+        let b = bundle.clone();
+        self.run(move |c| {
+            let encryption = b.encryption.as_ref();
+            c.prepare_cached(&format!(
+                "INSERT INTO bundles ({BUNDLE_COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ))?
+            .execute(params![
+                b.id.as_str(),
+                b.app_id,
+                b.version_name,
+                b.description,
+                b.sha256,
+                b.crc32,
+                b.size as i64,
+                b.blob_key,
+                encryption.map(|e| &e.session_key),
+                encryption.map(|e| &e.checksum),
+                encryption.and_then(|e| e.key_id.as_ref()),
+                b.created_at,
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE id = ?1"
+            ))?
+            .query_row([id.as_str()], bundle_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn bundle_by_version(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<Option<Bundle>, StoreError> {
+        let (app_id, version_name) = (app_id.to_string(), version_name.to_string());
+        self.run(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE app_id = ?1 AND version_name = ?2"
+            ))?
+            .query_row([app_id, version_name], bundle_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
+        self.run(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {BUNDLE_COLUMNS} FROM bundles ORDER BY created_at DESC, id DESC"
+            ))?
+            .query_map([], bundle_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_bundle(&self, id: &RecordId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
+            Ok(c.prepare_cached("DELETE FROM bundles WHERE id = ?1")?
+                .execute([id.as_str()])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        let r = release.clone();
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            tx.prepare_cached(&format!(
+                "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                r.id.as_str(),
+                r.key.platform.as_str(),
+                r.key.app_id,
+                r.key.version_name,
+                r.key.version_code,
+                r.builtin_bundle_id.as_str(),
+                r.release_date,
+                r.created_at,
+                r.updated_at,
+            ])?;
+            ensure_channel(&tx, &r.key.app_id, DEFAULT_CHANNEL)?;
+            for (channel, bundle) in &r.channels {
+                ensure_channel(&tx, &r.key.app_id, channel.as_str())?;
+                tx.prepare_cached(
+                    "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![r.id.as_str(), channel.as_str(), bundle.as_str()])?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn release(&self, id: &RecordId) -> Result<Option<Release>, StoreError> {
+        let id = id.clone();
+        self.run(move |c| Ok(load_releases(c, "r.id = ?1", &[&id.as_str()])?.pop()))
+            .await
+    }
+
+    async fn release_by_key(&self, key: &ReleaseKey) -> Result<Option<Release>, StoreError> {
+        let key = key.clone();
+        self.run(move |c| {
+            Ok(load_releases(
+                c,
+                "r.platform = ?1 AND r.app_id = ?2 AND r.version_name = ?3 AND r.version_code = ?4",
+                &[
+                    &key.platform.as_str(),
+                    &key.app_id,
+                    &key.version_name,
+                    &key.version_code,
+                ],
+            )?
+            .pop())
+        })
+        .await
+    }
+
+    async fn list_releases(&self) -> Result<Vec<Release>, StoreError> {
+        self.run(|c| load_releases(c, "1 = 1", &[])).await
+    }
+
+    async fn releases_using_bundle(
+        &self,
+        bundle_id: &RecordId,
+    ) -> Result<Vec<Release>, StoreError> {
+        let id = bundle_id.clone();
+        self.run(move |c| {
+            load_releases(
+                c,
+                "r.builtin_bundle_id = ?1 OR r.id IN \
+                 (SELECT release_id FROM release_channels WHERE bundle_id = ?1)",
+                &[&id.as_str()],
+            )
+        })
+        .await
+    }
+
+    async fn set_release_date(
+        &self,
+        id: &RecordId,
+        release_date: Option<UnixMillis>,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE releases SET release_date = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id.as_str(), release_date, updated_at])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn set_channel_bundle(
+        &self,
+        id: &RecordId,
+        channel: &ChannelName,
+        bundle_id: &RecordId,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let (id, channel, bundle_id) = (id.clone(), channel.clone(), bundle_id.clone());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let app_id: Option<String> = tx
+                .prepare_cached("SELECT app_id FROM releases WHERE id = ?1")?
+                .query_row([id.as_str()], |row| row.get(0))
+                .optional()?;
+            let Some(app_id) = app_id else {
+                return Ok(false);
+            };
+            ensure_channel(&tx, &app_id, channel.as_str())?;
+            tx.prepare_cached(
+                "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (release_id, channel) DO UPDATE SET bundle_id = excluded.bundle_id",
+            )?
+            .execute(params![id.as_str(), channel.as_str(), bundle_id.as_str()])?;
+            tx.prepare_cached("UPDATE releases SET updated_at = ?2 WHERE id = ?1")?
+                .execute(params![id.as_str(), updated_at])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
+            Ok(c.prepare_cached("DELETE FROM releases WHERE id = ?1")?
+                .execute([id.as_str()])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, StoreError> {
+        let app_id = app_id.to_string();
+        self.run(move |c| {
+            c.prepare_cached("SELECT id, app_id, name FROM channels WHERE app_id = ?1 ORDER BY id")?
+                .query_map([app_id], |row| {
+                    Ok(Channel {
+                        id: row.get(0)?,
+                        app_id: row.get(1)?,
+                        name: ChannelName::from_stored(row.get(2)?),
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError> {
+        let events = events.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO stats_events (occurred_at, app_id, device_id, action, platform, \
+                     version_name, old_version_name, version_build, version_code, plugin_version, \
+                     is_emulator, is_prod, custom_id, metadata) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?;
+                for e in &events {
+                    insert.execute(params![
+                        e.occurred_at,
+                        e.app_id,
+                        e.device_id,
+                        e.action,
+                        e.platform,
+                        e.version_name,
+                        e.old_version_name,
+                        e.version_build,
+                        e.version_code,
+                        e.plugin_version,
+                        e.is_emulator,
+                        e.is_prod,
+                        e.custom_id,
+                        e.metadata,
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|c| {
+            c.prepare_cached("SELECT blob_key FROM bundles")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+    }
+}
