@@ -158,6 +158,17 @@ impl Catalog {
         Ok(self.metadata.insert_stats(events).await?)
     }
 
+    /// Device events per action for one bundle (downloads, installs, failures).
+    pub async fn bundle_activity(
+        &self,
+        bundle: &Bundle,
+    ) -> Result<std::collections::BTreeMap<String, u64>, CatalogError> {
+        Ok(self
+            .metadata
+            .bundle_activity(&bundle.app_id, &bundle.version_name)
+            .await?)
+    }
+
     // ---- bundles -----------------------------------------------------------------------
 
     /// Checks an upload's fields before its bytes are read, so a bad or duplicate upload is

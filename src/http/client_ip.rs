@@ -2,10 +2,9 @@
 //! the nearest untrusted hop of `X-Forwarded-For`. Anyone else's header is ignored, so a client
 //! cannot choose its own rate-limit bucket.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request};
+use axum::http::HeaderMap;
 use ipnet::IpNet;
 
 pub struct ClientIpResolver {
@@ -41,15 +40,6 @@ impl ClientIpResolver {
             }
         }
         client
-    }
-
-    pub fn resolve_request<B>(&self, request: &Request<B>) -> IpAddr {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|info| info.0.ip())
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        self.resolve(peer, request.headers())
     }
 }
 

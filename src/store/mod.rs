@@ -7,6 +7,7 @@
 pub mod fs_blobs;
 pub mod sqlite;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -76,6 +77,12 @@ pub trait MetadataStore: Send + Sync + 'static {
 
     /// Stores a batch of device events atomically.
     async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError>;
+    /// How many events of each action devices reported for a bundle (by version name).
+    async fn bundle_activity(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<BTreeMap<String, u64>, StoreError>;
     /// Blob keys that bundle records refer to (for the orphan sweep).
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError>;
 }

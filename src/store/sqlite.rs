@@ -494,6 +494,25 @@ impl MetadataStore for SqliteMetadataStore {
         .await
     }
 
+    async fn bundle_activity(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let (app_id, version_name) = (app_id.to_string(), version_name.to_string());
+        self.run(move |c| {
+            c.prepare_cached(
+                "SELECT action, COUNT(*) FROM stats_events \
+                 WHERE app_id = ?1 AND version_name = ?2 GROUP BY action",
+            )?
+            .query_map([app_id, version_name], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })?
+            .collect()
+        })
+        .await
+    }
+
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
         self.run(|c| {
             c.prepare_cached("SELECT blob_key FROM bundles")?

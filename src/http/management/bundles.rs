@@ -1,7 +1,8 @@
 //! `/api/v1/bundles.*`
 
-use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{Multipart, State};
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Multipart, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,8 +30,14 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 /// when `app_id` and `version_name` come before it, a duplicate is refused before the upload.
 pub async fn upload(
     State(state): State<AppState>,
-    mut form: Multipart,
+    form: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let mut form = form.map_err(|rejection| {
+        ApiError::BadRequest(format!(
+            "send the bundle as multipart/form-data (curl -F bundle=@dist.zip ...): {}",
+            rejection.body_text()
+        ))
+    })?;
     let mut new = NewBundle::default();
     let mut staged = None;
     while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
@@ -122,5 +129,25 @@ pub async fn delete(
     Ok(Json(json!({
         "message": "Bundle deleted successfully",
         "bundle": BundleView::new(&bundle, &state.catalog),
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct BundleQuery {
+    bundle_id: String,
+}
+
+/// `GET /api/v1/bundles.activity?bundle_id=…`: device events per action for one bundle.
+pub async fn activity(
+    State(state): State<AppState>,
+    query: Result<Query<BundleQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let bundle = state.catalog.bundle(&query.bundle_id).await?;
+    let actions = state.catalog.bundle_activity(&bundle).await?;
+    Ok(Json(json!({
+        "bundle_id": bundle.id.as_str(),
+        "version_name": bundle.version_name,
+        "actions": actions,
     })))
 }

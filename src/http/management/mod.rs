@@ -28,18 +28,21 @@ pub fn router(state: AppState) -> Router {
             post(bundles::upload).layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route("/bundles.delete", post(bundles::delete))
+        .route("/bundles.activity", get(bundles::activity))
         .route("/releases.list", get(releases::list))
         .route("/releases.create", post(releases::create))
         .route("/releases.update", post(releases::update))
         .route("/releases.set-active", post(releases::set_active))
         .route("/releases.delete", post(releases::delete))
         .fallback(error::unknown_route)
-        .route_layer(middleware::from_fn_with_state(
+        .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
-        ));
+        ))
+        .with_state(state.clone());
     Router::new()
-        .nest("/api/v1", api)
+        // Mounted as a service so the key check wraps unknown paths too: they reveal nothing.
+        .nest_service("/api/v1", api)
         .route("/apipublic/v1/oauth2.config", get(oauth2_config))
         .merge(super::health_routes())
         .fallback(error::unknown_route)

@@ -1,0 +1,415 @@
+//! Helpers shared by the integration tests: bundle zips, plugin-shaped bodies, an in-process
+//! app for router tests, and the real binary on free ports.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use capgo_server::catalog::staging::Staging;
+use capgo_server::catalog::Catalog;
+use capgo_server::config::Config;
+use capgo_server::http::management::auth::ApiKeys;
+use capgo_server::http::{self, AppState};
+use capgo_server::store::fs_blobs::FilesystemBlobStore;
+use capgo_server::store::sqlite::SqliteMetadataStore;
+
+pub const API_KEY: &str = "test-management-key";
+pub const APP_ID: &str = "com.example.app";
+pub const DEVICE_ID: &str = "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d";
+
+/// A zip holding `files` (name, contents).
+pub fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    let mut writer = zip::ZipWriter::new(&mut buffer);
+    for (name, contents) in files {
+        writer
+            .start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        writer.write_all(contents).unwrap();
+    }
+    writer.finish().unwrap();
+    buffer.into_inner()
+}
+
+/// A valid bundle whose content differs by `marker`.
+pub fn web_bundle(marker: &str) -> Vec<u8> {
+    zip_of(&[
+        (
+            "index.html",
+            format!("<html><body>{marker}</body></html>").as_bytes(),
+        ),
+        (
+            "assets/app.js",
+            format!("console.log({marker:?})").as_bytes(),
+        ),
+    ])
+}
+
+/// Bytes that deflate cannot shrink (xorshift noise), for size-limit tests.
+pub fn incompressible(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A `/updates` body as plugin 8 sends it from Android (fields from capgo-protocol.md §0).
+pub fn device_body(version_name: &str, plugin_version: &str) -> Value {
+    json!({
+        "platform": "android",
+        "device_id": DEVICE_ID,
+        "app_id": APP_ID,
+        "version_name": version_name,
+        "version_build": "1.0.0",
+        "version_code": "10",
+        "version_os": "14",
+        "plugin_version": plugin_version,
+        "is_emulator": false,
+        "is_prod": true,
+        "custom_id": "",
+        "defaultChannel": "",
+    })
+}
+
+/// One part of a multipart form.
+pub enum Part<'a> {
+    Text(&'a str),
+    File(&'a [u8]),
+}
+
+pub const BOUNDARY: &str = "capgo-test-boundary-7d1f";
+
+pub fn multipart_body(parts: &[(&str, Part<'_>)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, part) in parts {
+        write!(body, "--{BOUNDARY}\r\n").unwrap();
+        match part {
+            Part::Text(text) => write!(
+                body,
+                "Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{text}\r\n"
+            )
+            .unwrap(),
+            Part::File(bytes) => {
+                write!(
+                    body,
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"bundle.zip\"\r\n\
+                     Content-Type: application/zip\r\n\r\n"
+                )
+                .unwrap();
+                body.extend_from_slice(bytes);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    write!(body, "--{BOUNDARY}--\r\n").unwrap();
+    body
+}
+
+/// The app in-process: both routers over an in-memory SQLite and a temporary blob folder.
+pub struct TestApp {
+    pub device: Router,
+    pub management: Router,
+    pub data: tempfile::TempDir,
+    pub state: AppState,
+}
+
+impl TestApp {
+    pub fn new() -> TestApp {
+        TestApp::with_env(&[])
+    }
+
+    pub fn with_env(env: &[(&str, &str)]) -> TestApp {
+        let data = tempfile::tempdir().unwrap();
+        let mut vars: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        vars.entry("DATA_DIR".into())
+            .or_insert(data.path().display().to_string());
+        vars.entry("MANAGEMENT_API_TOKENS".into())
+            .or_insert(API_KEY.into());
+        let config = Config::load(None, |name| vars.get(name).cloned()).unwrap();
+        let metadata = Arc::new(SqliteMetadataStore::in_memory().unwrap());
+        let blobs = Arc::new(
+            FilesystemBlobStore::open(data.path().join("blobs"), &config.public_base_url).unwrap(),
+        );
+        let catalog = Arc::new(Catalog::new(metadata, blobs, config.cache_result_duration));
+        let staging = Staging::new(data.path().join("staging")).unwrap();
+        let state = AppState::new(
+            &config,
+            catalog,
+            staging,
+            ApiKeys::new(&config.management_api_tokens),
+        );
+        TestApp {
+            device: http::device::router(state.clone()),
+            management: http::management::router(state.clone()),
+            data,
+            state,
+        }
+    }
+
+    pub async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let request = Request::get(path)
+            .header("x-api-key", API_KEY)
+            .body(Body::empty())
+            .unwrap();
+        Self::call(&self.management, request).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let request = Request::post(path)
+            .header("x-api-key", API_KEY)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        Self::call(&self.management, request).await
+    }
+
+    pub async fn upload(&self, parts: &[(&str, Part<'_>)]) -> (StatusCode, Value) {
+        let request = Request::post("/api/v1/bundles.upload")
+            .header("x-api-key", API_KEY)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={BOUNDARY}"),
+            )
+            .body(Body::from(multipart_body(parts)))
+            .unwrap();
+        Self::call(&self.management, request).await
+    }
+
+    /// Uploads a valid bundle and returns its id.
+    pub async fn upload_bundle(&self, version: &str) -> String {
+        let zip = web_bundle(version);
+        let (status, body) = self
+            .upload(&[
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text(version)),
+                ("bundle", Part::File(&zip)),
+            ])
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["bundle"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Creates the android 1.0.0 (10) release with `builtin` and returns its id.
+    pub async fn create_release(&self, builtin: &str) -> String {
+        let (status, body) = self
+            .post_json(
+                "/api/v1/releases.create",
+                json!({"platform": "android", "app_id": APP_ID, "version_name": "1.0.0",
+                       "version_code": "10", "builtin_bundle_id": builtin}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["release"]["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn set_active(
+        &self,
+        release: &str,
+        bundle: &str,
+        channel: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut body = json!({"release_id": release, "bundle_id": bundle});
+        if let Some(channel) = channel {
+            body["channel"] = json!(channel);
+        }
+        self.post_json("/api/v1/releases.set-active", body).await
+    }
+
+    pub async fn device_post(&self, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        let request = Request::post(path)
+            .header("content-type", "application/json")
+            .body(body.into())
+            .unwrap();
+        Self::call(&self.device, request).await
+    }
+
+    pub async fn check(&self, body: &Value) -> Value {
+        let (status, answer) = self.device_post("/updates", body.to_string()).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer
+    }
+
+    pub fn files_in(&self, folder: &str) -> Vec<String> {
+        list_files(&self.data.path().join(folder))
+    }
+}
+
+pub fn list_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        if entry.path().is_dir() {
+            found.extend(list_files(&entry.path()));
+        } else {
+            found.push(entry.path().display().to_string());
+        }
+    }
+    found
+}
+
+/// Asserts an update answer is one every plugin installs: no `error`, `kind` or `message`,
+/// only string values (iOS decodes strictly), an absolute URL.
+pub fn assert_update_answer(answer: &Value) {
+    let object = answer
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {answer}"));
+    for key in ["error", "kind", "message"] {
+        assert!(
+            !object.contains_key(key),
+            "update answer carries `{key}`: {answer}"
+        );
+    }
+    for key in ["version", "url", "checksum", "session_key"] {
+        assert!(
+            object.get(key).is_some_and(Value::is_string),
+            "`{key}` missing or not a string: {answer}"
+        );
+    }
+    let url = answer["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://") || url.starts_with("https://"),
+        "{url}"
+    );
+}
+
+/// The real binary, started on free loopback ports with its own DATA_DIR.
+pub struct ServerProcess {
+    pub child: Child,
+    pub public_url: String,
+    pub management_url: String,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_capgo-server"));
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATA_DIR", data_dir)
+            .env("LISTEN_ADDRESS", "127.0.0.1")
+            .env("CAPGO_USER_PORT", "0")
+            .env("CAPGO_MANAGEMENT_PORT", "0")
+            .env("RUST_LOG", "info")
+            .current_dir(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("capgo-server starts");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ports_tx, ports_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                for (what, tx_key) in [
+                    ("device API listening on ", "public"),
+                    ("management API listening on ", "management"),
+                ] {
+                    if let Some(rest) = line.split(what).nth(1) {
+                        let url = rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
+                        let _ = ports_tx.send((tx_key, url));
+                    }
+                }
+                log_writer.lock().unwrap().push(line);
+            }
+        });
+        let mut public_url = String::new();
+        let mut management_url = String::new();
+        while public_url.is_empty() || management_url.is_empty() {
+            match ports_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(("public", url)) => public_url = url,
+                Ok((_, url)) => management_url = url,
+                Err(_) => {
+                    let _ = child.kill();
+                    let mut stderr = String::new();
+                    let _ = std::io::Read::read_to_string(
+                        &mut child.stderr.take().unwrap(),
+                        &mut stderr,
+                    );
+                    panic!(
+                        "capgo-server did not start: {stderr}\n{:?}",
+                        log.lock().unwrap()
+                    );
+                }
+            }
+        }
+        ServerProcess {
+            child,
+            public_url,
+            management_url,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("capgo-server did not stop after SIGTERM");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,543 @@
+//! The management API through its router: the seed's routes and shapes, and every bad input.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use serde_json::json;
+
+/// A multipart form as (field name, part) pairs.
+type Form<'a> = Vec<(&'a str, Part<'a>)>;
+
+#[tokio::test]
+async fn seed_workflow_shapes() {
+    let app = TestApp::new();
+    let zip = web_bundle("v1");
+    let (status, body) = app
+        .upload(&[
+            ("app_id", Part::Text(APP_ID)),
+            ("version_name", Part::Text("1.0.0")),
+            ("description", Part::Text("first")),
+            ("bundle", Part::File(&zip)),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Bundle uploaded successfully");
+    let bundle = &body["bundle"];
+    for key in [
+        "id",
+        "app_id",
+        "version_name",
+        "description",
+        "crc_checksum",
+        "public_download_url",
+        "created_at",
+    ] {
+        assert!(
+            bundle[key].is_string(),
+            "seed field {key} missing: {bundle}"
+        );
+    }
+    assert_eq!(bundle["sha256"], sha256_hex(&zip));
+    assert_eq!(
+        bundle["crc_checksum"],
+        format!("{:08x}", crc32fast::hash(&zip))
+    );
+    assert_eq!(bundle["size"], zip.len());
+    let builtin = bundle["id"].as_str().unwrap().to_string();
+
+    let release = app.create_release(&builtin).await;
+    let (status, list) = app.get("/api/v1/releases.list").await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = &list["data"][0];
+    assert_eq!(listed["id"], release.as_str());
+    assert_eq!(listed["builtin_bundle_id"], builtin.as_str());
+    assert_eq!(listed["active_bundle_id"], serde_json::Value::Null);
+
+    let next = app.upload_bundle("1.0.1").await;
+    let (status, body) = app.set_active(&release, &next, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["release"]["active_bundle_id"], next.as_str());
+    let (status, body) = app.set_active(&release, &builtin, Some("beta")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["release"]["channels"]["beta"], builtin.as_str());
+
+    let (status, body) = app
+        .post_json(
+            "/api/v1/releases.update",
+            json!({"release_id": release, "release_date": "2026-01-31T09:00:00+07:00"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["release"]["release_date"], "2026-01-31T02:00:00Z");
+
+    let (status, bundles) = app.get("/api/v1/bundles.list").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bundles["data"].as_array().unwrap().len(), 2);
+    assert_eq!(bundles["data"][0]["version_name"], "1.0.1", "newest first");
+
+    let (status, body) = app
+        .post_json("/api/v1/releases.delete", json!({"release_id": release}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, list) = app.get("/api/v1/releases.list").await;
+    assert!(list["data"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn missing_or_wrong_key_is_401_on_every_route() {
+    let app = TestApp::new();
+    let routes = [
+        ("GET", "/api/v1/bundles.list"),
+        ("POST", "/api/v1/bundles.upload"),
+        ("POST", "/api/v1/bundles.delete"),
+        ("GET", "/api/v1/bundles.activity"),
+        ("GET", "/api/v1/releases.list"),
+        ("POST", "/api/v1/releases.create"),
+        ("POST", "/api/v1/releases.update"),
+        ("POST", "/api/v1/releases.set-active"),
+        ("POST", "/api/v1/releases.delete"),
+        ("GET", "/api/v1/no-such-route"),
+    ];
+    for (method, path) in routes {
+        for key in [None, Some("wrong-key-123")] {
+            let mut request = Request::builder().method(method).uri(path);
+            if let Some(key) = key {
+                request = request.header("x-api-key", key);
+            }
+            let (status, body) =
+                TestApp::call(&app.management, request.body(Body::empty()).unwrap()).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {key:?}: {body}"
+            );
+            assert!(
+                body["error"].as_str().unwrap().contains("x-api-key"),
+                "{body}"
+            );
+        }
+    }
+    let (status, _) = TestApp::call(
+        &app.management,
+        Request::get("/_healthz").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = TestApp::call(
+        &app.management,
+        Request::get("/apipublic/v1/oauth2.config")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["enabled"], false);
+}
+
+#[tokio::test]
+async fn bad_uploads_are_refused_and_leave_nothing() {
+    let app = TestApp::new();
+    let good = web_bundle("ok");
+    let traversal = zip_of(&[("index.html", b"x"), ("../../etc/cron.d/evil", b"x")]);
+    let no_index = zip_of(&[("app.js", b"x")]);
+    let wrong_checksum = "0".repeat(64);
+    let cases: Vec<(Form, StatusCode, &str)> = vec![
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+                ("bundle", Part::File(b"not a zip at all")),
+            ],
+            StatusCode::BAD_REQUEST,
+            "not a valid zip",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+                ("bundle", Part::File(&traversal)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "..",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+                ("bundle", Part::File(&no_index)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "index.html",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+                ("bundle", Part::File(b"")),
+            ],
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+            ],
+            StatusCode::BAD_REQUEST,
+            "`bundle`",
+        ),
+        (
+            vec![
+                ("version_name", Part::Text("1")),
+                ("bundle", Part::File(&good)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "app_id",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("bundle", Part::File(&good)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "version_name",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text("com example")),
+                ("version_name", Part::Text("1")),
+                ("bundle", Part::File(&good)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "app_id",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("builtin")),
+                ("bundle", Part::File(&good)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "reserved",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version", Part::Text("1")),
+                ("bundle", Part::File(&good)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "unknown form field",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+                ("checksum", Part::Text(&wrong_checksum)),
+                ("bundle", Part::File(&good)),
+            ],
+            StatusCode::BAD_REQUEST,
+            "checksum mismatch",
+        ),
+        (
+            vec![
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1")),
+                ("session_key", Part::Text("aXY=:a2V5")),
+                ("bundle", Part::File(b"ciphertext")),
+            ],
+            StatusCode::BAD_REQUEST,
+            "checksum",
+        ),
+    ];
+    for (parts, expected_status, expected_text) in cases {
+        let (status, body) = app.upload(&parts).await;
+        assert_eq!(
+            status, expected_status,
+            "expected {expected_text:?}: {body}"
+        );
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(expected_text),
+            "expected {expected_text:?} in {body}"
+        );
+    }
+    let request = Request::post("/api/v1/bundles.upload")
+        .header("x-api-key", API_KEY)
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, body) = TestApp::call(&app.management, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("multipart"),
+        "{body}"
+    );
+
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    assert!(bundles["data"].as_array().unwrap().is_empty(), "{bundles}");
+    assert!(
+        app.files_in("blobs").is_empty(),
+        "{:?}",
+        app.files_in("blobs")
+    );
+    assert!(
+        app.files_in("staging").is_empty(),
+        "{:?}",
+        app.files_in("staging")
+    );
+}
+
+#[tokio::test]
+async fn oversized_upload_is_413_and_leaves_nothing() {
+    let app = TestApp::with_env(&[("MAX_BUNDLE_SIZE", "4KiB")]);
+    let big = incompressible(64 * 1024);
+    let zip = zip_of(&[("index.html", b"<html/>"), ("noise.bin", &big)]);
+    let (status, body) = app
+        .upload(&[
+            ("app_id", Part::Text(APP_ID)),
+            ("version_name", Part::Text("1")),
+            ("bundle", Part::File(&zip)),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("MAX_BUNDLE_SIZE"),
+        "{body}"
+    );
+    assert!(app.files_in("staging").is_empty());
+    assert!(app.files_in("blobs").is_empty());
+}
+
+#[tokio::test]
+async fn duplicate_version_is_409_and_keeps_the_first() {
+    let app = TestApp::new();
+    let first = app.upload_bundle("2.0.0").await;
+    let zip = web_bundle("other content");
+    // Fields first: refused before the file is read.
+    let (status, body) = app
+        .upload(&[
+            ("app_id", Part::Text(APP_ID)),
+            ("version_name", Part::Text("2.0.0")),
+            ("bundle", Part::File(&zip)),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already has a bundle named \"2.0.0\""),
+        "{body}"
+    );
+    // File first: refused after staging, and the staged file is gone.
+    let (status, _) = app
+        .upload(&[
+            ("bundle", Part::File(&zip)),
+            ("app_id", Part::Text(APP_ID)),
+            ("version_name", Part::Text("2.0.0")),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    assert_eq!(bundles["data"].as_array().unwrap().len(), 1);
+    assert_eq!(bundles["data"][0]["id"], first.as_str());
+    assert_eq!(app.files_in("blobs").len(), 1);
+    assert!(app.files_in("staging").is_empty());
+}
+
+#[tokio::test]
+async fn release_bad_input() {
+    let app = TestApp::new();
+    let bundle = app.upload_bundle("1.0.0").await;
+    let valid = json!({"platform": "android", "app_id": APP_ID, "version_name": "1.0.0",
+                       "version_code": "10", "builtin_bundle_id": bundle});
+    let with = |key: &str, value: serde_json::Value| {
+        let mut body = valid.clone();
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (
+            with("platform", json!("windows")),
+            StatusCode::BAD_REQUEST,
+            "unknown platform",
+        ),
+        (
+            with("platform", json!(7)),
+            StatusCode::BAD_REQUEST,
+            "invalid JSON body",
+        ),
+        (
+            with("builtin_bundle_id", json!("nope")),
+            StatusCode::BAD_REQUEST,
+            "24 lowercase hex",
+        ),
+        (
+            with("builtin_bundle_id", json!("0123456789abcdef01234567")),
+            StatusCode::NOT_FOUND,
+            "no such bundle",
+        ),
+        (
+            with("app_id", json!("com.other.app")),
+            StatusCode::BAD_REQUEST,
+            "is a bundle of com.example.app",
+        ),
+        (
+            with("version_code", json!("")),
+            StatusCode::BAD_REQUEST,
+            "version_code is required",
+        ),
+        (
+            json!({"platform": "ios"}),
+            StatusCode::BAD_REQUEST,
+            "missing field",
+        ),
+    ];
+    for (body, expected_status, expected_text) in cases {
+        let (status, answer) = app.post_json("/api/v1/releases.create", body.clone()).await;
+        assert_eq!(status, expected_status, "{body} -> {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(expected_text),
+            "{body} -> {answer}"
+        );
+    }
+    let (status, _) = app
+        .post_json("/api/v1/releases.create", valid.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = app.post_json("/api/v1/releases.create", valid).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("already exists"));
+
+    for raw in ["{not json", "", "[]"] {
+        let request = Request::post("/api/v1/releases.create")
+            .header("x-api-key", API_KEY)
+            .header("content-type", "application/json")
+            .body(Body::from(raw))
+            .unwrap();
+        let (status, answer) = TestApp::call(&app.management, request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{raw:?}: {answer}");
+        assert!(
+            answer["error"].is_string(),
+            "JSON error shape for {raw:?}: {answer}"
+        );
+    }
+    let request = Request::post("/api/v1/releases.create")
+        .header("x-api-key", API_KEY)
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, answer) = TestApp::call(&app.management, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"].as_str().unwrap().contains("Content-Type"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn set_active_and_delete_rules() {
+    let app = TestApp::new();
+    let builtin = app.upload_bundle("1.0.0").await;
+    let release = app.create_release(&builtin).await;
+    let zip = web_bundle("other app");
+    let (_, other) = app
+        .upload(&[
+            ("app_id", Part::Text("com.other.app")),
+            ("version_name", Part::Text("9")),
+            ("bundle", Part::File(&zip)),
+        ])
+        .await;
+    let other = other["bundle"]["id"].as_str().unwrap().to_string();
+
+    let (status, body) = app.set_active(&release, &other, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = app
+        .set_active("0123456789abcdef01234567", &builtin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .set_active(&release, &builtin, Some("no spaces allowed"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, body) = app
+        .post_json("/api/v1/bundles.delete", json!({"bundle_id": builtin}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains(&release),
+        "names the release: {body}"
+    );
+
+    let (status, _) = app
+        .post_json("/api/v1/bundles.delete", json!({"bundle_id": other}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        app.files_in("blobs").len(),
+        1,
+        "the deleted bundle's file is gone"
+    );
+    let (status, _) = app
+        .post_json("/api/v1/releases.delete", json!({"release_id": release}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .post_json("/api/v1/releases.delete", json!({"release_id": release}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = app
+        .post_json(
+            "/api/v1/releases.update",
+            json!({"release_id": release, "release_date": "yesterday"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn encrypted_upload_serves_the_uploaders_checksum() {
+    let app = TestApp::new();
+    let builtin = app.upload_bundle("1.0.0").await;
+    let release = app.create_release(&builtin).await;
+    let ciphertext: Vec<u8> = (0..4096u32).map(|i| (i * 31 % 256) as u8).collect();
+    let encrypted_checksum = "ab".repeat(256);
+    let (status, body) = app
+        .upload(&[
+            ("app_id", Part::Text(APP_ID)),
+            ("version_name", Part::Text("1.1.0")),
+            (
+                "session_key",
+                Part::Text("MTIzNDU2Nzg5MDEyMzQ1Ng==:c2Vzc2lvbmtleQ=="),
+            ),
+            ("checksum", Part::Text(&encrypted_checksum)),
+            ("key_id", Part::Text("MIIBCgKCAQEAuQ5M2n3x")),
+            ("bundle", Part::File(&ciphertext)),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["bundle"]["sha256"],
+        sha256_hex(&ciphertext),
+        "own storage guard"
+    );
+    assert_eq!(body["bundle"]["encrypted"], true);
+    let id = body["bundle"]["id"].as_str().unwrap().to_string();
+    app.set_active(&release, &id, None).await;
+
+    let mut device = device_body("builtin", "8.51.14");
+    device["key_id"] = json!("MIIBCgKCAQEAuQ5M2n3x");
+    let answer = app.check(&device).await;
+    assert_update_answer(&answer);
+    assert_eq!(answer["checksum"], encrypted_checksum);
+    assert_eq!(
+        answer["session_key"],
+        "MTIzNDU2Nzg5MDEyMzQ1Ng==:c2Vzc2lvbmtleQ=="
+    );
+    device["key_id"] = json!("AnotherKeyIdXXXXXXXX");
+    let answer = app.check(&device).await;
+    assert_eq!(answer["error"], "key_id_mismatch");
+}
