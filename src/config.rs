@@ -519,6 +519,28 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_file_parses_and_documents_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_PATH);
+        let text = std::fs::read_to_string(&path).unwrap();
+        Config::load(Some(&path), |_| None).expect("the shipped config file loads");
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+                .unwrap();
+        for setting in SETTINGS {
+            assert!(
+                text.contains(&format!("# {}:", setting.yaml_key())),
+                "{} is not in config.yml",
+                setting.env
+            );
+            assert!(
+                readme.contains(&format!("`{}`", setting.env)),
+                "{} is not in README.md",
+                setting.env
+            );
+        }
+    }
+
+    #[test]
     fn unknown_file_key_is_refused() {
         let err = load(&[], Some("cache_duration: 1s\n"))
             .unwrap_err()

@@ -413,3 +413,108 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A loopback port that was free a moment ago (for settings that must be known before start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A started binary with a known public port, so PUBLIC_BASE_URL can point at it.
+pub fn start_with_public_url(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+    let port = free_port().to_string();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut all: Vec<(&str, &str)> = vec![
+        ("CAPGO_USER_PORT", port.as_str()),
+        ("PUBLIC_BASE_URL", base.as_str()),
+    ];
+    all.extend_from_slice(env);
+    ServerProcess::start(data_dir, &all)
+}
+
+/// HTTP helpers against a running binary.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub server_public: String,
+    pub server_management: String,
+    pub key: String,
+}
+
+impl Client {
+    pub fn new(server: &ServerProcess, key: &str) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            server_public: server.public_url.clone(),
+            server_management: server.management_url.clone(),
+            key: key.to_string(),
+        }
+    }
+
+    pub async fn upload(&self, app_id: &str, version: &str, zip: Vec<u8>) -> (u16, Value) {
+        let form = reqwest::multipart::Form::new()
+            .text("app_id", app_id.to_string())
+            .text("version_name", version.to_string())
+            .part(
+                "bundle",
+                reqwest::multipart::Part::bytes(zip).file_name("bundle.zip"),
+            );
+        let response = self
+            .http
+            .post(format!("{}/api/v1/bundles.upload", self.server_management))
+            .header("x-api-key", &self.key)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn manage(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/{path}", self.server_management))
+            .header("x-api-key", &self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn list(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}/api/v1/{path}", self.server_management))
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn device(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.server_public))
+            .header("content-type", "application/json; charset=utf-8")
+            .header(
+                "user-agent",
+                "CapacitorUpdater/8.51.14 (com.example.app) android/14",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    pub async fn download(&self, url: &str) -> Vec<u8> {
+        let response = self.http.get(url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        response.bytes().await.unwrap().to_vec()
+    }
+}

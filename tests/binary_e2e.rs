@@ -1,0 +1,289 @@
+//! The built binary on real sockets: the README walk-through, restarts, start-up errors,
+//! shutdown, interrupted uploads and what a crash leaves behind.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn walkthrough_then_restart_keeps_everything() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(data.path(), &[]);
+    let token_file = data.path().join("management-api-token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        server.log_text().contains(&token),
+        "the generated token is printed once"
+    );
+    let client = Client::new(&server, &token);
+
+    let (status, builtin) = client.upload(APP_ID, "1.0.0", web_bundle("builtin")).await;
+    assert_eq!(status, 200, "{builtin}");
+    let next_zip = web_bundle("next");
+    let (status, next) = client.upload(APP_ID, "1.0.1", next_zip.clone()).await;
+    assert_eq!(status, 200, "{next}");
+    let (status, release) = client
+        .manage(
+            "releases.create",
+            json!({"platform": "android", "app_id": APP_ID, "version_name": "1.0.0",
+                   "version_code": "10", "builtin_bundle_id": builtin["bundle"]["id"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{release}");
+    let device = device_body("builtin", "8.51.14");
+    assert_eq!(
+        client.device("/updates", &device).await.1["kind"],
+        "up_to_date"
+    );
+    let (status, _) = client
+        .manage(
+            "releases.set-active",
+            json!({"release_id": release["release"]["id"], "bundle_id": next["bundle"]["id"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, answer) = client.device("/updates", &device).await;
+    assert_eq!(status, 200);
+    assert_update_answer(&answer);
+    assert!(
+        answer["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&client.server_public),
+        "{answer}"
+    );
+    let downloaded = client.download(answer["url"].as_str().unwrap()).await;
+    assert_eq!(downloaded, next_zip);
+    assert_eq!(
+        sha256_hex(&downloaded),
+        answer["checksum"].as_str().unwrap()
+    );
+
+    assert!(server.stop().success(), "SIGTERM stops it cleanly");
+
+    let again = start_with_public_url(data.path(), &[]);
+    assert!(
+        !again.log_text().contains(&token),
+        "the token is not printed again"
+    );
+    let client = Client::new(&again, &token);
+    assert_eq!(
+        client.list("bundles.list").await["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (_, answer) = client.device("/updates", &device).await;
+    assert_eq!(answer["version"], "1.0.1");
+    let wrong = Client::new(&again, "not-the-token");
+    let response = wrong
+        .http
+        .get(format!("{}/api/v1/releases.list", again.management_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn large_upload_streams_through() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(data.path(), &[("MANAGEMENT_API_TOKENS", API_KEY)]);
+    let client = Client::new(&server, API_KEY);
+    let noise = incompressible(24 << 20);
+    let zip = zip_of(&[("index.html", b"<html/>"), ("assets/big.bin", &noise)]);
+    let (status, body) = client.upload(APP_ID, "big", zip.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["bundle"]["size"], zip.len());
+    assert_eq!(body["bundle"]["sha256"], sha256_hex(&zip));
+    let downloaded = client
+        .download(body["bundle"]["public_download_url"].as_str().unwrap())
+        .await;
+    assert_eq!(downloaded.len(), zip.len());
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_key_and_value() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_capgo-server"));
+        command
+            .env_clear()
+            .env("DATA_DIR", data.path())
+            .current_dir(data.path())
+            .args(args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    };
+    let output = run(&[("CACHE_RESULT_DURATION", "10 minutes")], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CACHE_RESULT_DURATION") && stderr.contains("10 minutes"),
+        "{stderr}"
+    );
+
+    let output = run(&[("CAPGO_USER_PORT", "80000")], &[]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("80000"));
+
+    let config = data.path().join("custom.yml");
+    std::fs::write(&config, "limit_request_per_minute: lots\n").unwrap();
+    let output = run(&[], &["--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("LIMIT_REQUEST_PER_MINUTE") && stderr.contains("lots"),
+        "{stderr}"
+    );
+
+    let output = run(&[], &["--config", "/nonexistent/config.yml"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/config.yml"));
+
+    let output = run(
+        &[("MONGO_CONNECTION_STRING", "mongodb://localhost:27017")],
+        &[],
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("MONGO_CONNECTION_STRING"));
+
+    let output = run(&[], &["--help"]);
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("serve") && help.contains("migrate") && help.contains("--config"),
+        "{help}"
+    );
+
+    let output = run(&[], &["migrate"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(data.path().join("capgo.db").exists());
+}
+
+#[test]
+fn config_file_is_read_from_the_working_directory() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("config")).unwrap();
+    std::fs::write(
+        data.path().join("config/config.yml"),
+        "management_api_tokens:\n  - from-the-config-file\n",
+    )
+    .unwrap();
+    let server = ServerProcess::start(data.path(), &[]);
+    let response = get_status(
+        &format!("{}/api/v1/releases.list", server.management_url),
+        "from-the-config-file",
+    );
+    assert_eq!(response, 200);
+    assert!(
+        !data.path().join("management-api-token").exists(),
+        "no token generated when one is configured"
+    );
+}
+
+/// The status of a GET over a plain socket (this test is synchronous).
+fn get_status(url: &str, key: &str) -> u16 {
+    let (address, path) = url.trim_start_matches("http://").split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {address}\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn interrupted_upload_leaves_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(data.path(), &[("MANAGEMENT_API_TOKENS", API_KEY)]);
+    let address = server
+        .management_url
+        .trim_start_matches("http://")
+        .to_string();
+    let head = multipart_body(&[
+        ("app_id", Part::Text(APP_ID)),
+        ("version_name", Part::Text("cut")),
+    ]);
+    let head = &head[..head.len() - format!("--{BOUNDARY}--\r\n").len()];
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "POST /api/v1/bundles.upload HTTP/1.1\r\nHost: {address}\r\nx-api-key: {API_KEY}\r\n\
+         Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 50000000\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(head).unwrap();
+    write!(stream, "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"b.zip\"\r\n\r\n").unwrap();
+    stream.write_all(&incompressible(2 << 20)).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    // The server notices the disconnect and drops the staging file.
+    let mut staged = Vec::new();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        staged = list_files(&data.path().join("staging"));
+        if staged.is_empty() {
+            break;
+        }
+    }
+    assert!(staged.is_empty(), "{staged:?}");
+    let client = Client::new(&server, API_KEY);
+    assert!(client.list("bundles.list").await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(list_files(&data.path().join("blobs")).is_empty());
+    // And the server still works.
+    let (status, _) = client.upload(APP_ID, "after", web_bundle("after")).await;
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn leftovers_of_a_crash_are_cleaned_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    for folder in ["staging", "blobs/bundles"] {
+        std::fs::create_dir_all(data.path().join(folder)).unwrap();
+    }
+    std::fs::write(
+        data.path().join("staging/6b0948b16ded8159d5dfe8ce.part"),
+        b"half an upload",
+    )
+    .unwrap();
+    std::fs::write(
+        data.path()
+            .join("blobs/bundles/6b0948b16ded8159d5dfe8cf.zip"),
+        b"stored, never recorded",
+    )
+    .unwrap();
+    let server = ServerProcess::start(data.path(), &[("MANAGEMENT_API_TOKENS", API_KEY)]);
+    assert!(list_files(&data.path().join("staging")).is_empty());
+    assert!(list_files(&data.path().join("blobs")).is_empty());
+    let mut log = String::new();
+    for _ in 0..20 {
+        log = server.log_text();
+        if log.contains("orphaned") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        log.contains("orphaned") && log.contains("interrupted uploads"),
+        "{log}"
+    );
+}

@@ -1,0 +1,270 @@
+//! One contract for every store implementation, so the embedded and production paths cannot
+//! drift. Each implementation runs the same functions below.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use capgo_server::domain::stats::StatsEvent;
+use capgo_server::domain::{
+    Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey,
+};
+use capgo_server::store::fs_blobs::FilesystemBlobStore;
+use capgo_server::store::sqlite::SqliteMetadataStore;
+use capgo_server::store::{BlobStore, MetadataStore, StoreError};
+
+fn bundle(app_id: &str, version: &str, created_at: i64) -> Bundle {
+    let id = RecordId::generate();
+    Bundle {
+        blob_key: Bundle::blob_key_for(&id),
+        id,
+        app_id: app_id.into(),
+        version_name: version.into(),
+        description: format!("bundle {version}"),
+        sha256: "ab".repeat(32),
+        crc32: "0badf00d".into(),
+        size: 1234,
+        encryption: None,
+        created_at,
+    }
+}
+
+fn release(builtin: &Bundle, code: &str) -> Release {
+    Release {
+        id: RecordId::generate(),
+        key: ReleaseKey {
+            platform: Platform::Ios,
+            app_id: builtin.app_id.clone(),
+            version_name: "2.0.0".into(),
+            version_code: code.into(),
+        },
+        builtin_bundle_id: builtin.id.clone(),
+        channels: BTreeMap::new(),
+        release_date: None,
+        created_at: 10,
+        updated_at: 10,
+    }
+}
+
+fn event(action: &str, version: &str) -> StatsEvent {
+    StatsEvent {
+        app_id: "com.contract.app".into(),
+        device_id: "d1".into(),
+        action: action.into(),
+        platform: Some("ios".into()),
+        version_name: Some(version.into()),
+        old_version_name: None,
+        version_build: None,
+        version_code: None,
+        plugin_version: Some("8.51.14".into()),
+        is_emulator: Some(false),
+        is_prod: Some(true),
+        custom_id: None,
+        metadata: Some(r#"{"k":"v"}"#.into()),
+        occurred_at: 5,
+    }
+}
+
+async fn metadata_contract(store: Arc<dyn MetadataStore>) {
+    let app = "com.contract.app";
+    let mut first = bundle(app, "1.0.0", 1);
+    first.encryption = Some(
+        BundleEncryption::new(
+            "aXY=:a2V5".into(),
+            Some("c".repeat(512)),
+            Some("KEYID".into()),
+        )
+        .unwrap(),
+    );
+    let second = bundle(app, "1.0.1", 2);
+    store.insert_bundle(&first).await.unwrap();
+    store.insert_bundle(&second).await.unwrap();
+    assert_eq!(
+        store.bundle(&first.id).await.unwrap().as_ref(),
+        Some(&first),
+        "round trip"
+    );
+    assert_eq!(
+        store
+            .bundle_by_version(app, "1.0.1")
+            .await
+            .unwrap()
+            .as_ref(),
+        Some(&second)
+    );
+    assert_eq!(store.bundle(&RecordId::generate()).await.unwrap(), None);
+    let duplicate = bundle(app, "1.0.0", 3);
+    assert!(matches!(
+        store.insert_bundle(&duplicate).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .insert_bundle(&bundle("com.other.app", "1.0.0", 3))
+        .await
+        .unwrap();
+    let listed: Vec<String> = store
+        .list_bundles()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.version_name)
+        .collect();
+    assert_eq!(listed, ["1.0.0", "1.0.1", "1.0.0"], "newest first");
+
+    let mut r = release(&first, "7");
+    r.channels
+        .insert(ChannelName::parse("beta").unwrap(), second.id.clone());
+    store.insert_release(&r).await.unwrap();
+    assert_eq!(store.release(&r.id).await.unwrap().as_ref(), Some(&r));
+    assert_eq!(
+        store.release_by_key(&r.key).await.unwrap().as_ref(),
+        Some(&r)
+    );
+    let mut same_key = release(&first, "7");
+    same_key.id = RecordId::generate();
+    assert!(matches!(
+        store.insert_release(&same_key).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut other_key = r.key.clone();
+    other_key.platform = Platform::Android;
+    assert_eq!(store.release_by_key(&other_key).await.unwrap(), None);
+
+    let production = ChannelName::default_channel();
+    assert!(store
+        .set_channel_bundle(&r.id, &production, &second.id, 20)
+        .await
+        .unwrap());
+    assert!(
+        store
+            .set_channel_bundle(&r.id, &production, &first.id, 21)
+            .await
+            .unwrap(),
+        "upsert"
+    );
+    assert!(!store
+        .set_channel_bundle(&RecordId::generate(), &production, &first.id, 22)
+        .await
+        .unwrap());
+    let stored = store.release(&r.id).await.unwrap().unwrap();
+    assert_eq!(stored.channels.get(&production), Some(&first.id));
+    assert_eq!(stored.updated_at, 21);
+    assert!(store.set_release_date(&r.id, Some(99), 30).await.unwrap());
+    assert_eq!(
+        store.release(&r.id).await.unwrap().unwrap().release_date,
+        Some(99)
+    );
+    assert!(!store
+        .set_release_date(&RecordId::generate(), None, 30)
+        .await
+        .unwrap());
+
+    let channels = store.channels(app).await.unwrap();
+    let names: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["production", "beta"]);
+    assert_ne!(channels[0].id, channels[1].id);
+    assert_eq!(
+        store.channels(app).await.unwrap(),
+        channels,
+        "ids are stable"
+    );
+    assert!(store.channels("com.nobody").await.unwrap().is_empty());
+
+    let users = store.releases_using_bundle(&second.id).await.unwrap();
+    assert_eq!(
+        users.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        [&r.id],
+        "used by a channel"
+    );
+    assert_eq!(
+        store.releases_using_bundle(&first.id).await.unwrap().len(),
+        1,
+        "used as builtin"
+    );
+    assert!(matches!(
+        store.delete_bundle(&first.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(
+        store.bundle(&first.id).await.unwrap().is_some(),
+        "a refused delete keeps the record"
+    );
+
+    store
+        .insert_stats(&[
+            event("set", "1.0.1"),
+            event("set", "1.0.1"),
+            event("download_fail", "1.0.1"),
+        ])
+        .await
+        .unwrap();
+    store.insert_stats(&[]).await.unwrap();
+    let activity = store.bundle_activity(app, "1.0.1").await.unwrap();
+    assert_eq!(
+        activity,
+        BTreeMap::from([("download_fail".to_string(), 1), ("set".to_string(), 2)])
+    );
+    assert!(store
+        .bundle_activity(app, "9.9.9")
+        .await
+        .unwrap()
+        .is_empty());
+
+    assert!(store.delete_release(&r.id).await.unwrap());
+    assert!(!store.delete_release(&r.id).await.unwrap());
+    assert!(store
+        .releases_using_bundle(&second.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.delete_bundle(&second.id).await.unwrap());
+    assert!(!store.delete_bundle(&second.id).await.unwrap());
+    let mut keys = store.bundle_blob_keys().await.unwrap();
+    keys.sort();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&first.blob_key));
+}
+
+async fn blob_contract(store: Arc<dyn BlobStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("upload.part");
+    std::fs::write(&source, b"zip bytes").unwrap();
+    store
+        .put_file("bundles/contract.zip", &source)
+        .await
+        .unwrap();
+    let listed = store.list().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
+        ["bundles/contract.zip"]
+    );
+    assert!(store
+        .download_url("bundles/contract.zip")
+        .ends_with("bundles/contract.zip"));
+    store.delete("bundles/contract.zip").await.unwrap();
+    store.delete("bundles/contract.zip").await.unwrap();
+    assert!(store.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_meets_the_metadata_contract() {
+    metadata_contract(Arc::new(SqliteMetadataStore::in_memory().unwrap())).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_meets_the_metadata_contract_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capgo.db");
+    metadata_contract(Arc::new(SqliteMetadataStore::open(&path).unwrap())).await;
+    let reopened = SqliteMetadataStore::open(&path).unwrap();
+    assert_eq!(reopened.list_bundles().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn filesystem_meets_the_blob_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        FilesystemBlobStore::open(dir.path().join("blobs"), "http://localhost:8000").unwrap();
+    assert!(store.local_path("../escape").is_none());
+    assert!(store.local_path("bundles/../../x").is_none());
+    blob_contract(Arc::new(store)).await;
+}
