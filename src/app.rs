@@ -1,8 +1,9 @@
 //! Wiring: builds the stores, the catalog and both servers from a [`Config`], and runs them
 //! until shutdown.
 
+use std::fs::File;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,11 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "another capgo-server process is using the data folder {0} (one process per DATA_DIR; \
+         several replicas need MongoDB and S3)"
+    )]
+    DataDirInUse(PathBuf),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -44,21 +50,44 @@ pub enum StartupError {
     },
 }
 
-/// The embedded default's layout under DATA_DIR.
-struct DataDir(PathBuf);
+/// DATA_DIR, held by this process alone for as long as the value lives: the start-up clean-up
+/// of interrupted uploads and orphaned files is only safe when nobody else is writing there.
+pub struct DataDir {
+    root: PathBuf,
+    _lock: File,
+}
 
 impl DataDir {
+    pub fn open(root: &Path) -> Result<DataDir, StartupError> {
+        let io = |source| StartupError::DataDir {
+            path: root.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(io)?;
+        let lock = File::create(root.join(".lock")).map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => Ok(DataDir {
+                root: root.to_path_buf(),
+                _lock: lock,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StartupError::DataDirInUse(root.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+        }
+    }
+
     fn database(&self) -> PathBuf {
-        self.0.join("capgo.db")
+        self.root.join("capgo.db")
     }
     fn blobs(&self) -> PathBuf {
-        self.0.join("blobs")
+        self.root.join("blobs")
     }
     fn staging(&self) -> PathBuf {
-        self.0.join("staging")
+        self.root.join("staging")
     }
     fn generated_token(&self) -> PathBuf {
-        self.0.join("management-api-token")
+        self.root.join("management-api-token")
     }
 }
 
@@ -69,7 +98,11 @@ pub struct Stores {
 }
 
 /// Opens the stores the configuration selects. Only the embedded default exists in this build.
-pub fn open_stores(config: &Config) -> Result<Stores, StartupError> {
+pub fn open_stores(
+    config: &Config,
+    data: &DataDir,
+    public_base_url: &str,
+) -> Result<Stores, StartupError> {
     if !config.uses_embedded_storage() {
         return Err(StartupError::Unsupported(
             "MONGO_CONNECTION_STRING / S3_BUCKET are set, but this build only has the embedded \
@@ -77,13 +110,8 @@ pub fn open_stores(config: &Config) -> Result<Stores, StartupError> {
                 .into(),
         ));
     }
-    let data = DataDir(config.data_dir.clone());
-    std::fs::create_dir_all(&data.0).map_err(|source| StartupError::DataDir {
-        path: data.0.clone(),
-        source,
-    })?;
     let metadata = SqliteMetadataStore::open(&data.database())?;
-    let blobs = FilesystemBlobStore::open(data.blobs(), &config.public_base_url)?;
+    let blobs = FilesystemBlobStore::open(data.blobs(), public_base_url)?;
     Ok(Stores {
         metadata: Arc::new(metadata),
         blobs: Arc::new(blobs),
@@ -92,16 +120,17 @@ pub fn open_stores(config: &Config) -> Result<Stores, StartupError> {
 
 /// `capgo-server migrate`: creates or upgrades the schema, then exits.
 pub fn migrate(config: &Config) -> Result<(), StartupError> {
-    open_stores(config)?;
+    let data = DataDir::open(&config.data_dir)?;
+    open_stores(config, &data, &config.public_base_url_for(config.user_port))?;
     tracing::info!(data_dir = %config.data_dir.display(), "schema is up to date");
     Ok(())
 }
 
-fn management_keys(config: &Config) -> Result<ApiKeys, StartupError> {
+fn management_keys(config: &Config, data: &DataDir) -> Result<ApiKeys, StartupError> {
     if !config.management_api_tokens.is_empty() {
         return Ok(ApiKeys::new(&config.management_api_tokens));
     }
-    let path = DataDir(config.data_dir.clone()).generated_token();
+    let path = data.generated_token();
     let (token, generated) =
         load_or_generate_token(&path).map_err(|source| StartupError::DataDir {
             path: path.clone(),
@@ -121,10 +150,23 @@ fn management_keys(config: &Config) -> Result<ApiKeys, StartupError> {
 
 /// Serves both ports until `shutdown` is cancelled (or a server fails).
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), StartupError> {
-    let stores = open_stores(&config)?;
-    let data = DataDir(config.data_dir.clone());
+    let data = DataDir::open(&config.data_dir)?;
+    let public = bind(
+        "device API",
+        SocketAddr::new(config.listen_address, config.user_port),
+    )
+    .await?;
+    let management = bind(
+        "management API",
+        SocketAddr::new(config.listen_address, config.management_port),
+    )
+    .await?;
+    let public_port = public.local_addr().map_or(config.user_port, |a| a.port());
+    let public_base_url = config.public_base_url_for(public_port);
+
+    let stores = open_stores(&config, &data, &public_base_url)?;
     let staging = Staging::new(data.staging())?;
-    // Single process on the embedded store: nothing else can be mid-upload now.
+    // DATA_DIR is locked to this process: nothing else can be mid-upload now.
     match staging.remove_leftovers() {
         Ok(0) => {}
         Ok(n) => tracing::info!(files = n, "removed staging files of interrupted uploads"),
@@ -136,7 +178,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         config.cache_result_duration,
     ));
     catalog.sweep_orphans(Duration::ZERO).await?;
-    let state = AppState::new(&config, catalog, staging, management_keys(&config)?);
+    let state = AppState::new(&config, catalog, staging, management_keys(&config, &data)?);
 
     if let Some(limiter) = state.rate_limiter.clone() {
         let stop = shutdown.clone();
@@ -152,14 +194,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         });
     }
 
-    let public_address = SocketAddr::new(config.listen_address, config.user_port);
-    let management_address = SocketAddr::new(config.listen_address, config.management_port);
-    let public = bind("device API", public_address).await?;
-    let management = bind("management API", management_address).await?;
     tracing::info!(
         storage = "embedded",
         data_dir = %config.data_dir.display(),
-        public_base_url = config.public_base_url,
+        public_base_url,
         "capgo-server ready"
     );
     let public_server = run_server(
@@ -179,33 +217,27 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     result
 }
 
-async fn bind(
-    what: &'static str,
-    address: SocketAddr,
-) -> Result<(TcpListener, &'static str), StartupError> {
-    let listener = TcpListener::bind(address)
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(address)
         .await
         .map_err(|source| StartupError::Bind {
             what,
             address,
             source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| StartupError::Bind {
-        what,
-        address,
-        source,
-    })?;
-    // Tests and scripts read this line to find ports chosen with port 0.
-    tracing::info!(address = %bound, "{what} listening on http://{bound}");
-    Ok((listener, what))
+        })
 }
 
 async fn run_server(
     what: &'static str,
-    (listener, _): (TcpListener, &'static str),
+    listener: TcpListener,
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> Result<(), StartupError> {
+    if let Ok(bound) = listener.local_addr() {
+        // Logged once everything is ready: tests and scripts wait for it (and read ports
+        // chosen with port 0 from it).
+        tracing::info!(address = %bound, "{what} listening on http://{bound}");
+    }
     let service = router
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .into_make_service_with_connect_info::<SocketAddr>();

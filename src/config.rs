@@ -30,8 +30,9 @@ pub struct Config {
     pub user_port: u16,
     pub management_port: u16,
     pub data_dir: PathBuf,
-    /// How devices reach the public port; download URLs are built from it.
-    pub public_base_url: String,
+    /// How devices reach the public port; download URLs are built from it. `None`: derived
+    /// from the port actually bound (see [`Config::public_base_url_for`]).
+    pub public_base_url: Option<String>,
     pub max_bundle_size: u64,
     pub log_format: LogFormat,
 }
@@ -69,88 +70,31 @@ pub enum ConfigError {
     },
 }
 
-/// One setting: its environment variable and its default (as text, parsed like any value).
-struct Setting {
-    env: &'static str,
-    default: Option<&'static str>,
-}
-
-impl Setting {
-    fn yaml_key(&self) -> String {
-        self.env.to_ascii_lowercase()
-    }
-}
-
-const SETTINGS: &[Setting] = &[
-    Setting {
-        env: "MONGO_CONNECTION_STRING",
-        default: None,
-    },
-    Setting {
-        env: "MONGO_DATABASE",
-        default: Some("capgo"),
-    },
-    Setting {
-        env: "S3_BASE_ENDPOINT",
-        default: None,
-    },
-    Setting {
-        env: "S3_BUCKET",
-        default: None,
-    },
-    Setting {
-        env: "MANAGEMENT_API_TOKENS",
-        default: None,
-    },
-    Setting {
-        env: "LIMIT_REQUEST_PER_MINUTE",
-        default: Some("100"),
-    },
-    Setting {
-        env: "TRUSTED_PROXIES",
-        default: None,
-    },
-    Setting {
-        env: "CACHE_RESULT_DURATION",
-        default: Some("10m"),
-    },
-    Setting {
-        env: "OAUTH_ISSUER",
-        default: None,
-    },
-    Setting {
-        env: "OAUTH_CLIENT_ID",
-        default: None,
-    },
-    Setting {
-        env: "LISTEN_ADDRESS",
-        default: Some("0.0.0.0"),
-    },
-    Setting {
-        env: "CAPGO_USER_PORT",
-        default: Some("8000"),
-    },
-    Setting {
-        env: "CAPGO_MANAGEMENT_PORT",
-        default: Some("8001"),
-    },
-    Setting {
-        env: "DATA_DIR",
-        default: Some("./data"),
-    },
-    Setting {
-        env: "PUBLIC_BASE_URL",
-        default: Some("http://localhost:8000"),
-    },
-    Setting {
-        env: "MAX_BUNDLE_SIZE",
-        default: Some("512MiB"),
-    },
-    Setting {
-        env: "LOG_FORMAT",
-        default: Some("text"),
-    },
+/// Every setting: its environment variable and its default (text, parsed like any value).
+/// Its key in the config file is the variable's name in lower case.
+const SETTINGS: &[(&str, Option<&str>)] = &[
+    ("MONGO_CONNECTION_STRING", None),
+    ("MONGO_DATABASE", Some("capgo")),
+    ("S3_BASE_ENDPOINT", None),
+    ("S3_BUCKET", None),
+    ("MANAGEMENT_API_TOKENS", None),
+    ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
+    ("TRUSTED_PROXIES", None),
+    ("CACHE_RESULT_DURATION", Some("10m")),
+    ("OAUTH_ISSUER", None),
+    ("OAUTH_CLIENT_ID", None),
+    ("LISTEN_ADDRESS", Some("0.0.0.0")),
+    ("CAPGO_USER_PORT", Some("8000")),
+    ("CAPGO_MANAGEMENT_PORT", Some("8001")),
+    ("DATA_DIR", Some("./data")),
+    ("PUBLIC_BASE_URL", None),
+    ("MAX_BUNDLE_SIZE", Some("512MiB")),
+    ("LOG_FORMAT", Some("text")),
 ];
+
+fn yaml_key(env: &str) -> String {
+    env.to_ascii_lowercase()
+}
 
 /// Raw values by environment-variable name, after file and environment are merged.
 struct RawValues(BTreeMap<&'static str, String>);
@@ -174,7 +118,7 @@ impl RawValues {
                 .map(Some)
                 .map_err(|reason| ConfigError::Invalid {
                     env,
-                    yaml_key: env.to_ascii_lowercase(),
+                    yaml_key: yaml_key(env),
                     value: value.to_string(),
                     reason,
                 }),
@@ -189,7 +133,7 @@ impl RawValues {
         // Every required setting has a default in SETTINGS, so it is always present.
         self.parse(env, parse)?.ok_or_else(|| ConfigError::Invalid {
             env,
-            yaml_key: env.to_ascii_lowercase(),
+            yaml_key: yaml_key(env),
             value: String::new(),
             reason: "a value is required".into(),
         })
@@ -215,12 +159,12 @@ impl Config {
             }
         };
         let mut raw = BTreeMap::new();
-        for setting in SETTINGS {
-            let value = env(setting.env)
-                .or_else(|| file_values.get(&setting.yaml_key()).cloned())
-                .or_else(|| setting.default.map(str::to_string));
+        for &(name, default) in SETTINGS {
+            let value = env(name)
+                .or_else(|| file_values.get(&yaml_key(name)).cloned())
+                .or_else(|| default.map(str::to_string));
             if let Some(value) = value {
-                raw.insert(setting.env, value);
+                raw.insert(name, value);
             }
         }
         Self::from_raw(&RawValues(raw))
@@ -260,7 +204,7 @@ impl Config {
             user_port: raw.required("CAPGO_USER_PORT", parse_port)?,
             management_port: raw.required("CAPGO_MANAGEMENT_PORT", parse_port)?,
             data_dir: raw.required("DATA_DIR", |v| Ok(PathBuf::from(v)))?,
-            public_base_url: raw.required("PUBLIC_BASE_URL", |v| {
+            public_base_url: raw.parse("PUBLIC_BASE_URL", |v| {
                 parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
             })?,
             max_bundle_size: raw.required("MAX_BUNDLE_SIZE", parse_byte_size)?,
@@ -270,6 +214,13 @@ impl Config {
                 _ => Err("expected `text` or `json`".into()),
             })?,
         })
+    }
+
+    /// PUBLIC_BASE_URL, or `http://localhost:<port>` for the device API's bound port.
+    pub fn public_base_url_for(&self, bound_port: u16) -> String {
+        self.public_base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://localhost:{bound_port}"))
     }
 
     /// True when neither MongoDB nor S3 is configured: everything lives in DATA_DIR.
@@ -290,19 +241,19 @@ fn read_yaml_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> 
         })?;
     let mut values = BTreeMap::new();
     for (key, value) in document.unwrap_or_default() {
-        let Some(setting) = SETTINGS.iter().find(|s| s.yaml_key() == key) else {
+        let Some(&(env, _)) = SETTINGS.iter().find(|(name, _)| yaml_key(name) == key) else {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
                 key,
                 known: SETTINGS
                     .iter()
-                    .map(Setting::yaml_key)
+                    .map(|(name, _)| yaml_key(name))
                     .collect::<Vec<_>>()
                     .join(", "),
             });
         };
         let text = yaml_scalar_text(&value).ok_or_else(|| ConfigError::Invalid {
-            env: setting.env,
+            env,
             yaml_key: key.clone(),
             value: format!("{value:?}"),
             reason: "expected a string, a number, a boolean or a list of those".into(),
@@ -481,7 +432,10 @@ mod tests {
         assert_eq!(config.user_port, 8000);
         assert_eq!(config.management_port, 8001);
         assert_eq!(config.data_dir, PathBuf::from("./data"));
-        assert_eq!(config.public_base_url, "http://localhost:8000");
+        assert_eq!(
+            config.public_base_url_for(config.user_port),
+            "http://localhost:8000"
+        );
         assert!(config.uses_embedded_storage());
         assert!(config.management_api_tokens.is_empty());
     }
@@ -526,16 +480,14 @@ mod tests {
         let readme =
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
                 .unwrap();
-        for setting in SETTINGS {
+        for (env, _) in SETTINGS {
             assert!(
-                text.contains(&format!("# {}:", setting.yaml_key())),
-                "{} is not in config.yml",
-                setting.env
+                text.contains(&format!("# {}:", yaml_key(env))),
+                "{env} is not in config.yml"
             );
             assert!(
-                readme.contains(&format!("`{}`", setting.env)),
-                "{} is not in README.md",
-                setting.env
+                readme.contains(&format!("`{env}`")),
+                "{env} is not in README.md"
             );
         }
     }

@@ -13,7 +13,8 @@ use serde_json::json;
 #[tokio::test]
 async fn walkthrough_then_restart_keeps_everything() {
     let data = tempfile::tempdir().unwrap();
-    let server = start_with_public_url(data.path(), &[]);
+    // No PUBLIC_BASE_URL: download URLs follow the port actually bound.
+    let server = ServerProcess::start(data.path(), &[]);
     let token_file = data.path().join("management-api-token");
     let token = std::fs::read_to_string(&token_file)
         .unwrap()
@@ -53,11 +54,13 @@ async fn walkthrough_then_restart_keeps_everything() {
     let (status, answer) = client.device("/updates", &device).await;
     assert_eq!(status, 200);
     assert_update_answer(&answer);
+    let port = client.server_public.rsplit(':').next().unwrap();
+    let expected_prefix = format!("http://localhost:{port}/files/");
     assert!(
         answer["url"]
             .as_str()
             .unwrap()
-            .starts_with(&client.server_public),
+            .starts_with(&expected_prefix),
         "{answer}"
     );
     let downloaded = client.download(answer["url"].as_str().unwrap()).await;
@@ -69,7 +72,7 @@ async fn walkthrough_then_restart_keeps_everything() {
 
     assert!(server.stop().success(), "SIGTERM stops it cleanly");
 
-    let again = start_with_public_url(data.path(), &[]);
+    let again = ServerProcess::start(data.path(), &[]);
     assert!(
         !again.log_text().contains(&token),
         "the token is not printed again"
@@ -286,4 +289,25 @@ fn leftovers_of_a_crash_are_cleaned_at_start() {
         log.contains("orphaned") && log.contains("interrupted uploads"),
         "{log}"
     );
+}
+
+#[test]
+fn one_process_per_data_dir() {
+    let data = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start(data.path(), &[("MANAGEMENT_API_TOKENS", API_KEY)]);
+    let output = Command::new(env!("CARGO_BIN_EXE_capgo-server"))
+        .env_clear()
+        .env("DATA_DIR", data.path())
+        .env("CAPGO_USER_PORT", "0")
+        .env("CAPGO_MANAGEMENT_PORT", "0")
+        .current_dir(data.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("another capgo-server process is using the data folder"),
+        "{stderr}"
+    );
+    assert!(first.stop().success());
 }

@@ -541,3 +541,38 @@ async fn encrypted_upload_serves_the_uploaders_checksum() {
     let answer = app.check(&device).await;
     assert_eq!(answer["error"], "key_id_mismatch");
 }
+
+#[tokio::test]
+async fn concurrent_uploads_of_one_version_have_exactly_one_winner() {
+    let app = TestApp::new();
+    let zips: Vec<Vec<u8>> = (0..8).map(|i| web_bundle(&format!("racer {i}"))).collect();
+    let forms: Vec<Form> = zips
+        .iter()
+        .map(|zip| {
+            vec![
+                ("bundle", Part::File(zip)),
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("3.0.0")),
+            ]
+        })
+        .collect();
+    let uploads = forms.iter().map(|form| app.upload(form));
+    let results = futures_util::future::join_all(uploads).await;
+    let winners = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::OK)
+        .count();
+    let conflicts = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((winners, conflicts), (1, 7), "{results:?}");
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    assert_eq!(bundles["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.files_in("blobs").len(),
+        1,
+        "losers leave no stored file"
+    );
+    assert!(app.files_in("staging").is_empty());
+}

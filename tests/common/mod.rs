@@ -151,7 +151,8 @@ impl TestApp {
         let config = Config::load(None, |name| vars.get(name).cloned()).unwrap();
         let metadata = Arc::new(SqliteMetadataStore::in_memory().unwrap());
         let blobs = Arc::new(
-            FilesystemBlobStore::open(data.path().join("blobs"), &config.public_base_url).unwrap(),
+            FilesystemBlobStore::open(data.path().join("blobs"), &config.public_base_url_for(8000))
+                .unwrap(),
         );
         let catalog = Arc::new(Catalog::new(metadata, blobs, config.cache_result_duration));
         let staging = Staging::new(data.path().join("staging")).unwrap();
