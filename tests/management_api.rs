@@ -10,6 +10,21 @@ use serde_json::json;
 /// A multipart form as (field name, part) pairs.
 type Form<'a> = Vec<(&'a str, Part<'a>)>;
 
+/// The usual upload fields.
+fn form<'a>(app_id: &'a str, version: &'a str, file: &'a [u8]) -> Form<'a> {
+    vec![
+        ("app_id", Part::Text(app_id)),
+        ("version_name", Part::Text(version)),
+        ("bundle", Part::File(file)),
+    ]
+}
+
+/// The usual upload fields plus one more before the file.
+fn with<'a>(mut base: Form<'a>, extra: (&'a str, Part<'a>)) -> Form<'a> {
+    base.insert(2, extra);
+    base
+}
+
 #[tokio::test]
 async fn seed_workflow_shapes() {
     let app = TestApp::new();
@@ -145,109 +160,60 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
     let wrong_checksum = "0".repeat(64);
     let cases: Vec<(Form, StatusCode, &str)> = vec![
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
-                ("bundle", Part::File(b"not a zip at all")),
-            ],
+            form(APP_ID, "1", b"not a zip at all"),
             StatusCode::BAD_REQUEST,
             "not a valid zip",
         ),
+        (form(APP_ID, "1", &traversal), StatusCode::BAD_REQUEST, ".."),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
-                ("bundle", Part::File(&traversal)),
-            ],
-            StatusCode::BAD_REQUEST,
-            "..",
-        ),
-        (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
-                ("bundle", Part::File(&no_index)),
-            ],
+            form(APP_ID, "1", &no_index),
             StatusCode::BAD_REQUEST,
             "index.html",
         ),
+        (form(APP_ID, "1", b""), StatusCode::BAD_REQUEST, "empty"),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
-                ("bundle", Part::File(b"")),
-            ],
-            StatusCode::BAD_REQUEST,
-            "empty",
-        ),
-        (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
-            ],
+            form(APP_ID, "1", &good)[..2].to_vec(),
             StatusCode::BAD_REQUEST,
             "`bundle`",
         ),
         (
-            vec![
-                ("version_name", Part::Text("1")),
-                ("bundle", Part::File(&good)),
-            ],
+            form(APP_ID, "1", &good)[1..].to_vec(),
             StatusCode::BAD_REQUEST,
             "app_id",
         ),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("bundle", Part::File(&good)),
-            ],
+            form(APP_ID, "", &good),
             StatusCode::BAD_REQUEST,
             "version_name",
         ),
         (
-            vec![
-                ("app_id", Part::Text("com example")),
-                ("version_name", Part::Text("1")),
-                ("bundle", Part::File(&good)),
-            ],
+            form("com example", "1", &good),
             StatusCode::BAD_REQUEST,
             "app_id",
         ),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("builtin")),
-                ("bundle", Part::File(&good)),
-            ],
+            form(APP_ID, "builtin", &good),
             StatusCode::BAD_REQUEST,
             "reserved",
         ),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version", Part::Text("1")),
-                ("bundle", Part::File(&good)),
-            ],
+            with(form(APP_ID, "1", &good), ("version", Part::Text("1"))),
             StatusCode::BAD_REQUEST,
             "unknown form field",
         ),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
+            with(
+                form(APP_ID, "1", &good),
                 ("checksum", Part::Text(&wrong_checksum)),
-                ("bundle", Part::File(&good)),
-            ],
+            ),
             StatusCode::BAD_REQUEST,
             "checksum mismatch",
         ),
         (
-            vec![
-                ("app_id", Part::Text(APP_ID)),
-                ("version_name", Part::Text("1")),
+            with(
+                form(APP_ID, "1", b"ciphertext"),
                 ("session_key", Part::Text("aXY=:a2V5")),
-                ("bundle", Part::File(b"ciphertext")),
-            ],
+            ),
             StatusCode::BAD_REQUEST,
             "checksum",
         ),

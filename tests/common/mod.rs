@@ -92,6 +92,7 @@ pub fn device_body(version_name: &str, plugin_version: &str) -> Value {
 }
 
 /// One part of a multipart form.
+#[derive(Clone, Copy, Debug)]
 pub enum Part<'a> {
     Text(&'a str),
     File(&'a [u8]),
