@@ -16,13 +16,13 @@ use crate::config::Config;
 use crate::http::management::auth::{load_or_generate_token, ApiKeys};
 use crate::http::{self, AppState};
 use crate::store::fs_blobs::FilesystemBlobStore;
+use crate::store::mongo::MongoMetadataStore;
+use crate::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
 use crate::store::sqlite::SqliteMetadataStore;
 use crate::store::{BlobStore, MetadataStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{0}")]
-    Unsupported(String),
     #[error("cannot prepare the data folder {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -97,31 +97,38 @@ pub struct Stores {
     pub blobs: Arc<dyn BlobStore>,
 }
 
-/// Opens the stores the configuration selects. Only the embedded default exists in this build.
-pub fn open_stores(
+/// Opens the stores the configuration selects: MongoDB when MONGO_CONNECTION_STRING is set,
+/// else SQLite in DATA_DIR; S3 when S3_BUCKET is set, else a folder in DATA_DIR.
+pub async fn open_stores(
     config: &Config,
     data: &DataDir,
     public_base_url: &str,
 ) -> Result<Stores, StartupError> {
-    if !config.uses_embedded_storage() {
-        return Err(StartupError::Unsupported(
-            "MONGO_CONNECTION_STRING / S3_BUCKET are set, but this build only has the embedded \
-             store; unset them to keep metadata and bundles in DATA_DIR"
-                .into(),
-        ));
-    }
-    let metadata = SqliteMetadataStore::open(&data.database())?;
-    let blobs = FilesystemBlobStore::open(data.blobs(), public_base_url)?;
-    Ok(Stores {
-        metadata: Arc::new(metadata),
-        blobs: Arc::new(blobs),
-    })
+    let metadata: Arc<dyn MetadataStore> = match &config.mongo_connection_string {
+        Some(uri) => Arc::new(MongoMetadataStore::connect(uri, &config.mongo_database).await?),
+        None => Arc::new(SqliteMetadataStore::open(&data.database())?),
+    };
+    let blobs: Arc<dyn BlobStore> = match &config.s3_bucket {
+        Some(bucket) => Arc::new(
+            S3BlobStore::connect(S3Settings {
+                bucket: bucket.clone(),
+                endpoint: config.s3_base_endpoint.clone(),
+                download_urls: match &config.s3_public_base_url {
+                    Some(base) => DownloadUrls::Public(base.clone()),
+                    None => DownloadUrls::Presigned(config.s3_presign_duration),
+                },
+            })
+            .await?,
+        ),
+        None => Arc::new(FilesystemBlobStore::open(data.blobs(), public_base_url)?),
+    };
+    Ok(Stores { metadata, blobs })
 }
 
 /// `capgo-server migrate`: creates or upgrades the schema, then exits.
-pub fn migrate(config: &Config) -> Result<(), StartupError> {
+pub async fn migrate(config: &Config) -> Result<(), StartupError> {
     let data = DataDir::open(&config.data_dir)?;
-    open_stores(config, &data, &config.public_base_url_for(config.user_port))?;
+    open_stores(config, &data, &config.public_base_url_for(config.user_port)).await?;
     tracing::info!(data_dir = %config.data_dir.display(), "schema is up to date");
     Ok(())
 }
@@ -164,7 +171,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let public_port = public.local_addr().map_or(config.user_port, |a| a.port());
     let public_base_url = config.public_base_url_for(public_port);
 
-    let stores = open_stores(&config, &data, &public_base_url)?;
+    let stores = open_stores(&config, &data, &public_base_url).await?;
     let staging = Staging::new(data.staging())?;
     // DATA_DIR is locked to this process: nothing else can be mid-upload now.
     match staging.remove_leftovers() {
@@ -177,7 +184,27 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         stores.blobs,
         config.cache_result_duration,
     ));
-    catalog.sweep_orphans(Duration::ZERO).await?;
+    // With shared storage another replica may be between storing an object and recording it.
+    let orphan_age = if config.uses_embedded_storage() {
+        Duration::ZERO
+    } else {
+        SHARED_ORPHAN_AGE
+    };
+    catalog.sweep_orphans(orphan_age).await?;
+    if !config.uses_embedded_storage() {
+        tokio::spawn(sweep_orphans_periodically(
+            catalog.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn({
+        let (catalog, shutdown, every) = (
+            catalog.clone(),
+            shutdown.clone(),
+            config.catalog_sync_interval,
+        );
+        async move { catalog.follow_external_changes(every, shutdown).await }
+    });
     let state = AppState::new(&config, catalog, staging, management_keys(&config, &data)?);
 
     if let Some(limiter) = state.rate_limiter.clone() {
@@ -195,7 +222,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     }
 
     tracing::info!(
-        storage = "embedded",
+        metadata = if config.mongo_connection_string.is_some() { "mongodb" } else { "sqlite" },
+        blobs = if config.s3_bucket.is_some() { "s3" } else { "filesystem" },
         data_dir = %config.data_dir.display(),
         public_base_url,
         "capgo-server ready"
@@ -215,6 +243,21 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let result = tokio::try_join!(public_server, management_server).map(|_| ());
     shutdown.cancel();
     result
+}
+
+/// Age past which an unrecorded object in shared storage is an orphan: far longer than the
+/// moment between storing an upload and recording it.
+const SHARED_ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+/// Removes objects a failed upload left behind (when its own clean-up failed too).
+async fn sweep_orphans_periodically(catalog: Arc<Catalog>, shutdown: CancellationToken) {
+    let mut hourly = tokio::time::interval(SHARED_ORPHAN_AGE);
+    hourly.tick().await;
+    while shutdown.run_until_cancelled(hourly.tick()).await.is_some() {
+        if let Err(e) = catalog.sweep_orphans(SHARED_ORPHAN_AGE).await {
+            tracing::warn!(error = %e, "orphan sweep failed; retrying in an hour");
+        }
+    }
 }
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, StartupError> {

@@ -18,6 +18,12 @@ pub struct Config {
     pub mongo_database: String,
     pub s3_base_endpoint: Option<String>,
     pub s3_bucket: Option<String>,
+    /// Lifetime of presigned download URLs (when S3_PUBLIC_BASE_URL is not set).
+    pub s3_presign_duration: Duration,
+    /// Devices download from `<this>/<key>` instead of presigned URLs (public bucket or CDN).
+    pub s3_public_base_url: Option<String>,
+    /// How often a replica checks the shared metadata store for other replicas' changes.
+    pub catalog_sync_interval: Duration,
     /// Full-access management tokens. Empty means "generate one in DATA_DIR".
     pub management_api_tokens: Vec<String>,
     /// Requests per minute per client IP on the device API; 0 disables the limit.
@@ -77,6 +83,9 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("MONGO_DATABASE", Some("capgo")),
     ("S3_BASE_ENDPOINT", None),
     ("S3_BUCKET", None),
+    ("S3_PRESIGN_DURATION", Some("24h")),
+    ("S3_PUBLIC_BASE_URL", None),
+    ("CATALOG_SYNC_INTERVAL", Some("1s")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
     ("TRUSTED_PROXIES", None),
@@ -176,11 +185,30 @@ impl Config {
     }
 
     fn from_raw(raw: &RawValues) -> Result<Config, ConfigError> {
-        Ok(Config {
+        let config = Config {
             mongo_connection_string: raw.get("MONGO_CONNECTION_STRING").map(str::to_string),
             mongo_database: raw.required("MONGO_DATABASE", |v| Ok(v.to_string()))?,
             s3_base_endpoint: raw.parse("S3_BASE_ENDPOINT", parse_http_url)?,
             s3_bucket: raw.get("S3_BUCKET").map(str::to_string),
+            s3_presign_duration: raw.required("S3_PRESIGN_DURATION", |v| {
+                let lifetime = parse_go_duration(v)?;
+                if lifetime < Duration::from_secs(1)
+                    || lifetime > Duration::from_secs(7 * 24 * 3600)
+                {
+                    return Err("presigned URLs live from 1s to 7 days (168h)".into());
+                }
+                Ok(lifetime)
+            })?,
+            s3_public_base_url: raw.parse("S3_PUBLIC_BASE_URL", |v| {
+                parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
+            })?,
+            catalog_sync_interval: raw.required("CATALOG_SYNC_INTERVAL", |v| {
+                let every = parse_go_duration(v)?;
+                if every < Duration::from_millis(100) {
+                    return Err("check at most every 100ms".into());
+                }
+                Ok(every)
+            })?,
             management_api_tokens: raw
                 .parse("MANAGEMENT_API_TOKENS", parse_tokens)?
                 .unwrap_or_default(),
@@ -213,7 +241,26 @@ impl Config {
                 "json" => Ok(LogFormat::Json),
                 _ => Err("expected `text` or `json`".into()),
             })?,
-        })
+        };
+        config.check_combinations()?;
+        Ok(config)
+    }
+
+    /// Rules that tie two settings together.
+    fn check_combinations(&self) -> Result<(), ConfigError> {
+        let presigned = self.s3_bucket.is_some() && self.s3_public_base_url.is_none();
+        if presigned && self.s3_presign_duration <= self.cache_result_duration {
+            return Err(ConfigError::Invalid {
+                env: "S3_PRESIGN_DURATION",
+                yaml_key: yaml_key("S3_PRESIGN_DURATION"),
+                value: format!("{:?}", self.s3_presign_duration),
+                reason: format!(
+                    "presigned URLs must outlive cached answers (CACHE_RESULT_DURATION is {:?})",
+                    self.cache_result_duration
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// PUBLIC_BASE_URL, or `http://localhost:<port>` for the device API's bound port.
@@ -223,7 +270,8 @@ impl Config {
             .unwrap_or_else(|| format!("http://localhost:{bound_port}"))
     }
 
-    /// True when neither MongoDB nor S3 is configured: everything lives in DATA_DIR.
+    /// True when neither MongoDB nor S3 is configured: everything lives in DATA_DIR, which
+    /// only this process writes.
     pub fn uses_embedded_storage(&self) -> bool {
         self.mongo_connection_string.is_none() && self.s3_bucket.is_none()
     }

@@ -8,6 +8,10 @@ use capgo_server::cli::{Cli, Command};
 use capgo_server::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for every client (MongoDB, S3): aws-lc, which the AWS SDK needs.
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .expect("no other crypto provider is installed before main");
     let cli = Cli::parse();
     let config = match Config::from_process(cli.config.as_deref()) {
         Ok(config) => config,
@@ -25,7 +29,7 @@ fn main() -> ExitCode {
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
                 capgo_server::app::serve(config, shutdown).await
             }
-            Command::Migrate => capgo_server::app::migrate(&config),
+            Command::Migrate => capgo_server::app::migrate(&config).await,
         }
     });
     match result {

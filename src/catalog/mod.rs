@@ -9,6 +9,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::domain::channel::Channel;
 use crate::domain::device::{DeviceInfo, DeviceRefusal};
 use crate::domain::names::{check_app_id, check_bundle_version, check_native_version};
@@ -20,7 +22,7 @@ use crate::domain::{
 };
 use crate::store::{BlobStore, MetadataStore, StoreError};
 use staging::StagedBlob;
-use target_cache::{Resolution, TargetCache, TargetKey};
+use target_cache::{Lookup, Resolution, TargetCache, TargetKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -98,8 +100,8 @@ impl Catalog {
         }
     }
 
-    pub fn download_url(&self, bundle: &Bundle) -> String {
-        self.blobs.download_url(&bundle.blob_key)
+    pub async fn download_url(&self, bundle: &Bundle) -> Result<String, CatalogError> {
+        Ok(self.blobs.download_url(&bundle.blob_key).await?)
     }
 
     pub fn blobs(&self) -> &dyn BlobStore {
@@ -108,19 +110,74 @@ impl Catalog {
 
     // ---- device side -------------------------------------------------------------------
 
-    /// What the device's release and channel serve now (cached; see [`TargetCache`]).
+    /// What the device's release and channel serve now (cached; see [`TargetCache`]). When
+    /// the metadata store is unreachable, the last known answer is served, however old.
     pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<Resolution, CatalogError> {
         let key = TargetKey {
             release: device.release.clone(),
             channel: device.channel_or_default(),
         };
-        let generation = match self.targets.get(&key) {
-            Ok(resolution) => return Ok(resolution),
-            Err(generation) => generation,
+        let (last_known, generation) = match self.targets.get(&key) {
+            Lookup::Fresh(resolution) => return Ok(resolution),
+            Lookup::Stale(resolution, generation) => (Some(resolution), generation),
+            Lookup::Missing(generation) => (None, generation),
         };
-        let resolution = Arc::new(self.load_target(&key).await?);
-        self.targets.store(key, generation, resolution.clone());
-        Ok(resolution)
+        match (self.load_target(&key).await, last_known) {
+            (Ok(resolution), _) => {
+                let resolution = Arc::new(resolution);
+                self.targets.store(key, generation, resolution.clone());
+                Ok(resolution)
+            }
+            (Err(CatalogError::Unavailable(reason)), Some(last_known)) => {
+                tracing::warn!(%reason, release = %key.release, "storage unavailable: serving the last known answer");
+                Ok(self.with_fresh_url(last_known).await)
+            }
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Re-signs the download URL of an old resolution (presigned URLs expire); signing is local.
+    async fn with_fresh_url(&self, resolution: Resolution) -> Resolution {
+        let Ok(target) = resolution.as_ref() else {
+            return resolution;
+        };
+        match self.download_url(&target.bundle).await {
+            Ok(url) => Arc::new(Ok(ChannelTarget {
+                url,
+                ..target.clone()
+            })),
+            Err(_) => resolution,
+        }
+    }
+
+    /// Follows changes other replicas make: clears the answer cache whenever the store's
+    /// catalog version moves. Returns at once for a store only this process writes.
+    pub async fn follow_external_changes(&self, every: Duration, shutdown: CancellationToken) {
+        let mut last = None;
+        let mut failing = false;
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            match self.metadata.catalog_version().await {
+                Ok(None) => return,
+                Ok(Some(version)) => {
+                    if failing {
+                        tracing::info!("metadata store reachable again");
+                        failing = false;
+                    }
+                    if last != Some(version) {
+                        self.targets.invalidate();
+                        last = Some(version);
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "cannot check the catalog for other replicas' changes");
+                    }
+                    failing = true;
+                }
+            }
+        }
     }
 
     async fn load_target(
@@ -141,7 +198,7 @@ impl Catalog {
             )));
         };
         Ok(Ok(ChannelTarget {
-            url: self.download_url(&bundle),
+            url: self.download_url(&bundle).await?,
             is_builtin: bundle.id == release.builtin_bundle_id,
             bundle,
         }))
@@ -411,9 +468,12 @@ impl Catalog {
             .metadata
             .set_channel_bundle(&release.id, &channel, &bundle.id, now_millis())
             .await;
-        self.targets.invalidate();
         match updated {
-            Ok(true) => self.release(release_id).await,
+            Ok(true) => {
+                // Only after a write: a failed one must not discard the last known answers.
+                self.targets.invalidate();
+                self.release(release_id).await
+            }
             Ok(false) => Err(CatalogError::NotFound(format!(
                 "release {release_id} does not exist"
             ))),

@@ -1,5 +1,6 @@
 //! Remembers, per release and channel, what `/updates` resolved, for CACHE_RESULT_DURATION.
-//! Every catalog write clears it, so a promote is seen by the very next check.
+//! Every catalog write clears it, so a promote is seen by the very next check. Expired entries
+//! are kept (until the next write) as the answer of last resort when the store is unreachable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -14,6 +15,13 @@ pub type Resolution = Arc<Result<ChannelTarget, DeviceRefusal>>;
 
 /// Entries kept at most; past it the cache starts over (unknown keys cannot grow it forever).
 const MAX_ENTRIES: usize = 100_000;
+
+/// What the cache knows about a key. The generation goes back to [`TargetCache::store`].
+pub enum Lookup {
+    Fresh(Resolution),
+    Stale(Resolution, u64),
+    Missing(u64),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetKey {
@@ -41,22 +49,19 @@ impl TargetCache {
         }
     }
 
-    /// The cached resolution, or the generation to hand back to [`TargetCache::store`].
-    pub fn get(&self, key: &TargetKey) -> Result<Resolution, u64> {
+    pub fn get(&self, key: &TargetKey) -> Lookup {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         match state.entries.get(key) {
             Some((stored_at, resolution)) if stored_at.elapsed() < self.ttl => {
-                Ok(resolution.clone())
+                Lookup::Fresh(resolution.clone())
             }
-            _ => Err(state.generation),
+            Some((_, resolution)) => Lookup::Stale(resolution.clone(), state.generation),
+            None => Lookup::Missing(state.generation),
         }
     }
 
     /// Stores a resolution computed at `generation`, unless a write happened since.
     pub fn store(&self, key: TargetKey, generation: u64, resolution: Resolution) {
-        if self.ttl.is_zero() {
-            return;
-        }
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         if state.generation != generation {
             return;
@@ -99,26 +104,35 @@ mod tests {
     #[test]
     fn stores_until_invalidated() {
         let cache = TargetCache::new(Duration::from_secs(60));
-        let generation = cache.get(&key()).unwrap_err();
+        let Lookup::Missing(generation) = cache.get(&key()) else {
+            panic!("empty cache")
+        };
         cache.store(key(), generation, resolution());
-        assert!(cache.get(&key()).is_ok());
+        assert!(matches!(cache.get(&key()), Lookup::Fresh(_)));
         cache.invalidate();
-        assert!(cache.get(&key()).is_err());
+        assert!(matches!(cache.get(&key()), Lookup::Missing(_)));
     }
 
     #[test]
     fn a_lookup_that_raced_a_write_is_not_stored() {
         let cache = TargetCache::new(Duration::from_secs(60));
-        let generation = cache.get(&key()).unwrap_err();
+        let Lookup::Missing(generation) = cache.get(&key()) else {
+            panic!("empty cache")
+        };
         cache.invalidate();
         cache.store(key(), generation, resolution());
-        assert!(cache.get(&key()).is_err());
+        assert!(matches!(cache.get(&key()), Lookup::Missing(_)));
     }
 
     #[test]
-    fn zero_duration_disables_caching() {
+    fn expired_entries_stay_as_a_fallback() {
         let cache = TargetCache::new(Duration::ZERO);
         cache.store(key(), 0, resolution());
-        assert!(cache.get(&key()).is_err());
+        assert!(
+            matches!(cache.get(&key()), Lookup::Stale(_, 0)),
+            "zero duration: never fresh"
+        );
+        cache.invalidate();
+        assert!(matches!(cache.get(&key()), Lookup::Missing(1)));
     }
 }

@@ -100,8 +100,8 @@ impl BlobStore for FilesystemBlobStore {
         .map_err(|e: std::io::Error| StoreError::Internal(format!("cannot list blobs: {e}")))
     }
 
-    fn download_url(&self, key: &str) -> String {
-        format!("{}{FILES_ROUTE_PREFIX}{key}", self.public_base_url)
+    async fn download_url(&self, key: &str) -> Result<String, StoreError> {
+        Ok(format!("{}{FILES_ROUTE_PREFIX}{key}", self.public_base_url))
     }
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {

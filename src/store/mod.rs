@@ -5,6 +5,8 @@
 //! runs against every implementation.
 
 pub mod fs_blobs;
+pub mod mongo;
+pub mod s3;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -75,7 +77,8 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// The channels of an app, by numeric id.
     async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, StoreError>;
 
-    /// Stores a batch of device events atomically.
+    /// Stores a batch of device events (at least once: a failed batch may be partly stored,
+    /// and plugins send it again).
     async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError>;
     /// How many events of each action devices reported for a bundle (by version name).
     async fn bundle_activity(
@@ -85,6 +88,17 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<BTreeMap<String, u64>, StoreError>;
     /// Blob keys that bundle records refer to (for the orphan sweep).
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError>;
+
+    /// What changes whenever another process changes what `/updates` answers; `None` for a
+    /// store only this process writes (its own writes already clear the answer cache).
+    async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError>;
+}
+
+/// A snapshot of the release collection that differs after any insert, promote or delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogVersion {
+    pub releases: u64,
+    pub newest_revision: i64,
 }
 
 /// A stored object, as listed for the orphan sweep.
@@ -101,8 +115,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes an object; an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
-    /// The absolute URL devices download `key` from.
-    fn download_url(&self, key: &str) -> String;
+    /// The absolute URL devices download `key` from (computed locally, no network call).
+    async fn download_url(&self, key: &str) -> Result<String, StoreError>;
     /// Where the object is on local disk, when this server serves it itself.
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
-use super::{MetadataStore, StoreError};
+use super::{CatalogVersion, MetadataStore, StoreError};
 use crate::domain::channel::Channel;
 use crate::domain::stats::StatsEvent;
 use crate::domain::{
@@ -520,5 +520,10 @@ impl MetadataStore for SqliteMetadataStore {
                 .collect()
         })
         .await
+    }
+
+    async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
+        // DATA_DIR is locked to this process, whose writes clear its cache directly.
+        Ok(None)
     }
 }

@@ -18,10 +18,10 @@ const MAX_TEXT_FIELD: usize = 8 * 1024;
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let bundles = state.catalog.list_bundles().await?;
-    let data: Vec<BundleView> = bundles
-        .iter()
-        .map(|b| BundleView::new(b, &state.catalog))
-        .collect();
+    let mut data = Vec::with_capacity(bundles.len());
+    for bundle in &bundles {
+        data.push(BundleView::new(bundle, &state.catalog).await?);
+    }
     Ok(Json(json!({ "data": data })))
 }
 
@@ -79,7 +79,7 @@ pub async fn upload(
     tracing::info!(bundle = %bundle.id, app = bundle.app_id, version = bundle.version_name, size = bundle.size, "bundle uploaded");
     Ok(Json(json!({
         "message": "Bundle uploaded successfully",
-        "bundle": BundleView::new(&bundle, &state.catalog),
+        "bundle": BundleView::new(&bundle, &state.catalog).await?,
     })))
 }
 
@@ -128,7 +128,7 @@ pub async fn delete(
     let bundle = state.catalog.delete_bundle(&request.bundle_id).await?;
     Ok(Json(json!({
         "message": "Bundle deleted successfully",
-        "bundle": BundleView::new(&bundle, &state.catalog),
+        "bundle": BundleView::new(&bundle, &state.catalog).await?,
     })))
 }
 

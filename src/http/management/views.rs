@@ -6,7 +6,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::domain::{Bundle, Release, UnixMillis, DEFAULT_CHANNEL};
 
 pub fn rfc3339(millis: UnixMillis) -> String {
@@ -36,14 +36,15 @@ pub struct BundleView {
 }
 
 impl BundleView {
-    pub fn new(bundle: &Bundle, catalog: &Catalog) -> BundleView {
-        BundleView {
+    /// The view of `bundle`, with the URL devices download it from.
+    pub async fn new(bundle: &Bundle, catalog: &Catalog) -> Result<BundleView, CatalogError> {
+        Ok(BundleView {
             id: bundle.id.to_string(),
             app_id: bundle.app_id.clone(),
             version_name: bundle.version_name.clone(),
             description: bundle.description.clone(),
             crc_checksum: bundle.crc32.clone(),
-            public_download_url: catalog.download_url(bundle),
+            public_download_url: catalog.download_url(bundle).await?,
             created_at: rfc3339(bundle.created_at),
             sha256: bundle.sha256.clone(),
             checksum: bundle.checksum_for(None).to_string(),
@@ -51,7 +52,7 @@ impl BundleView {
             encrypted: bundle.encryption.is_some(),
             session_key: bundle.session_key().to_string(),
             key_id: bundle.key_id().map(str::to_string),
-        }
+        })
     }
 }
 

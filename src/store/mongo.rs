@@ -1,0 +1,667 @@
+//! The production metadata store: MongoDB (official driver), shared by every replica.
+//!
+//! Collections keep the seed's names and field names where they overlap (`bundles`,
+//! `releases`, `crc_checksum`, `builtin_bundle_id`, …). Every write that can change an
+//! `/updates` answer stamps the release document with a number from a shared counter, so
+//! replicas notice each other's changes by polling [`MetadataStore::catalog_version`]: the
+//! newest stamp (inserts and promotes) and the release count (deletions).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{doc, DateTime, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{CatalogVersion, MetadataStore, StoreError};
+use crate::domain::channel::Channel;
+use crate::domain::stats::StatsEvent;
+use crate::domain::{
+    Bundle, BundleEncryption, ChannelName, InvalidInput, RecordId, Release, ReleaseKey, UnixMillis,
+    DEFAULT_CHANNEL,
+};
+
+const DUPLICATE_KEY: i32 = 11000;
+/// How long an operation waits for a reachable server before failing (and `/updates` falls
+/// back to what it last knew). The driver's 30 s default would stall devices.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Serialize, Deserialize)]
+struct BundleDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    app_id: String,
+    version_name: String,
+    description: String,
+    sha256: String,
+    crc_checksum: String,
+    size: i64,
+    blob_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encrypted_checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    created_at: DateTime,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChannelEntry {
+    name: String,
+    bundle_id: ObjectId,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ReleaseDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    platform: String,
+    app_id: String,
+    version_name: String,
+    version_code: String,
+    builtin_bundle_id: ObjectId,
+    /// The bundle of the `production` channel, as the seed called it.
+    #[serde(default)]
+    active_bundle_id: Option<ObjectId>,
+    #[serde(default)]
+    channels: Vec<ChannelEntry>,
+    #[serde(default)]
+    released_date: Option<DateTime>,
+    created_at: DateTime,
+    updated_at: DateTime,
+    /// Stamp from the shared counter, bumped by every write to the release.
+    #[serde(default)]
+    revision: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ChannelDoc {
+    #[serde(rename = "_id")]
+    id: i64,
+    app_id: String,
+    name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StatsDoc {
+    occurred_at: DateTime,
+    app_id: String,
+    device_id: String,
+    action: String,
+    platform: Option<String>,
+    version_name: Option<String>,
+    old_version_name: Option<String>,
+    version_build: Option<String>,
+    version_code: Option<String>,
+    plugin_version: Option<String>,
+    is_emulator: Option<bool>,
+    is_prod: Option<bool>,
+    custom_id: Option<String>,
+    metadata: Option<String>,
+}
+
+fn oid(id: &RecordId) -> ObjectId {
+    ObjectId::parse_str(id.as_str()).expect("record ids are ObjectId-shaped by construction")
+}
+
+fn record_id(id: ObjectId) -> RecordId {
+    RecordId::from_stored(id.to_hex())
+}
+
+fn millis(at: DateTime) -> UnixMillis {
+    at.timestamp_millis()
+}
+
+impl From<&Bundle> for BundleDoc {
+    fn from(b: &Bundle) -> BundleDoc {
+        let encryption = b.encryption.as_ref();
+        BundleDoc {
+            id: oid(&b.id),
+            app_id: b.app_id.clone(),
+            version_name: b.version_name.clone(),
+            description: b.description.clone(),
+            sha256: b.sha256.clone(),
+            crc_checksum: b.crc32.clone(),
+            size: b.size as i64,
+            blob_key: b.blob_key.clone(),
+            session_key: encryption.map(|e| e.session_key.clone()),
+            encrypted_checksum: encryption.map(|e| e.checksum.clone()),
+            key_id: encryption.and_then(|e| e.key_id.clone()),
+            created_at: DateTime::from_millis(b.created_at),
+        }
+    }
+}
+
+impl From<BundleDoc> for Bundle {
+    fn from(d: BundleDoc) -> Bundle {
+        Bundle {
+            id: record_id(d.id),
+            app_id: d.app_id,
+            version_name: d.version_name,
+            description: d.description,
+            sha256: d.sha256,
+            crc32: d.crc_checksum,
+            size: d.size as u64,
+            blob_key: d.blob_key,
+            encryption: d.session_key.map(|session_key| BundleEncryption {
+                session_key,
+                checksum: d.encrypted_checksum.unwrap_or_default(),
+                key_id: d.key_id,
+            }),
+            created_at: millis(d.created_at),
+        }
+    }
+}
+
+impl ReleaseDoc {
+    fn new(r: &Release, revision: i64) -> ReleaseDoc {
+        ReleaseDoc {
+            id: oid(&r.id),
+            platform: r.key.platform.as_str().to_string(),
+            app_id: r.key.app_id.clone(),
+            version_name: r.key.version_name.clone(),
+            version_code: r.key.version_code.clone(),
+            builtin_bundle_id: oid(&r.builtin_bundle_id),
+            active_bundle_id: r.channels.get(&ChannelName::default_channel()).map(oid),
+            channels: r
+                .channels
+                .iter()
+                .map(|(name, bundle)| ChannelEntry {
+                    name: name.to_string(),
+                    bundle_id: oid(bundle),
+                })
+                .collect(),
+            released_date: r.release_date.map(DateTime::from_millis),
+            created_at: DateTime::from_millis(r.created_at),
+            updated_at: DateTime::from_millis(r.updated_at),
+            revision,
+        }
+    }
+
+    fn into_release(self) -> Result<Release, StoreError> {
+        Ok(Release {
+            id: record_id(self.id),
+            key: ReleaseKey {
+                platform: self.platform.parse().map_err(|e: InvalidInput| {
+                    StoreError::Internal(format!("release {} has a bad platform: {e}", self.id))
+                })?,
+                app_id: self.app_id,
+                version_name: self.version_name,
+                version_code: self.version_code,
+            },
+            builtin_bundle_id: record_id(self.builtin_bundle_id),
+            channels: self
+                .channels
+                .into_iter()
+                .map(|c| (ChannelName::from_stored(c.name), record_id(c.bundle_id)))
+                .collect(),
+            release_date: self.released_date.map(millis),
+            created_at: millis(self.created_at),
+            updated_at: millis(self.updated_at),
+        })
+    }
+}
+
+fn map_error(e: mongodb::error::Error) -> StoreError {
+    let duplicate = match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    };
+    if duplicate {
+        return StoreError::Conflict(e.to_string());
+    }
+    match e.kind.as_ref() {
+        ErrorKind::ServerSelection { .. }
+        | ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::DnsResolve { .. } => StoreError::Unavailable(format!("MongoDB: {e}")),
+        _ => StoreError::Internal(format!("MongoDB: {e}")),
+    }
+}
+
+pub struct MongoMetadataStore {
+    db: Database,
+}
+
+impl MongoMetadataStore {
+    /// Connects (checking the server answers) and creates collections and indexes.
+    pub async fn connect(uri: &str, database: &str) -> Result<MongoMetadataStore, StoreError> {
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            StoreError::Internal(format!(
+                "MONGO_CONNECTION_STRING is not a valid MongoDB URI: {e}"
+            ))
+        })?;
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .connect_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options
+            .app_name
+            .get_or_insert_with(|| "capgo-server".to_string());
+        let client = Client::with_options(options).map_err(map_error)?;
+        let store = MongoMetadataStore {
+            db: client.database(database),
+        };
+        store
+            .db
+            .run_command(doc! {"ping": 1})
+            .await
+            .map_err(|e| match map_error(e) {
+                StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                    "cannot reach MongoDB database {database:?} (MONGO_CONNECTION_STRING): {m}"
+                )),
+                other => other,
+            })?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Creates the indexes every query needs; safe to run again.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let unique = |keys: Document| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(true).build())
+                .build()
+        };
+        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
+        self.bundles()
+            .create_indexes([
+                unique(doc! {"app_id": 1, "version_name": 1}),
+                plain(doc! {"created_at": -1}),
+            ])
+            .await
+            .map_err(map_error)?;
+        self.releases()
+            .create_indexes([
+                // The seed's unique index: one record per native build.
+                unique(doc! {"version_name": 1, "platform": 1, "app_id": 1, "version_code": 1}),
+                plain(doc! {"builtin_bundle_id": 1}),
+                plain(doc! {"channels.bundle_id": 1}),
+                plain(doc! {"revision": -1}),
+                plain(doc! {"created_at": -1}),
+            ])
+            .await
+            .map_err(map_error)?;
+        self.channel_docs()
+            .create_index(unique(doc! {"app_id": 1, "name": 1}))
+            .await
+            .map_err(map_error)?;
+        self.stats()
+            .create_index(plain(
+                doc! {"app_id": 1, "version_name": 1, "occurred_at": 1},
+            ))
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    fn bundles(&self) -> Collection<BundleDoc> {
+        self.db.collection("bundles")
+    }
+    fn releases(&self) -> Collection<ReleaseDoc> {
+        self.db.collection("releases")
+    }
+    fn channel_docs(&self) -> Collection<ChannelDoc> {
+        self.db.collection("channels")
+    }
+    fn stats(&self) -> Collection<StatsDoc> {
+        self.db.collection("stats_events")
+    }
+    fn counters(&self) -> Collection<Document> {
+        self.db.collection("counters")
+    }
+
+    /// The next value of a shared counter.
+    async fn next(&self, counter: &str) -> Result<i64, StoreError> {
+        let updated = self
+            .counters()
+            .find_one_and_update(doc! {"_id": counter}, doc! {"$inc": {"seq": 1i64}})
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_error)?
+            .ok_or_else(|| StoreError::Internal(format!("counter {counter} vanished")))?;
+        updated
+            .get_i64("seq")
+            .map_err(|e| StoreError::Internal(format!("counter {counter}: {e}")))
+    }
+
+    async fn ensure_channel(&self, app_id: &str, name: &str) -> Result<(), StoreError> {
+        let filter = doc! {"app_id": app_id, "name": name};
+        if self
+            .channel_docs()
+            .find_one(filter)
+            .await
+            .map_err(map_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let id = self.next("channel_id").await?;
+        let doc = ChannelDoc {
+            id,
+            app_id: app_id.to_string(),
+            name: name.to_string(),
+        };
+        match self.channel_docs().insert_one(doc).await.map_err(map_error) {
+            // Another replica created it first: the same outcome.
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn find_releases(&self, filter: Document) -> Result<Vec<Release>, StoreError> {
+        let docs: Vec<ReleaseDoc> = self
+            .releases()
+            .find(filter)
+            .sort(doc! {"created_at": -1, "_id": -1})
+            .await
+            .map_err(map_error)?
+            .try_collect()
+            .await
+            .map_err(map_error)?;
+        docs.into_iter().map(ReleaseDoc::into_release).collect()
+    }
+}
+
+#[async_trait]
+impl MetadataStore for MongoMetadataStore {
+    async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
+        self.bundles()
+            .insert_one(BundleDoc::from(bundle))
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError> {
+        let found = self
+            .bundles()
+            .find_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?;
+        Ok(found.map(Bundle::from))
+    }
+
+    async fn bundle_by_version(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<Option<Bundle>, StoreError> {
+        let filter = doc! {"app_id": app_id, "version_name": version_name};
+        Ok(self
+            .bundles()
+            .find_one(filter)
+            .await
+            .map_err(map_error)?
+            .map(Bundle::from))
+    }
+
+    async fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
+        let docs: Vec<BundleDoc> = self
+            .bundles()
+            .find(doc! {})
+            .sort(doc! {"created_at": -1, "_id": -1})
+            .await
+            .map_err(map_error)?
+            .try_collect()
+            .await
+            .map_err(map_error)?;
+        Ok(docs.into_iter().map(Bundle::from).collect())
+    }
+
+    async fn delete_bundle(&self, id: &RecordId) -> Result<bool, StoreError> {
+        // No foreign keys in MongoDB: refuse here while a release refers to the bundle.
+        if !self.releases_using_bundle(id).await?.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "bundle {id} is used by a release"
+            )));
+        }
+        let result = self
+            .bundles()
+            .delete_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?;
+        Ok(result.deleted_count > 0)
+    }
+
+    async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
+        self.ensure_channel(&release.key.app_id, DEFAULT_CHANNEL)
+            .await?;
+        for channel in release.channels.keys() {
+            self.ensure_channel(&release.key.app_id, channel.as_str())
+                .await?;
+        }
+        let revision = self.next("catalog_revision").await?;
+        self.releases()
+            .insert_one(ReleaseDoc::new(release, revision))
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn release(&self, id: &RecordId) -> Result<Option<Release>, StoreError> {
+        let found = self
+            .releases()
+            .find_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?;
+        found.map(ReleaseDoc::into_release).transpose()
+    }
+
+    async fn release_by_key(&self, key: &ReleaseKey) -> Result<Option<Release>, StoreError> {
+        let filter = doc! {
+            "version_name": &key.version_name, "platform": key.platform.as_str(),
+            "app_id": &key.app_id, "version_code": &key.version_code,
+        };
+        let found = self.releases().find_one(filter).await.map_err(map_error)?;
+        found.map(ReleaseDoc::into_release).transpose()
+    }
+
+    async fn list_releases(&self) -> Result<Vec<Release>, StoreError> {
+        self.find_releases(doc! {}).await
+    }
+
+    async fn releases_using_bundle(
+        &self,
+        bundle_id: &RecordId,
+    ) -> Result<Vec<Release>, StoreError> {
+        let id = oid(bundle_id);
+        self.find_releases(doc! {"$or": [{"builtin_bundle_id": id}, {"channels.bundle_id": id}]})
+            .await
+    }
+
+    async fn set_release_date(
+        &self,
+        id: &RecordId,
+        release_date: Option<UnixMillis>,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let update = doc! {"$set": {
+            "released_date": release_date.map(DateTime::from_millis),
+            "updated_at": DateTime::from_millis(updated_at),
+        }};
+        let result = self
+            .releases()
+            .update_one(doc! {"_id": oid(id)}, update)
+            .await
+            .map_err(map_error)?;
+        Ok(result.matched_count > 0)
+    }
+
+    async fn set_channel_bundle(
+        &self,
+        id: &RecordId,
+        channel: &ChannelName,
+        bundle_id: &RecordId,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let Some(release) = self
+            .releases()
+            .find_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?
+        else {
+            return Ok(false);
+        };
+        self.ensure_channel(&release.app_id, channel.as_str())
+            .await?;
+        let revision = self.next("catalog_revision").await?;
+        let mut set = doc! {"updated_at": DateTime::from_millis(updated_at), "revision": revision};
+        if channel.is_default() {
+            set.insert("active_bundle_id", oid(bundle_id));
+        }
+        // One atomic update: drop the channel's entry (if any), then append the new one.
+        let update = vec![
+            doc! {"$set": {
+                "channels": {"$concatArrays": [
+                    {"$filter": {"input": {"$ifNull": ["$channels", []]}, "cond": {"$ne": ["$$this.name", channel.as_str()]}}},
+                    [{"name": channel.as_str(), "bundle_id": oid(bundle_id)}],
+                ]},
+            }},
+            doc! {"$set": set},
+        ];
+        let result = self
+            .releases()
+            .update_one(doc! {"_id": oid(id)}, update)
+            .await
+            .map_err(map_error)?;
+        Ok(result.matched_count > 0)
+    }
+
+    async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError> {
+        // Replicas notice a deletion by the lower release count.
+        let result = self
+            .releases()
+            .delete_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?;
+        Ok(result.deleted_count > 0)
+    }
+
+    async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, StoreError> {
+        let docs: Vec<ChannelDoc> = self
+            .channel_docs()
+            .find(doc! {"app_id": app_id})
+            .sort(doc! {"_id": 1})
+            .await
+            .map_err(map_error)?
+            .try_collect()
+            .await
+            .map_err(map_error)?;
+        Ok(docs
+            .into_iter()
+            .map(|d| Channel {
+                id: d.id,
+                app_id: d.app_id,
+                name: ChannelName::from_stored(d.name),
+            })
+            .collect())
+    }
+
+    async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let docs = events.iter().map(|e| StatsDoc {
+            occurred_at: DateTime::from_millis(e.occurred_at),
+            app_id: e.app_id.clone(),
+            device_id: e.device_id.clone(),
+            action: e.action.clone(),
+            platform: e.platform.clone(),
+            version_name: e.version_name.clone(),
+            old_version_name: e.old_version_name.clone(),
+            version_build: e.version_build.clone(),
+            version_code: e.version_code.clone(),
+            plugin_version: e.plugin_version.clone(),
+            is_emulator: e.is_emulator,
+            is_prod: e.is_prod,
+            custom_id: e.custom_id.clone(),
+            metadata: e.metadata.clone(),
+        });
+        self.stats().insert_many(docs).await.map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn bundle_activity(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let pipeline = [
+            doc! {"$match": {"app_id": app_id, "version_name": version_name}},
+            doc! {"$group": {"_id": "$action", "count": {"$sum": 1}}},
+        ];
+        let groups: Vec<Document> = self
+            .stats()
+            .aggregate(pipeline)
+            .await
+            .map_err(map_error)?
+            .try_collect()
+            .await
+            .map_err(map_error)?;
+        let mut counts = BTreeMap::new();
+        for group in groups {
+            let action = group.get_str("_id").unwrap_or_default().to_string();
+            let count = group
+                .get_i32("count")
+                .map(i64::from)
+                .or_else(|_| group.get_i64("count"))
+                .unwrap_or_default();
+            counts.insert(action, count as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
+        let docs: Vec<Document> = self
+            .db
+            .collection::<Document>("bundles")
+            .find(doc! {})
+            .projection(doc! {"blob_key": 1})
+            .await
+            .map_err(map_error)?
+            .try_collect()
+            .await
+            .map_err(map_error)?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| d.get_str("blob_key").ok().map(str::to_string))
+            .collect())
+    }
+
+    async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
+        // Read untyped: the projection leaves out fields a ReleaseDoc requires.
+        let newest: Option<Document> = self
+            .db
+            .collection::<Document>("releases")
+            .find_one(doc! {})
+            .sort(doc! {"revision": -1})
+            .projection(doc! {"revision": 1})
+            .await
+            .map_err(map_error)?;
+        let releases = self
+            .releases()
+            .count_documents(doc! {})
+            .await
+            .map_err(map_error)?;
+        Ok(Some(CatalogVersion {
+            releases,
+            newest_revision: newest.and_then(|d| d.get_i64("revision").ok()).unwrap_or(0),
+        }))
+    }
+}
