@@ -1,14 +1,20 @@
 //! One contract for every store implementation, so the embedded and production paths cannot
-//! drift. Each implementation runs the same functions below.
+//! drift. Each implementation runs the same functions below: SQLite and the filesystem always,
+//! MongoDB and S3 against the real servers `scripts/services` starts.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use capgo_server::domain::stats::StatsEvent;
 use capgo_server::domain::{
     Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey,
 };
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
+use capgo_server::store::mongo::MongoMetadataStore;
+use capgo_server::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
 use capgo_server::store::sqlite::SqliteMetadataStore;
 use capgo_server::store::{BlobStore, MetadataStore, StoreError};
 
@@ -228,23 +234,16 @@ async fn blob_contract(store: Arc<dyn BlobStore>) {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("upload.part");
     std::fs::write(&source, b"zip bytes").unwrap();
-    store
-        .put_file("bundles/contract.zip", &source)
-        .await
-        .unwrap();
+    // Unique per run: a real bucket is shared with other tests.
+    let key = format!("bundles/{}.zip", RecordId::generate());
+    store.put_file(&key, &source).await.unwrap();
     let listed = store.list().await.unwrap();
-    assert_eq!(
-        listed.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(),
-        ["bundles/contract.zip"]
-    );
-    let url = store.download_url("bundles/contract.zip").await.unwrap();
-    assert!(
-        url.starts_with("http") && url.contains("bundles/contract.zip"),
-        "{url}"
-    );
-    store.delete("bundles/contract.zip").await.unwrap();
-    store.delete("bundles/contract.zip").await.unwrap();
-    assert!(store.list().await.unwrap().is_empty());
+    assert!(listed.iter().any(|b| b.key == key), "{key} listed");
+    let url = store.download_url(&key).await.unwrap();
+    assert!(url.starts_with("http") && url.contains(&key), "{url}");
+    store.delete(&key).await.unwrap();
+    store.delete(&key).await.unwrap();
+    assert!(!store.list().await.unwrap().iter().any(|b| b.key == key));
 }
 
 #[tokio::test]
@@ -269,4 +268,64 @@ async fn filesystem_meets_the_blob_contract() {
     assert!(store.local_path("../escape").is_none());
     assert!(store.local_path("bundles/../../x").is_none());
     blob_contract(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn mongodb_meets_the_metadata_contract() {
+    let Some(services) = common::Services::get() else {
+        return;
+    };
+    let store =
+        MongoMetadataStore::connect(&services.mongo_url, &common::Services::fresh_database())
+            .await
+            .unwrap();
+    metadata_contract(Arc::new(store)).await;
+}
+
+async fn s3_store(services: &common::Services, download_urls: DownloadUrls) -> S3BlobStore {
+    S3BlobStore::connect(S3Settings {
+        bucket: services.s3_bucket.clone(),
+        endpoint: Some(services.s3_endpoint.clone()),
+        download_urls,
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn s3_meets_the_blob_contract() {
+    let Some(services) = common::Services::get() else {
+        return;
+    };
+    blob_contract(Arc::new(
+        s3_store(&services, DownloadUrls::Presigned(Duration::from_secs(60))).await,
+    ))
+    .await;
+    let public = s3_store(
+        &services,
+        DownloadUrls::Public("https://cdn.example.com/".into()),
+    )
+    .await;
+    assert_eq!(
+        public.download_url("bundles/x.zip").await.unwrap(),
+        "https://cdn.example.com/bundles/x.zip"
+    );
+}
+
+#[tokio::test]
+async fn s3_multipart_upload_round_trips() {
+    let Some(services) = common::Services::get() else {
+        return;
+    };
+    let store = s3_store(&services, DownloadUrls::Presigned(Duration::from_secs(60))).await;
+    let bytes = common::incompressible(40 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("big.part");
+    std::fs::write(&source, &bytes).unwrap();
+    let key = format!("bundles/{}.zip", RecordId::generate());
+    store.put_file(&key, &source).await.unwrap();
+    let url = store.download_url(&key).await.unwrap();
+    let downloaded = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(common::sha256_hex(&downloaded), common::sha256_hex(&bytes));
+    store.delete(&key).await.unwrap();
 }

@@ -520,3 +520,153 @@ impl Client {
         response.bytes().await.unwrap().to_vec()
     }
 }
+
+/// The real MongoDB-compatible and S3 servers `scripts/services start` runs.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub mongo_url: String,
+    pub s3_endpoint: String,
+    pub s3_bucket: String,
+    pub aws: Vec<(String, String)>,
+}
+
+impl Services {
+    /// The running services, or `None` (with a note) when they were not started. The test
+    /// command sets CAPGO_REQUIRE_SERVICES=1, so there a missing service fails the test.
+    pub fn get() -> Option<Services> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let found = (|| {
+            Some(Services {
+                mongo_url: var("CAPGO_TEST_MONGO_URL")?,
+                s3_endpoint: var("CAPGO_TEST_S3_ENDPOINT")?,
+                s3_bucket: var("CAPGO_TEST_S3_BUCKET")?,
+                aws: ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
+                    .iter()
+                    .map(|name| Some((name.to_string(), var(name)?)))
+                    .collect::<Option<Vec<_>>>()?,
+            })
+        })();
+        if found.is_none() {
+            assert!(
+                var("CAPGO_REQUIRE_SERVICES").is_none(),
+                "MongoDB/S3 test services are required: run `scripts/services start` and source target/test-services/env"
+            );
+            eprintln!("skipped: no test services (run `scripts/services start` and source target/test-services/env)");
+        }
+        found
+    }
+
+    /// A database name no other test uses.
+    pub fn fresh_database() -> String {
+        format!("capgo_test_{}", capgo_server::domain::RecordId::generate())
+    }
+
+    /// Server settings for MongoDB + S3 with a fresh database, through `mongo_url`/`s3_endpoint`
+    /// (a [`FaultyProxy`] address, or the services' own).
+    pub fn server_env(
+        &self,
+        database: &str,
+        mongo_url: &str,
+        s3_endpoint: &str,
+    ) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("MONGO_CONNECTION_STRING".to_string(), mongo_url.to_string()),
+            ("MONGO_DATABASE".to_string(), database.to_string()),
+            ("S3_BUCKET".to_string(), self.s3_bucket.clone()),
+            ("S3_BASE_ENDPOINT".to_string(), s3_endpoint.to_string()),
+            ("MANAGEMENT_API_TOKENS".to_string(), API_KEY.to_string()),
+        ];
+        env.extend(self.aws.iter().cloned());
+        env
+    }
+}
+
+/// Borrowed `(&str, &str)` pairs for [`ServerProcess::start`].
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A TCP forwarder in front of a real server, which a test can cut (dropping every open
+/// connection and refusing new ones) and restore: a real network fault on loopback. It runs
+/// on its own thread and runtime, so it keeps forwarding while the test thread blocks.
+pub struct FaultyProxy {
+    pub address: std::net::SocketAddr,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl FaultyProxy {
+    pub async fn start(target: &str) -> FaultyProxy {
+        let target = target.to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (open_flag, cut_token, stopped) = (open.clone(), cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Some(Ok((mut inbound, _))) =
+                    stopped.run_until_cancelled(listener.accept()).await
+                {
+                    if !open_flag.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
+                    }
+                    let token = cut_token.lock().unwrap().clone();
+                    let target = target.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = token.cancelled() => {}
+                        }
+                    });
+                }
+            });
+        });
+        FaultyProxy {
+            address,
+            open,
+            cut,
+            stop,
+        }
+    }
+
+    /// `host:port` of a URL such as `mongodb://127.0.0.1:1234` or `http://127.0.0.1:1234`.
+    pub fn target_of(url: &str) -> String {
+        url.split("://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut token = self.cut.lock().unwrap();
+        token.cancel();
+        *token = tokio_util::sync::CancellationToken::new();
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.cut.lock().unwrap().cancel();
+    }
+}
