@@ -43,9 +43,9 @@ async fn promote(client: &Client, release: &str, bundle: &str) {
     assert_eq!(status, 200, "{body}");
 }
 
-async fn objects_in_bucket(services: &Services) -> Vec<String> {
+async fn objects_in_bucket(services: &Services, bucket: &str) -> Vec<String> {
     let store = S3BlobStore::connect(S3Settings {
-        bucket: services.s3_bucket.clone(),
+        bucket: bucket.to_string(),
         endpoint: Some(services.s3_endpoint.clone()),
         download_urls: DownloadUrls::Presigned(Duration::from_secs(60)),
     })
@@ -255,12 +255,14 @@ async fn s3_outage_during_upload_leaves_no_record() {
     let Some(services) = Services::get() else {
         return;
     };
+    let bucket = services.fresh_bucket().await;
     let proxy = FaultyProxy::start(&FaultyProxy::target_of(&services.s3_endpoint)).await;
     let s3_via_proxy = format!("http://{}", proxy.address);
-    let env = services.server_env(
+    let env = services.server_env_with_bucket(
         &Services::fresh_database(),
         &services.mongo_url,
         &s3_via_proxy,
+        &bucket,
     );
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &env_refs(&env));
@@ -273,6 +275,7 @@ async fn s3_outage_during_upload_leaves_no_record() {
         .unwrap()
         .is_empty());
     assert!(list_files(&data.path().join("staging")).is_empty());
+    assert!(objects_in_bucket(&services, &bucket).await.is_empty());
     proxy.restore();
     let (status, body) = client.upload(APP_ID, "2.0.0", web_bundle("kept")).await;
     assert_eq!(
@@ -286,15 +289,16 @@ async fn racing_duplicate_uploads_leave_one_record_and_one_object() {
     let Some(services) = Services::get() else {
         return;
     };
-    let env = services.server_env(
+    let bucket = services.fresh_bucket().await;
+    let env = services.server_env_with_bucket(
         &Services::fresh_database(),
         &services.mongo_url,
         &services.s3_endpoint,
+        &bucket,
     );
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &env_refs(&env));
     let client = Client::new(&server, API_KEY);
-    let before = objects_in_bucket(&services).await;
     let uploads = (0..6).map(|i| client.upload(APP_ID, "3.0.0", web_bundle(&format!("racer {i}"))));
     let results = futures_util::future::join_all(uploads).await;
     let statuses: Vec<u16> = results.iter().map(|(status, _)| *status).collect();
@@ -312,13 +316,9 @@ async fn racing_duplicate_uploads_leave_one_record_and_one_object() {
         .as_str()
         .unwrap()
         .to_string();
-    let added: Vec<String> = objects_in_bucket(&services)
-        .await
-        .into_iter()
-        .filter(|k| !before.contains(k))
-        .collect();
+    let stored = objects_in_bucket(&services, &bucket).await;
     assert_eq!(
-        added,
+        stored,
         [format!("bundles/{winner}.zip")],
         "losers' objects were removed"
     );
@@ -478,4 +478,58 @@ async fn migrate_creates_the_indexes() {
             .any(|n| n.contains("version_name") && n.contains("version_code")),
         "{names:?}"
     );
+}
+
+#[tokio::test]
+async fn oversized_and_interrupted_uploads_leave_nothing_in_the_bucket() {
+    let Some(services) = Services::get() else {
+        return;
+    };
+    let bucket = services.fresh_bucket().await;
+    let mut env = services.server_env_with_bucket(
+        &Services::fresh_database(),
+        &services.mongo_url,
+        &services.s3_endpoint,
+        &bucket,
+    );
+    env.push(("MAX_BUNDLE_SIZE".into(), "1MiB".into()));
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(data.path(), &env_refs(&env));
+    let client = Client::new(&server, API_KEY);
+
+    let big = zip_of(&[
+        ("index.html", b"<html/>"),
+        ("noise.bin", &incompressible(2 << 20)),
+    ]);
+    let (status, body) = client.upload(APP_ID, "too-big", big).await;
+    assert_eq!(status, 413, "{body}");
+
+    let address = server
+        .management_url
+        .trim_start_matches("http://")
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!(
+            "POST /api/v1/bundles.upload HTTP/1.1\r\nHost: {address}\r\nx-api-key: {API_KEY}\r\n\
+             Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 900000\r\n\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"b.zip\"\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::io::Write::write_all(&mut stream, &incompressible(300_000)).unwrap();
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert!(client.list("bundles.list").await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(
+        objects_in_bucket(&services, &bucket).await.is_empty(),
+        "nothing reached the bucket"
+    );
+    assert!(list_files(&data.path().join("staging")).is_empty());
 }

@@ -97,8 +97,10 @@ pub trait MetadataStore: Send + Sync + 'static {
 /// A snapshot of the release collection that differs after any insert, promote or delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogVersion {
-    pub releases: u64,
+    /// The newest stamp on a release (inserts and promotes).
     pub newest_revision: i64,
+    /// How many releases were ever deleted.
+    pub deletions: i64,
 }
 
 /// A stored object, as listed for the orphan sweep.

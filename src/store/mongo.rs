@@ -4,7 +4,7 @@
 //! `releases`, `crc_checksum`, `builtin_bundle_id`, …). Every write that can change an
 //! `/updates` answer stamps the release document with a number from a shared counter, so
 //! replicas notice each other's changes by polling [`MetadataStore::catalog_version`]: the
-//! newest stamp (inserts and promotes) and the release count (deletions).
+//! newest stamp (inserts and promotes) and a deletion counter, both read through an index.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +27,10 @@ use crate::domain::{
 };
 
 const DUPLICATE_KEY: i32 = 11000;
+/// Shared counters: the stamp of answer-changing writes, release deletions, channel ids.
+const REVISION_COUNTER: &str = "catalog_revision";
+const DELETIONS_COUNTER: &str = "release_deletions";
+const CHANNEL_ID_COUNTER: &str = "channel_id";
 /// How long an operation waits for a reachable server before failing (and `/updates` falls
 /// back to what it last knew). The driver's 30 s default would stall devices.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -351,7 +355,7 @@ impl MongoMetadataStore {
         {
             return Ok(());
         }
-        let id = self.next("channel_id").await?;
+        let id = self.next(CHANNEL_ID_COUNTER).await?;
         let doc = ChannelDoc {
             id,
             app_id: app_id.to_string(),
@@ -446,7 +450,7 @@ impl MetadataStore for MongoMetadataStore {
             self.ensure_channel(&release.key.app_id, channel.as_str())
                 .await?;
         }
-        let revision = self.next("catalog_revision").await?;
+        let revision = self.next(REVISION_COUNTER).await?;
         self.releases()
             .insert_one(ReleaseDoc::new(release, revision))
             .await
@@ -520,7 +524,7 @@ impl MetadataStore for MongoMetadataStore {
         };
         self.ensure_channel(&release.app_id, channel.as_str())
             .await?;
-        let revision = self.next("catalog_revision").await?;
+        let revision = self.next(REVISION_COUNTER).await?;
         let mut set = doc! {"updated_at": DateTime::from_millis(updated_at), "revision": revision};
         if channel.is_default() {
             set.insert("active_bundle_id", oid(bundle_id));
@@ -544,12 +548,15 @@ impl MetadataStore for MongoMetadataStore {
     }
 
     async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError> {
-        // Replicas notice a deletion by the lower release count.
         let result = self
             .releases()
             .delete_one(doc! {"_id": oid(id)})
             .await
             .map_err(map_error)?;
+        if result.deleted_count > 0 {
+            // Counted after the delete: a replica that sees the new count also sees the delete.
+            self.next(DELETIONS_COUNTER).await?;
+        }
         Ok(result.deleted_count > 0)
     }
 
@@ -654,14 +661,14 @@ impl MetadataStore for MongoMetadataStore {
             .projection(doc! {"revision": 1})
             .await
             .map_err(map_error)?;
-        let releases = self
-            .releases()
-            .count_documents(doc! {})
+        let deletions: Option<Document> = self
+            .counters()
+            .find_one(doc! {"_id": DELETIONS_COUNTER})
             .await
             .map_err(map_error)?;
         Ok(Some(CatalogVersion {
-            releases,
             newest_revision: newest.and_then(|d| d.get_i64("revision").ok()).unwrap_or(0),
+            deletions: deletions.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0),
         }))
     }
 }

@@ -556,6 +556,25 @@ impl Services {
         found
     }
 
+    /// A bucket no other test uses (tests that count objects need one of their own).
+    pub async fn fresh_bucket(&self) -> String {
+        let name = format!("capgo-test-{}", capgo_server::domain::RecordId::generate());
+        let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.s3_endpoint)
+            .load()
+            .await;
+        let config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("cannot create bucket {name}: {e:?}"));
+        name
+    }
+
     /// A database name no other test uses.
     pub fn fresh_database() -> String {
         format!("capgo_test_{}", capgo_server::domain::RecordId::generate())
@@ -569,10 +588,20 @@ impl Services {
         mongo_url: &str,
         s3_endpoint: &str,
     ) -> Vec<(String, String)> {
+        self.server_env_with_bucket(database, mongo_url, s3_endpoint, &self.s3_bucket)
+    }
+
+    pub fn server_env_with_bucket(
+        &self,
+        database: &str,
+        mongo_url: &str,
+        s3_endpoint: &str,
+        bucket: &str,
+    ) -> Vec<(String, String)> {
         let mut env = vec![
             ("MONGO_CONNECTION_STRING".to_string(), mongo_url.to_string()),
             ("MONGO_DATABASE".to_string(), database.to_string()),
-            ("S3_BUCKET".to_string(), self.s3_bucket.clone()),
+            ("S3_BUCKET".to_string(), bucket.to_string()),
             ("S3_BASE_ENDPOINT".to_string(), s3_endpoint.to_string()),
             ("MANAGEMENT_API_TOKENS".to_string(), API_KEY.to_string()),
         ];
