@@ -542,3 +542,77 @@ async fn concurrent_uploads_of_one_version_have_exactly_one_winner() {
     );
     assert!(app.files_in("staging").is_empty());
 }
+
+#[tokio::test]
+async fn records_owned_by_kubernetes_resources_are_read_only_here() {
+    use capgo_server::catalog::DesiredRelease;
+    use capgo_server::domain::{ChannelName, Platform, RecordId, ReleaseKey, ResourceRef};
+
+    let app = TestApp::new();
+    let builtin = app.upload_bundle("1.0.0").await;
+    let next = app.upload_bundle("1.0.1").await;
+    let owner = ResourceRef::new("Release", "apps", "shop-android");
+    let desired = DesiredRelease {
+        key: ReleaseKey {
+            platform: Platform::Android,
+            app_id: APP_ID.into(),
+            version_name: "2.0.0".into(),
+            version_code: "20".into(),
+        },
+        builtin_bundle_id: RecordId::parse(&builtin, "id").unwrap(),
+        channels: [(
+            ChannelName::default_channel(),
+            RecordId::parse(&next, "id").unwrap(),
+        )]
+        .into(),
+        owner: owner.clone(),
+    };
+    let (owned, written) = app.state.catalog.apply_release(&desired).await.unwrap();
+    assert!(written);
+    let (_, written_again) = app.state.catalog.apply_release(&desired).await.unwrap();
+    assert!(!written_again, "an unchanged resource writes nothing");
+    let rest_made = app.create_release(&builtin).await;
+
+    let (_, list) = app.get("/api/v1/releases.list").await;
+    let shown = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == owned.id.as_str())
+        .unwrap();
+    assert_eq!(shown["owner"], "Release apps/shop-android");
+    let id = owned.id.to_string();
+    let attempts = [
+        (
+            "/api/v1/releases.set-active",
+            json!({"release_id": id, "bundle_id": builtin}),
+        ),
+        (
+            "/api/v1/releases.update",
+            json!({"release_id": id, "release_date": "2026-01-01T00:00:00Z"}),
+        ),
+        ("/api/v1/releases.delete", json!({"release_id": id})),
+    ];
+    for (path, body) in attempts {
+        let (status, answer) = app.post_json(path, body).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("Release apps/shop-android"),
+            "{answer}"
+        );
+    }
+    let (status, _) = app.set_active(&rest_made, &next, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "records made through the API stay editable"
+    );
+    let still = app.state.catalog.release(&id).await.unwrap();
+    assert_eq!(
+        still.channels, desired.channels,
+        "the refused calls changed nothing"
+    );
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use capgo_server::domain::stats::StatsEvent;
 use capgo_server::domain::{
-    Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey,
+    Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey, ResourceRef,
 };
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::mongo::MongoMetadataStore;
@@ -31,6 +31,7 @@ fn bundle(app_id: &str, version: &str, created_at: i64) -> Bundle {
         size: 1234,
         encryption: None,
         created_at,
+        owner: None,
     }
 }
 
@@ -48,6 +49,7 @@ fn release(builtin: &Bundle, code: &str) -> Release {
         release_date: None,
         created_at: 10,
         updated_at: 10,
+        owner: None,
     }
 }
 
@@ -81,7 +83,8 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
         )
         .unwrap(),
     );
-    let second = bundle(app, "1.0.1", 2);
+    let mut second = bundle(app, "1.0.1", 2);
+    second.owner = Some(ResourceRef::new("Bundle", "apps", "web-1.0.1"));
     store.insert_bundle(&first).await.unwrap();
     store.insert_bundle(&second).await.unwrap();
     assert_eq!(
@@ -117,6 +120,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     assert_eq!(listed, ["1.0.0", "1.0.1", "1.0.0"], "newest first");
 
     let mut r = release(&first, "7");
+    r.owner = Some(ResourceRef::new("Release", "apps", "shop-ios"));
     r.channels
         .insert(ChannelName::parse("beta").unwrap(), second.id.clone());
     store.insert_release(&r).await.unwrap();
@@ -154,6 +158,31 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     let stored = store.release(&r.id).await.unwrap().unwrap();
     assert_eq!(stored.channels.get(&production), Some(&first.id));
     assert_eq!(stored.updated_at, 21);
+    // The operator's converge: builtin and every channel in one write.
+    let converged = BTreeMap::from([(ChannelName::parse("beta").unwrap(), first.id.clone())]);
+    assert!(store
+        .replace_release_assignments(&r.id, &second.id, &converged, 25)
+        .await
+        .unwrap());
+    let replaced = store.release(&r.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            replaced.builtin_bundle_id.clone(),
+            replaced.channels.clone()
+        ),
+        (second.id.clone(), converged)
+    );
+    assert_eq!(replaced.owner, r.owner, "ownership survives");
+    assert!(!store
+        .replace_release_assignments(&RecordId::generate(), &first.id, &BTreeMap::new(), 26)
+        .await
+        .unwrap());
+    let mut restored = r.channels.clone();
+    restored.insert(production.clone(), first.id.clone());
+    assert!(store
+        .replace_release_assignments(&r.id, &first.id, &restored, 27)
+        .await
+        .unwrap());
     assert!(store.set_release_date(&r.id, Some(99), 30).await.unwrap());
     assert_eq!(
         store.release(&r.id).await.unwrap().unwrap().release_date,

@@ -5,7 +5,7 @@ pub mod staging;
 pub mod target_cache;
 pub mod zip_check;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::channel::Channel;
 use crate::domain::device::{DeviceInfo, DeviceRefusal};
 use crate::domain::names::{check_app_id, check_bundle_version, check_native_version};
+use crate::domain::ownership::check_may_change;
 use crate::domain::stats::StatsEvent;
 use crate::domain::update::ChannelTarget;
 use crate::domain::{
-    now_millis, Bundle, BundleEncryption, ChannelName, InvalidInput, Platform, RecordId, Release,
-    ReleaseKey, UnixMillis,
+    now_millis, Actor, Bundle, BundleEncryption, ChannelName, InvalidInput, Platform, RecordId,
+    Release, ReleaseKey, ResourceRef, UnixMillis,
 };
 use crate::store::{BlobStore, MetadataStore, StoreError};
 use staging::StagedBlob;
@@ -70,6 +71,8 @@ pub struct NewBundle {
     /// the stored bytes must match.
     pub checksum: Option<String>,
     pub key_id: Option<String>,
+    /// Set when the operator creates the bundle for a Kubernetes `Bundle`.
+    pub owner: Option<ResourceRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +82,15 @@ pub struct NewRelease {
     pub version_name: String,
     pub version_code: String,
     pub builtin_bundle_id: String,
+}
+
+/// What a Kubernetes `Release` asks for: the record the operator converges to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRelease {
+    pub key: ReleaseKey,
+    pub builtin_bundle_id: RecordId,
+    pub channels: BTreeMap<ChannelName, RecordId>,
+    pub owner: ResourceRef,
 }
 
 pub struct Catalog {
@@ -303,6 +315,7 @@ impl Catalog {
             size: staged.size,
             encryption,
             created_at: now_millis(),
+            owner: new.owner,
         };
         self.blobs.put_file(&bundle.blob_key, staged.path()).await?;
         if let Err(e) = self.metadata.insert_bundle(&bundle).await {
@@ -330,8 +343,14 @@ impl Catalog {
     }
 
     /// Deletes a bundle no release uses, then its stored bytes.
-    pub async fn delete_bundle(&self, id: &str) -> Result<Bundle, CatalogError> {
+    pub async fn delete_bundle(&self, id: &str, actor: &Actor) -> Result<Bundle, CatalogError> {
         let bundle = self.bundle(id).await?;
+        check_may_change(
+            bundle.owner.as_ref(),
+            actor,
+            &format!("bundle {}", bundle.id),
+        )
+        .map_err(CatalogError::Conflict)?;
         let users = self.metadata.releases_using_bundle(&bundle.id).await?;
         if !users.is_empty() {
             return Err(bundle_in_use(&bundle, &users));
@@ -402,6 +421,7 @@ impl Catalog {
             release_date: None,
             created_at: now,
             updated_at: now,
+            owner: None,
         };
         match self.metadata.insert_release(&release).await {
             Ok(()) => {}
@@ -434,8 +454,9 @@ impl Catalog {
         &self,
         id: &str,
         release_date: Option<UnixMillis>,
+        actor: &Actor,
     ) -> Result<Release, CatalogError> {
-        let release = self.release(id).await?;
+        let release = self.changeable_release(id, actor).await?;
         if !self
             .metadata
             .set_release_date(&release.id, release_date, now_millis())
@@ -455,12 +476,13 @@ impl Catalog {
         release_id: &str,
         bundle_id: &str,
         channel: Option<&str>,
+        actor: &Actor,
     ) -> Result<Release, CatalogError> {
         let channel = match channel.filter(|c| !c.is_empty()) {
             Some(name) => ChannelName::parse(name)?,
             None => ChannelName::default_channel(),
         };
-        let release = self.release(release_id).await?;
+        let release = self.changeable_release(release_id, actor).await?;
         let bundle = self
             .bundle_for_app(bundle_id, "bundle_id", &release.key.app_id)
             .await?;
@@ -484,11 +506,111 @@ impl Catalog {
         }
     }
 
-    pub async fn delete_release(&self, id: &str) -> Result<Release, CatalogError> {
-        let release = self.release(id).await?;
+    pub async fn delete_release(&self, id: &str, actor: &Actor) -> Result<Release, CatalogError> {
+        let release = self.changeable_release(id, actor).await?;
         self.metadata.delete_release(&release.id).await?;
         self.targets.invalidate();
         Ok(release)
+    }
+
+    /// A release `actor` may change (409 naming the owning resource otherwise).
+    async fn changeable_release(&self, id: &str, actor: &Actor) -> Result<Release, CatalogError> {
+        let release = self.release(id).await?;
+        check_may_change(
+            release.owner.as_ref(),
+            actor,
+            &format!("release {}", release.key),
+        )
+        .map_err(CatalogError::Conflict)?;
+        Ok(release)
+    }
+
+    /// Creates the record a Kubernetes `Release` describes, or converges the existing one to it
+    /// (builtin bundle and every channel, in one write). Returns whether anything was written,
+    /// so an unchanged resource costs no write.
+    pub async fn apply_release(
+        &self,
+        desired: &DesiredRelease,
+    ) -> Result<(Release, bool), CatalogError> {
+        let actor = Actor::Resource(desired.owner.clone());
+        for bundle_id in
+            std::iter::once(&desired.builtin_bundle_id).chain(desired.channels.values())
+        {
+            self.bundle_for_app(bundle_id.as_str(), "bundle", &desired.key.app_id)
+                .await?;
+        }
+        let Some(existing) = self.metadata.release_by_key(&desired.key).await? else {
+            let now = now_millis();
+            let release = Release {
+                id: RecordId::generate(),
+                key: desired.key.clone(),
+                builtin_bundle_id: desired.builtin_bundle_id.clone(),
+                channels: desired.channels.clone(),
+                release_date: None,
+                created_at: now,
+                updated_at: now,
+                owner: Some(desired.owner.clone()),
+            };
+            return match self.metadata.insert_release(&release).await {
+                Ok(()) => {
+                    self.targets.invalidate();
+                    Ok((release, true))
+                }
+                Err(StoreError::Conflict(_)) => Err(CatalogError::Conflict(format!(
+                    "a release for {} was created concurrently; retrying will adopt or refuse it",
+                    desired.key
+                ))),
+                Err(e) => Err(e.into()),
+            };
+        };
+        check_may_change(existing.owner.as_ref(), &actor, &format!("the release for {}", desired.key))
+            .map_err(|_| {
+                CatalogError::Conflict(format!(
+                    "a release for {} already exists and is managed by {}; delete it there or choose another native version",
+                    desired.key,
+                    existing.owner.as_ref().map_or("the REST API".to_string(), |o| o.to_string())
+                ))
+            })?;
+        if existing.builtin_bundle_id == desired.builtin_bundle_id
+            && existing.channels == desired.channels
+        {
+            return Ok((existing, false));
+        }
+        let written = self
+            .metadata
+            .replace_release_assignments(
+                &existing.id,
+                &desired.builtin_bundle_id,
+                &desired.channels,
+                now_millis(),
+            )
+            .await?;
+        if !written {
+            return Err(CatalogError::NotFound(format!(
+                "release {} vanished while being updated",
+                existing.id
+            )));
+        }
+        self.targets.invalidate();
+        let updated = self.release(existing.id.as_str()).await?;
+        Ok((updated, true))
+    }
+
+    /// The bundle record a Kubernetes `Bundle` made, if any.
+    pub async fn bundle_by_version(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<Option<Bundle>, CatalogError> {
+        Ok(self
+            .metadata
+            .bundle_by_version(app_id, version_name)
+            .await?)
+    }
+
+    /// The release record for a native build, if any.
+    pub async fn release_by_key(&self, key: &ReleaseKey) -> Result<Option<Release>, CatalogError> {
+        Ok(self.metadata.release_by_key(key).await?)
     }
 
     /// Looks up a bundle a request refers to in `field`, which must belong to `app_id`.

@@ -1,4 +1,4 @@
-use super::{InvalidInput, PluginVersion, RecordId, UnixMillis};
+use super::{InvalidInput, PluginVersion, RecordId, ResourceRef, UnixMillis};
 
 /// A zip of web assets for one app, under a version name devices will report once they run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Bundle {
     pub blob_key: String,
     pub encryption: Option<BundleEncryption>,
     pub created_at: UnixMillis,
+    /// The Kubernetes `Bundle` this record was made from, if any.
+    pub owner: Option<ResourceRef>,
 }
 
 impl Bundle {
@@ -125,6 +127,7 @@ mod tests {
             blob_key: "bundles/x.zip".into(),
             encryption,
             created_at: 0,
+            owner: None,
         }
     }
 

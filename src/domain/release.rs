@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{ChannelName, Platform, RecordId, UnixMillis};
+use super::{ChannelName, Platform, RecordId, ResourceRef, UnixMillis};
 
 /// What identifies a native build: devices send these four in every request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,6 +38,8 @@ pub struct Release {
     pub release_date: Option<UnixMillis>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// The Kubernetes `Release` this record was made from, if any.
+    pub owner: Option<ResourceRef>,
 }
 
 impl Release {
@@ -77,6 +79,7 @@ mod tests {
             release_date: None,
             created_at: 0,
             updated_at: 0,
+            owner: None,
         };
         let beta_channel = ChannelName::parse("beta").unwrap();
         assert_eq!(release.bundle_for(&beta_channel), &builtin);

@@ -105,6 +105,7 @@ mod tests {
             blob_key: "bundles/x.zip".into(),
             encryption: None,
             created_at: 0,
+            owner: None,
         }
     }
 

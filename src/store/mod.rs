@@ -71,6 +71,15 @@ pub trait MetadataStore: Send + Sync + 'static {
         bundle_id: &RecordId,
         updated_at: UnixMillis,
     ) -> Result<bool, StoreError>;
+    /// Sets a release's builtin bundle and replaces all its channel assignments in one atomic
+    /// write (how the operator converges a record to its resource). `false` when absent.
+    async fn replace_release_assignments(
+        &self,
+        id: &RecordId,
+        builtin_bundle_id: &RecordId,
+        channels: &BTreeMap<ChannelName, RecordId>,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError>;
     /// `false` when absent.
     async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError>;
 

@@ -22,8 +22,8 @@ use super::{CatalogVersion, MetadataStore, StoreError};
 use crate::domain::channel::Channel;
 use crate::domain::stats::StatsEvent;
 use crate::domain::{
-    Bundle, BundleEncryption, ChannelName, InvalidInput, RecordId, Release, ReleaseKey, UnixMillis,
-    DEFAULT_CHANNEL,
+    Bundle, BundleEncryption, ChannelName, InvalidInput, RecordId, Release, ReleaseKey,
+    ResourceRef, UnixMillis, DEFAULT_CHANNEL,
 };
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -53,6 +53,9 @@ struct BundleDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_id: Option<String>,
     created_at: DateTime,
+    /// `Kind/namespace/name` of the Kubernetes resource this record was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -82,6 +85,8 @@ struct ReleaseDoc {
     /// Stamp from the shared counter, bumped by every write to the release.
     #[serde(default)]
     revision: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +143,7 @@ impl From<&Bundle> for BundleDoc {
             encrypted_checksum: encryption.map(|e| e.checksum.clone()),
             key_id: encryption.and_then(|e| e.key_id.clone()),
             created_at: DateTime::from_millis(b.created_at),
+            owner: b.owner.as_ref().map(ResourceRef::to_stored),
         }
     }
 }
@@ -159,6 +165,7 @@ impl From<BundleDoc> for Bundle {
                 key_id: d.key_id,
             }),
             created_at: millis(d.created_at),
+            owner: d.owner.as_deref().and_then(ResourceRef::from_stored),
         }
     }
 }
@@ -185,6 +192,7 @@ impl ReleaseDoc {
             created_at: DateTime::from_millis(r.created_at),
             updated_at: DateTime::from_millis(r.updated_at),
             revision,
+            owner: r.owner.as_ref().map(ResourceRef::to_stored),
         }
     }
 
@@ -208,6 +216,7 @@ impl ReleaseDoc {
             release_date: self.released_date.map(millis),
             created_at: millis(self.created_at),
             updated_at: millis(self.updated_at),
+            owner: self.owner.as_deref().and_then(ResourceRef::from_stored),
         })
     }
 }
@@ -539,6 +548,46 @@ impl MetadataStore for MongoMetadataStore {
             }},
             doc! {"$set": set},
         ];
+        let result = self
+            .releases()
+            .update_one(doc! {"_id": oid(id)}, update)
+            .await
+            .map_err(map_error)?;
+        Ok(result.matched_count > 0)
+    }
+
+    async fn replace_release_assignments(
+        &self,
+        id: &RecordId,
+        builtin_bundle_id: &RecordId,
+        channels: &BTreeMap<ChannelName, RecordId>,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let Some(release) = self
+            .releases()
+            .find_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?
+        else {
+            return Ok(false);
+        };
+        for channel in channels.keys() {
+            self.ensure_channel(&release.app_id, channel.as_str())
+                .await?;
+        }
+        let revision = self.next(REVISION_COUNTER).await?;
+        let entries: Vec<Document> = channels
+            .iter()
+            .map(|(name, bundle)| doc! {"name": name.as_str(), "bundle_id": oid(bundle)})
+            .collect();
+        let production = channels.get(&ChannelName::default_channel()).map(oid);
+        let update = doc! {"$set": {
+            "builtin_bundle_id": oid(builtin_bundle_id),
+            "channels": entries,
+            "active_bundle_id": production,
+            "updated_at": DateTime::from_millis(updated_at),
+            "revision": revision,
+        }};
         let result = self
             .releases()
             .update_one(doc! {"_id": oid(id)}, update)

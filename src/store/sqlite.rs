@@ -15,7 +15,7 @@ use super::{CatalogVersion, MetadataStore, StoreError};
 use crate::domain::channel::Channel;
 use crate::domain::stats::StatsEvent;
 use crate::domain::{
-    Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, UnixMillis,
+    Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis,
     DEFAULT_CHANNEL,
 };
 
@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS bundles (
     encrypted_checksum TEXT,
     key_id             TEXT,
     created_at         INTEGER NOT NULL,
+    owner              TEXT,
     UNIQUE (app_id, version_name)
 );
 CREATE TABLE IF NOT EXISTS releases (
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS releases (
     release_date      INTEGER,
     created_at        INTEGER NOT NULL,
     updated_at        INTEGER NOT NULL,
+    owner             TEXT,
     UNIQUE (version_name, platform, app_id, version_code)
 );
 CREATE TABLE IF NOT EXISTS release_channels (
@@ -82,9 +84,13 @@ CREATE INDEX IF NOT EXISTS stats_by_bundle ON stats_events (app_id, version_name
 "#;
 
 const BUNDLE_COLUMNS: &str = "id, app_id, version_name, description, sha256, crc32, size, \
-    blob_key, session_key, encrypted_checksum, key_id, created_at";
+    blob_key, session_key, encrypted_checksum, key_id, created_at, owner";
 const RELEASE_COLUMNS: &str = "id, platform, app_id, version_name, version_code, \
-    builtin_bundle_id, release_date, created_at, updated_at";
+    builtin_bundle_id, release_date, created_at, updated_at, owner";
+
+/// Columns added after the first release of the schema: (table, column, declaration).
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("bundles", "owner", "TEXT"), ("releases", "owner", "TEXT")];
 
 pub struct SqliteMetadataStore {
     connection: Arc<Mutex<Connection>>,
@@ -112,6 +118,21 @@ impl SqliteMetadataStore {
             )
             .map_err(internal)?;
         connection.execute_batch(SCHEMA).map_err(internal)?;
+        for (table, column, declaration) in ADDED_COLUMNS {
+            let exists: bool = connection
+                .prepare(&format!(
+                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+                ))
+                .and_then(|mut s| s.exists([column]))
+                .map_err(internal)?;
+            if !exists {
+                connection
+                    .execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+                    ))
+                    .map_err(internal)?;
+            }
+        }
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -148,6 +169,10 @@ fn map_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+fn owner_from(stored: Option<String>) -> Option<ResourceRef> {
+    stored.as_deref().and_then(ResourceRef::from_stored)
+}
+
 fn bundle_from_row(row: &Row<'_>) -> rusqlite::Result<Bundle> {
     let session_key: Option<String> = row.get(8)?;
     let encrypted_checksum: Option<String> = row.get(9)?;
@@ -167,6 +192,7 @@ fn bundle_from_row(row: &Row<'_>) -> rusqlite::Result<Bundle> {
             key_id,
         }),
         created_at: row.get(11)?,
+        owner: owner_from(row.get(12)?),
     })
 }
 
@@ -187,6 +213,7 @@ fn release_from_row(row: &Row<'_>) -> rusqlite::Result<Release> {
         release_date: row.get(6)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
+        owner: owner_from(row.get(9)?),
     })
 }
 
@@ -240,7 +267,7 @@ impl MetadataStore for SqliteMetadataStore {
             let encryption = b.encryption.as_ref();
             c.prepare_cached(&format!(
                 "INSERT INTO bundles ({BUNDLE_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ))?
             .execute(params![
                 b.id.as_str(),
@@ -255,6 +282,7 @@ impl MetadataStore for SqliteMetadataStore {
                 encryption.map(|e| &e.checksum),
                 encryption.and_then(|e| e.key_id.as_ref()),
                 b.created_at,
+                b.owner.as_ref().map(ResourceRef::to_stored),
             ])?;
             Ok(())
         })
@@ -315,7 +343,7 @@ impl MetadataStore for SqliteMetadataStore {
         self.run(move |c| {
             let tx = c.transaction()?;
             tx.prepare_cached(&format!(
-                "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))?
             .execute(params![
                 r.id.as_str(),
@@ -325,8 +353,9 @@ impl MetadataStore for SqliteMetadataStore {
                 r.key.version_code,
                 r.builtin_bundle_id.as_str(),
                 r.release_date,
-                r.created_at,
+                                r.created_at,
                 r.updated_at,
+                r.owner.as_ref().map(ResourceRef::to_stored),
             ])?;
             ensure_channel(&tx, &r.key.app_id, DEFAULT_CHANNEL)?;
             for (channel, bundle) in &r.channels {
@@ -427,6 +456,42 @@ impl MetadataStore for SqliteMetadataStore {
             .execute(params![id.as_str(), channel.as_str(), bundle_id.as_str()])?;
             tx.prepare_cached("UPDATE releases SET updated_at = ?2 WHERE id = ?1")?
                 .execute(params![id.as_str(), updated_at])?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn replace_release_assignments(
+        &self,
+        id: &RecordId,
+        builtin_bundle_id: &RecordId,
+        channels: &BTreeMap<ChannelName, RecordId>,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let (id, builtin, channels) = (id.clone(), builtin_bundle_id.clone(), channels.clone());
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let app_id: Option<String> = tx
+                .prepare_cached("SELECT app_id FROM releases WHERE id = ?1")?
+                .query_row([id.as_str()], |row| row.get(0))
+                .optional()?;
+            let Some(app_id) = app_id else {
+                return Ok(false);
+            };
+            tx.prepare_cached(
+                "UPDATE releases SET builtin_bundle_id = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id.as_str(), builtin.as_str(), updated_at])?;
+            tx.prepare_cached("DELETE FROM release_channels WHERE release_id = ?1")?
+                .execute([id.as_str()])?;
+            for (channel, bundle) in &channels {
+                ensure_channel(&tx, &app_id, channel.as_str())?;
+                tx.prepare_cached(
+                    "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id.as_str(), channel.as_str(), bundle.as_str()])?;
+            }
             tx.commit()?;
             Ok(true)
         })

@@ -11,6 +11,7 @@ use super::error::ApiJson;
 use super::views::BundleView;
 use super::ApiError;
 use crate::catalog::NewBundle;
+use crate::domain::Actor;
 use crate::http::AppState;
 
 /// Longest text field accepted in the upload form.
@@ -125,7 +126,10 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<DeleteBundleRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let bundle = state.catalog.delete_bundle(&request.bundle_id).await?;
+    let bundle = state
+        .catalog
+        .delete_bundle(&request.bundle_id, &Actor::Api)
+        .await?;
     Ok(Json(json!({
         "message": "Bundle deleted successfully",
         "bundle": BundleView::new(&bundle, &state.catalog).await?,

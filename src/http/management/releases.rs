@@ -11,7 +11,7 @@ use super::error::ApiJson;
 use super::views::ReleaseView;
 use super::ApiError;
 use crate::catalog::NewRelease;
-use crate::domain::Release;
+use crate::domain::{Actor, Release};
 use crate::http::AppState;
 
 fn release_answer(message: &str, release: &Release) -> Json<Value> {
@@ -77,7 +77,7 @@ pub async fn update(
         .transpose()?;
     let release = state
         .catalog
-        .set_release_date(&request.release_id, release_date)
+        .set_release_date(&request.release_id, release_date, &Actor::Api)
         .await?;
     Ok(release_answer("Release updated successfully", &release))
 }
@@ -100,6 +100,7 @@ pub async fn set_active(
             &request.release_id,
             &request.bundle_id,
             request.channel.as_deref(),
+            &Actor::Api,
         )
         .await?;
     tracing::info!(release = %release.id, bundle = request.bundle_id, channel = ?request.channel, "active bundle set");
@@ -115,7 +116,10 @@ pub async fn delete(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<DeleteReleaseRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let release = state.catalog.delete_release(&request.release_id).await?;
+    let release = state
+        .catalog
+        .delete_release(&request.release_id, &Actor::Api)
+        .await?;
     tracing::info!(release = %release.id, key = %release.key, "release deleted");
     Ok(release_answer("Release deleted successfully", &release))
 }

@@ -33,6 +33,9 @@ pub struct BundleView {
     pub encrypted: bool,
     pub session_key: String,
     pub key_id: Option<String>,
+    /// The Kubernetes resource managing this record (`Bundle ns/name`), `null` when made
+    /// through the API; owned records can only be changed through their resource.
+    pub owner: Option<String>,
 }
 
 impl BundleView {
@@ -52,6 +55,7 @@ impl BundleView {
             encrypted: bundle.encryption.is_some(),
             session_key: bundle.session_key().to_string(),
             key_id: bundle.key_id().map(str::to_string),
+            owner: bundle.owner.as_ref().map(ToString::to_string),
         })
     }
 }
@@ -72,6 +76,8 @@ pub struct ReleaseView {
     pub created_at: String,
     /// Every channel set on this release, by name.
     pub channels: BTreeMap<String, String>,
+    /// The Kubernetes resource managing this record (`Release ns/name`), or `null`.
+    pub owner: Option<String>,
 }
 
 impl From<&Release> for ReleaseView {
@@ -96,6 +102,7 @@ impl From<&Release> for ReleaseView {
                 .iter()
                 .map(|(name, id)| (name.to_string(), id.to_string()))
                 .collect(),
+            owner: release.owner.as_ref().map(ToString::to_string),
         }
     }
 }
