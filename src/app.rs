@@ -15,6 +15,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::Config;
 use crate::http::management::auth::{load_or_generate_token, ApiKeys};
 use crate::http::{self, AppState};
+use crate::operator::{self, OperatorSettings};
 use crate::store::fs_blobs::FilesystemBlobStore;
 use crate::store::mongo::MongoMetadataStore;
 use crate::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
@@ -205,6 +206,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         );
         async move { catalog.follow_external_changes(every, shutdown).await }
     });
+    if config.controller_enabled {
+        start_operator(&config, catalog.clone(), staging.clone(), shutdown.clone()).await;
+    }
     let state = AppState::new(&config, catalog, staging, management_keys(&config, &data)?);
 
     if let Some(limiter) = state.rate_limiter.clone() {
@@ -243,6 +247,34 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let result = tokio::try_join!(public_server, management_server).map(|_| ());
     shutdown.cancel();
     result
+}
+
+/// Starts the Kubernetes operator in the background when a cluster is reachable (in-cluster
+/// service account or kubeconfig); without one, says so and serves HTTP anyway.
+async fn start_operator(
+    config: &Config,
+    catalog: Arc<Catalog>,
+    staging: Staging,
+    shutdown: CancellationToken,
+) {
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "CONTROLLER_ENABLED is set but no Kubernetes cluster is reachable; the operator is off");
+            return;
+        }
+    };
+    // Kubernetes sets HOSTNAME to the pod name: the replica's identity in the lease.
+    let identity = std::env::var("HOSTNAME")
+        .unwrap_or_else(|_| format!("capgo-server-{}", crate::domain::RecordId::generate()));
+    let settings = OperatorSettings {
+        namespaces: config.controller_namespaces.clone(),
+        lease_namespace: config.controller_lease_namespace.clone(),
+        lease_name: config.controller_lease_name.clone(),
+        identity: identity.clone(),
+    };
+    let ctx = operator::Context::new(client, catalog, staging, config.max_bundle_size, &identity);
+    tokio::spawn(operator::run(settings, ctx, shutdown));
 }
 
 /// Age past which an unrecorded object in shared storage is an orphan: far longer than the

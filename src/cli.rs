@@ -28,4 +28,6 @@ pub enum Command {
     Serve,
     /// Create or upgrade the storage schema, then exit.
     Migrate,
+    /// Print the Bundle and Release CustomResourceDefinitions as YAML.
+    Crdgen,
 }

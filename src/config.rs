@@ -41,6 +41,12 @@ pub struct Config {
     pub public_base_url: Option<String>,
     pub max_bundle_size: u64,
     pub log_format: LogFormat,
+    /// Run the Kubernetes operator (on the lease holder).
+    pub controller_enabled: bool,
+    /// Namespaces whose Bundles and Releases are reconciled; empty means all.
+    pub controller_namespaces: Vec<String>,
+    pub controller_lease_namespace: String,
+    pub controller_lease_name: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +105,10 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("PUBLIC_BASE_URL", None),
     ("MAX_BUNDLE_SIZE", Some("512MiB")),
     ("LOG_FORMAT", Some("text")),
+    ("CONTROLLER_ENABLED", Some("false")),
+    ("CONTROLLER_NAMESPACES", None),
+    ("CONTROLLER_LEASE_NAMESPACE", Some("default")),
+    ("CONTROLLER_LEASE_NAME", Some("capgo-server-controller")),
 ];
 
 fn yaml_key(env: &str) -> String {
@@ -241,6 +251,23 @@ impl Config {
                 "json" => Ok(LogFormat::Json),
                 _ => Err("expected `text` or `json`".into()),
             })?,
+            controller_enabled: raw.required("CONTROLLER_ENABLED", |v| match v {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err("expected `true` or `false`".into()),
+            })?,
+            controller_namespaces: raw
+                .parse("CONTROLLER_NAMESPACES", |v| {
+                    Ok(v.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_string)
+                        .collect())
+                })?
+                .unwrap_or_default(),
+            controller_lease_namespace: raw
+                .required("CONTROLLER_LEASE_NAMESPACE", |v| Ok(v.to_string()))?,
+            controller_lease_name: raw.required("CONTROLLER_LEASE_NAME", |v| Ok(v.to_string()))?,
         };
         config.check_combinations()?;
         Ok(config)
@@ -288,7 +315,7 @@ fn read_yaml_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> 
             source,
         })?;
     let mut values = BTreeMap::new();
-    for (key, value) in document.unwrap_or_default() {
+    for (key, value) in flatten(document.unwrap_or_default()) {
         let Some(&(env, _)) = SETTINGS.iter().find(|(name, _)| yaml_key(name) == key) else {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
@@ -309,6 +336,24 @@ fn read_yaml_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> 
         values.insert(key, text);
     }
     Ok(values)
+}
+
+/// Nested maps name their keys with `_`: `controller: {enabled: true}` is `controller_enabled`.
+fn flatten(document: BTreeMap<String, serde_yaml::Value>) -> Vec<(String, serde_yaml::Value)> {
+    let mut flat = Vec::new();
+    for (key, value) in document {
+        match value {
+            serde_yaml::Value::Mapping(inner) => {
+                let inner: BTreeMap<String, serde_yaml::Value> = inner
+                    .into_iter()
+                    .filter_map(|(k, v)| k.as_str().map(|k| (format!("{key}_{k}"), v)))
+                    .collect();
+                flat.extend(flatten(inner));
+            }
+            other => flat.push((key, other)),
+        }
+    }
+    flat
 }
 
 /// YAML scalars become their text; lists become comma-separated text, as in the environment.
@@ -538,6 +583,21 @@ mod tests {
                 "{env} is not in README.md"
             );
         }
+    }
+
+    #[test]
+    fn nested_keys_name_flat_settings() {
+        let config = load(
+            &[],
+            Some("controller:\n  enabled: true\n  namespaces: [apps, web]\n"),
+        )
+        .unwrap();
+        assert!(config.controller_enabled);
+        assert_eq!(config.controller_namespaces, ["apps", "web"]);
+        let err = load(&[], Some("controller:\n  enable: true\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("controller_enable"), "{err}");
     }
 
     #[test]

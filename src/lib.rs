@@ -4,7 +4,8 @@
 //! - [`domain`]: pure types and decisions (the update decision lives here), no I/O;
 //! - [`store`]: metadata and blob storage traits with their implementations;
 //! - [`catalog`]: the operations people perform, each rule enforced once;
-//! - [`http`]: the device API (public port) and the management API (management port).
+//! - [`http`]: the device API (public port) and the management API (management port);
+//! - [`operator`]: `Bundle` and `Release` custom resources reconciled into the catalog.
 
 pub mod app;
 pub mod catalog;
@@ -12,4 +13,5 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod operator;
 pub mod store;

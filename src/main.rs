@@ -13,6 +13,11 @@ fn main() -> ExitCode {
         .install_default()
         .expect("no other crypto provider is installed before main");
     let cli = Cli::parse();
+    if let Some(Command::Crdgen) = cli.command {
+        // Needs no configuration: CI and packaging run it anywhere.
+        print!("{}", capgo_server::operator::crd::crd_yaml());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::from_process(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -30,6 +35,7 @@ fn main() -> ExitCode {
                 capgo_server::app::serve(config, shutdown).await
             }
             Command::Migrate => capgo_server::app::migrate(&config).await,
+            Command::Crdgen => unreachable!("handled before configuration is read"),
         }
     });
     match result {

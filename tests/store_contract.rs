@@ -354,7 +354,14 @@ async fn s3_multipart_upload_round_trips() {
     let key = format!("bundles/{}.zip", RecordId::generate());
     store.put_file(&key, &source).await.unwrap();
     let url = store.download_url(&key).await.unwrap();
-    let downloaded = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let downloaded = common::http_client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(common::sha256_hex(&downloaded), common::sha256_hex(&bytes));
     store.delete(&key).await.unwrap();
 }

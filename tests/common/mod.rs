@@ -68,6 +68,17 @@ pub fn incompressible(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// The TLS provider the binary installs in `main`; tests that make HTTP clients need it too.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// An HTTP client for tests.
+pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -448,7 +459,7 @@ pub struct Client {
 impl Client {
     pub fn new(server: &ServerProcess, key: &str) -> Client {
         Client {
-            http: reqwest::Client::new(),
+            http: http_client(),
             server_public: server.public_url.clone(),
             server_management: server.management_url.clone(),
             key: key.to_string(),

@@ -3,18 +3,9 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::catalog::{Catalog, CatalogError};
-use crate::domain::{Bundle, Release, UnixMillis, DEFAULT_CHANNEL};
-
-pub fn rfc3339(millis: UnixMillis) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
+use crate::domain::{rfc3339, Bundle, Release, DEFAULT_CHANNEL};
 
 #[derive(Serialize)]
 pub struct BundleView {
@@ -104,16 +95,5 @@ impl From<&Release> for ReleaseView {
                 .collect(),
             owner: release.owner.as_ref().map(ToString::to_string),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_rfc3339_in_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 }

@@ -1,0 +1,146 @@
+//! Status conditions: from what a reconcile concluded to `Ready` / `Reconciling` / `Stalled`,
+//! in the Kubernetes shape. Pure, so it is tested without an API server.
+
+use super::crd::Condition;
+
+/// What a reconcile concluded about a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The record matches the spec.
+    Ready { message: String },
+    /// Work is under way or waits on something that will come (a Bundle still being fetched).
+    Progressing { reason: String, message: String },
+    /// The spec cannot be satisfied as written; a person must change it.
+    Stalled { reason: String, message: String },
+}
+
+/// The three conditions for `outcome` at `generation`, keeping each previous condition's
+/// `lastTransitionTime` when its status did not change.
+pub fn conditions_for(
+    outcome: &Outcome,
+    generation: i64,
+    previous: &[Condition],
+    now: &str,
+) -> Vec<Condition> {
+    let (ready, reconciling, stalled) = match outcome {
+        Outcome::Ready { message } => (
+            ("True", "Reconciled", message.as_str()),
+            ("False", "Reconciled", ""),
+            ("False", "Reconciled", ""),
+        ),
+        Outcome::Progressing { reason, message } => (
+            ("False", reason.as_str(), message.as_str()),
+            ("True", reason.as_str(), message.as_str()),
+            ("False", reason.as_str(), ""),
+        ),
+        Outcome::Stalled { reason, message } => (
+            ("False", reason.as_str(), message.as_str()),
+            ("False", reason.as_str(), ""),
+            ("True", reason.as_str(), message.as_str()),
+        ),
+    };
+    [
+        ("Ready", ready),
+        ("Reconciling", reconciling),
+        ("Stalled", stalled),
+    ]
+    .into_iter()
+    .map(|(type_, (status, reason, message))| {
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time,
+            observed_generation: generation,
+        }
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn ready_progressing_stalled() {
+        let ready = conditions_for(
+            &Outcome::Ready {
+                message: "serving".into(),
+            },
+            3,
+            &[],
+            "t1",
+        );
+        assert_eq!(find(&ready, "Ready").status, "True");
+        assert_eq!(find(&ready, "Stalled").status, "False");
+        assert!(ready.iter().all(|c| c.observed_generation == 3));
+        let stalled = conditions_for(
+            &Outcome::Stalled {
+                reason: "BundleNotFound".into(),
+                message: "no Bundle web-2".into(),
+            },
+            4,
+            &ready,
+            "t2",
+        );
+        assert_eq!(find(&stalled, "Stalled").status, "True");
+        assert_eq!(find(&stalled, "Stalled").message, "no Bundle web-2");
+        assert_eq!(find(&stalled, "Ready").status, "False");
+        let progressing = conditions_for(
+            &Outcome::Progressing {
+                reason: "Fetching".into(),
+                message: "".into(),
+            },
+            4,
+            &stalled,
+            "t3",
+        );
+        assert_eq!(find(&progressing, "Reconciling").status, "True");
+    }
+
+    #[test]
+    fn transition_time_moves_only_with_status() {
+        let first = conditions_for(
+            &Outcome::Ready {
+                message: "a".into(),
+            },
+            1,
+            &[],
+            "t1",
+        );
+        let again = conditions_for(
+            &Outcome::Ready {
+                message: "b".into(),
+            },
+            2,
+            &first,
+            "t2",
+        );
+        assert_eq!(find(&again, "Ready").last_transition_time, "t1");
+        assert_eq!(find(&again, "Ready").observed_generation, 2);
+        let stalled = conditions_for(
+            &Outcome::Stalled {
+                reason: "X".into(),
+                message: "x".into(),
+            },
+            3,
+            &again,
+            "t3",
+        );
+        assert_eq!(find(&stalled, "Ready").last_transition_time, "t3");
+        assert_eq!(
+            find(&stalled, "Reconciling").last_transition_time,
+            "t1",
+            "still False"
+        );
+    }
+}

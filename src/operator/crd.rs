@@ -1,0 +1,208 @@
+//! The custom resources: `Bundle` and `Release` in `capgo-server.io/v1alpha1`. The YAML under
+//! `crds/` is generated from these types (`capgo-server crdgen`), and a test keeps it in sync.
+
+// kube's `printcolumn(name = …, type_ = "string", …)` repeats keys across columns by design.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "capgo-server.io";
+
+/// A condition in the Kubernetes shape (what `kubectl wait --for=condition=Ready`, kstatus and
+/// Argo CD read).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339; changes only when `status` does.
+    pub last_transition_time: String,
+    /// The `metadata.generation` this condition describes.
+    pub observed_generation: i64,
+}
+
+/// A web bundle (a zip of the app's web assets) that capgo-server fetches, checks and stores.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "capgo-server.io",
+    version = "v1alpha1",
+    kind = "Bundle",
+    namespaced,
+    status = "BundleStatus",
+    shortname = "cbundle",
+    category = "capgo",
+    doc = "A Capgo live-update bundle: fetched from `source`, checked like an upload, stored and recorded by capgo-server.",
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.appId"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.versionName"),
+    printcolumn(name = "Size", type_ = "integer", json_path = ".status.size"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSpec {
+    /// The app id, e.g. `com.example.app`.
+    pub app_id: String,
+    /// The version name devices report once they run it (unique per app).
+    pub version_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub source: BundleSource,
+    /// Expected SHA-256 (lowercase hex) of the zip; the bundle stalls when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// For bundles made with `capgo bundle encrypt`: served to devices as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<BundleEncryptionSpec>,
+}
+
+/// Where the zip comes from: exactly one of `url` and `bucketKey`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleSource {
+    /// An http(s) URL to fetch the zip from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The key of an object already in capgo-server's bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleEncryptionSpec {
+    /// `ivSessionKey` from `bundle encrypt`.
+    pub session_key: String,
+    /// The encrypted checksum (512 hex characters).
+    pub checksum: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The record's id in capgo-server (what the REST API and UI show).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_id: Option<String>,
+    /// SHA-256 of the stored bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Where the bytes are stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_key: Option<String>,
+}
+
+/// A native build of an app and the bundle each of its channels serves.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "capgo-server.io",
+    version = "v1alpha1",
+    kind = "Release",
+    namespaced,
+    status = "ReleaseStatus",
+    shortname = "crel",
+    category = "capgo",
+    doc = "A native release of a Capacitor app (platform, app id, version name and code), its builtin bundle, and the bundle each channel serves.",
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.appId"),
+    printcolumn(name = "Platform", type_ = "string", json_path = ".spec.platform"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.versionName"),
+    printcolumn(name = "Code", type_ = "string", json_path = ".spec.versionCode"),
+    printcolumn(name = "Serving", type_ = "string", json_path = ".status.serving"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSpec {
+    pub platform: PlatformSpec,
+    pub app_id: String,
+    /// Native version name (`versionName` / `CFBundleShortVersionString`).
+    pub version_name: String,
+    /// Native build number (`versionCode` / `CFBundleVersion`).
+    pub version_code: String,
+    /// Name of the `Bundle` (same namespace) shipped inside the store binary.
+    pub builtin_bundle: String,
+    /// Channel name → name of the `Bundle` (same namespace) it serves. A channel left out
+    /// follows `production`; `production` left out serves the builtin bundle.
+    #[serde(default)]
+    pub channels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PlatformSpec {
+    Android,
+    Ios,
+    Electron,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseStatus {
+    #[serde(default)]
+    pub observed_generation: i64,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The record's id in capgo-server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<String>,
+    /// What devices get now, e.g. `production=1.4.1 beta=1.5.0-rc1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
+    /// Channel → bundle version name devices of that channel get.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, String>,
+}
+
+/// Both CRDs as YAML documents: what `capgo-server crdgen` prints and `crds/` holds.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let bundle = serde_yaml::to_string(&Bundle::crd()).expect("a CRD serializes");
+    let release = serde_yaml::to_string(&Release::crd()).expect("a CRD serializes");
+    format!("# Generated by `capgo-server crdgen`: do not edit.\n---\n{bundle}---\n{release}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crds_match_the_rust_types() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/capgo-server.yaml");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == crd_yaml(),
+            "crds/capgo-server.yaml is stale: run `cargo run -- crdgen > crds/capgo-server.yaml`"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The Kubernetes operator: `Bundle` and `Release` resources reconciled into the same catalog
+//! the REST API uses. It runs inside the server process, on the lease holder only.
+
+pub mod bundles;
+pub mod conditions;
+pub mod crd;
+pub mod leader;
+pub mod releases;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource, ResourceExt};
+
+use crate::catalog::staging::Staging;
+use crate::catalog::{Catalog, CatalogError};
+
+/// The field manager of every status write, and the events' reporting controller.
+pub const MANAGER: &str = "capgo-server";
+/// Finalizer on both kinds: records are removed before the resource goes.
+pub const FINALIZER: &str = "capgo-server.io/cleanup";
+/// When to look again at a resource whose spec cannot be satisfied as written.
+pub const STALLED_RETRY: Duration = Duration::from_secs(300);
+/// When to look again at a resource waiting on another one (a Bundle being fetched).
+pub const WAITING_RETRY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("fetching the bundle: {0}")]
+    Fetch(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+/// What the reconcilers share.
+pub struct Context {
+    pub client: kube::Client,
+    pub catalog: Arc<Catalog>,
+    pub staging: Staging,
+    pub max_bundle_size: u64,
+    pub http: reqwest::Client,
+    pub recorder: Recorder,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        catalog: Arc<Catalog>,
+        staging: Staging,
+        max_bundle_size: u64,
+        identity: &str,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity.into()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            catalog,
+            staging,
+            max_bundle_size,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(600))
+                .build()
+                .expect("the HTTP client builds with the installed TLS provider"),
+        }
+    }
+
+    /// Publishes an Event on `object` for what a person must see; failing to publish is only
+    /// logged (the condition carries the same message).
+    pub async fn publish<K>(&self, object: &K, type_: EventType, reason: &str, note: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, object = object.meta().name.as_deref().unwrap_or_default(), "cannot publish an event");
+        }
+    }
+}
+
+/// `ns/name` of a resource, for logs.
+pub fn display_name<K: ResourceExt>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.namespace().unwrap_or_default(),
+        object.name_any()
+    )
+}
+
+/// Now as RFC 3339, for condition transition times.
+pub fn now_rfc3339() -> String {
+    crate::domain::rfc3339(crate::domain::now_millis())
+}
+
+/// What the operator needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct OperatorSettings {
+    /// Namespaces to watch; empty means every namespace.
+    pub namespaces: Vec<String>,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the lease (the pod name in Kubernetes).
+    pub identity: String,
+}
+
+/// Runs the operator until `shutdown`: connects to the cluster, checks the CRDs are installed,
+/// then reconciles while holding the lease. Problems that need a person (no cluster, no CRDs)
+/// are logged clearly and leave the HTTP servers running.
+pub async fn run(
+    settings: OperatorSettings,
+    ctx: Context,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let ctx = Arc::new(ctx);
+    let probe_namespace = settings
+        .namespaces
+        .first()
+        .cloned()
+        .unwrap_or_else(|| settings.lease_namespace.clone());
+    let probe: Api<crd::Bundle> = Api::namespaced(ctx.client.clone(), &probe_namespace);
+    match probe.list(&kube::api::ListParams::default().limit(1)).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::error!(
+                "the Bundle and Release CRDs are not installed (kubectl apply -f crds/capgo-server.yaml); the operator is off"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot list Bundles; check the service account's RBAC; the operator is off");
+            return;
+        }
+        Ok(_) => {}
+    }
+    let lease =
+        kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &settings.lease_name)
+            .with_namespace(&settings.lease_namespace)
+            .with_identity(&settings.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await;
+    let lease = match lease {
+        Ok(lease) => lease,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the controller lease; the operator is off");
+            return;
+        }
+    };
+    let (leading, lease_task) = lease.watch().await;
+    leader::while_leading(leading, shutdown, |stop| {
+        run_controllers(settings.namespaces.clone(), ctx.clone(), stop)
+    })
+    .await;
+    lease_task.abort();
+}
+
+async fn run_controllers(
+    namespaces: Vec<String>,
+    ctx: Arc<Context>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use kube::runtime::{watcher, Controller};
+    let apis = |namespace: Option<&String>| -> (Api<crd::Bundle>, Api<crd::Release>) {
+        match namespace {
+            Some(ns) => (
+                Api::namespaced(ctx.client.clone(), ns),
+                Api::namespaced(ctx.client.clone(), ns),
+            ),
+            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+        }
+    };
+    let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(Some).collect()
+    };
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (bundles, releases) = apis(scope);
+        let stop_bundles = stop.clone();
+        controllers.push(
+            Controller::new(bundles, watcher::Config::default())
+                .graceful_shutdown_on(async move { stop_bundles.cancelled().await })
+                .run(bundles::reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move { log_result(result) })
+                .boxed(),
+        );
+        let stop_releases = stop.clone();
+        controllers.push(
+            Controller::new(releases, watcher::Config::default())
+                .graceful_shutdown_on(async move { stop_releases.cancelled().await })
+                .run(releases::reconcile, error_policy, ctx.clone())
+                .for_each(|result| async move { log_result(result) })
+                .boxed(),
+        );
+    }
+    futures_util::future::join_all(controllers).await;
+}
+
+fn log_result<R: std::fmt::Debug, E: std::fmt::Display>(result: Result<R, E>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "reconcile ended with an error (retried)");
+    }
+}
+
+/// Transient errors (API or storage unreachable, a held deletion) are retried soon.
+fn error_policy<K: ResourceExt>(
+    object: Arc<K>,
+    error: &OperatorError,
+    _ctx: Arc<Context>,
+) -> kube::runtime::controller::Action {
+    tracing::warn!(resource = display_name(object.as_ref()), %error, "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+}
