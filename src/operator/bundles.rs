@@ -105,12 +105,7 @@ async fn apply(bundle: &Bundle, ctx: &Context, api: &Api<Bundle>) -> Result<Acti
         .bundle_by_version(&spec.app_id, &spec.version_name)
         .await?;
     let (record, outcome) = match existing {
-        Some(record) if record.owner.as_ref() == Some(&owner) => {
-            let outcome = Outcome::Ready {
-                message: format!("stored as {}", record.blob_key),
-            };
-            (Some(record), outcome)
-        }
+        Some(record) if record.owner.as_ref() == Some(&owner) => (Some(record), None),
         Some(record) => {
             let by = record
                 .owner
@@ -122,29 +117,31 @@ async fn apply(bundle: &Bundle, ctx: &Context, api: &Api<Bundle>) -> Result<Acti
             );
             (
                 None,
-                Outcome::Stalled {
+                Some(Outcome::Stalled {
                     reason: "VersionTaken".into(),
                     message,
-                },
+                }),
             )
         }
         None => match fetch_and_store(bundle, ctx).await {
-            Ok(record) => (
-                Some(record),
-                Outcome::Ready {
-                    message: "fetched, checked and stored".into(),
-                },
-            ),
+            Ok(record) => (Some(record), None),
             Err(Refusal::Spec(reason, message)) => (
                 None,
-                Outcome::Stalled {
+                Some(Outcome::Stalled {
                     reason: reason.into(),
                     message,
-                },
+                }),
             ),
             Err(Refusal::Transient(error)) => return Err(error),
         },
     };
+    // The same state always reads the same, so a resync rewrites nothing.
+    let outcome = outcome.unwrap_or_else(|| Outcome::Ready {
+        message: format!(
+            "stored as {}",
+            record.as_ref().map_or("", |r| r.blob_key.as_str())
+        ),
+    });
     let status = status_for(bundle, record.as_ref(), &outcome);
     write_status(bundle, ctx, api, status, &outcome).await
 }

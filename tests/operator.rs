@@ -1,0 +1,567 @@
+//! Controller flows against a fake Kubernetes API (kube's tower-test pattern: no API server can
+//! run here) with the real catalog (SQLite + files) and a local HTTP server hosting zips.
+//! Writes are counted on both sides, so idempotency is measured, not assumed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use serde_json::{json, Value};
+
+use capgo_server::catalog::staging::Staging;
+use capgo_server::catalog::Catalog;
+use capgo_server::domain::channel::Channel;
+use capgo_server::domain::stats::StatsEvent;
+use capgo_server::domain::{
+    Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey, UnixMillis,
+};
+use capgo_server::operator::crd::{Bundle, Release};
+use capgo_server::operator::{bundles, releases, Context};
+use capgo_server::store::fs_blobs::FilesystemBlobStore;
+use capgo_server::store::sqlite::SqliteMetadataStore;
+use capgo_server::store::{CatalogVersion, MetadataStore, StoreError};
+
+const NS: &str = "apps";
+
+/// Counts the metadata writes that pass through it.
+struct CountingStore {
+    inner: SqliteMetadataStore,
+    writes: AtomicUsize,
+}
+
+impl CountingStore {
+    fn wrote(&self) -> usize {
+        self.writes.load(Ordering::SeqCst)
+    }
+    fn count(&self) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl MetadataStore for CountingStore {
+    async fn insert_bundle(&self, b: &BundleRecord) -> Result<(), StoreError> {
+        self.count();
+        self.inner.insert_bundle(b).await
+    }
+    async fn bundle(&self, id: &RecordId) -> Result<Option<BundleRecord>, StoreError> {
+        self.inner.bundle(id).await
+    }
+    async fn bundle_by_version(
+        &self,
+        a: &str,
+        v: &str,
+    ) -> Result<Option<BundleRecord>, StoreError> {
+        self.inner.bundle_by_version(a, v).await
+    }
+    async fn list_bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
+        self.inner.list_bundles().await
+    }
+    async fn delete_bundle(&self, id: &RecordId) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.delete_bundle(id).await
+    }
+    async fn insert_release(&self, r: &ReleaseRecord) -> Result<(), StoreError> {
+        self.count();
+        self.inner.insert_release(r).await
+    }
+    async fn release(&self, id: &RecordId) -> Result<Option<ReleaseRecord>, StoreError> {
+        self.inner.release(id).await
+    }
+    async fn release_by_key(&self, k: &ReleaseKey) -> Result<Option<ReleaseRecord>, StoreError> {
+        self.inner.release_by_key(k).await
+    }
+    async fn list_releases(&self) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.inner.list_releases().await
+    }
+    async fn releases_using_bundle(&self, id: &RecordId) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.inner.releases_using_bundle(id).await
+    }
+    async fn set_release_date(
+        &self,
+        id: &RecordId,
+        d: Option<UnixMillis>,
+        u: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.set_release_date(id, d, u).await
+    }
+    async fn set_channel_bundle(
+        &self,
+        id: &RecordId,
+        c: &ChannelName,
+        b: &RecordId,
+        u: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.set_channel_bundle(id, c, b, u).await
+    }
+    async fn replace_release_assignments(
+        &self,
+        id: &RecordId,
+        b: &RecordId,
+        c: &BTreeMap<ChannelName, RecordId>,
+        u: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.replace_release_assignments(id, b, c, u).await
+    }
+    async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.delete_release(id).await
+    }
+    async fn channels(&self, a: &str) -> Result<Vec<Channel>, StoreError> {
+        self.inner.channels(a).await
+    }
+    async fn insert_stats(&self, e: &[StatsEvent]) -> Result<(), StoreError> {
+        self.count();
+        self.inner.insert_stats(e).await
+    }
+    async fn bundle_activity(&self, a: &str, v: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        self.inner.bundle_activity(a, v).await
+    }
+    async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.bundle_blob_keys().await
+    }
+    async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
+        self.inner.catalog_version().await
+    }
+}
+
+/// A minimal Kubernetes API for the two CRDs and Events: objects by path, every write recorded.
+#[derive(Default)]
+struct FakeApi {
+    objects: Mutex<BTreeMap<String, Value>>,
+    writes: Mutex<Vec<(String, String, Value)>>,
+}
+
+impl FakeApi {
+    fn path_of(kind: &str, name: &str) -> String {
+        format!("/apis/capgo-server.io/v1alpha1/namespaces/{NS}/{kind}/{name}")
+    }
+
+    fn put(&self, kind: &str, object: Value) {
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        self.objects
+            .lock()
+            .unwrap()
+            .insert(Self::path_of(kind, &name), object);
+    }
+
+    fn get(&self, kind: &str, name: &str) -> Value {
+        self.objects.lock().unwrap()[&Self::path_of(kind, name)].clone()
+    }
+
+    fn writes(&self) -> Vec<(String, String, Value)> {
+        self.writes.lock().unwrap().clone()
+    }
+
+    fn handle(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        if method != "GET" {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((method.to_string(), path.to_string(), body.clone()));
+        }
+        if path.contains("/events") {
+            return (StatusCode::CREATED, body);
+        }
+        let (object_path, is_status) = match path.strip_suffix("/status") {
+            Some(object) => (object.to_string(), true),
+            None => (path.to_string(), false),
+        };
+        let mut objects = self.objects.lock().unwrap();
+        let Some(object) = objects.get_mut(&object_path) else {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": format!("{path} not found"), "reason": "NotFound", "code": 404});
+            return (StatusCode::NOT_FOUND, status);
+        };
+        match (method, is_status) {
+            ("GET", _) => {}
+            ("PATCH", true) => object["status"] = body["status"].clone(),
+            ("PATCH", false) => {
+                // The finalizer's JSON patch: apply its adds and removes on metadata.finalizers.
+                for op in body.as_array().cloned().unwrap_or_default() {
+                    match op["op"].as_str() {
+                        Some("remove") => object["metadata"]["finalizers"] = json!([]),
+                        Some("add") => {
+                            object["metadata"]["finalizers"] = json!([op["value"].clone()])
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+        (StatusCode::OK, object.clone())
+    }
+}
+
+struct Harness {
+    api: Arc<FakeApi>,
+    store: Arc<CountingStore>,
+    ctx: Arc<Context>,
+    catalog: Arc<Catalog>,
+    zips: String,
+    _data: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        common::install_crypto_provider();
+        let data = tempfile::tempdir().unwrap();
+        let store = Arc::new(CountingStore {
+            inner: SqliteMetadataStore::in_memory().unwrap(),
+            writes: AtomicUsize::new(0),
+        });
+        let blobs = Arc::new(
+            FilesystemBlobStore::open(data.path().join("blobs"), "http://localhost:8000").unwrap(),
+        );
+        let catalog = Arc::new(Catalog::new(
+            store.clone(),
+            blobs,
+            std::time::Duration::from_secs(600),
+        ));
+        let staging = Staging::new(data.path().join("staging")).unwrap();
+
+        let api = Arc::new(FakeApi::default());
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let fake = api.clone();
+        tokio::spawn(async move {
+            while let Some((request, reply)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_string();
+                let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                let body = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                };
+                let (status, answer) = fake.handle(&method, &path, body);
+                reply.send_response(
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        let client = kube::Client::new(service, NS);
+        let ctx = Arc::new(Context::new(
+            client,
+            catalog.clone(),
+            staging,
+            64 << 20,
+            "test-replica",
+        ));
+
+        // Zips served over HTTP, as a Bundle's source.url.
+        let app = axum::Router::new().route(
+            "/{name}",
+            axum::routing::get(
+                |axum::extract::Path(name): axum::extract::Path<String>| async move {
+                    match name.as_str() {
+                        "web-1.0.0.zip" => (StatusCode::OK, common::web_bundle("1.0.0")),
+                        "web-1.0.1.zip" => (StatusCode::OK, common::web_bundle("1.0.1")),
+                        _ => (StatusCode::NOT_FOUND, Vec::new()),
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let zips = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
+        Harness {
+            api,
+            store,
+            ctx,
+            catalog,
+            zips,
+            _data: data,
+        }
+    }
+
+    fn bundle(&self, name: &str, version: &str, file: &str, sha256: Option<String>) -> Value {
+        json!({
+            "apiVersion": "capgo-server.io/v1alpha1", "kind": "Bundle",
+            "metadata": {"name": name, "namespace": NS, "generation": 1, "uid": format!("uid-{name}"),
+                         "finalizers": ["capgo-server.io/cleanup"]},
+            "spec": {"appId": common::APP_ID, "versionName": version,
+                     "source": {"url": format!("{}/{file}", self.zips)}, "sha256": sha256},
+        })
+    }
+
+    fn release(&self, name: &str, builtin: &str, channels: Value) -> Value {
+        json!({
+            "apiVersion": "capgo-server.io/v1alpha1", "kind": "Release",
+            "metadata": {"name": name, "namespace": NS, "generation": 1, "uid": format!("uid-{name}"),
+                         "finalizers": ["capgo-server.io/cleanup"]},
+            "spec": {"platform": "android", "appId": common::APP_ID, "versionName": "1.0.0",
+                     "versionCode": "10", "builtinBundle": builtin, "channels": channels},
+        })
+    }
+
+    async fn reconcile_bundle(&self, name: &str) -> Result<(), String> {
+        let object: Bundle = serde_json::from_value(self.api.get("bundles", name)).unwrap();
+        bundles::reconcile(Arc::new(object), self.ctx.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn reconcile_release(&self, name: &str) -> Result<(), String> {
+        let object: Release = serde_json::from_value(self.api.get("releases", name)).unwrap();
+        releases::reconcile(Arc::new(object), self.ctx.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn condition(&self, kind: &str, name: &str, type_: &str) -> Value {
+        let object = self.api.get(kind, name);
+        object["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+            .unwrap()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.api
+            .writes()
+            .into_iter()
+            .filter(|(_, path, _)| path.contains("/events"))
+            .map(|(_, _, body)| body)
+            .collect()
+    }
+
+    fn mark_deleted(&self, kind: &str, name: &str) {
+        let mut object = self.api.get(kind, name);
+        object["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+        self.api.put(kind, object);
+    }
+}
+
+#[tokio::test]
+async fn bundles_and_releases_become_ready_and_stay_unwritten_when_unchanged() {
+    let h = Harness::new().await;
+    h.api.put(
+        "bundles",
+        h.bundle("web-1-0-0", "1.0.0", "web-1.0.0.zip", None),
+    );
+    h.api.put(
+        "bundles",
+        h.bundle(
+            "web-1-0-1",
+            "1.0.1",
+            "web-1.0.1.zip",
+            Some(common::sha256_hex(&common::web_bundle("1.0.1"))),
+        ),
+    );
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    h.reconcile_bundle("web-1-0-1").await.unwrap();
+    assert_eq!(
+        h.condition("bundles", "web-1-0-1", "Ready")["status"],
+        "True"
+    );
+    assert_eq!(
+        h.condition("bundles", "web-1-0-1", "Ready")["observedGeneration"],
+        1
+    );
+    let status = h.api.get("bundles", "web-1-0-1")["status"].clone();
+    assert_eq!(
+        status["checksum"],
+        common::sha256_hex(&common::web_bundle("1.0.1"))
+    );
+    let record = h
+        .catalog
+        .bundle(status["bundleId"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(record.owner.unwrap().to_string(), "Bundle apps/web-1-0-1");
+
+    h.api.put(
+        "releases",
+        h.release(
+            "shop",
+            "web-1-0-0",
+            json!({"production": "web-1-0-1", "beta": "web-1-0-0"}),
+        ),
+    );
+    h.reconcile_release("shop").await.unwrap();
+    assert_eq!(h.condition("releases", "shop", "Ready")["status"], "True");
+    let status = h.api.get("releases", "shop")["status"].clone();
+    assert_eq!(status["serving"], "beta=1.0.0 production=1.0.1");
+    let record = h
+        .catalog
+        .release(status["releaseId"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(record.owner.unwrap().to_string(), "Release apps/shop");
+
+    // Again, with the status the API now holds: nothing is written anywhere.
+    let (store_writes, api_writes) = (h.store.wrote(), h.api.writes().len());
+    for _ in 0..3 {
+        h.reconcile_bundle("web-1-0-0").await.unwrap();
+        h.reconcile_bundle("web-1-0-1").await.unwrap();
+        h.reconcile_release("shop").await.unwrap();
+    }
+    assert_eq!(
+        h.store.wrote(),
+        store_writes,
+        "no store writes for unchanged resources"
+    );
+    assert_eq!(
+        h.api.writes().len(),
+        api_writes,
+        "no API writes for unchanged resources"
+    );
+
+    // A promote in Git: one store write, one status write.
+    let mut changed = h.api.get("releases", "shop");
+    changed["spec"]["channels"]["beta"] = json!("web-1-0-1");
+    changed["metadata"]["generation"] = json!(2);
+    h.api.put("releases", changed);
+    h.reconcile_release("shop").await.unwrap();
+    assert_eq!(h.store.wrote(), store_writes + 1);
+    assert_eq!(
+        h.condition("releases", "shop", "Ready")["observedGeneration"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn spec_errors_stall_with_a_message_and_an_event() {
+    let h = Harness::new().await;
+    h.api.put(
+        "bundles",
+        h.bundle("bad-sum", "2.0.0", "web-1.0.0.zip", Some("0".repeat(64))),
+    );
+    h.api
+        .put("bundles", h.bundle("gone", "2.0.1", "missing.zip", None));
+    h.reconcile_bundle("bad-sum").await.unwrap();
+    h.reconcile_bundle("gone").await.unwrap();
+    let stalled = h.condition("bundles", "bad-sum", "Stalled");
+    assert_eq!(
+        (stalled["status"].as_str(), stalled["reason"].as_str()),
+        (Some("True"), Some("ChecksumMismatch"))
+    );
+    assert!(
+        stalled["message"].as_str().unwrap().contains("spec.sha256"),
+        "{stalled}"
+    );
+    assert_eq!(
+        h.condition("bundles", "gone", "Stalled")["reason"],
+        "SourceNotFound"
+    );
+    assert_eq!(h.condition("bundles", "gone", "Ready")["status"], "False");
+    assert!(
+        h.catalog.list_bundles().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+
+    h.api
+        .put("releases", h.release("shop", "no-such-bundle", json!({})));
+    h.reconcile_release("shop").await.unwrap();
+    let stalled = h.condition("releases", "shop", "Stalled");
+    assert_eq!(stalled["reason"], "BundleNotFound");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-bundle"),
+        "{stalled}"
+    );
+    let reasons: Vec<String> = h
+        .events()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for reason in ["ChecksumMismatch", "SourceNotFound", "BundleNotFound"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "an Event for {reason}: {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_used_bundle_is_held_then_finalizers_clean_up() {
+    let h = Harness::new().await;
+    h.api.put(
+        "bundles",
+        h.bundle("web-1-0-0", "1.0.0", "web-1.0.0.zip", None),
+    );
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    h.api
+        .put("releases", h.release("shop", "web-1-0-0", json!({})));
+    h.reconcile_release("shop").await.unwrap();
+
+    h.mark_deleted("bundles", "web-1-0-0");
+    let held = h.reconcile_bundle("web-1-0-0").await;
+    assert!(
+        held.is_err(),
+        "deletion is held while a release uses the bundle"
+    );
+    let blocked = h.condition("bundles", "web-1-0-0", "Stalled");
+    assert_eq!(blocked["reason"], "DeletionBlocked");
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap()
+            .contains("android com.example.app 1.0.0 (10)"),
+        "names the release: {blocked}"
+    );
+    assert!(h.events().iter().any(|e| e["reason"] == "DeletionBlocked"));
+    assert_eq!(
+        h.api.get("bundles", "web-1-0-0")["metadata"]["finalizers"],
+        json!(["capgo-server.io/cleanup"])
+    );
+    assert_eq!(h.catalog.list_bundles().await.unwrap().len(), 1);
+
+    h.mark_deleted("releases", "shop");
+    h.reconcile_release("shop").await.unwrap();
+    assert!(
+        h.catalog.list_releases().await.unwrap().is_empty(),
+        "release record removed"
+    );
+    assert_eq!(
+        h.api.get("releases", "shop")["metadata"]["finalizers"],
+        json!([]),
+        "finalizer removed"
+    );
+
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    assert!(
+        h.catalog.list_bundles().await.unwrap().is_empty(),
+        "bundle record removed"
+    );
+    assert!(
+        common::list_files(&h._data.path().join("blobs")).is_empty(),
+        "stored object removed"
+    );
+    assert_eq!(
+        h.api.get("bundles", "web-1-0-0")["metadata"]["finalizers"],
+        json!([])
+    );
+
+    // Cleanup succeeds when the record is already gone.
+    h.api.put(
+        "bundles",
+        h.bundle("never-stored", "9.9.9", "missing.zip", None),
+    );
+    h.mark_deleted("bundles", "never-stored");
+    h.reconcile_bundle("never-stored").await.unwrap();
+    assert_eq!(
+        h.api.get("bundles", "never-stored")["metadata"]["finalizers"],
+        json!([])
+    );
+}
