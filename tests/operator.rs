@@ -220,9 +220,10 @@ impl Harness {
             inner: SqliteMetadataStore::in_memory().unwrap(),
             writes: AtomicUsize::new(0),
         });
-        let blobs = Arc::new(
-            FilesystemBlobStore::open(data.path().join("blobs"), "http://localhost:8000").unwrap(),
-        );
+        // The local server below also serves the blob folder, so download URLs resolve.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let zips = format!("http://{}", listener.local_addr().unwrap());
+        let blobs = Arc::new(FilesystemBlobStore::open(data.path().join("blobs"), &zips).unwrap());
         let catalog = Arc::new(Catalog::new(
             store.clone(),
             blobs,
@@ -274,8 +275,8 @@ impl Harness {
                 },
             ),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let zips = format!("http://{}", listener.local_addr().unwrap());
+        let blob_dir = data.path().join("blobs");
+        let app = app.nest_service("/files", tower_http::services::ServeDir::new(blob_dir));
         tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
         Harness {
             api,
@@ -564,4 +565,63 @@ async fn deleting_a_used_bundle_is_held_then_finalizers_clean_up() {
         h.api.get("bundles", "never-stored")["metadata"]["finalizers"],
         json!([])
     );
+}
+
+#[tokio::test]
+async fn a_bundle_can_come_from_an_object_already_in_the_bucket() {
+    let h = Harness::new().await;
+    let staged = h._data.path().join("incoming.zip");
+    std::fs::write(&staged, common::web_bundle("from the bucket")).unwrap();
+    h.catalog
+        .blobs()
+        .put_file("uploads/web-3.0.0.zip", &staged)
+        .await
+        .unwrap();
+    let mut bundle = h.bundle("from-bucket", "3.0.0", "unused", None);
+    bundle["spec"]["source"] = json!({"bucketKey": "uploads/web-3.0.0.zip"});
+    h.api.put("bundles", bundle);
+    h.reconcile_bundle("from-bucket").await.unwrap();
+    assert_eq!(
+        h.condition("bundles", "from-bucket", "Ready")["status"],
+        "True"
+    );
+    let status = h.api.get("bundles", "from-bucket")["status"].clone();
+    assert_eq!(
+        status["checksum"],
+        common::sha256_hex(&common::web_bundle("from the bucket"))
+    );
+    assert_ne!(
+        status["storedKey"], "uploads/web-3.0.0.zip",
+        "stored as its own object"
+    );
+}
+
+#[tokio::test]
+async fn without_the_crds_the_operator_says_so_and_stops() {
+    let h = Harness::new().await;
+    let settings = capgo_server::operator::OperatorSettings {
+        namespaces: vec![NS.into()],
+        lease_namespace: NS.into(),
+        lease_name: "capgo-server-controller".into(),
+        identity: "test-replica".into(),
+    };
+    let ctx = Arc::try_unwrap(h.ctx.clone()).unwrap_or_else(|shared| {
+        // The harness keeps one handle; build another context on the same client and catalog.
+        Context::new(
+            shared.client.clone(),
+            h.catalog.clone(),
+            shared.staging.clone(),
+            64 << 20,
+            "test-replica",
+        )
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    // The fake API answers 404 for the Bundle list, as an API server without the CRD does.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        capgo_server::operator::run(settings, ctx, shutdown),
+    )
+    .await
+    .expect("the operator returns instead of retrying forever");
+    assert!(h.api.writes().is_empty(), "nothing was written");
 }
