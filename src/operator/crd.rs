@@ -198,11 +198,17 @@ mod tests {
 
     #[test]
     fn committed_crds_match_the_rust_types() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/capgo-server.yaml");
-        let committed = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            committed == crd_yaml(),
-            "crds/capgo-server.yaml is stale: run `cargo run -- crdgen > crds/capgo-server.yaml`"
-        );
+        // The top-level copy, and the chart's (Helm installs CRDs from the chart's crds/).
+        for path in [
+            "crds/capgo-server.yaml",
+            "charts/capgo-server/crds/capgo-server.yaml",
+        ] {
+            let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            let committed = std::fs::read_to_string(&full).unwrap_or_default();
+            assert!(
+                committed == crd_yaml(),
+                "{path} is stale: run `cargo run -- crdgen > {path}`"
+            );
+        }
     }
 }

@@ -1,0 +1,30 @@
+-- Argo CD health check for capgo-server.io Bundle and Release resources. Register it in
+-- argocd-cm under resource.customizations.health.capgo-server.io_Bundle and
+-- resource.customizations.health.capgo-server.io_Release (see README).
+local progressing = { status = "Progressing", message = "Waiting for capgo-server to reconcile" }
+if obj.status == nil or obj.status.conditions == nil then
+  return progressing
+end
+local generation = obj.metadata.generation
+local observed = obj.status.observedGeneration
+if generation ~= nil and (observed == nil or observed < generation) then
+  progressing.message = "Waiting for capgo-server to observe generation " .. generation
+  return progressing
+end
+local ready = nil
+for _, condition in ipairs(obj.status.conditions) do
+  local current = generation == nil or condition.observedGeneration == nil or condition.observedGeneration >= generation
+  if current and condition.type == "Stalled" and condition.status == "True" then
+    return { status = "Degraded", message = condition.message }
+  end
+  if current and condition.type == "Ready" then
+    ready = condition
+  end
+end
+if ready ~= nil and ready.status == "True" then
+  return { status = "Healthy", message = ready.message }
+end
+if ready ~= nil and ready.message ~= nil and ready.message ~= "" then
+  progressing.message = ready.message
+end
+return progressing
