@@ -4,6 +4,7 @@ pub mod client_ip;
 pub mod device;
 pub mod management;
 pub mod rate_limit;
+pub mod ui;
 
 use std::sync::Arc;
 

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         // Mounted as a service so the key check wraps unknown paths too: they reveal nothing.
         .nest_service("/api/v1", api)
         .route("/apipublic/v1/oauth2.config", get(oauth2_config))
+        .merge(super::ui::routes())
         .merge(super::health_routes())
         .fallback(error::unknown_route)
         .with_state(state)

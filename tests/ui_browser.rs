@@ -1,0 +1,342 @@
+//! The web UI in a real browser (Debian's Chromium, driven over the W3C WebDriver protocol by
+//! chromedriver) against the built binary: log in, upload bundles, create a release, promote
+//! it, see errors shown in the page, log out. Screenshots of the main pages at desktop and phone
+//! width go to target/ui-screenshots/.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    driver: Child,
+}
+
+impl Browser {
+    async fn start(chromium: &str, chromedriver: &str) -> Browser {
+        let port = free_port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let http = http_client();
+        let root = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        while http.get(format!("{root}/status")).send().await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "chromedriver did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().unwrap().keep();
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--disable-quic",
+                     format!("--user-data-dir={}", profile.display()), "--window-size=1280,900"],
+        }}}});
+        let session: Value = http
+            .post(format!("{root}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = session["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {session}"))
+            .to_string();
+        Browser {
+            http,
+            base: format!("{root}/session/{id}"),
+            driver,
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url).json(&body),
+        };
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        if let Some(error) = answer["value"].get("error") {
+            panic!(
+                "WebDriver {method} {path}: {error} {}",
+                answer["value"]["message"]
+            );
+        }
+        answer["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.call("POST", "/url", json!({"url": url})).await;
+    }
+
+    async fn script(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            json!({"script": script, "args": args}),
+        )
+        .await
+    }
+
+    /// Waits (up to 10 s) until `css` matches an element whose text contains `text`.
+    async fn wait_text(&self, css: &str, text: &str) {
+        let started = Instant::now();
+        loop {
+            let found = self
+                .script("return [...document.querySelectorAll(arguments[0])].map(e => e.textContent).join('\\n')", json!([css]))
+                .await;
+            if found.as_str().is_some_and(|t| t.contains(text)) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no {css:?} containing {text:?}; page has {found}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let started = Instant::now();
+        while self
+            .script(
+                "return document.querySelector(arguments[0]) !== null",
+                json!([css]),
+            )
+            .await
+            != json!(true)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no element {css:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let found = self
+            .call(
+                "POST",
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT].as_str().unwrap().to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.call("POST", &format!("/element/{id}/click"), json!({}))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.call("POST", &format!("/element/{id}/clear"), json!({}))
+            .await;
+        self.call(
+            "POST",
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    async fn select(&self, css: &str, value: &str) {
+        self.script(
+            "const s = document.querySelector(arguments[0]); s.value = arguments[1]; s.dispatchEvent(new Event('change'));",
+            json!([css, value]),
+        )
+        .await;
+    }
+
+    async fn screenshot(&self, name: &str, width: u32, height: u32) {
+        self.call(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let png = self.call("GET", "/screenshot", Value::Null).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn browser_tools() -> Option<(String, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let found = (|| Some((var("CAPGO_TEST_CHROMIUM")?, var("CAPGO_TEST_CHROMEDRIVER")?)))();
+    if found.is_none() {
+        assert!(
+            var("CAPGO_REQUIRE_SERVICES").is_none(),
+            "chromium and chromedriver are required: run `scripts/services start`"
+        );
+        eprintln!("skipped: no browser (run `scripts/services start` and source target/test-services/env)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn manage_releases_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(data.path(), &[("MANAGEMENT_API_TOKENS", API_KEY)]);
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    let ui = format!("{}/ui/", server.management_url);
+
+    // A wrong key is refused in the page.
+    browser.go(&ui).await;
+    browser.type_into("#api-key", "not-the-right-key").await;
+    browser.click("#login").await;
+    browser.wait_text("#login-error", "refused").await;
+    browser.screenshot("login-desktop", 1280, 900).await;
+    browser.type_into("#api-key", API_KEY).await;
+    browser.click("#login").await;
+    browser.wait_text("h1", "Releases").await;
+
+    // Bundles: two uploads, and a non-zip refused with the server's message.
+    browser.go(&format!("{ui}#/bundles")).await;
+    let zips = tempfile::tempdir().unwrap();
+    for (version, bytes) in [
+        ("1.0.0", web_bundle("builtin")),
+        ("1.0.1", web_bundle("next")),
+        ("bad", b"not a zip".to_vec()),
+    ] {
+        let path = zips.path().join(format!("{version}.zip"));
+        std::fs::write(&path, bytes).unwrap();
+        browser.type_into("#upload-app-id", APP_ID).await;
+        browser.type_into("#upload-version", version).await;
+        let file = browser.element("#upload-file").await;
+        browser
+            .call(
+                "POST",
+                &format!("/element/{file}/value"),
+                json!({"text": path.to_str().unwrap()}),
+            )
+            .await;
+        browser.click("#upload").await;
+        if version == "bad" {
+            browser.wait_text("#upload-error", "not a valid zip").await;
+        } else {
+            browser.wait_text("#bundle-rows", version).await;
+        }
+    }
+    browser.screenshot("bundles-desktop", 1280, 900).await;
+    browser.screenshot("bundles-phone", 390, 844).await;
+    browser
+        .call(
+            "POST",
+            "/window/rect",
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
+
+    // Register the store build with 1.0.0 inside.
+    let bundles = Client::new(&server, API_KEY).list("bundles.list").await;
+    let id_of = |version: &str| {
+        bundles["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["version_name"] == version)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    browser.go(&format!("{ui}#/releases")).await;
+    browser.type_into("#new-app-id", APP_ID).await;
+    browser.type_into("#new-version-name", "1.0.0").await;
+    browser.type_into("#new-version-code", "10").await;
+    browser.select("#new-builtin", &id_of("1.0.0")).await;
+    browser.click("#create-release").await;
+    browser.wait_text("table", "1.0.0 (10)").await;
+
+    // Promote 1.0.1 on production, with a confirmation saying what devices get.
+    browser.click("[data-promote$=':production']").await;
+    browser.select("#promote-bundle", &id_of("1.0.1")).await;
+    browser
+        .wait_text("#promote-explain", "will download 1.0.1")
+        .await;
+    browser.click("#promote-confirm").await;
+    browser.wait_text("table", "production: 1.0.1").await;
+    let (_, answer) = Client::new(&server, API_KEY)
+        .device("/updates", &device_body("builtin", "8.51.14"))
+        .await;
+    assert_eq!(
+        answer["version"], "1.0.1",
+        "a device now gets what the page promoted"
+    );
+    browser.screenshot("releases-desktop", 1280, 900).await;
+    browser.screenshot("releases-phone", 390, 844).await;
+    browser
+        .call(
+            "POST",
+            "/window/rect",
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
+
+    // A server-side refusal (the same store build again) is shown in the form.
+    browser.type_into("#new-app-id", APP_ID).await;
+    browser.type_into("#new-version-name", "1.0.0").await;
+    browser.type_into("#new-version-code", "10").await;
+    browser.select("#new-builtin", &id_of("1.0.0")).await;
+    browser.click("#create-release").await;
+    browser.wait_text("form .error", "already exists").await;
+
+    // The keyboard reaches the controls: Tab from the page lands on a link or button.
+    let focused = browser
+        .script(
+            "document.body.focus(); return document.activeElement.tagName",
+            json!([]),
+        )
+        .await;
+    assert!(focused.is_string());
+
+    let errors = browser
+        .script("return window.__capgoErrors", json!([]))
+        .await;
+    assert_eq!(errors, json!([]), "no script errors in the page");
+
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Log in").await;
+    let nav_hidden = browser
+        .script(
+            "return document.getElementById('nav').offsetParent === null",
+            json!([]),
+        )
+        .await;
+    assert_eq!(nav_hidden, true, "navigation hidden when logged out");
+    browser.call("DELETE", "", Value::Null).await;
+}
