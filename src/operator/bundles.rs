@@ -4,16 +4,13 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::conditions::{conditions_for, Outcome};
 use super::crd::{Bundle, BundleSpec, BundleStatus};
-use super::{display_name, now_rfc3339, Context, OperatorError, FINALIZER, MANAGER, STALLED_RETRY};
+use super::{apply_status, display_name, now_rfc3339, Context, OperatorError, FINALIZER};
 use crate::catalog::{CatalogError, NewBundle};
 use crate::domain::{Actor, Bundle as BundleRecord, ResourceRef};
 
@@ -217,8 +214,6 @@ async fn fetch_and_store(bundle: &Bundle, ctx: &Context) -> Result<BundleRecord,
     Ok(ctx.catalog.add_bundle(new, staged).await?)
 }
 
-/// Writes the status (server-side apply) unless it would change nothing, and tells people
-/// about a stall with an Event. Returns when to look again.
 async fn write_status(
     bundle: &Bundle,
     ctx: &Context,
@@ -226,24 +221,7 @@ async fn write_status(
     status: BundleStatus,
     outcome: &Outcome,
 ) -> Result<Action, OperatorError> {
-    if bundle.status.as_ref() != Some(&status) {
-        let patch =
-            json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Bundle", "status": status});
-        api.patch_status(
-            &bundle.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
-        if let Outcome::Stalled { reason, message } = outcome {
-            ctx.publish(bundle, EventType::Warning, reason, message)
-                .await;
-        }
-    }
-    Ok(match outcome {
-        Outcome::Stalled { .. } => Action::requeue(STALLED_RETRY),
-        _ => Action::await_change(),
-    })
+    apply_status(ctx, api, bundle, bundle.status.as_ref(), status, outcome).await
 }
 
 async fn cleanup(

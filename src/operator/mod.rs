@@ -93,6 +93,44 @@ impl Context {
     }
 }
 
+/// Writes `status` (server-side apply, one field manager) unless the resource already has it,
+/// publishes a Warning Event when the outcome is a stall, and says when to look again. One
+/// rule for both kinds, so an unchanged resource never causes a write.
+pub async fn apply_status<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: S,
+    outcome: &conditions::Outcome,
+) -> Result<kube::runtime::controller::Action, OperatorError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    use conditions::Outcome;
+    use kube::runtime::controller::Action;
+    if current != Some(&status) {
+        let patch = serde_json::json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        let params = kube::api::PatchParams::apply(MANAGER).force();
+        api.patch_status(&object.name_any(), &params, &kube::api::Patch::Apply(patch))
+            .await?;
+        if let Outcome::Stalled { reason, message } = outcome {
+            ctx.publish(object, EventType::Warning, reason, message)
+                .await;
+        }
+    }
+    Ok(match outcome {
+        Outcome::Ready { .. } => Action::await_change(),
+        Outcome::Progressing { .. } => Action::requeue(WAITING_RETRY),
+        Outcome::Stalled { .. } => Action::requeue(STALLED_RETRY),
+    })
+}
+
 /// `ns/name` of a resource, for logs.
 pub fn display_name<K: ResourceExt>(object: &K) -> String {
     format!(

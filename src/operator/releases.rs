@@ -4,19 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 
 use super::conditions::{conditions_for, Outcome};
 use super::crd::{Bundle, PlatformSpec, Release, ReleaseSpec, ReleaseStatus};
-use super::{
-    display_name, now_rfc3339, Context, OperatorError, FINALIZER, MANAGER, STALLED_RETRY,
-    WAITING_RETRY,
-};
+use super::{apply_status, display_name, now_rfc3339, Context, OperatorError, FINALIZER};
 use crate::catalog::{CatalogError, DesiredRelease};
 use crate::domain::names::{check_app_id, check_native_version};
 use crate::domain::{Actor, ChannelName, Platform, RecordId, ReleaseKey, ResourceRef};
@@ -246,25 +240,7 @@ async fn apply(
         ),
         channels,
     };
-    if release.status.as_ref() != Some(&status) {
-        let patch =
-            json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Release", "status": status});
-        api.patch_status(
-            &release.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
-        if let Outcome::Stalled { reason, message } = &outcome {
-            ctx.publish(release, EventType::Warning, reason, message)
-                .await;
-        }
-    }
-    Ok(match outcome {
-        Outcome::Ready { .. } => Action::await_change(),
-        Outcome::Progressing { .. } => Action::requeue(WAITING_RETRY),
-        Outcome::Stalled { .. } => Action::requeue(STALLED_RETRY),
-    })
+    apply_status(ctx, api, release, release.status.as_ref(), status, &outcome).await
 }
 
 /// When a spec's native version changed, the record made for the old one goes.
