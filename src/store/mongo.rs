@@ -243,6 +243,21 @@ fn map_error(e: mongodb::error::Error) -> StoreError {
     }
 }
 
+/// Every document a query returns, with driver errors mapped.
+async fn all<T>(
+    query: impl std::future::IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>>,
+) -> Result<Vec<T>, StoreError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync + Unpin,
+{
+    query
+        .await
+        .map_err(map_error)?
+        .try_collect()
+        .await
+        .map_err(map_error)
+}
+
 pub struct MongoMetadataStore {
     db: Database,
 }
@@ -378,15 +393,11 @@ impl MongoMetadataStore {
     }
 
     async fn find_releases(&self, filter: Document) -> Result<Vec<Release>, StoreError> {
-        let docs: Vec<ReleaseDoc> = self
+        let docs: Vec<ReleaseDoc> = all(self
             .releases()
             .find(filter)
-            .sort(doc! {"created_at": -1, "_id": -1})
-            .await
-            .map_err(map_error)?
-            .try_collect()
-            .await
-            .map_err(map_error)?;
+            .sort(doc! {"created_at": -1, "_id": -1}))
+        .await?;
         docs.into_iter().map(ReleaseDoc::into_release).collect()
     }
 }
@@ -425,15 +436,11 @@ impl MetadataStore for MongoMetadataStore {
     }
 
     async fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError> {
-        let docs: Vec<BundleDoc> = self
+        let docs: Vec<BundleDoc> = all(self
             .bundles()
             .find(doc! {})
-            .sort(doc! {"created_at": -1, "_id": -1})
-            .await
-            .map_err(map_error)?
-            .try_collect()
-            .await
-            .map_err(map_error)?;
+            .sort(doc! {"created_at": -1, "_id": -1}))
+        .await?;
         Ok(docs.into_iter().map(Bundle::from).collect())
     }
 
@@ -610,15 +617,11 @@ impl MetadataStore for MongoMetadataStore {
     }
 
     async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, StoreError> {
-        let docs: Vec<ChannelDoc> = self
+        let docs: Vec<ChannelDoc> = all(self
             .channel_docs()
             .find(doc! {"app_id": app_id})
-            .sort(doc! {"_id": 1})
-            .await
-            .map_err(map_error)?
-            .try_collect()
-            .await
-            .map_err(map_error)?;
+            .sort(doc! {"_id": 1}))
+        .await?;
         Ok(docs
             .into_iter()
             .map(|d| Channel {
@@ -662,14 +665,7 @@ impl MetadataStore for MongoMetadataStore {
             doc! {"$match": {"app_id": app_id, "version_name": version_name}},
             doc! {"$group": {"_id": "$action", "count": {"$sum": 1}}},
         ];
-        let groups: Vec<Document> = self
-            .stats()
-            .aggregate(pipeline)
-            .await
-            .map_err(map_error)?
-            .try_collect()
-            .await
-            .map_err(map_error)?;
+        let groups: Vec<Document> = all(self.stats().aggregate(pipeline)).await?;
         let mut counts = BTreeMap::new();
         for group in groups {
             let action = group.get_str("_id").unwrap_or_default().to_string();
@@ -684,16 +680,12 @@ impl MetadataStore for MongoMetadataStore {
     }
 
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
-        let docs: Vec<Document> = self
+        let docs: Vec<Document> = all(self
             .db
             .collection::<Document>("bundles")
             .find(doc! {})
-            .projection(doc! {"blob_key": 1})
-            .await
-            .map_err(map_error)?
-            .try_collect()
-            .await
-            .map_err(map_error)?;
+            .projection(doc! {"blob_key": 1}))
+        .await?;
         Ok(docs
             .iter()
             .filter_map(|d| d.get_str("blob_key").ok().map(str::to_string))
