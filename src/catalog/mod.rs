@@ -220,6 +220,21 @@ impl Catalog {
         Ok(self.metadata.channels(app_id).await?)
     }
 
+    /// Whether a device of `app_id` may choose `channel` with `setChannel`: the default channel
+    /// always, others once some release of the app assigns them.
+    pub async fn device_may_choose(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, CatalogError> {
+        Ok(channel.is_default()
+            || self
+                .channels(app_id)
+                .await?
+                .iter()
+                .any(|c| &c.name == channel))
+    }
+
     pub async fn record_stats(&self, events: &[StatsEvent]) -> Result<(), CatalogError> {
         if events.is_empty() {
             return Ok(());

@@ -43,8 +43,15 @@ pub async fn set_channel(State(state): State<AppState>, DeviceBody(body): Device
             "Cannot set a channel without its name",
         );
     };
-    let channels = match state.catalog.channels(&app_id).await {
-        Ok(channels) => channels,
+    match state.catalog.device_may_choose(&app_id, &channel).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return device_error(
+                StatusCode::OK,
+                "channel_not_found",
+                &format!("Channel {channel} does not exist for {app_id}"),
+            )
+        }
         Err(error) => {
             let refusal = server_refusal(&error);
             return device_error(
@@ -53,13 +60,6 @@ pub async fn set_channel(State(state): State<AppState>, DeviceBody(body): Device
                 &refusal.message,
             );
         }
-    };
-    if !channel.is_default() && !channels.iter().any(|c| c.name == channel) {
-        return device_error(
-            StatusCode::OK,
-            "channel_not_found",
-            &format!("Channel {channel} does not exist for {app_id}"),
-        );
     }
     Json(json!({"status": "ok", "allowSet": true})).into_response()
 }
