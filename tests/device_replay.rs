@@ -145,7 +145,8 @@ impl Plugin {
         event["action"] = json!("set");
         event["old_version_name"] = json!("builtin");
         if self.at_least(8, 42, 0) {
-            event["timestamp"] = json!(1_764_000_000_000i64);
+            // Queued events carry the time they happened: moments ago.
+            event["timestamp"] = json!(capgo_server::domain::now_millis() - 1_000);
             Value::Array(vec![event])
         } else {
             event

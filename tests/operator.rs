@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use capgo_server::catalog::staging::Staging;
 use capgo_server::catalog::Catalog;
 use capgo_server::domain::channel::Channel;
-use capgo_server::domain::stats::StatsEvent;
+use capgo_server::domain::stats::{ActivityCount, StatsEvent};
 use capgo_server::domain::{
     Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey, UnixMillis,
 };
@@ -123,8 +123,13 @@ impl MetadataStore for CountingStore {
         self.count();
         self.inner.insert_stats(e).await
     }
-    async fn bundle_activity(&self, a: &str, v: &str) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.inner.bundle_activity(a, v).await
+    async fn bundle_activity(
+        &self,
+        a: &str,
+        v: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<ActivityCount>, StoreError> {
+        self.inner.bundle_activity(a, v, since).await
     }
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
         self.inner.bundle_blob_keys().await

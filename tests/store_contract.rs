@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capgo_server::domain::stats::StatsEvent;
+use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
 use capgo_server::domain::{
     Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey, ResourceRef,
 };
@@ -232,14 +232,29 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
         ])
         .await
         .unwrap();
+    let mut next_day = event("set", "1.0.1");
+    next_day.occurred_at = DAY + 7;
+    store.insert_stats(&[next_day]).await.unwrap();
     store.insert_stats(&[]).await.unwrap();
-    let activity = store.bundle_activity(app, "1.0.1").await.unwrap();
+    let count = |day: i64, action: &str, count: u64| ActivityCount {
+        day,
+        action: action.into(),
+        count,
+    };
+    let activity = store.bundle_activity(app, "1.0.1", 0).await.unwrap();
     assert_eq!(
         activity,
-        BTreeMap::from([("download_fail".to_string(), 1), ("set".to_string(), 2)])
+        [
+            count(0, "download_fail", 1),
+            count(0, "set", 2),
+            count(DAY, "set", 1)
+        ],
+        "per day and action"
     );
+    let since_day_one = store.bundle_activity(app, "1.0.1", DAY).await.unwrap();
+    assert_eq!(since_day_one, [count(DAY, "set", 1)], "older days left out");
     assert!(store
-        .bundle_activity(app, "9.9.9")
+        .bundle_activity(app, "9.9.9", 0)
         .await
         .unwrap()
         .is_empty());

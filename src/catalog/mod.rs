@@ -15,7 +15,7 @@ use crate::domain::channel::Channel;
 use crate::domain::device::{DeviceInfo, DeviceRefusal};
 use crate::domain::names::{check_app_id, check_bundle_version, check_native_version};
 use crate::domain::ownership::check_may_change;
-use crate::domain::stats::StatsEvent;
+use crate::domain::stats::{self, StatsEvent};
 use crate::domain::update::ChannelTarget;
 use crate::domain::{
     now_millis, Actor, Bundle, BundleEncryption, ChannelName, InvalidInput, Platform, RecordId,
@@ -82,6 +82,23 @@ pub struct NewRelease {
     pub version_name: String,
     pub version_code: String,
     pub builtin_bundle_id: String,
+}
+
+/// A bundle's device activity (see [`Catalog::bundle_activity`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleActivity {
+    /// Events per action over the whole period.
+    pub actions: BTreeMap<String, u64>,
+    /// One entry per day, oldest first, days without events included.
+    pub days: Vec<DailyActivity>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DailyActivity {
+    pub day: UnixMillis,
+    pub downloads: u64,
+    pub installs: u64,
+    pub failures: u64,
 }
 
 /// What a Kubernetes `Release` asks for: the record the operator converges to.
@@ -242,15 +259,41 @@ impl Catalog {
         Ok(self.metadata.insert_stats(events).await?)
     }
 
-    /// Device events per action for one bundle (downloads, installs, failures).
+    /// What devices reported about one bundle over the last `days` days: totals per action,
+    /// and per day the downloads, installs and failures.
     pub async fn bundle_activity(
         &self,
         bundle: &Bundle,
-    ) -> Result<std::collections::BTreeMap<String, u64>, CatalogError> {
-        Ok(self
+        days: u32,
+    ) -> Result<BundleActivity, CatalogError> {
+        let today = stats::day_of(now_millis());
+        let since = today - stats::DAY_MILLIS * i64::from(days.saturating_sub(1));
+        let counts = self
             .metadata
-            .bundle_activity(&bundle.app_id, &bundle.version_name)
-            .await?)
+            .bundle_activity(&bundle.app_id, &bundle.version_name, since)
+            .await?;
+        let mut activity = BundleActivity {
+            days: (0..i64::from(days))
+                .map(|i| DailyActivity {
+                    day: since + i * stats::DAY_MILLIS,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        for count in counts {
+            *activity.actions.entry(count.action.clone()).or_default() += count.count;
+            let Some(day) = activity.days.iter_mut().find(|d| d.day == count.day) else {
+                continue;
+            };
+            match stats::ActivityKind::of(&count.action) {
+                stats::ActivityKind::Download => day.downloads += count.count,
+                stats::ActivityKind::Install => day.installs += count.count,
+                stats::ActivityKind::Failure => day.failures += count.count,
+                stats::ActivityKind::Other => {}
+            }
+        }
+        Ok(activity)
     }
 
     // ---- bundles -----------------------------------------------------------------------

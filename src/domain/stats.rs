@@ -28,6 +28,45 @@ pub struct StatsEvent {
     pub occurred_at: UnixMillis,
 }
 
+/// Milliseconds in a day: activity is counted per UTC day.
+pub const DAY_MILLIS: UnixMillis = 86_400_000;
+
+/// The UTC day (its first millisecond) an instant falls in.
+pub fn day_of(at: UnixMillis) -> UnixMillis {
+    at - at.rem_euclid(DAY_MILLIS)
+}
+
+/// Events of one action on one day, as the stores count them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityCount {
+    pub day: UnixMillis,
+    pub action: String,
+    pub count: u64,
+}
+
+/// What an action means for a bundle's health, as the UI charts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityKind {
+    /// The zip arrived and passed its checks (`download_complete`).
+    Download,
+    /// The device switched to the bundle (`set`).
+    Install,
+    /// Anything that failed (`download_fail`, `update_fail`, `checksum_fail`, …).
+    Failure,
+    Other,
+}
+
+impl ActivityKind {
+    pub fn of(action: &str) -> ActivityKind {
+        match action {
+            "download_complete" => ActivityKind::Download,
+            "set" => ActivityKind::Install,
+            _ if action.ends_with("_fail") => ActivityKind::Failure,
+            _ => ActivityKind::Other,
+        }
+    }
+}
+
 const MAX_METADATA_KEYS: usize = 30;
 const MAX_METADATA_KEY_LEN: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 2048;
@@ -126,6 +165,21 @@ mod tests {
         assert_eq!(event.device_id, "abc");
         assert_eq!(event.occurred_at, 1_700_000_000_000);
         assert_eq!(event.metadata.as_deref(), Some(r#"{"reason":"x"}"#));
+    }
+
+    #[test]
+    fn actions_map_to_kinds_and_days() {
+        assert_eq!(
+            ActivityKind::of("download_complete"),
+            ActivityKind::Download
+        );
+        assert_eq!(ActivityKind::of("set"), ActivityKind::Install);
+        assert_eq!(ActivityKind::of("checksum_fail"), ActivityKind::Failure);
+        assert_eq!(
+            ActivityKind::of("app_moved_to_foreground"),
+            ActivityKind::Other
+        );
+        assert_eq!(day_of(DAY_MILLIS * 3 + 5), DAY_MILLIS * 3);
     }
 
     #[test]

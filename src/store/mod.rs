@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use crate::domain::channel::Channel;
-use crate::domain::stats::StatsEvent;
+use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, UnixMillis};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,12 +89,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// Stores a batch of device events (at least once: a failed batch may be partly stored,
     /// and plugins send it again).
     async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError>;
-    /// How many events of each action devices reported for a bundle (by version name).
+    /// How many events of each action devices reported for a bundle (by version name), per
+    /// UTC day, for events since `since`.
     async fn bundle_activity(
         &self,
         app_id: &str,
         version_name: &str,
-    ) -> Result<BTreeMap<String, u64>, StoreError>;
+        since: UnixMillis,
+    ) -> Result<Vec<ActivityCount>, StoreError>;
     /// Blob keys that bundle records refer to (for the orphan sweep).
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError>;
 

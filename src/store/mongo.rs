@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CatalogVersion, MetadataStore, StoreError};
 use crate::domain::channel::Channel;
-use crate::domain::stats::StatsEvent;
+use crate::domain::stats::{day_of, ActivityCount, StatsEvent};
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, InvalidInput, RecordId, Release, ReleaseKey,
     ResourceRef, UnixMillis, DEFAULT_CHANNEL,
@@ -100,6 +100,9 @@ struct ChannelDoc {
 #[derive(Debug, Serialize, Deserialize)]
 struct StatsDoc {
     occurred_at: DateTime,
+    /// The UTC day of `occurred_at` in milliseconds, stored so counting per day needs no date
+    /// operators.
+    day: i64,
     app_id: String,
     device_id: String,
     action: String,
@@ -638,6 +641,7 @@ impl MetadataStore for MongoMetadataStore {
         }
         let docs = events.iter().map(|e| StatsDoc {
             occurred_at: DateTime::from_millis(e.occurred_at),
+            day: day_of(e.occurred_at),
             app_id: e.app_id.clone(),
             device_id: e.device_id.clone(),
             action: e.action.clone(),
@@ -660,23 +664,31 @@ impl MetadataStore for MongoMetadataStore {
         &self,
         app_id: &str,
         version_name: &str,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        since: UnixMillis,
+    ) -> Result<Vec<ActivityCount>, StoreError> {
         let pipeline = [
-            doc! {"$match": {"app_id": app_id, "version_name": version_name}},
-            doc! {"$group": {"_id": "$action", "count": {"$sum": 1}}},
+            doc! {"$match": {"app_id": app_id, "version_name": version_name,
+            "occurred_at": {"$gte": DateTime::from_millis(since)}}},
+            doc! {"$group": {"_id": {"day": "$day", "action": "$action"}, "count": {"$sum": 1}}},
+            doc! {"$sort": {"_id.day": 1, "_id.action": 1}},
         ];
         let groups: Vec<Document> = all(self.stats().aggregate(pipeline)).await?;
-        let mut counts = BTreeMap::new();
-        for group in groups {
-            let action = group.get_str("_id").unwrap_or_default().to_string();
-            let count = group
-                .get_i32("count")
-                .map(i64::from)
-                .or_else(|_| group.get_i64("count"))
-                .unwrap_or_default();
-            counts.insert(action, count as u64);
-        }
-        Ok(counts)
+        Ok(groups
+            .iter()
+            .filter_map(|group| {
+                let key = group.get_document("_id").ok()?;
+                let count = group
+                    .get_i32("count")
+                    .map(i64::from)
+                    .or_else(|_| group.get_i64("count"))
+                    .ok()?;
+                Some(ActivityCount {
+                    day: key.get_i64("day").ok()?,
+                    action: key.get_str("action").ok()?.to_string(),
+                    count: count as u64,
+                })
+            })
+            .collect())
     }
 
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
 use super::{CatalogVersion, MetadataStore, StoreError};
 use crate::domain::channel::Channel;
-use crate::domain::stats::StatsEvent;
+use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis,
     DEFAULT_CHANNEL,
@@ -563,15 +563,17 @@ impl MetadataStore for SqliteMetadataStore {
         &self,
         app_id: &str,
         version_name: &str,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        since: UnixMillis,
+    ) -> Result<Vec<ActivityCount>, StoreError> {
         let (app_id, version_name) = (app_id.to_string(), version_name.to_string());
         self.run(move |c| {
             c.prepare_cached(
-                "SELECT action, COUNT(*) FROM stats_events \
-                 WHERE app_id = ?1 AND version_name = ?2 GROUP BY action",
+                "SELECT occurred_at - (occurred_at % 86400000) AS day, action, COUNT(*) FROM stats_events \
+                 WHERE app_id = ?1 AND version_name = ?2 AND occurred_at >= ?3 \
+                 GROUP BY day, action ORDER BY day, action",
             )?
-            .query_map([app_id, version_name], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            .query_map(params![app_id, version_name, since], |row| {
+                Ok(ActivityCount { day: row.get(0)?, action: row.get(1)?, count: row.get::<_, i64>(2)? as u64 })
             })?
             .collect()
         })

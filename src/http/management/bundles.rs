@@ -11,7 +11,7 @@ use super::error::ApiJson;
 use super::views::BundleView;
 use super::ApiError;
 use crate::catalog::NewBundle;
-use crate::domain::Actor;
+use crate::domain::{rfc3339, Actor};
 use crate::http::AppState;
 
 /// Longest text field accepted in the upload form.
@@ -137,21 +137,34 @@ pub async fn delete(
 }
 
 #[derive(Deserialize)]
-pub struct BundleQuery {
+pub struct ActivityQuery {
     bundle_id: String,
+    /// Days back from today, today included (default 14, at most 90).
+    days: Option<u32>,
 }
 
-/// `GET /api/v1/bundles.activity?bundle_id=…`: device events per action for one bundle.
+/// `GET /api/v1/bundles.activity?bundle_id=…&days=14`: device events for one bundle, in total
+/// per action and per day as downloads, installs and failures.
 pub async fn activity(
     State(state): State<AppState>,
-    query: Result<Query<BundleQuery>, QueryRejection>,
+    query: Result<Query<ActivityQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let days = query.days.unwrap_or(14);
+    if !(1..=90).contains(&days) {
+        return Err(ApiError::BadRequest("days must be from 1 to 90".into()));
+    }
     let bundle = state.catalog.bundle(&query.bundle_id).await?;
-    let actions = state.catalog.bundle_activity(&bundle).await?;
+    let activity = state.catalog.bundle_activity(&bundle, days).await?;
+    let daily: Vec<Value> = activity
+        .days
+        .iter()
+        .map(|d| json!({"day": &rfc3339(d.day)[..10], "downloads": d.downloads, "installs": d.installs, "failures": d.failures}))
+        .collect();
     Ok(Json(json!({
         "bundle_id": bundle.id.as_str(),
         "version_name": bundle.version_name,
-        "actions": actions,
+        "actions": activity.actions,
+        "daily": daily,
     })))
 }
