@@ -297,6 +297,25 @@ async fn manage_releases_in_a_real_browser() {
         answer["version"], "1.0.1",
         "a device now gets what the page promoted"
     );
+    // Device activity: what a device reports shows on the bundle's chart.
+    let events: Vec<Value> = ["download_complete", "set"]
+        .iter()
+        .map(|action| json!({"app_id": APP_ID, "device_id": DEVICE_ID, "action": action, "version_name": "1.0.1"}))
+        .collect();
+    let (status, _) = Client::new(&server, API_KEY)
+        .device("/stats", &Value::Array(events))
+        .await;
+    assert_eq!(status, 200);
+    browser.go(&format!("{ui}#/bundles")).await;
+    browser
+        .click(&format!("[data-activity='{}']", id_of("1.0.1")))
+        .await;
+    browser
+        .wait_text("#activity-summary", "Downloads 1 · Installs 1 · Failures 0")
+        .await;
+    browser.screenshot("activity-desktop", 1280, 900).await;
+    browser.go(&format!("{ui}#/releases")).await;
+    browser.wait_text("table", "production: 1.0.1").await;
     browser.screenshot("releases-desktop", 1280, 900).await;
     browser.screenshot("releases-phone", 390, 844).await;
     browser

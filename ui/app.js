@@ -6,6 +6,7 @@
 window.__capgoErrors = [];
 window.addEventListener("error", (e) => window.__capgoErrors.push(String(e.message)));
 window.addEventListener("unhandledrejection", (e) => window.__capgoErrors.push(String(e.reason)));
+window.addEventListener("securitypolicyviolation", (e) => window.__capgoErrors.push(`CSP blocked ${e.violatedDirective}`));
 
 const KEY = "capgo.apiKey";
 const main = document.getElementById("main");
@@ -224,12 +225,56 @@ async function showBundles() {
     h("td", { "data-label": "Size" }, formatSize(b.size)),
     h("td", { "data-label": "Checksum" }, h("code", { title: b.sha256 }, b.sha256.slice(0, 12) + "…"), b.encrypted ? " (encrypted)" : ""),
     h("td", { "data-label": "Created" }, formatDate(b.created_at)),
-    h("td", { "data-label": "Used by" }, users(b.id).join(", ") || h("span", { class: "muted" }, "no release"))));
+    h("td", { "data-label": "Used by" }, users(b.id).join(", ") || h("span", { class: "muted" }, "no release")),
+    h("td", { "data-label": "Devices" }, h("button", { type: "button", class: "secondary", "data-activity": b.id,
+      onclick: () => attempt(() => showActivity(b)) }, "Activity"))));
   main.replaceChildren(h("h1", {}, "Bundles"), uploadForm(),
     h("div", { class: "table-wrap" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["Version", "Size", "Checksum", "Created", "Used by"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["Version", "Size", "Checksum", "Created", "Used by", "Devices"].map((t) => h("th", {}, t)))),
       h("tbody", { id: "bundle-rows" }, rows))),
+    h("section", { id: "activity", "aria-live": "polite" }),
     bundles.data.length ? null : h("p", { class: "muted" }, "No bundles yet: upload the zip of your web build above."));
+}
+
+const SERIES = [["downloads", "Downloads", "#0b62d6"], ["installs", "Installs", "#067647"], ["failures", "Failures", "#b42318"]];
+
+/** Device activity of one bundle over the last 14 days, from the stats devices send. */
+async function showActivity(bundle) {
+  const data = await api("GET", `bundles.activity?bundle_id=${encodeURIComponent(bundle.id)}&days=14`);
+  const total = (key) => data.daily.reduce((sum, day) => sum + day[key], 0);
+  const section = document.getElementById("activity");
+  section.className = "card";
+  section.replaceChildren(
+    h("h2", {}, `Device activity: ${bundle.app_id} ${bundle.version_name}, last 14 days`),
+    h("p", { id: "activity-summary" }, SERIES.map(([key, label]) => `${label} ${total(key)}`).join(" · ")),
+    activityChart(data.daily));
+  section.scrollIntoView({ block: "nearest" });
+}
+
+/** Grouped bars per day, drawn as SVG; the table below it carries the same numbers. */
+function activityChart(daily) {
+  const svgNs = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs, ...children) => {
+    const el = document.createElementNS(svgNs, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    el.append(...children);
+    return el;
+  };
+  const width = 700, height = 220, pad = 28, slot = (width - pad) / daily.length;
+  const max = Math.max(1, ...daily.flatMap((d) => SERIES.map(([key]) => d[key])));
+  const bars = daily.flatMap((d, i) => SERIES.map(([key, label, color], j) => {
+    const h2 = ((height - pad) * d[key]) / max;
+    return svg("rect", { x: pad + i * slot + j * (slot / 4) + slot / 8, y: height - pad - h2, width: slot / 4 - 1, height: h2, fill: color },
+      svg("title", {}, `${d.day}: ${d[key]} ${label.toLowerCase()}`));
+  }));
+  const labels = daily.filter((_, i) => i % 2 === 0).map((d) => {
+    const i = daily.indexOf(d);
+    return svg("text", { x: pad + i * slot + slot / 2, y: height - 8, "text-anchor": "middle", "font-size": 11, fill: "#5b6676" }, d.day.slice(5));
+  });
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", width: "100%", "aria-label": "Downloads, installs and failures per day" },
+    svg("text", { x: 2, y: 12, "font-size": 11, fill: "#5b6676" }, String(max)), ...bars, ...labels);
+  const legend = h("p", { class: "legend" }, SERIES.map(([key, label]) => h("span", { class: `legend-${key}` }, "■ " + label)));
+  return h("div", {}, chart, legend);
 }
 
 function uploadForm() {
