@@ -326,6 +326,28 @@ async fn manage_releases_in_a_real_browser() {
         )
         .await;
 
+    // The date the build reached the stores.
+    browser.click("[data-release-date]").await;
+    browser
+        .script(
+            "document.getElementById('release-date').value = '2026-11-20'",
+            json!([]),
+        )
+        .await;
+    browser.click("#release-date-save").await;
+    let started = Instant::now();
+    loop {
+        let releases = Client::new(&server, API_KEY).list("releases.list").await;
+        if releases["data"][0]["release_date"] == "2026-11-20T00:00:00Z" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "release date not saved: {releases}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A server-side refusal (the same store build again) is shown in the form.
     browser.type_into("#new-app-id", APP_ID).await;
     browser.type_into("#new-version-name", "1.0.0").await;

@@ -136,7 +136,8 @@ async function showReleases() {
           h("div", { class: "channel" }, h("strong", {}, channel + ":"), " ", name(id),
             r.owner ? null : h("button", { type: "button", class: "secondary", "data-promote": `${r.id}:${channel}`,
               onclick: () => promoteDialog(r, channel, bundles.data) }, "Change")))),
-        h("td", { "data-label": "Released" }, formatDate(r.release_date) || h("span", { class: "muted" }, "—")),
+        h("td", { "data-label": "Released" }, formatDate(r.release_date) || h("span", { class: "muted" }, "—"), " ",
+          r.owner ? null : h("button", { type: "button", class: "link", "data-release-date": r.id, onclick: () => releaseDateDialog(r) }, "Edit")),
         h("td", { "data-label": "Actions" }, r.owner ? h("span", { class: "muted" }, `Read-only: managed by ${r.owner}`) : [
           h("button", { type: "button", class: "secondary", onclick: () => promoteDialog(r, "", bundles.data) }, "Add channel"), " ",
           h("button", { type: "button", class: "danger", onclick: () => deleteRelease(r) }, "Delete")]));
@@ -203,6 +204,27 @@ async function promoteDialog(release, channel, bundles) {
     const done = await attempt(() => api("POST", "releases.set-active",
       { release_id: release.id, bundle_id: bundle.value, channel: channelInput.value.trim() || "production" }));
     if (done) { toast("Channel updated"); route(); }
+  }, { once: true });
+}
+
+/** Sets or clears the date a release reached the stores. */
+async function releaseDateDialog(release) {
+  const dialog = document.getElementById("dialog");
+  const form = document.getElementById("dialog-form");
+  const input = h("input", { id: "release-date", type: "date", value: release.release_date ? release.release_date.slice(0, 10) : "" });
+  form.replaceChildren(h("h2", {}, `Release date of ${release.platform} ${release.version_name} (${release.version_code})`),
+    h("label", { for: "release-date" }, "Published on (empty clears it)"), input,
+    h("menu", {}, h("button", { value: "cancel", class: "secondary", type: "submit" }, "Cancel"),
+      h("button", { value: "ok", id: "release-date-save", type: "submit" }, "Save")));
+  dialog.returnValue = "";
+  dialog.showModal();
+  dialog.addEventListener("close", async () => {
+    if (dialog.returnValue !== "ok") return;
+    const date = input.value ? `${input.value}T00:00:00Z` : null;
+    if (await attempt(() => api("POST", "releases.update", { release_id: release.id, release_date: date }))) {
+      toast("Release date saved");
+      route();
+    }
   }, { once: true });
 }
 
