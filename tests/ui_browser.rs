@@ -43,7 +43,7 @@ impl Browser {
         let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": chromium,
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--disable-quic",
+                     "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
                      format!("--user-data-dir={}", profile.display()), "--window-size=1280,900"],
         }}}});
         let session: Value = http
