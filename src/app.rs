@@ -313,7 +313,15 @@ async fn run_server(
         // chosen with port 0 from it).
         tracing::info!(address = %bound, "{what} listening on http://{bound}");
     }
+    let server = if what.starts_with("device") {
+        "device"
+    } else {
+        "management"
+    };
     let service = router
+        .layer(axum::middleware::from_fn(move |request, next| {
+            http::observe::record(server, request, next)
+        }))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, service)

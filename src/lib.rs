@@ -13,5 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod operator;
 pub mod store;

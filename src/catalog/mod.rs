@@ -147,11 +147,18 @@ impl Catalog {
             channel: device.channel_or_default(),
         };
         let (last_known, generation) = match self.targets.get(&key) {
-            Lookup::Fresh(resolution) => return Ok(resolution),
+            Lookup::Fresh(resolution) => {
+                crate::metrics::global().cache_lookup(true);
+                return Ok(resolution);
+            }
             Lookup::Stale(resolution, generation) => (Some(resolution), generation),
             Lookup::Missing(generation) => (None, generation),
         };
-        match (self.load_target(&key).await, last_known) {
+        crate::metrics::global().cache_lookup(false);
+        let started = std::time::Instant::now();
+        let loaded = self.load_target(&key).await;
+        crate::metrics::global().store_lookup(started.elapsed());
+        match (loaded, last_known) {
             (Ok(resolution), _) => {
                 let resolution = Arc::new(resolution);
                 self.targets.store(key, generation, resolution.clone());

@@ -42,6 +42,19 @@ impl UpdateAnswer {
     pub fn refused(refusal: DeviceRefusal) -> UpdateAnswer {
         UpdateAnswer::Refused(refusal)
     }
+
+    /// The answer's kind, for counting: `update`, `revert`, or the refusal's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpdateAnswer::Update(_) => "update",
+            UpdateAnswer::RevertToBuiltin { .. } => "revert",
+            UpdateAnswer::Refused(refusal) => match refusal.kind {
+                RefusalKind::UpToDate => "up_to_date",
+                RefusalKind::Blocked => "blocked",
+                RefusalKind::Failed => "failed",
+            },
+        }
+    }
 }
 
 pub fn up_to_date() -> DeviceRefusal {

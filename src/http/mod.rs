@@ -3,6 +3,7 @@
 pub mod client_ip;
 pub mod device;
 pub mod management;
+pub mod observe;
 pub mod rate_limit;
 pub mod ui;
 

@@ -59,7 +59,10 @@ pub async fn limit_device_requests(
     let client = state.client_ip.resolve(peer, request.headers());
     match limiter.check(client) {
         Ok(()) => next.run(request).await,
-        Err(wait) => too_many_requests(wait),
+        Err(wait) => {
+            crate::metrics::global().rate_limited();
+            too_many_requests(wait)
+        }
     }
 }
 

@@ -82,16 +82,19 @@ pub fn status_for(
 }
 
 pub async fn reconcile(bundle: Arc<Bundle>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let started = std::time::Instant::now();
     let api: Api<Bundle> =
         Api::namespaced(ctx.client.clone(), &bundle.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, bundle, |event| async {
+    let result = finalizer(&api, FINALIZER, bundle, |event| async {
         match event {
             Finalize::Apply(bundle) => apply(&bundle, &ctx, &api).await,
             Finalize::Cleanup(bundle) => cleanup(&bundle, &ctx, &api).await,
         }
     })
     .await
-    .map_err(|e| OperatorError::Finalizer(e.to_string()))
+    .map_err(|e| OperatorError::Finalizer(e.to_string()));
+    crate::metrics::global().reconcile("Bundle", result.is_ok(), started.elapsed());
+    result
 }
 
 async fn apply(bundle: &Bundle, ctx: &Context, api: &Api<Bundle>) -> Result<Action, OperatorError> {

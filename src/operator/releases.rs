@@ -128,16 +128,19 @@ pub fn serving(
 }
 
 pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let started = std::time::Instant::now();
     let api: Api<Release> =
         Api::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, release, |event| async {
+    let result = finalizer(&api, FINALIZER, release, |event| async {
         match event {
             Finalize::Apply(release) => apply(&release, &ctx, &api).await,
             Finalize::Cleanup(release) => cleanup(&release, &ctx).await,
         }
     })
     .await
-    .map_err(|e| OperatorError::Finalizer(e.to_string()))
+    .map_err(|e| OperatorError::Finalizer(e.to_string()));
+    crate::metrics::global().reconcile("Release", result.is_ok(), started.elapsed());
+    result
 }
 
 async fn resolve_bundles(

@@ -60,6 +60,7 @@ pub async fn record(State(state): State<AppState>, DeviceBody(body): DeviceBody)
         };
         return device_error(status, refusal.error, &refusal.message);
     }
+    crate::metrics::global().stats_events(events.len());
     if is_batch {
         Json(json!({"status": "ok", "results": results})).into_response()
     } else {

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::Json;
 
 use super::{server_refusal, DeviceBody};
-use crate::domain::device::DeviceInfo;
+use crate::domain::device::{DeviceInfo, DeviceRefusal};
 use crate::domain::update::{decide, UpdateAnswer};
 use crate::http::AppState;
 
@@ -14,16 +14,24 @@ pub async fn check_for_update(
     State(state): State<AppState>,
     DeviceBody(body): DeviceBody,
 ) -> Json<UpdateAnswer> {
+    let answer = answer_for(&state, body).await;
+    crate::metrics::global().update_answer(answer.kind());
+    Json(answer)
+}
+
+async fn answer_for(
+    state: &AppState,
+    body: Result<serde_json::Value, DeviceRefusal>,
+) -> UpdateAnswer {
     let device = match body.and_then(|body| DeviceInfo::parse(&body)) {
         Ok(device) => device,
-        Err(refusal) => return Json(UpdateAnswer::refused(refusal)),
+        Err(refusal) => return UpdateAnswer::refused(refusal),
     };
-    let answer = match state.catalog.resolve_target(&device).await {
+    match state.catalog.resolve_target(&device).await {
         Ok(resolution) => match resolution.as_ref() {
             Ok(target) => decide(&device, target),
             Err(refusal) => UpdateAnswer::refused(refusal.clone()),
         },
         Err(error) => UpdateAnswer::refused(server_refusal(&error)),
-    };
-    Json(answer)
+    }
 }

@@ -7,7 +7,7 @@ mod releases;
 mod views;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
@@ -22,32 +22,43 @@ pub fn router(state: AppState) -> Router {
     let upload_limit =
         usize::try_from(state.max_bundle_size + UPLOAD_OVERHEAD).unwrap_or(usize::MAX);
     let api = Router::new()
-        .route("/bundles.list", get(bundles::list))
+        .route("/api/v1/bundles.list", get(bundles::list))
         .route(
-            "/bundles.upload",
+            "/api/v1/bundles.upload",
             post(bundles::upload).layer(DefaultBodyLimit::max(upload_limit)),
         )
-        .route("/bundles.delete", post(bundles::delete))
-        .route("/bundles.activity", get(bundles::activity))
-        .route("/releases.list", get(releases::list))
-        .route("/releases.create", post(releases::create))
-        .route("/releases.update", post(releases::update))
-        .route("/releases.set-active", post(releases::set_active))
-        .route("/releases.delete", post(releases::delete))
-        .fallback(error::unknown_route)
-        .layer(middleware::from_fn_with_state(
+        .route("/api/v1/bundles.delete", post(bundles::delete))
+        .route("/api/v1/bundles.activity", get(bundles::activity))
+        .route("/api/v1/releases.list", get(releases::list))
+        .route("/api/v1/releases.create", post(releases::create))
+        .route("/api/v1/releases.update", post(releases::update))
+        .route("/api/v1/releases.set-active", post(releases::set_active))
+        .route("/api/v1/releases.delete", post(releases::delete))
+        // Unknown API paths are a route too, so they need a key like the rest: they reveal nothing.
+        .route("/api/v1/{*rest}", any(error::unknown_route))
+        .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
-        ))
-        .with_state(state.clone());
+        ));
     Router::new()
-        // Mounted as a service so the key check wraps unknown paths too: they reveal nothing.
-        .nest_service("/api/v1", api)
+        .merge(api)
         .route("/apipublic/v1/oauth2.config", get(oauth2_config))
+        // Unauthenticated, like /_healthz, for Prometheus: keep the management port internal.
+        .route("/metrics", get(metrics))
         .merge(super::ui::routes())
         .merge(super::health_routes())
         .fallback(error::unknown_route)
         .with_state(state)
+}
+
+async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::global().render(),
+    )
 }
 
 /// What the UI needs to offer OIDC login; `enabled` is false when it is not configured.

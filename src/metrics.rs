@@ -1,0 +1,274 @@
+//! Prometheus metrics, exposed in the text format at `/metrics` on the management port.
+//!
+//! One process-wide registry: the layers that observe something (HTTP, the answer cache, the
+//! operator) record into it without threading a handle through every call.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(index) = BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[index] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        let prefix = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{labels},")
+        };
+        for (bound, count) in BUCKETS.iter().zip(self.buckets) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{prefix}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    /// (server, route, status class) → (count, latency).
+    http: Mutex<BTreeMap<(&'static str, String, &'static str), Histogram>>,
+    /// Update answers by kind: update, revert, up_to_date, blocked, failed.
+    update_answers: Mutex<BTreeMap<&'static str, u64>>,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    rate_limited: AtomicU64,
+    stats_events: AtomicU64,
+    /// (kind, result) → duration.
+    reconciles: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
+    /// Metadata lookups on the /updates path (cache misses).
+    store_lookups: Mutex<Histogram>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+
+pub fn global() -> &'static Metrics {
+    &METRICS
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prometheus label values escape backslashes, quotes and newlines.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn http_request(&self, server: &'static str, route: &str, status: u16, took: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        lock(&self.http)
+            .entry((server, route.to_string(), class))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn update_answer(&self, kind: &'static str) {
+        *lock(&self.update_answers).entry(kind).or_default() += 1;
+    }
+
+    pub fn cache_lookup(&self, hit: bool) {
+        let counter = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats_events(&self, count: usize) {
+        self.stats_events.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    pub fn reconcile(&self, kind: &'static str, succeeded: bool, took: Duration) {
+        let result = if succeeded { "success" } else { "error" };
+        lock(&self.reconciles)
+            .entry((kind, result))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn store_lookup(&self, took: Duration) {
+        lock(&self.store_lookups).observe(took.as_secs_f64());
+    }
+
+    /// Everything, in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+
+        let http = lock(&self.http).clone();
+        family(
+            &mut out,
+            "capgo_http_requests_total",
+            "counter",
+            "HTTP requests by server, route and status class.",
+        );
+        for ((server, route, class), histogram) in &http {
+            let _ = writeln!(
+                out,
+                "capgo_http_requests_total{{server=\"{server}\",route=\"{}\",status=\"{class}\"}} {}",
+                escape(route),
+                histogram.count
+            );
+        }
+        family(
+            &mut out,
+            "capgo_http_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by server and route.",
+        );
+        let mut by_route: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
+        for ((server, route, _), histogram) in &http {
+            let merged = by_route.entry((server, route)).or_default();
+            for (total, count) in merged.buckets.iter_mut().zip(histogram.buckets) {
+                *total += count;
+            }
+            merged.sum += histogram.sum;
+            merged.count += histogram.count;
+        }
+        for ((server, route), histogram) in &by_route {
+            let labels = format!("server=\"{server}\",route=\"{}\"", escape(route));
+            histogram.render(&mut out, "capgo_http_request_duration_seconds", &labels);
+        }
+
+        family(
+            &mut out,
+            "capgo_update_answers_total",
+            "counter",
+            "/updates answers by kind (update, revert, up_to_date, blocked, failed).",
+        );
+        for (kind, count) in lock(&self.update_answers).iter() {
+            let _ = writeln!(out, "capgo_update_answers_total{{kind=\"{kind}\"}} {count}");
+        }
+        family(
+            &mut out,
+            "capgo_answer_cache_lookups_total",
+            "counter",
+            "/updates answer cache lookups by result.",
+        );
+        let _ = writeln!(
+            out,
+            "capgo_answer_cache_lookups_total{{result=\"hit\"}} {}",
+            self.cache_hits.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "capgo_answer_cache_lookups_total{{result=\"miss\"}} {}",
+            self.cache_misses.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "capgo_rate_limited_requests_total",
+            "counter",
+            "Device requests refused with 429.",
+        );
+        let _ = writeln!(
+            out,
+            "capgo_rate_limited_requests_total {}",
+            self.rate_limited.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "capgo_stats_events_total",
+            "counter",
+            "Device stats events stored.",
+        );
+        let _ = writeln!(
+            out,
+            "capgo_stats_events_total {}",
+            self.stats_events.load(Ordering::Relaxed)
+        );
+
+        family(
+            &mut out,
+            "capgo_reconcile_duration_seconds",
+            "histogram",
+            "Operator reconciles by kind and result (count = runs).",
+        );
+        for ((kind, result), histogram) in lock(&self.reconciles).iter() {
+            histogram.render(
+                &mut out,
+                "capgo_reconcile_duration_seconds",
+                &format!("kind=\"{kind}\",result=\"{result}\""),
+            );
+        }
+        family(
+            &mut out,
+            "capgo_store_lookup_duration_seconds",
+            "histogram",
+            "Metadata store lookups on the /updates path.",
+        );
+        lock(&self.store_lookups).render(&mut out, "capgo_store_lookup_duration_seconds", "");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let mut histogram = Histogram::default();
+        histogram.observe(0.0004);
+        histogram.observe(0.003);
+        histogram.observe(20.0);
+        let mut out = String::new();
+        histogram.render(&mut out, "x", "");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 3\n"), "{out}");
+        assert!(out.contains("x_count 3\n"), "{out}");
+    }
+
+    #[test]
+    fn labels_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
