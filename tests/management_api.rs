@@ -103,18 +103,16 @@ async fn seed_workflow_shapes() {
 #[tokio::test]
 async fn missing_or_wrong_key_is_401_on_every_route() {
     let app = TestApp::new();
-    let routes = [
-        ("GET", "/api/v1/bundles.list"),
-        ("POST", "/api/v1/bundles.upload"),
-        ("POST", "/api/v1/bundles.delete"),
-        ("GET", "/api/v1/bundles.activity"),
-        ("GET", "/api/v1/releases.list"),
-        ("POST", "/api/v1/releases.create"),
-        ("POST", "/api/v1/releases.update"),
-        ("POST", "/api/v1/releases.set-active"),
-        ("POST", "/api/v1/releases.delete"),
-        ("GET", "/api/v1/no-such-route"),
-    ];
+    // Every route the router has, with every method: none answers without a valid key.
+    let paths: Vec<String> = capgo_server::http::management::api_routes(&app.state)
+        .into_iter()
+        .map(|(path, _)| path.replace("{*rest}", "anything"))
+        .collect();
+    assert!(paths.len() >= 10, "{paths:?}");
+    let routes: Vec<(&str, &str)> = paths
+        .iter()
+        .flat_map(|path| ["GET", "POST", "PUT", "DELETE"].map(|method| (method, path.as_str())))
+        .collect();
     for (method, path) in routes {
         for key in [None, Some("wrong-key-123")] {
             let mut request = Request::builder().method(method).uri(path);

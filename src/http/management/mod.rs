@@ -7,7 +7,7 @@ mod releases;
 mod views;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, MethodRouter};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
@@ -18,24 +18,35 @@ use super::AppState;
 /// Slack on top of MAX_BUNDLE_SIZE for the multipart framing and the text fields.
 const UPLOAD_OVERHEAD: u64 = 1024 * 1024;
 
-pub fn router(state: AppState) -> Router {
+/// Every `/api/v1` route: the router is built from this table, and a test walks it to prove
+/// each one refuses requests without a valid key, so a new route cannot be forgotten.
+pub fn api_routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
     let upload_limit =
         usize::try_from(state.max_bundle_size + UPLOAD_OVERHEAD).unwrap_or(usize::MAX);
-    let api = Router::new()
-        .route("/api/v1/bundles.list", get(bundles::list))
-        .route(
+    vec![
+        ("/api/v1/bundles.list", get(bundles::list)),
+        (
             "/api/v1/bundles.upload",
             post(bundles::upload).layer(DefaultBodyLimit::max(upload_limit)),
-        )
-        .route("/api/v1/bundles.delete", post(bundles::delete))
-        .route("/api/v1/bundles.activity", get(bundles::activity))
-        .route("/api/v1/releases.list", get(releases::list))
-        .route("/api/v1/releases.create", post(releases::create))
-        .route("/api/v1/releases.update", post(releases::update))
-        .route("/api/v1/releases.set-active", post(releases::set_active))
-        .route("/api/v1/releases.delete", post(releases::delete))
+        ),
+        ("/api/v1/bundles.delete", post(bundles::delete)),
+        ("/api/v1/bundles.activity", get(bundles::activity)),
+        ("/api/v1/releases.list", get(releases::list)),
+        ("/api/v1/releases.create", post(releases::create)),
+        ("/api/v1/releases.update", post(releases::update)),
+        ("/api/v1/releases.set-active", post(releases::set_active)),
+        ("/api/v1/releases.delete", post(releases::delete)),
         // Unknown API paths are a route too, so they need a key like the rest: they reveal nothing.
-        .route("/api/v1/{*rest}", any(error::unknown_route))
+        ("/api/v1/{*rest}", any(error::unknown_route)),
+    ]
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = api_routes(&state)
+        .into_iter()
+        .fold(Router::new(), |router, (path, route)| {
+            router.route(path, route)
+        })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
