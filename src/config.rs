@@ -24,6 +24,8 @@ pub struct Config {
     pub s3_public_base_url: Option<String>,
     /// How often a replica checks the shared metadata store for other replicas' changes.
     pub catalog_sync_interval: Duration,
+    /// Longest a device request (not a bundle download) may take to arrive and be answered.
+    pub device_request_timeout: Duration,
     /// Full-access management tokens. Empty means "generate one in DATA_DIR".
     pub management_api_tokens: Vec<String>,
     /// Requests per minute per client IP on the device API; 0 disables the limit.
@@ -92,6 +94,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("S3_PRESIGN_DURATION", Some("24h")),
     ("S3_PUBLIC_BASE_URL", None),
     ("CATALOG_SYNC_INTERVAL", Some("1s")),
+    ("DEVICE_REQUEST_TIMEOUT", Some("30s")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
     ("TRUSTED_PROXIES", None),
@@ -211,6 +214,13 @@ impl Config {
             })?,
             s3_public_base_url: raw.parse("S3_PUBLIC_BASE_URL", |v| {
                 parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
+            })?,
+            device_request_timeout: raw.required("DEVICE_REQUEST_TIMEOUT", |v| {
+                let limit = parse_go_duration(v)?;
+                if limit < Duration::from_millis(100) {
+                    return Err("allow devices at least 100ms".into());
+                }
+                Ok(limit)
             })?,
             catalog_sync_interval: raw.required("CATALOG_SYNC_INTERVAL", |v| {
                 let every = parse_go_duration(v)?;

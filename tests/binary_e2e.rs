@@ -311,3 +311,34 @@ fn one_process_per_data_dir() {
     );
     assert!(first.stop().success());
 }
+
+#[test]
+fn a_slow_device_request_is_cut_off_with_the_device_error_shape() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("DEVICE_REQUEST_TIMEOUT", "1s"),
+        ],
+    );
+    let address = server.public_url.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // Headers promise 100 bytes; 10 arrive, then the client stalls.
+    write!(stream, "POST /updates HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"app_id\":").unwrap();
+    let started = std::time::Instant::now();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    assert!(
+        response.contains("\"error\":\"request_timeout\""),
+        "{response}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut off after about a second"
+    );
+}

@@ -29,6 +29,7 @@ pub struct AppState {
     pub client_ip: Arc<ClientIpResolver>,
     pub rate_limiter: Option<Arc<DeviceRateLimiter>>,
     pub max_bundle_size: u64,
+    pub device_request_timeout: std::time::Duration,
     pub oauth_issuer: Option<String>,
     pub oauth_client_id: Option<String>,
 }
@@ -48,6 +49,7 @@ impl AppState {
             rate_limiter: DeviceRateLimiter::per_minute(config.limit_request_per_minute)
                 .map(Arc::new),
             max_bundle_size: config.max_bundle_size,
+            device_request_timeout: config.device_request_timeout,
             oauth_issuer: config.oauth_issuer.clone(),
             oauth_client_id: config.oauth_client_id.clone(),
         }

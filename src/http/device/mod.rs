@@ -6,8 +6,9 @@ mod stats;
 mod updates;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -38,10 +39,18 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_device_requests,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_duration,
         ));
     let stats = Router::new()
         .route("/stats", post(stats::record).get(ok))
-        .layer(DefaultBodyLimit::max(MAX_STATS_BODY));
+        .layer(DefaultBodyLimit::max(MAX_STATS_BODY))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_duration,
+        ));
     Router::new()
         .merge(limited)
         .merge(stats)
@@ -53,6 +62,20 @@ pub fn router(state: AppState) -> Router {
         .merge(super::health_routes())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// A device request (body included) must arrive and be answered within
+/// DEVICE_REQUEST_TIMEOUT, so slow clients cannot hold connections; bundle downloads are
+/// exempt (slow mobile networks). The answer keeps the device error shape.
+async fn limit_duration(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.device_request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => device_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request took too long to arrive; send it again",
+        ),
+    }
 }
 
 async fn ok() -> Json<Value> {
