@@ -252,6 +252,14 @@ fn load_releases(
     Ok(releases)
 }
 
+/// The app of a release, read inside the caller's transaction; `None` when it does not exist.
+fn release_app_id(connection: &Connection, id: &RecordId) -> rusqlite::Result<Option<String>> {
+    connection
+        .prepare_cached("SELECT app_id FROM releases WHERE id = ?1")?
+        .query_row([id.as_str()], |row| row.get(0))
+        .optional()
+}
+
 fn ensure_channel(connection: &Connection, app_id: &str, name: &str) -> rusqlite::Result<()> {
     connection
         .prepare_cached("INSERT OR IGNORE INTO channels (app_id, name) VALUES (?1, ?2)")?
@@ -441,11 +449,7 @@ impl MetadataStore for SqliteMetadataStore {
         let (id, channel, bundle_id) = (id.clone(), channel.clone(), bundle_id.clone());
         self.run(move |c| {
             let tx = c.transaction()?;
-            let app_id: Option<String> = tx
-                .prepare_cached("SELECT app_id FROM releases WHERE id = ?1")?
-                .query_row([id.as_str()], |row| row.get(0))
-                .optional()?;
-            let Some(app_id) = app_id else {
+            let Some(app_id) = release_app_id(&tx, &id)? else {
                 return Ok(false);
             };
             ensure_channel(&tx, &app_id, channel.as_str())?;
@@ -472,11 +476,7 @@ impl MetadataStore for SqliteMetadataStore {
         let (id, builtin, channels) = (id.clone(), builtin_bundle_id.clone(), channels.clone());
         self.run(move |c| {
             let tx = c.transaction()?;
-            let app_id: Option<String> = tx
-                .prepare_cached("SELECT app_id FROM releases WHERE id = ?1")?
-                .query_row([id.as_str()], |row| row.get(0))
-                .optional()?;
-            let Some(app_id) = app_id else {
+            let Some(app_id) = release_app_id(&tx, &id)? else {
                 return Ok(false);
             };
             tx.prepare_cached(
