@@ -14,6 +14,9 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The kinds of /updates answers (`UpdateAnswer::kind`).
+const ANSWER_KINDS: [&str; 5] = ["update", "revert", "up_to_date", "blocked", "failed"];
+
 #[derive(Default, Clone)]
 struct Histogram {
     buckets: [u64; BUCKETS.len()],
@@ -56,8 +59,9 @@ impl Histogram {
 pub struct Metrics {
     /// (server, route, status class) → (count, latency).
     http: Mutex<BTreeMap<(&'static str, String, &'static str), Histogram>>,
-    /// Update answers by kind: update, revert, up_to_date, blocked, failed.
-    update_answers: Mutex<BTreeMap<&'static str, u64>>,
+    /// Update answers by kind, in the order of [`ANSWER_KINDS`] (atomics: this is the
+    /// /updates hot path).
+    update_answers: [AtomicU64; ANSWER_KINDS.len()],
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     rate_limited: AtomicU64,
@@ -102,7 +106,9 @@ impl Metrics {
     }
 
     pub fn update_answer(&self, kind: &'static str) {
-        *lock(&self.update_answers).entry(kind).or_default() += 1;
+        if let Some(index) = ANSWER_KINDS.iter().position(|k| *k == kind) {
+            self.update_answers[index].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn cache_lookup(&self, hit: bool) {
@@ -182,7 +188,8 @@ impl Metrics {
             "counter",
             "/updates answers by kind (update, revert, up_to_date, blocked, failed).",
         );
-        for (kind, count) in lock(&self.update_answers).iter() {
+        for (kind, count) in ANSWER_KINDS.iter().zip(&self.update_answers) {
+            let count = count.load(Ordering::Relaxed);
             let _ = writeln!(out, "capgo_update_answers_total{{kind=\"{kind}\"}} {count}");
         }
         family(
