@@ -10,10 +10,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::keys::{load_or_generate_token, ApiKeys};
 use crate::catalog::staging::Staging;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Config;
-use crate::http::management::auth::{load_or_generate_token, ApiKeys};
+
+use crate::access::Access;
 use crate::http::{self, AppState};
 use crate::operator::{self, OperatorSettings};
 use crate::store::fs_blobs::FilesystemBlobStore;
@@ -181,7 +183,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         Err(e) => tracing::warn!(error = %e, "could not clear the staging folder"),
     }
     let catalog = Arc::new(Catalog::new(
-        stores.metadata,
+        stores.metadata.clone(),
         stores.blobs,
         config.cache_result_duration,
     ));
@@ -209,7 +211,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     if config.controller_enabled {
         start_operator(&config, catalog.clone(), staging.clone(), shutdown.clone()).await;
     }
-    let state = AppState::new(&config, catalog, staging, management_keys(&config, &data)?);
+    let access = Access::from_config(
+        &config,
+        stores.metadata.clone(),
+        management_keys(&config, &data)?,
+    );
+    let state = AppState::new(&config, catalog, staging, access);
 
     if let Some(limiter) = state.rate_limiter.clone() {
         let stop = shutdown.clone();

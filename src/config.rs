@@ -34,6 +34,8 @@ pub struct Config {
     pub cache_result_duration: Duration,
     pub oauth_issuer: Option<String>,
     pub oauth_client_id: Option<String>,
+    /// When set, OIDC access tokens must list it in `aud`.
+    pub oauth_audience: Option<String>,
     pub listen_address: IpAddr,
     pub user_port: u16,
     pub management_port: u16,
@@ -101,6 +103,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CACHE_RESULT_DURATION", Some("10m")),
     ("OAUTH_ISSUER", None),
     ("OAUTH_CLIENT_ID", None),
+    ("OAUTH_AUDIENCE", None),
     ("LISTEN_ADDRESS", Some("0.0.0.0")),
     ("CAPGO_USER_PORT", Some("8000")),
     ("CAPGO_MANAGEMENT_PORT", Some("8001")),
@@ -241,9 +244,9 @@ impl Config {
                 .parse("TRUSTED_PROXIES", parse_trusted_proxies)?
                 .unwrap_or_default(),
             cache_result_duration: raw.required("CACHE_RESULT_DURATION", parse_go_duration)?,
-            oauth_issuer: raw.parse("OAUTH_ISSUER", |v| {
-                parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
-            })?,
+            // Kept exactly as written: tokens' `iss` must equal it.
+            oauth_issuer: raw.parse("OAUTH_ISSUER", parse_http_url)?,
+            oauth_audience: raw.get("OAUTH_AUDIENCE").map(str::to_string),
             oauth_client_id: raw.get("OAUTH_CLIENT_ID").map(str::to_string),
             listen_address: raw.required("LISTEN_ADDRESS", |v| {
                 v.parse::<IpAddr>()

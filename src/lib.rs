@@ -7,6 +7,7 @@
 //! - [`http`]: the device API (public port) and the management API (management port);
 //! - [`operator`]: `Bundle` and `Release` custom resources reconciled into the catalog.
 
+pub mod access;
 pub mod app;
 pub mod catalog;
 pub mod cli;
@@ -16,3 +17,9 @@ pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod store;
+
+/// Installs aws-lc as the process's TLS crypto provider (every client here: MongoDB, S3, OIDC,
+/// Kubernetes); a no-op when one is installed already.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

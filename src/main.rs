@@ -8,10 +8,8 @@ use capgo_server::cli::{Cli, Command};
 use capgo_server::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
-    // One TLS crypto provider for every client (MongoDB, S3): aws-lc, which the AWS SDK needs.
-    rustls::crypto::aws_lc_rs::default_provider()
-        .install_default()
-        .expect("no other crypto provider is installed before main");
+    // One TLS crypto provider for every client: aws-lc, which the AWS SDK needs.
+    capgo_server::install_crypto_provider();
     let cli = Cli::parse();
     if let Some(Command::Crdgen) = cli.command {
         // Needs no configuration: CI and packaging run it anywhere.

@@ -65,6 +65,7 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     rate_limited: AtomicU64,
+    auth_failures: AtomicU64,
     stats_events: AtomicU64,
     /// (kind, result) → duration.
     reconciles: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -122,6 +123,10 @@ impl Metrics {
 
     pub fn rate_limited(&self) {
         self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn stats_events(&self, count: usize) {
@@ -218,6 +223,17 @@ impl Metrics {
             out,
             "capgo_rate_limited_requests_total {}",
             self.rate_limited.load(Ordering::Relaxed)
+        );
+        family(
+            &mut out,
+            "capgo_auth_failures_total",
+            "counter",
+            "Management requests refused with 401 for a wrong or expired credential.",
+        );
+        let _ = writeln!(
+            out,
+            "capgo_auth_failures_total {}",
+            self.auth_failures.load(Ordering::Relaxed)
         );
         family(
             &mut out,

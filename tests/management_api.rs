@@ -106,7 +106,7 @@ async fn missing_or_wrong_key_is_401_on_every_route() {
     // Every route the router has, with every method: none answers without a valid key.
     let paths: Vec<String> = capgo_server::http::management::api_routes(&app.state)
         .into_iter()
-        .map(|(path, _)| path.replace("{*rest}", "anything"))
+        .map(|(path, _, _)| path.replace("{*rest}", "anything"))
         .collect();
     assert!(paths.len() >= 10, "{paths:?}");
     let routes: Vec<(&str, &str)> = paths
@@ -127,7 +127,7 @@ async fn missing_or_wrong_key_is_401_on_every_route() {
                 "{method} {path} with {key:?}: {body}"
             );
             assert!(
-                body["error"].as_str().unwrap().contains("x-api-key"),
+                body["error"].as_str().unwrap().contains("API key"),
                 "{body}"
             );
         }

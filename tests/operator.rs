@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use capgo_server::catalog::staging::Staging;
 use capgo_server::catalog::Catalog;
+use capgo_server::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use capgo_server::domain::channel::Channel;
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
 use capgo_server::domain::{
@@ -136,6 +137,28 @@ impl MetadataStore for CountingStore {
     }
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
         self.inner.catalog_version().await
+    }
+    async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        self.inner.insert_api_token(token).await
+    }
+    async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.inner.api_token_by_digest(digest).await
+    }
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        self.inner.list_api_tokens().await
+    }
+    async fn delete_api_token(&self, id: &RecordId) -> Result<bool, StoreError> {
+        self.inner.delete_api_token(id).await
+    }
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.inner.insert_audit(entry).await
+    }
+    async fn audit_page(
+        &self,
+        before: Option<&AuditCursor>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit_page(before, limit).await
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
 use capgo_server::domain::{
     Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey, ResourceRef,
@@ -272,6 +273,103 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     keys.sort();
     assert_eq!(keys.len(), 2);
     assert!(keys.contains(&first.blob_key));
+
+    access_contract(store.as_ref()).await;
+}
+
+fn token(name: &str, scope: Scope) -> ApiToken {
+    ApiToken {
+        id: RecordId::generate(),
+        name: name.into(),
+        scope,
+        digest: secret_digest(&format!("secret of {name}")),
+        created_at: 1_700_000_000_000,
+        created_by: "management-token".into(),
+    }
+}
+
+fn audit(at: i64, action: &str, status: u16) -> AuditEntry {
+    AuditEntry {
+        id: RecordId::generate(),
+        at,
+        actor: "token:ci".into(),
+        action: action.into(),
+        target: "bundle com.example.app/1.0.0".into(),
+        client_ip: "203.0.113.9".into(),
+        status,
+        message: if status < 400 {
+            String::new()
+        } else {
+            "refused".into()
+        },
+    }
+}
+
+/// API tokens (unique names and digests, lookup, revoke) and audit paging.
+async fn access_contract(store: &dyn MetadataStore) {
+    let ci = token("ci", Scope::Upload);
+    let viewer = token("viewer", Scope::ReadOnly);
+    store.insert_api_token(&ci).await.unwrap();
+    store.insert_api_token(&viewer).await.unwrap();
+    let same_name = ApiToken {
+        id: RecordId::generate(),
+        digest: secret_digest("other"),
+        ..ci.clone()
+    };
+    assert!(matches!(
+        store.insert_api_token(&same_name).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let same_secret = ApiToken {
+        id: RecordId::generate(),
+        name: "ci-2".into(),
+        ..ci.clone()
+    };
+    assert!(matches!(
+        store.insert_api_token(&same_secret).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.api_token_by_digest(&ci.digest).await.unwrap(),
+        Some(ci.clone())
+    );
+    assert_eq!(
+        store
+            .api_token_by_digest(&secret_digest("nope"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.list_api_tokens().await.unwrap(),
+        [ci.clone(), viewer.clone()]
+    );
+    assert!(store.delete_api_token(&ci.id).await.unwrap());
+    assert!(!store.delete_api_token(&ci.id).await.unwrap());
+    assert_eq!(store.api_token_by_digest(&ci.digest).await.unwrap(), None);
+    assert_eq!(store.list_api_tokens().await.unwrap(), [viewer]);
+
+    // Seven entries, three sharing one millisecond: pages of 3 must return each exactly once,
+    // newest first, ties broken by id.
+    let mut entries: Vec<AuditEntry> = (0..4)
+        .map(|i| audit(1_000 + i, "bundles.upload", 200))
+        .chain((0..3).map(|_| audit(2_000, "releases.set-active", 409)))
+        .collect();
+    for entry in &entries {
+        store.insert_audit(entry).await.unwrap();
+    }
+    entries.sort_by(|a, b| (b.at, &b.id).cmp(&(a.at, &a.id)));
+    let mut seen = Vec::new();
+    let mut cursor: Option<AuditCursor> = None;
+    loop {
+        let page = store.audit_page(cursor.as_ref(), 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        cursor = Some(AuditCursor::after(last));
+        seen.extend(page);
+    }
+    assert_eq!(seen, entries);
+    assert!(!seen[0].succeeded() && seen[6].succeeded());
 }
 
 async fn blob_contract(store: Arc<dyn BlobStore>) {

@@ -1,7 +1,16 @@
-//! Record ids: 24 lowercase hex characters, shaped like MongoDB ObjectIds (4 bytes of
-//! seconds, 8 random bytes) so that the seed's clients, which check that shape, keep working.
+//! Record ids: 24 lowercase hex characters laid out like MongoDB ObjectIds (4 bytes of seconds,
+//! 5 random bytes per process, a 3-byte counter), so that the seed's clients, which check that
+//! shape, keep working, and ids made by one process sort in the order they were made.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::LazyLock;
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    bytes
+}
 
 use super::InvalidInput;
 
@@ -10,10 +19,16 @@ pub struct RecordId(String);
 
 impl RecordId {
     pub fn generate() -> RecordId {
-        let mut bytes = [0u8; 12];
+        static PROCESS: LazyLock<[u8; 5]> = LazyLock::new(random_bytes::<5>);
+        // Starts in the lower half of the 3-byte range: 8 million ids before it wraps.
+        static COUNTER: LazyLock<AtomicU32> =
+            LazyLock::new(|| AtomicU32::new(u32::from_be_bytes(random_bytes::<4>()) & 0x7f_ffff));
         let seconds = (super::now_millis() / 1000) as u32;
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&seconds.to_be_bytes());
-        getrandom::fill(&mut bytes[4..]).expect("the operating system's random source works");
+        bytes[4..9].copy_from_slice(&*PROCESS);
+        bytes[9..].copy_from_slice(&count.to_be_bytes()[1..]);
         RecordId(hex::encode(bytes))
     }
 
@@ -60,6 +75,12 @@ mod tests {
         let b = RecordId::generate();
         assert_ne!(a, b);
         assert_eq!(RecordId::parse(a.as_str(), "id").unwrap(), a);
+    }
+
+    #[test]
+    fn ids_of_one_process_sort_in_creation_order() {
+        let ids: Vec<RecordId> = (0..1000).map(|_| RecordId::generate()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 
     #[test]

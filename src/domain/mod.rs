@@ -1,5 +1,6 @@
 //! Pure types and decisions: no I/O, no runtime. Everything here is unit-testable.
 
+pub mod access;
 pub mod bundle;
 pub mod channel;
 pub mod device;

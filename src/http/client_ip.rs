@@ -2,7 +2,9 @@
 //! the nearest untrusted hop of `X-Forwarded-For`. Anyone else's header is ignored, so a client
 //! cannot choose its own rate-limit bucket.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -18,6 +20,22 @@ impl ClientIpResolver {
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client of a request the server accepted (it records the peer address, or a test
+    /// layers a `MockConnectInfo`); a router driven without either counts it as loopback.
+    pub fn of_request<B>(&self, request: &axum::http::Request<B>) -> IpAddr {
+        let extensions = request.extensions();
+        let peer = extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+            .or_else(|| {
+                extensions
+                    .get::<MockConnectInfo<SocketAddr>>()
+                    .map(|info| info.0)
+            })
+            .map_or(IpAddr::from([127, 0, 0, 1]), |addr| addr.ip());
+        self.resolve(peer, request.headers())
     }
 
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {

@@ -13,11 +13,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::access::Access;
 use crate::catalog::staging::Staging;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use client_ip::ClientIpResolver;
-use management::auth::ApiKeys;
+
 use rate_limit::DeviceRateLimiter;
 
 /// Everything a handler needs; cheap to clone.
@@ -25,12 +26,12 @@ use rate_limit::DeviceRateLimiter;
 pub struct AppState {
     pub catalog: Arc<Catalog>,
     pub staging: Staging,
-    pub api_keys: Arc<ApiKeys>,
+    pub access: Arc<Access>,
     pub client_ip: Arc<ClientIpResolver>,
     pub rate_limiter: Option<Arc<DeviceRateLimiter>>,
     pub max_bundle_size: u64,
     pub device_request_timeout: std::time::Duration,
-    pub oauth_issuer: Option<String>,
+    /// Offered to the UI for OIDC login (with the issuer of `access`).
     pub oauth_client_id: Option<String>,
 }
 
@@ -39,18 +40,18 @@ impl AppState {
         config: &Config,
         catalog: Arc<Catalog>,
         staging: Staging,
-        api_keys: ApiKeys,
+        access: Access,
     ) -> AppState {
         AppState {
             catalog,
             staging,
-            api_keys: Arc::new(api_keys),
+            access: Arc::new(access),
             client_ip: Arc::new(ClientIpResolver::new(config.trusted_proxies.clone())),
             rate_limiter: DeviceRateLimiter::per_minute(config.limit_request_per_minute)
                 .map(Arc::new),
             max_bundle_size: config.max_bundle_size,
             device_request_timeout: config.device_request_timeout,
-            oauth_issuer: config.oauth_issuer.clone(),
+
             oauth_client_id: config.oauth_client_id.clone(),
         }
     }

@@ -2,12 +2,11 @@
 //! understand: a `Retry-After` header and `retryAfterSeconds` in the body (without a hint,
 //! plugins 7.23.8 to 8.51.4 go silent until the app restarts).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::rejection::ExtensionRejection;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -47,16 +46,13 @@ impl DeviceRateLimiter {
 
 pub async fn limit_device_requests(
     State(state): State<AppState>,
-    peer: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     request: Request,
     next: Next,
 ) -> Response {
     let Some(limiter) = &state.rate_limiter else {
         return next.run(request).await;
     };
-    // Servers always record the peer; a router driven without one counts as loopback.
-    let peer = peer.map_or(IpAddr::from([127, 0, 0, 1]), |ConnectInfo(addr)| addr.ip());
-    let client = state.client_ip.resolve(peer, request.headers());
+    let client = state.client_ip.of_request(&request);
     match limiter.check(client) {
         Ok(()) => next.run(request).await,
         Err(wait) => {

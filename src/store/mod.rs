@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, UnixMillis};
@@ -103,6 +104,23 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// What changes whenever another process changes what `/updates` answers; `None` for a
     /// store only this process writes (its own writes already clear the answer cache).
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError>;
+
+    // ----- API tokens (names are unique: a duplicate is a Conflict) -----
+    async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+    async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError>;
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+    /// False when no such token exists.
+    async fn delete_api_token(&self, id: &RecordId) -> Result<bool, StoreError>;
+
+    // ----- audit log -----
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Newest first: up to `limit` entries older than `before` (all when `None`), ordered by
+    /// (`at`, `id`) descending.
+    async fn audit_page(
+        &self,
+        before: Option<&AuditCursor>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// A snapshot of the release collection that differs after any insert, promote or delete.

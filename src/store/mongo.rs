@@ -19,6 +19,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
 use super::{CatalogVersion, MetadataStore, StoreError};
+use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{day_of, ActivityCount, StatsEvent};
 use crate::domain::{
@@ -116,6 +117,60 @@ struct StatsDoc {
     is_prod: Option<bool>,
     custom_id: Option<String>,
     metadata: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ApiTokenDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    name: String,
+    scope: String,
+    digest: String,
+    created_at: DateTime,
+    created_by: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AuditDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    at: DateTime,
+    actor: String,
+    action: String,
+    target: String,
+    client_ip: String,
+    status: i32,
+    message: String,
+}
+
+impl ApiTokenDoc {
+    fn into_token(self) -> Result<ApiToken, StoreError> {
+        Ok(ApiToken {
+            id: record_id(self.id),
+            scope: self.scope.parse().map_err(|e: InvalidInput| {
+                StoreError::Internal(format!("API token {} has a bad scope: {e}", self.id))
+            })?,
+            name: self.name,
+            digest: self.digest,
+            created_at: millis(self.created_at),
+            created_by: self.created_by,
+        })
+    }
+}
+
+impl From<AuditDoc> for AuditEntry {
+    fn from(d: AuditDoc) -> AuditEntry {
+        AuditEntry {
+            id: record_id(d.id),
+            at: millis(d.at),
+            actor: d.actor,
+            action: d.action,
+            target: d.target,
+            client_ip: d.client_ip,
+            status: u16::try_from(d.status).unwrap_or(0),
+            message: d.message,
+        }
+    }
 }
 
 fn oid(id: &RecordId) -> ObjectId {
@@ -337,6 +392,14 @@ impl MongoMetadataStore {
             ))
             .await
             .map_err(map_error)?;
+        self.api_tokens()
+            .create_indexes([unique(doc! {"name": 1}), unique(doc! {"digest": 1})])
+            .await
+            .map_err(map_error)?;
+        self.audit_log()
+            .create_index(plain(doc! {"at": -1, "_id": -1}))
+            .await
+            .map_err(map_error)?;
         Ok(())
     }
 
@@ -351,6 +414,12 @@ impl MongoMetadataStore {
     }
     fn stats(&self) -> Collection<StatsDoc> {
         self.db.collection("stats_events")
+    }
+    fn api_tokens(&self) -> Collection<ApiTokenDoc> {
+        self.db.collection("api_tokens")
+    }
+    fn audit_log(&self) -> Collection<AuditDoc> {
+        self.db.collection("audit_log")
     }
     fn counters(&self) -> Collection<Document> {
         self.db.collection("counters")
@@ -723,5 +792,87 @@ impl MetadataStore for MongoMetadataStore {
             newest_revision: newest.and_then(|d| d.get_i64("revision").ok()).unwrap_or(0),
             deletions: deletions.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0),
         }))
+    }
+
+    async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        self.api_tokens()
+            .insert_one(ApiTokenDoc {
+                id: oid(&token.id),
+                name: token.name.clone(),
+                scope: token.scope.as_str().to_string(),
+                digest: token.digest.clone(),
+                created_at: DateTime::from_millis(token.created_at),
+                created_by: token.created_by.clone(),
+            })
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.api_tokens()
+            .find_one(doc! {"digest": digest})
+            .await
+            .map_err(map_error)?
+            .map(ApiTokenDoc::into_token)
+            .transpose()
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        all(self.api_tokens().find(doc! {}).sort(doc! {"name": 1}))
+            .await?
+            .into_iter()
+            .map(ApiTokenDoc::into_token)
+            .collect()
+    }
+
+    async fn delete_api_token(&self, id: &RecordId) -> Result<bool, StoreError> {
+        let result = self
+            .api_tokens()
+            .delete_one(doc! {"_id": oid(id)})
+            .await
+            .map_err(map_error)?;
+        Ok(result.deleted_count > 0)
+    }
+
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.audit_log()
+            .insert_one(AuditDoc {
+                id: oid(&entry.id),
+                at: DateTime::from_millis(entry.at),
+                actor: entry.actor.clone(),
+                action: entry.action.clone(),
+                target: entry.target.clone(),
+                client_ip: entry.client_ip.clone(),
+                status: i32::from(entry.status),
+                message: entry.message.clone(),
+            })
+            .await
+            .map_err(map_error)?;
+        Ok(())
+    }
+
+    async fn audit_page(
+        &self,
+        before: Option<&AuditCursor>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let filter = match before {
+            None => doc! {},
+            Some(cursor) => {
+                let at = DateTime::from_millis(cursor.at);
+                doc! {"$or": [
+                    {"at": {"$lt": at}},
+                    {"at": at, "_id": {"$lt": oid(&cursor.id)}},
+                ]}
+            }
+        };
+        let docs = all(self
+            .audit_log()
+            .find(filter)
+            .sort(doc! {"at": -1, "_id": -1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX)))
+        .await?;
+        Ok(docs.into_iter().map(AuditEntry::from).collect())
     }
 }

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
 use super::{CatalogVersion, MetadataStore, StoreError};
+use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{
@@ -81,7 +82,29 @@ CREATE TABLE IF NOT EXISTS stats_events (
     metadata         TEXT
 );
 CREATE INDEX IF NOT EXISTS stats_by_bundle ON stats_events (app_id, version_name, occurred_at);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    scope      TEXT NOT NULL,
+    digest     TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id        TEXT PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    status    INTEGER NOT NULL,
+    message   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_time ON audit_log (at, id);
 "#;
+
+const TOKEN_COLUMNS: &str = "id, name, scope, digest, created_at, created_by";
+const AUDIT_COLUMNS: &str = "id, at, actor, action, target, client_ip, status, message";
 
 const BUNDLE_COLUMNS: &str = "id, app_id, version_name, description, sha256, crc32, size, \
     blob_key, session_key, encrypted_checksum, key_id, created_at, owner";
@@ -593,4 +616,120 @@ impl MetadataStore for SqliteMetadataStore {
         // DATA_DIR is locked to this process, whose writes clear its cache directly.
         Ok(None)
     }
+
+    async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        let token = token.clone();
+        self.run(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ))?
+            .execute(params![
+                token.id.as_str(),
+                token.name,
+                token.scope.as_str(),
+                token.digest,
+                token.created_at,
+                token.created_by,
+            ])
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError> {
+        let digest = digest.to_string();
+        self.run(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE digest = ?1"
+            ))?
+            .query_row([digest], api_token_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        self.run(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name"
+            ))?
+            .query_map([], api_token_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_api_token(&self, id: &RecordId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM api_tokens WHERE id = ?1")?
+                .execute([id.as_str()])
+                .map(|n| n > 0)
+        })
+        .await
+    }
+
+    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        self.run(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                e.id.as_str(),
+                e.at,
+                e.actor,
+                e.action,
+                e.target,
+                e.client_ip,
+                e.status,
+                e.message,
+            ])
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn audit_page(
+        &self,
+        before: Option<&AuditCursor>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let (at, id) = before.map_or((i64::MAX, String::new()), |c| (c.at, c.id.to_string()));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE at < ?1 OR (at = ?1 AND id < ?2) \
+                 ORDER BY at DESC, id DESC LIMIT ?3"
+            ))?
+            .query_map(params![at, id, limit], |row| {
+                Ok(AuditEntry {
+                    id: RecordId::from_stored(row.get(0)?),
+                    at: row.get(1)?,
+                    actor: row.get(2)?,
+                    action: row.get(3)?,
+                    target: row.get(4)?,
+                    client_ip: row.get(5)?,
+                    status: row.get(6)?,
+                    message: row.get(7)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+}
+
+fn api_token_from_row(row: &Row<'_>) -> rusqlite::Result<ApiToken> {
+    let scope: String = row.get(2)?;
+    Ok(ApiToken {
+        id: RecordId::from_stored(row.get(0)?),
+        name: row.get(1)?,
+        scope: scope.parse().map_err(|e: crate::domain::InvalidInput| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.0.into())
+        })?,
+        digest: row.get(3)?,
+        created_at: row.get(4)?,
+        created_by: row.get(5)?,
+    })
 }

@@ -2,6 +2,8 @@
 //! app for router tests, and the real binary on free ports.
 #![allow(dead_code)]
 
+pub mod oidc_issuer;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -15,10 +17,11 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use capgo_server::access::keys::ApiKeys;
+use capgo_server::access::Access;
 use capgo_server::catalog::staging::Staging;
 use capgo_server::catalog::Catalog;
 use capgo_server::config::Config;
-use capgo_server::http::management::auth::ApiKeys;
 use capgo_server::http::{self, AppState};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
@@ -166,13 +169,21 @@ impl TestApp {
             FilesystemBlobStore::open(data.path().join("blobs"), &config.public_base_url_for(8000))
                 .unwrap(),
         );
-        let catalog = Arc::new(Catalog::new(metadata, blobs, config.cache_result_duration));
+        let catalog = Arc::new(Catalog::new(
+            metadata.clone(),
+            blobs,
+            config.cache_result_duration,
+        ));
         let staging = Staging::new(data.path().join("staging")).unwrap();
         let state = AppState::new(
             &config,
             catalog,
             staging,
-            ApiKeys::new(&config.management_api_tokens),
+            Access::from_config(
+                &config,
+                metadata,
+                ApiKeys::new(&config.management_api_tokens),
+            ),
         );
         TestApp {
             device: http::device::router(state.clone()),
@@ -201,6 +212,26 @@ impl TestApp {
             .body(Body::empty())
             .unwrap();
         Self::call(&self.management, request).await
+    }
+
+    /// `method path` on the management router with one credential header (`x-api-key` or
+    /// `authorization`) and an optional JSON body.
+    pub async fn call_as(
+        &self,
+        credential: (&str, &str),
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(credential.0, credential.1);
+        if body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        Self::call(&self.management, request.body(body).unwrap()).await
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {

@@ -7,6 +7,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::audit::Audited;
 use super::error::ApiJson;
 use super::views::BundleView;
 use super::ApiError;
@@ -32,6 +33,21 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 pub async fn upload(
     State(state): State<AppState>,
     form: Result<Multipart, MultipartRejection>,
+) -> Audited<Json<Value>> {
+    let mut new = NewBundle::default();
+    let result = receive_bundle(&state, form, &mut new).await;
+    Audited(
+        format!("bundle {}/{}", new.app_id, new.version_name),
+        result,
+    )
+}
+
+/// Reads the form into `new` (so the caller can name the bundle even when this fails) and adds
+/// the bundle.
+async fn receive_bundle(
+    state: &AppState,
+    form: Result<Multipart, MultipartRejection>,
+    new: &mut NewBundle,
 ) -> Result<Json<Value>, ApiError> {
     let mut form = form.map_err(|rejection| {
         ApiError::BadRequest(format!(
@@ -39,7 +55,6 @@ pub async fn upload(
             rejection.body_text()
         ))
     })?;
-    let mut new = NewBundle::default();
     let mut staged = None;
     while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -51,7 +66,7 @@ pub async fn upload(
                     ));
                 }
                 if !new.app_id.is_empty() && !new.version_name.is_empty() {
-                    state.catalog.check_new_bundle(&new).await?;
+                    state.catalog.check_new_bundle(new).await?;
                 }
                 let mut file = state.staging.create(state.max_bundle_size).await?;
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
@@ -76,7 +91,7 @@ pub async fn upload(
     let staged = staged.ok_or_else(|| {
         ApiError::BadRequest("form field `bundle` (the zip file) is required".into())
     })?;
-    let bundle = state.catalog.add_bundle(new, staged).await?;
+    let bundle = state.catalog.add_bundle(new.clone(), staged).await?;
     tracing::info!(bundle = %bundle.id, app = bundle.app_id, version = bundle.version_name, size = bundle.size, "bundle uploaded");
     Ok(Json(json!({
         "message": "Bundle uploaded successfully",
@@ -125,15 +140,19 @@ pub struct DeleteBundleRequest {
 pub async fn delete(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<DeleteBundleRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let bundle = state
-        .catalog
-        .delete_bundle(&request.bundle_id, &Actor::Api)
-        .await?;
-    Ok(Json(json!({
-        "message": "Bundle deleted successfully",
-        "bundle": BundleView::new(&bundle, &state.catalog).await?,
-    })))
+) -> Audited<Json<Value>> {
+    let result = async {
+        let bundle = state
+            .catalog
+            .delete_bundle(&request.bundle_id, &Actor::Api)
+            .await?;
+        Ok(Json(json!({
+            "message": "Bundle deleted successfully",
+            "bundle": BundleView::new(&bundle, &state.catalog).await?,
+        })))
+    }
+    .await;
+    Audited(format!("bundle {}", request.bundle_id), result)
 }
 
 #[derive(Deserialize)]

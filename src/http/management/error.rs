@@ -19,6 +19,8 @@ pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -48,6 +50,7 @@ impl IntoResponse for ApiError {
         let (status, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
@@ -67,9 +70,16 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        let mut response = (status, Json(json!({ "error": &message }))).into_response();
+        // For the audit log, which records what the caller was told.
+        response.extensions_mut().insert(AuditFailure(message));
+        response
     }
 }
+
+/// The message of a failed call, carried to the audit layer in the response's extensions.
+#[derive(Debug, Clone)]
+pub struct AuditFailure(pub String);
 
 pub async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such route; see the API reference in README.md".into())

@@ -1,55 +1,74 @@
 //! The management API (`/api/v1/*`), with the seed's route names, fields and response shapes.
 
+mod audit;
 pub mod auth;
 mod bundles;
 mod error;
 mod releases;
+mod tokens;
 mod views;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{any, get, post, MethodRouter};
-use axum::{middleware, Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use serde_json::{json, Value};
 
 pub use error::ApiError;
 
 use super::AppState;
+use crate::access::Principal;
+use crate::domain::access::Permission;
 
 /// Slack on top of MAX_BUNDLE_SIZE for the multipart framing and the text fields.
 const UPLOAD_OVERHEAD: u64 = 1024 * 1024;
 
-/// Every `/api/v1` route: the router is built from this table, and a test walks it to prove
-/// each one refuses requests without a valid key, so a new route cannot be forgotten.
-pub fn api_routes(state: &AppState) -> Vec<(&'static str, MethodRouter<AppState>)> {
+/// Every `/api/v1` route with the permission it needs. The router is built from this table,
+/// and tests walk it to prove each route refuses callers without a valid credential or with a
+/// scope that does not grant its permission, so a new route cannot be forgotten.
+pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRouter<AppState>)> {
+    use Permission::{Admin, Read, Upload};
     let upload_limit =
         usize::try_from(state.max_bundle_size + UPLOAD_OVERHEAD).unwrap_or(usize::MAX);
     vec![
-        ("/api/v1/bundles.list", get(bundles::list)),
+        ("/api/v1/bundles.list", Read, get(bundles::list)),
         (
             "/api/v1/bundles.upload",
+            Upload,
             post(bundles::upload).layer(DefaultBodyLimit::max(upload_limit)),
         ),
-        ("/api/v1/bundles.delete", post(bundles::delete)),
-        ("/api/v1/bundles.activity", get(bundles::activity)),
-        ("/api/v1/releases.list", get(releases::list)),
-        ("/api/v1/releases.create", post(releases::create)),
-        ("/api/v1/releases.update", post(releases::update)),
-        ("/api/v1/releases.set-active", post(releases::set_active)),
-        ("/api/v1/releases.delete", post(releases::delete)),
-        // Unknown API paths are a route too, so they need a key like the rest: they reveal nothing.
-        ("/api/v1/{*rest}", any(error::unknown_route)),
+        ("/api/v1/bundles.delete", Admin, post(bundles::delete)),
+        ("/api/v1/bundles.activity", Read, get(bundles::activity)),
+        ("/api/v1/releases.list", Read, get(releases::list)),
+        ("/api/v1/releases.create", Admin, post(releases::create)),
+        ("/api/v1/releases.update", Admin, post(releases::update)),
+        (
+            "/api/v1/releases.set-active",
+            Admin,
+            post(releases::set_active),
+        ),
+        ("/api/v1/releases.delete", Admin, post(releases::delete)),
+        ("/api/v1/tokens.list", Admin, get(tokens::list)),
+        ("/api/v1/tokens.create", Admin, post(tokens::create)),
+        ("/api/v1/tokens.revoke", Admin, post(tokens::revoke)),
+        ("/api/v1/audit.list", Admin, get(audit::list)),
+        ("/api/v1/whoami", Read, get(whoami)),
+        // Unknown API paths are a route too, so they need a credential like the rest: they
+        // reveal nothing.
+        ("/api/v1/{*rest}", Read, any(error::unknown_route)),
     ]
 }
 
 pub fn router(state: AppState) -> Router {
     let api = api_routes(&state)
         .into_iter()
-        .fold(Router::new(), |router, (path, route)| {
-            router.route(path, route)
+        .fold(Router::new(), |router, (path, permission, route)| {
+            router.route(path, auth::require(permission, route))
         })
+        // Outermost last: authenticate, then record the call, then check the scope.
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            auth::require_api_key,
+            auth::authenticate,
         ));
     Router::new()
         .merge(api)
@@ -60,6 +79,11 @@ pub fn router(state: AppState) -> Router {
         .merge(super::health_routes())
         .fallback(error::unknown_route)
         .with_state(state)
+}
+
+/// `GET /api/v1/whoami`: the caller's name and scope, so the UI can show what it may do.
+async fn whoami(Extension(principal): Extension<Principal>) -> Json<Value> {
+    Json(json!({ "name": principal.name, "scope": principal.scope.as_str() }))
 }
 
 async fn metrics() -> impl axum::response::IntoResponse {
@@ -73,10 +97,26 @@ async fn metrics() -> impl axum::response::IntoResponse {
 }
 
 /// What the UI needs to offer OIDC login; `enabled` is false when it is not configured.
+/// The issuer's endpoints come from its discovery document, fetched here so the browser needs
+/// no cross-origin access to it; `error` says why login cannot work when it cannot be fetched.
 async fn oauth2_config(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "enabled": state.oauth_issuer.is_some() && state.oauth_client_id.is_some(),
-        "issuer": state.oauth_issuer.as_deref().unwrap_or(""),
-        "client_id": state.oauth_client_id.as_deref().unwrap_or(""),
-    }))
+    let (Some(verifier), Some(client_id)) = (state.access.oidc(), state.oauth_client_id.as_deref())
+    else {
+        return Json(json!({ "enabled": false }));
+    };
+    let mut config = json!({
+        "enabled": true,
+        "issuer": verifier.issuer(),
+        "client_id": client_id,
+        "scope": "openid profile email",
+    });
+    match verifier.discovery().await {
+        Ok(discovery) => {
+            config["authorization_endpoint"] = json!(discovery.authorization_endpoint);
+            config["token_endpoint"] = json!(discovery.token_endpoint);
+            config["end_session_endpoint"] = json!(discovery.end_session_endpoint);
+        }
+        Err(e) => config["error"] = json!(e.to_string()),
+    }
+    Json(config)
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::audit::Audited;
 use super::error::ApiJson;
 use super::views::ReleaseView;
 use super::ApiError;
@@ -36,6 +37,17 @@ pub struct CreateReleaseRequest {
 pub async fn create(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateReleaseRequest>,
+) -> Audited<Json<Value>> {
+    let target = format!(
+        "release {}/{} {} ({})",
+        request.app_id, request.platform, request.version_name, request.version_code
+    );
+    Audited(target, create_release(state, request).await)
+}
+
+async fn create_release(
+    state: AppState,
+    request: CreateReleaseRequest,
 ) -> Result<Json<Value>, ApiError> {
     let release = state
         .catalog
@@ -61,6 +73,17 @@ pub struct UpdateReleaseRequest {
 pub async fn update(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<UpdateReleaseRequest>,
+) -> Audited<Json<Value>> {
+    let target = format!(
+        "release {} date {:?}",
+        request.release_id, request.release_date
+    );
+    Audited(target, update_release(state, request).await)
+}
+
+async fn update_release(
+    state: AppState,
+    request: UpdateReleaseRequest,
 ) -> Result<Json<Value>, ApiError> {
     let release_date = request
         .release_date
@@ -93,6 +116,22 @@ pub struct SetActiveRequest {
 pub async fn set_active(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<SetActiveRequest>,
+) -> Audited<Json<Value>> {
+    let target = format!(
+        "release {} channel {} -> bundle {}",
+        request.release_id,
+        request
+            .channel
+            .as_deref()
+            .unwrap_or(crate::domain::DEFAULT_CHANNEL),
+        request.bundle_id
+    );
+    Audited(target, set_active_bundle(state, request).await)
+}
+
+async fn set_active_bundle(
+    state: AppState,
+    request: SetActiveRequest,
 ) -> Result<Json<Value>, ApiError> {
     let release = state
         .catalog
@@ -115,11 +154,15 @@ pub struct DeleteReleaseRequest {
 pub async fn delete(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<DeleteReleaseRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let release = state
+) -> Audited<Json<Value>> {
+    let result = state
         .catalog
         .delete_release(&request.release_id, &Actor::Api)
-        .await?;
-    tracing::info!(release = %release.id, key = %release.key, "release deleted");
-    Ok(release_answer("Release deleted successfully", &release))
+        .await
+        .map(|release| {
+            tracing::info!(release = %release.id, key = %release.key, "release deleted");
+            release_answer("Release deleted successfully", &release)
+        })
+        .map_err(ApiError::from);
+    Audited(format!("release {}", request.release_id), result)
 }
