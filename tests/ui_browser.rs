@@ -166,6 +166,36 @@ impl Browser {
         .await;
     }
 
+    /// Presses Tab `times` times, as a keyboard user would.
+    async fn press_tab(&self, times: usize) {
+        let keys: Vec<Value> = (0..times)
+            .flat_map(|_| {
+                [
+                    json!({"type": "keyDown", "value": "\u{E004}"}),
+                    json!({"type": "keyUp", "value": "\u{E004}"}),
+                ]
+            })
+            .collect();
+        self.call(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": keys}]}),
+        )
+        .await;
+    }
+
+    /// `id` (or tag and text) of the focused element.
+    async fn focused(&self) -> String {
+        self.script(
+            "const e = document.activeElement; return e.id || (e.tagName + ':' + e.textContent)",
+            json!([]),
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string()
+    }
+
     async fn screenshot(&self, name: &str, width: u32, height: u32) {
         self.call(
             "POST",
@@ -356,14 +386,110 @@ async fn manage_releases_in_a_real_browser() {
     browser.click("#create-release").await;
     browser.wait_text("form .error", "already exists").await;
 
-    // The keyboard reaches the controls: Tab from the page lands on a link or button.
-    let focused = browser
+    // Keyboard only: Tab walks the navigation in order, and Enter on a link opens its page.
+    browser.go(&format!("{ui}#/releases")).await;
+    browser.wait_text("h1", "Releases").await;
+    browser
+        .script("document.getElementById('nav-releases').focus()", json!([]))
+        .await;
+    let mut walked = vec![browser.focused().await];
+    for _ in 0..5 {
+        browser.press_tab(1).await;
+        walked.push(browser.focused().await);
+    }
+    assert_eq!(
+        walked,
+        [
+            "nav-releases",
+            "nav-bundles",
+            "nav-tokens",
+            "nav-audit",
+            "logout",
+            "new-platform"
+        ],
+        "Tab order: the navigation, then the page's first control"
+    );
+    browser
+        .script("document.getElementById('nav-audit').focus()", json!([]))
+        .await;
+    browser
+        .call(
+            "POST",
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": [
+                {"type": "keyDown", "value": "\u{E007}"}, {"type": "keyUp", "value": "\u{E007}"}]}]}),
+        )
+        .await;
+    browser.wait_text("h1", "Audit log").await;
+
+    // Tokens: create one (its secret shown once), then revoke it after a confirmation.
+    browser.go(&format!("{ui}#/tokens")).await;
+    browser.type_into("#token-name", "ci-pipeline").await;
+    browser.select("#token-scope", "upload").await;
+    browser.click("#create-token").await;
+    browser
+        .wait_text("#token-secret", "shown only this once")
+        .await;
+    let secret = browser
         .script(
-            "document.body.focus(); return document.activeElement.tagName",
+            "return document.getElementById('token-value').textContent",
             json!([]),
         )
         .await;
-    assert!(focused.is_string());
+    let secret = secret.as_str().unwrap().to_string();
+    assert!(secret.starts_with("capgo_tok_"), "{secret}");
+    browser.wait_text("#token-rows", "ci-pipeline").await;
+    browser.screenshot("tokens-desktop", 1280, 900).await;
+    browser.screenshot("tokens-phone", 390, 844).await;
+    browser
+        .call(
+            "POST",
+            "/window/rect",
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
+    let upload_client = Client::new(&server, &secret);
+    assert_eq!(
+        upload_client.list("bundles.list").await["error"]
+            .as_str()
+            .map(|e| e.contains("scope")),
+        Some(true)
+    );
+    browser.click("[data-revoke='ci-pipeline']").await;
+    browser
+        .wait_text("#dialog-text", "refused from now on")
+        .await;
+    browser.click("#dialog-ok").await;
+    browser.wait_text("#token-rows", "No scoped tokens").await;
+    assert_eq!(
+        upload_client.list("bundles.list").await["error"]
+            .as_str()
+            .map(|e| e.contains("revoked")),
+        Some(true)
+    );
+    // A bad name is refused with the server's message.
+    browser.type_into("#token-name", "bad;name").await;
+    browser.click("#create-token").await;
+    browser
+        .wait_text("#token-error", "invalid token name")
+        .await;
+
+    // The audit log lists what this session did, refused calls included.
+    browser.go(&format!("{ui}#/audit")).await;
+    browser.wait_text("#audit-rows", "tokens.revoke").await;
+    browser
+        .wait_text("#audit-rows", "releases.set-active")
+        .await;
+    browser.wait_text("#audit-rows", "not a valid zip").await;
+    browser.screenshot("audit-desktop", 1280, 900).await;
+    browser.screenshot("audit-phone", 390, 844).await;
+    browser
+        .call(
+            "POST",
+            "/window/rect",
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
 
     let errors = browser
         .script("return window.__capgoErrors", json!([]))
@@ -379,5 +505,55 @@ async fn manage_releases_in_a_real_browser() {
         )
         .await;
     assert_eq!(nav_hidden, true, "navigation hidden when logged out");
+    browser.call("DELETE", "", Value::Null).await;
+}
+
+#[tokio::test]
+async fn sign_in_with_oidc_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let issuer = common::oidc_issuer::TestIssuer::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("OAUTH_ISSUER", issuer.url.as_str()),
+            ("OAUTH_CLIENT_ID", common::oidc_issuer::CLIENT_ID),
+            ("OAUTH_AUDIENCE", common::oidc_issuer::AUDIENCE),
+        ],
+    );
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    let ui = format!("{}/ui/", server.management_url);
+    browser.go(&ui).await;
+    browser.wait_text("#sso", issuer.url.as_str()).await;
+    browser.screenshot("login-sso-desktop", 1280, 900).await;
+    // Off to the issuer (which signs alice in at once), back with a code, exchanged with PKCE.
+    browser.click("#sso-login").await;
+    browser
+        .wait_text("#whoami", "oidc:alice <alice@example.com> (full)")
+        .await;
+    browser.wait_text("h1", "Releases").await;
+    let url = browser.call("GET", "/url", Value::Null).await;
+    assert!(
+        !url.as_str().unwrap().contains("code="),
+        "the code is removed from the address bar: {url}"
+    );
+    // The token works for changes, and the audit log names the person.
+    browser.go(&format!("{ui}#/tokens")).await;
+    browser.type_into("#token-name", "made-by-alice").await;
+    browser.click("#create-token").await;
+    browser.wait_text("#token-rows", "oidc:alice").await;
+    browser.go(&format!("{ui}#/audit")).await;
+    browser
+        .wait_text("#audit-rows", "oidc:alice <alice@example.com>")
+        .await;
+    let errors = browser
+        .script("return window.__capgoErrors", json!([]))
+        .await;
+    assert_eq!(errors, json!([]), "no script errors or CSP violations");
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Log in").await;
     browser.call("DELETE", "", Value::Null).await;
 }

@@ -1,5 +1,6 @@
 // capgo-server web UI: plain JavaScript, no build step. Talks to the management API with the
-// API key kept in this tab's sessionStorage. Errors from the server are shown as they come.
+// credential kept in this tab's sessionStorage: an API key, or an OIDC access token obtained
+// with Authorization Code + PKCE. Errors from the server are shown as they come.
 "use strict";
 
 // Uncaught errors are kept where the end-to-end test can read them.
@@ -8,8 +9,25 @@ window.addEventListener("error", (e) => window.__capgoErrors.push(String(e.messa
 window.addEventListener("unhandledrejection", (e) => window.__capgoErrors.push(String(e.reason)));
 window.addEventListener("securitypolicyviolation", (e) => window.__capgoErrors.push(`CSP blocked ${e.violatedDirective}`));
 
-const KEY = "capgo.apiKey";
+const CREDENTIAL = "capgo.credential";
+const PKCE = "capgo.pkce";
 const main = document.getElementById("main");
+
+/** The stored credential: {kind: "key" | "bearer", value}, or null. */
+function credential() {
+  try { return JSON.parse(sessionStorage.getItem(CREDENTIAL)); } catch (_) { return null; }
+}
+
+function authHeaders() {
+  const c = credential();
+  if (!c) return {};
+  return c.kind === "bearer" ? { authorization: `Bearer ${c.value}` } : { "x-api-key": c.value };
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(CREDENTIAL);
+  showLogin(message);
+}
 
 /** Builds an element: h("td", {class: "x", onclick: fn}, "text", child). */
 function h(tag, attrs, ...children) {
@@ -36,15 +54,14 @@ function toast(message) {
 class ApiError extends Error {}
 
 async function api(method, path, body) {
-  const headers = { "x-api-key": sessionStorage.getItem(KEY) || "" };
+  const headers = authHeaders();
   if (body && !(body instanceof FormData)) headers["content-type"] = "application/json";
   const response = await fetch("/api/v1/" + path, {
     method, headers, body: body && !(body instanceof FormData) ? JSON.stringify(body) : body,
   });
   const data = await response.json().catch(() => ({}));
   if (response.status === 401) {
-    sessionStorage.removeItem(KEY);
-    showLogin("Your API key was refused; log in again.");
+    signOut(`The server refused the credential: ${data.error || "HTTP 401"}.`);
     throw new ApiError("unauthorized");
   }
   if (!response.ok) throw new ApiError(data.error || `HTTP ${response.status}`);
@@ -98,20 +115,60 @@ function showLogin(message) {
   const form = h("form", {
     onsubmit: async (e) => {
       e.preventDefault();
-      sessionStorage.setItem(KEY, key.value.trim());
-      const ok = await attempt(() => api("GET", "releases.list"), error);
+      sessionStorage.setItem(CREDENTIAL, JSON.stringify({ kind: "key", value: key.value.trim() }));
+      const ok = await attempt(() => api("GET", "whoami"), error);
       if (ok) location.hash = "#/releases", route();
     },
   },
-    h("label", { for: "api-key" }, "Management API key (x-api-key)"), key,
-    h("p", {}, h("button", { type: "submit", id: "login" }, "Log in")), error);
-  main.replaceChildren(h("h1", {}, "Log in"), h("section", { class: "card" }, form));
+    h("label", { for: "api-key" }, "Management API key"), key,
+    h("p", {}, h("button", { type: "submit", id: "login" }, "Log in")));
+  const sso = h("section", { class: "card", id: "sso", hidden: true });
+  main.replaceChildren(h("h1", {}, "Log in"), sso, h("section", { class: "card" }, form), error);
   fetch("/apipublic/v1/oauth2.config").then((r) => r.json()).then((config) => {
-    if (config.enabled) {
-      form.append(h("p", { class: "muted" }, `Single sign-on (${config.issuer}) is configured, but this server version accepts API keys only.`));
+    if (!config.enabled) return;
+    sso.hidden = false;
+    if (config.error || !config.authorization_endpoint || !config.token_endpoint) {
+      sso.replaceChildren(h("p", { class: "error" }, `Single sign-on is configured but unavailable: ${config.error || "the issuer publishes no authorization or token endpoint"}`));
+    } else {
+      sso.replaceChildren(h("button", { type: "button", id: "sso-login", onclick: () => startSignIn(config).catch((e) => { error.textContent = e.message; }) },
+        "Sign in with single sign-on"), h("p", { class: "muted" }, `Identity provider: ${config.issuer}`));
     }
   }).catch(() => {});
   key.focus();
+}
+
+const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+const redirectUri = () => `${location.origin}/ui/`;
+
+/** Authorization Code with PKCE (RFC 7636): off to the identity provider and back. */
+async function startSignIn(config) {
+  if (!window.crypto || !crypto.subtle) throw new Error("Single sign-on needs the UI served over HTTPS (or from localhost).");
+  const verifier = base64url(crypto.getRandomValues(new Uint8Array(32)));
+  const state = base64url(crypto.getRandomValues(new Uint8Array(16)));
+  const challenge = base64url(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier)));
+  sessionStorage.setItem(PKCE, JSON.stringify({ verifier, state, token_endpoint: config.token_endpoint, client_id: config.client_id }));
+  const url = new URL(config.authorization_endpoint);
+  for (const [k, v] of Object.entries({ response_type: "code", client_id: config.client_id, redirect_uri: redirectUri(),
+    scope: config.scope, state, code_challenge: challenge, code_challenge_method: "S256" })) url.searchParams.set(k, v);
+  location.assign(url.toString());
+}
+
+/** Back from the identity provider with ?code=…&state=…: exchanges the code for a token. */
+async function finishSignIn(params) {
+  const pending = JSON.parse(sessionStorage.getItem(PKCE) || "null");
+  sessionStorage.removeItem(PKCE);
+  history.replaceState(null, "", "/ui/#/releases");
+  if (params.get("error")) throw new Error(`The identity provider refused the sign-in: ${params.get("error_description") || params.get("error")}`);
+  if (!pending || pending.state !== params.get("state")) throw new Error("The sign-in answer does not match this tab's request; try again.");
+  const response = await fetch(pending.token_endpoint, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams({ grant_type: "authorization_code", code: params.get("code"), redirect_uri: redirectUri(),
+      client_id: pending.client_id, code_verifier: pending.verifier }),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok || !data.access_token) throw new Error(`The identity provider did not issue a token: ${data.error_description || data.error || `HTTP ${response.status}`}`);
+  sessionStorage.setItem(CREDENTIAL, JSON.stringify({ kind: "bearer", value: data.access_token }));
 }
 
 // ---- releases -----------------------------------------------------------------------------
@@ -330,13 +387,13 @@ function uploadForm() {
       // XMLHttpRequest reports upload progress; fetch does not.
       const request = new XMLHttpRequest();
       request.open("POST", "/api/v1/bundles.upload");
-      request.setRequestHeader("x-api-key", sessionStorage.getItem(KEY) || "");
+      for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
       request.upload.addEventListener("progress", (p) => { if (p.lengthComputable) progress.value = (100 * p.loaded) / p.total; });
       request.addEventListener("load", () => {
         progress.hidden = true;
         let body = {};
         try { body = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
-        if (request.status === 401) { sessionStorage.removeItem(KEY); showLogin("Your API key was refused; log in again."); return; }
+        if (request.status === 401) { signOut(`The server refused the credential: ${body.error || "HTTP 401"}.`); return; }
         if (request.status !== 200) { error.textContent = body.error || `Upload failed (HTTP ${request.status})`; return; }
         toast(`Uploaded ${body.bundle.version_name}`);
         route();
@@ -357,24 +414,104 @@ function uploadForm() {
   return h("section", { class: "card" }, h("h2", {}, "Upload a bundle"), form);
 }
 
+// ---- tokens -------------------------------------------------------------------------------
+
+const SCOPES = [["read-only", "Read-only: lists and activity"], ["upload", "Upload: bundles only (for CI)"], ["full", "Full access"]];
+
+async function showTokens() {
+  const tokens = await api("GET", "tokens.list");
+  const error = h("p", { class: "error", id: "token-error", role: "alert" });
+  const name = h("input", { id: "token-name", placeholder: "github-actions", required: true, maxlength: 64 });
+  const scope = h("select", { id: "token-scope" }, SCOPES.map(([value, label]) => h("option", { value }, label)));
+  const secret = h("div", { id: "token-secret", "aria-live": "polite" });
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const made = await attempt(() => api("POST", "tokens.create", { name: name.value.trim(), scope: scope.value }), error);
+      if (!made) return;
+      await showTokens();
+      document.getElementById("token-secret").replaceChildren(h("section", { class: "card notice" },
+        h("h2", {}, `Token "${made.data.name}" (${made.data.scope})`),
+        h("p", {}, "Copy it now: it is shown only this once. Send it as x-api-key or Authorization: Bearer."),
+        h("code", { id: "token-value", class: "secret" }, made.token)));
+    },
+  }, h("div", { class: "row" },
+    h("div", {}, h("label", { for: "token-name" }, "Name"), name),
+    h("div", {}, h("label", { for: "token-scope" }, "Scope"), scope)),
+  h("p", {}, h("button", { type: "submit", id: "create-token" }, "Create token")), error);
+  const rows = tokens.data.map((t) => h("tr", { "data-token": t.id },
+    h("td", { "data-label": "Name" }, h("strong", {}, t.name)),
+    h("td", { "data-label": "Scope" }, t.scope),
+    h("td", { "data-label": "Created" }, formatDate(t.created_at), h("div", { class: "muted" }, `by ${t.created_by}`)),
+    h("td", { "data-label": "Actions" }, h("button", { type: "button", class: "danger", "data-revoke": t.name, onclick: () => revokeToken(t) }, "Revoke"))));
+  main.replaceChildren(h("h1", {}, "API tokens"), secret,
+    h("section", { class: "card" }, h("h2", {}, "Create a token"), form),
+    tokens.data.length ? h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, ["Name", "Scope", "Created", "Actions"].map((t) => h("th", {}, t)))),
+      h("tbody", { id: "token-rows" }, rows))) : h("p", { class: "muted", id: "token-rows" }, "No scoped tokens yet."));
+}
+
+async function revokeToken(token) {
+  const confirmed = await confirmDialog(`Revoke "${token.name}"?`,
+    `Every request with this ${token.scope} token is refused from now on, on every replica. This cannot be undone.`, "Revoke", true);
+  if (confirmed && await attempt(() => api("POST", "tokens.revoke", { token_id: token.id }))) { toast("Token revoked"); route(); }
+}
+
+// ---- audit log ----------------------------------------------------------------------------
+
+async function showAudit() {
+  const body = h("tbody", { id: "audit-rows" });
+  const more = h("button", { type: "button", class: "secondary", id: "audit-more", hidden: true }, "Older entries");
+  let cursor = "";
+  const load = async () => {
+    const page = await api("GET", `audit.list?limit=50${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
+    body.append(...page.data.map((e) => h("tr", { class: e.result === "failure" ? "failed" : "" },
+      h("td", { "data-label": "When" }, formatDate(e.at)),
+      h("td", { "data-label": "Who" }, e.actor, h("div", { class: "muted" }, e.client_ip)),
+      h("td", { "data-label": "Action" }, h("code", {}, e.action)),
+      h("td", { "data-label": "Target" }, e.target || h("span", { class: "muted" }, "—")),
+      h("td", { "data-label": "Result" }, e.result === "success" ? `${e.status}` : h("span", { class: "error" }, `${e.status} ${e.message}`)))));
+    cursor = page.next || "";
+    more.hidden = !page.next;
+  };
+  more.addEventListener("click", () => attempt(load));
+  await load();
+  main.replaceChildren(h("h1", {}, "Audit log"),
+    h("p", { class: "muted" }, "Every change made through the API or this page, newest first, including refused ones."),
+    h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Target", "Result"].map((t) => h("th", {}, t)))), body)),
+    h("p", {}, more));
+}
+
 // ---- routing ------------------------------------------------------------------------------
 
+const PAGES = { releases: showReleases, bundles: showBundles, tokens: showTokens, audit: showAudit };
+
 async function route() {
-  if (!sessionStorage.getItem(KEY)) return showLogin();
-  document.getElementById("nav").hidden = false;
-  const page = location.hash.startsWith("#/bundles") ? "bundles" : "releases";
-  for (const name of ["releases", "bundles"]) {
-    document.getElementById(`nav-${name}`).toggleAttribute("aria-current", name === page);
-    if (name === page) document.getElementById(`nav-${name}`).setAttribute("aria-current", "page");
+  const params = new URLSearchParams(location.search);
+  if (params.has("code") || params.has("error")) {
+    const error = await finishSignIn(params).then(() => null, (e) => e.message);
+    if (error) return showLogin(error);
   }
-  await attempt(() => (page === "bundles" ? showBundles() : showReleases()));
+  if (!credential()) return showLogin();
+  const who = await attempt(() => api("GET", "whoami"));
+  if (!who) return;
+  document.getElementById("nav").hidden = false;
+  document.getElementById("whoami").textContent = `${who.name} (${who.scope})`;
+  for (const admin of ["tokens", "audit"]) document.getElementById(`nav-${admin}`).hidden = who.scope !== "full";
+  const wanted = location.hash.replace(/^#\//, "");
+  const page = PAGES[wanted] ? wanted : "releases";
+  for (const name of Object.keys(PAGES)) {
+    const link = document.getElementById(`nav-${name}`);
+    if (name === page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+  }
+  await attempt(PAGES[page]);
   main.focus({ preventScroll: true });
 }
 
 document.getElementById("logout").addEventListener("click", () => {
-  sessionStorage.removeItem(KEY);
   location.hash = "";
-  showLogin("Logged out.");
+  signOut("Logged out.");
 });
 window.addEventListener("hashchange", route);
 route();

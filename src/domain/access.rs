@@ -27,6 +27,8 @@ pub enum Permission {
     Upload,
     /// Every other change, and reading tokens and the audit log.
     Admin,
+    /// Only being who one is (`whoami`): any valid credential.
+    Authenticated,
 }
 
 impl Scope {
@@ -44,6 +46,7 @@ impl Scope {
         matches!(
             (self, permission),
             (Scope::Full, _)
+                | (_, Permission::Authenticated)
                 | (Scope::ReadOnly, Permission::Read)
                 | (Scope::Upload, Permission::Upload)
         )
@@ -183,6 +186,9 @@ mod tests {
         assert!(!Scope::ReadOnly.permits(Upload) && !Scope::ReadOnly.permits(Admin));
         assert!(Scope::Upload.permits(Upload));
         assert!(!Scope::Upload.permits(Read) && !Scope::Upload.permits(Admin));
+        for scope in Scope::ALL {
+            assert!(scope.permits(Authenticated), "{scope}");
+        }
     }
 
     #[test]

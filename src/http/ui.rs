@@ -1,6 +1,7 @@
 //! The web UI at `/ui` on the management port: static files from `ui/`, compiled into the
 //! binary, so `cargo run --release` serves it with no front-end build step.
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -12,37 +13,92 @@ const INDEX: &str = include_str!("../../ui/index.html");
 const SCRIPT: &str = include_str!("../../ui/app.js");
 const STYLE: &str = include_str!("../../ui/app.css");
 
-/// Scripts and styles from this origin only; the UI never needs inline code or other hosts.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+/// Scripts and styles from this origin only; the UI never needs inline code. The one other
+/// host it talks to is the OIDC token endpoint, added to `connect-src` when SSO is configured.
+fn content_security_policy(token_origin: Option<&str>) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        token_origin.map(|o| format!(" {o}")).unwrap_or_default()
+    )
+}
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+/// `scheme://host[:port]` of an absolute URL.
+fn origin_of(url: &str) -> Option<&str> {
+    let after_scheme = url.find("://")? + 3;
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    Some(&url[..end])
+}
+
+fn asset(content_type: &'static str, body: &'static str, csp: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
+        [(header::CONTENT_SECURITY_POLICY, csp)],
         body,
     )
         .into_response()
+}
+
+async fn index(State(state): State<AppState>) -> Response {
+    let token_endpoint = match state.access.oidc() {
+        Some(oidc) if state.oauth_client_id.is_some() => {
+            // Cached after the first success; the login page reports a failure itself.
+            let discovered = oidc.discovery().await.ok();
+            discovered.and_then(|d| d.token_endpoint.clone())
+        }
+        _ => None,
+    };
+    let csp = content_security_policy(token_endpoint.as_deref().and_then(origin_of));
+    asset("text/html; charset=utf-8", INDEX, csp)
 }
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::temporary("/ui/") }))
-        .route(
-            "/ui/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
+        .route("/ui/", get(index))
         .route(
             "/ui/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    SCRIPT,
+                    content_security_policy(None),
+                )
+            }),
         )
         .route(
             "/ui/app.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+            get(|| async {
+                asset(
+                    "text/css; charset=utf-8",
+                    STYLE,
+                    content_security_policy(None),
+                )
+            }),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_endpoint_origin_joins_connect_src() {
+        assert_eq!(
+            origin_of("https://oauth2.example.com:8443/token?x=1"),
+            Some("https://oauth2.example.com:8443")
+        );
+        assert_eq!(origin_of("http://idp"), Some("http://idp"));
+        assert_eq!(origin_of("not a url"), None);
+        assert!(content_security_policy(Some("https://idp.example"))
+            .contains("connect-src 'self' https://idp.example;"));
+        assert!(content_security_policy(None).contains("connect-src 'self';"));
+    }
 }

@@ -73,6 +73,7 @@ pub fn require(permission: Permission, route: MethodRouter<AppState>) -> MethodR
                         Permission::Read => "read access (read-only or full)",
                         Permission::Upload => "upload access (upload or full)",
                         Permission::Admin => "full access",
+                        Permission::Authenticated => "a valid credential",
                     }
                 ))
                 .into_response(),

@@ -26,7 +26,7 @@ const UPLOAD_OVERHEAD: u64 = 1024 * 1024;
 /// and tests walk it to prove each route refuses callers without a valid credential or with a
 /// scope that does not grant its permission, so a new route cannot be forgotten.
 pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRouter<AppState>)> {
-    use Permission::{Admin, Read, Upload};
+    use Permission::{Admin, Authenticated, Read, Upload};
     let upload_limit =
         usize::try_from(state.max_bundle_size + UPLOAD_OVERHEAD).unwrap_or(usize::MAX);
     vec![
@@ -51,7 +51,7 @@ pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRout
         ("/api/v1/tokens.create", Admin, post(tokens::create)),
         ("/api/v1/tokens.revoke", Admin, post(tokens::revoke)),
         ("/api/v1/audit.list", Admin, get(audit::list)),
-        ("/api/v1/whoami", Read, get(whoami)),
+        ("/api/v1/whoami", Authenticated, get(whoami)),
         // Unknown API paths are a route too, so they need a credential like the rest: they
         // reveal nothing.
         ("/api/v1/{*rest}", Read, any(error::unknown_route)),

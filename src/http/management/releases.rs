@@ -75,8 +75,9 @@ pub async fn update(
     ApiJson(request): ApiJson<UpdateReleaseRequest>,
 ) -> Audited<Json<Value>> {
     let target = format!(
-        "release {} date {:?}",
-        request.release_id, request.release_date
+        "release {} date {}",
+        request.release_id,
+        request.release_date.as_deref().unwrap_or("cleared")
     );
     Audited(target, update_release(state, request).await)
 }
