@@ -329,7 +329,6 @@ async fn run_server(
         .layer(axum::middleware::from_fn(move |request, next| {
             http::observe::record(server, request, next)
         }))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
         .into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod operator;
 pub mod store;
+pub mod telemetry;
 
 /// Installs aws-lc as the process's TLS crypto provider (every client here: MongoDB, S3, OIDC,
 /// Kubernetes); a no-op when one is installed already.

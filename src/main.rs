@@ -2,10 +2,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use capgo_server::cli::{Cli, Command};
-use capgo_server::config::{Config, LogFormat};
+use capgo_server::config::Config;
 
 fn main() -> ExitCode {
     // One TLS crypto provider for every client: aws-lc, which the AWS SDK needs.
@@ -23,8 +22,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
     let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
+    let telemetry = capgo_server::telemetry::init(config.log_format, runtime.handle());
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
@@ -36,6 +35,7 @@ fn main() -> ExitCode {
             Command::Crdgen => unreachable!("handled before configuration is read"),
         }
     });
+    runtime.block_on(telemetry.shutdown());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -43,17 +43,6 @@ fn main() -> ExitCode {
             eprintln!("capgo-server: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -391,8 +391,9 @@ impl ServerProcess {
                     ("management API listening on ", "management"),
                 ] {
                     if let Some(rest) = line.split(what).nth(1) {
+                        // Text lines end the URL with a space, JSON lines with a quote.
                         let url = rest
-                            .split_whitespace()
+                            .split(|c: char| c.is_whitespace() || c == '"')
                             .next()
                             .unwrap_or_default()
                             .to_string();
