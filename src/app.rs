@@ -22,6 +22,7 @@ use crate::store::fs_blobs::FilesystemBlobStore;
 use crate::store::mongo::MongoMetadataStore;
 use crate::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
 use crate::store::sqlite::SqliteMetadataStore;
+use crate::store::timed::{TimedBlobStore, TimedMetadataStore};
 use crate::store::{BlobStore, MetadataStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +126,10 @@ pub async fn open_stores(
         ),
         None => Arc::new(FilesystemBlobStore::open(data.blobs(), public_base_url)?),
     };
-    Ok(Stores { metadata, blobs })
+    Ok(Stores {
+        metadata: Arc::new(TimedMetadataStore(metadata)),
+        blobs: Arc::new(TimedBlobStore(blobs)),
+    })
 }
 
 /// `capgo-server migrate`: creates or upgrades the schema, then exits.

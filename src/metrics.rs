@@ -69,8 +69,8 @@ pub struct Metrics {
     stats_events: AtomicU64,
     /// (kind, result) → duration.
     reconciles: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
-    /// Metadata lookups on the /updates path (cache misses).
-    store_lookups: Mutex<Histogram>,
+    /// (store, operation, result) → duration.
+    store_operations: Mutex<BTreeMap<(&'static str, &'static str, &'static str), Histogram>>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -141,8 +141,18 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn store_lookup(&self, took: Duration) {
-        lock(&self.store_lookups).observe(took.as_secs_f64());
+    pub fn store_operation(
+        &self,
+        store: &'static str,
+        operation: &'static str,
+        succeeded: bool,
+        took: Duration,
+    ) {
+        let result = if succeeded { "ok" } else { "error" };
+        lock(&self.store_operations)
+            .entry((store, operation, result))
+            .or_default()
+            .observe(took.as_secs_f64());
     }
 
     /// Everything, in the Prometheus text exposition format (version 0.0.4).
@@ -262,11 +272,17 @@ impl Metrics {
         }
         family(
             &mut out,
-            "capgo_store_lookup_duration_seconds",
+            "capgo_store_operation_duration_seconds",
             "histogram",
-            "Metadata store lookups on the /updates path.",
+            "Store operations by store (metadata, blob), operation and result (ok, error).",
         );
-        lock(&self.store_lookups).render(&mut out, "capgo_store_lookup_duration_seconds", "");
+        for ((store, operation, result), histogram) in lock(&self.store_operations).iter() {
+            histogram.render(
+                &mut out,
+                "capgo_store_operation_duration_seconds",
+                &format!("store=\"{store}\",operation=\"{operation}\",result=\"{result}\""),
+            );
+        }
         out
     }
 }

@@ -167,7 +167,20 @@ async fn metrics_parse_and_move_with_traffic() {
         ),
         6.0
     );
-    assert!(value(&after, "capgo_store_lookup_duration_seconds_count") >= 2.0);
+    // Store latency, by operation: the /updates cache misses looked releases up.
+    assert!(
+        value(
+            &after,
+            "capgo_store_operation_duration_seconds_count{store=\"metadata\",operation=\"release_by_key\",result=\"ok\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "capgo_store_operation_duration_seconds_count{store=\"blob\",operation=\"put_file\",result=\"ok\"}"
+        ),
+        1.0
+    );
     // Unknown paths share one series, so they cannot grow the label set.
     client
         .http

@@ -155,9 +155,7 @@ impl Catalog {
             Lookup::Missing(generation) => (None, generation),
         };
         crate::metrics::global().cache_lookup(false);
-        let started = std::time::Instant::now();
         let loaded = self.load_target(&key).await;
-        crate::metrics::global().store_lookup(started.elapsed());
         match (loaded, last_known) {
             (Ok(resolution), _) => {
                 let resolution = Arc::new(resolution);

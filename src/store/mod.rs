@@ -8,6 +8,7 @@ pub mod fs_blobs;
 pub mod mongo;
 pub mod s3;
 pub mod sqlite;
+pub mod timed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

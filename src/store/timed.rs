@@ -1,0 +1,88 @@
+//! Decorators that time every store operation into
+//! `capgo_store_operation_duration_seconds{store, operation, result}`: the one place store
+//! latency is measured, whichever back end is configured.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{BlobInfo, BlobStore, CatalogVersion, MetadataStore, StoreError};
+use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
+use crate::domain::channel::Channel;
+use crate::domain::stats::{ActivityCount, StatsEvent};
+use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, UnixMillis};
+
+async fn timed<T>(
+    store: &'static str,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let result = call.await;
+    crate::metrics::global().store_operation(store, operation, result.is_ok(), started.elapsed());
+    result
+}
+
+pub struct TimedMetadataStore(pub Arc<dyn MetadataStore>);
+pub struct TimedBlobStore(pub Arc<dyn BlobStore>);
+
+/// Implements `$trait` for `$wrapper` by forwarding each listed method to the wrapped store,
+/// timed under its own name. (The whole impl is generated so `async_trait` sees the methods.)
+macro_rules! timed_impl {
+    (
+        $trait:ident for $wrapper:ty, $store:literal:
+        $( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $out:ty; )*
+        $( plain $plain:item )*
+    ) => {
+        #[async_trait]
+        impl $trait for $wrapper {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> Result<$out, StoreError> {
+                    timed($store, stringify!($name), self.0.$name($($arg),*)).await
+                }
+            )*
+            $( $plain )*
+        }
+    };
+}
+
+timed_impl! { MetadataStore for TimedMetadataStore, "metadata":
+        fn insert_bundle(&self, bundle: &Bundle) -> ();
+        fn bundle(&self, id: &RecordId) -> Option<Bundle>;
+        fn bundle_by_version(&self, app_id: &str, version_name: &str) -> Option<Bundle>;
+        fn list_bundles(&self) -> Vec<Bundle>;
+        fn delete_bundle(&self, id: &RecordId) -> bool;
+        fn insert_release(&self, release: &Release) -> ();
+        fn release(&self, id: &RecordId) -> Option<Release>;
+        fn release_by_key(&self, key: &ReleaseKey) -> Option<Release>;
+        fn list_releases(&self) -> Vec<Release>;
+        fn releases_using_bundle(&self, bundle_id: &RecordId) -> Vec<Release>;
+        fn set_release_date(&self, id: &RecordId, release_date: Option<UnixMillis>, updated_at: UnixMillis) -> bool;
+        fn set_channel_bundle(&self, id: &RecordId, channel: &ChannelName, bundle_id: &RecordId, updated_at: UnixMillis) -> bool;
+        fn replace_release_assignments(&self, id: &RecordId, builtin_bundle_id: &RecordId, channels: &BTreeMap<ChannelName, RecordId>, updated_at: UnixMillis) -> bool;
+        fn delete_release(&self, id: &RecordId) -> bool;
+        fn channels(&self, app_id: &str) -> Vec<Channel>;
+        fn insert_stats(&self, events: &[StatsEvent]) -> ();
+        fn bundle_activity(&self, app_id: &str, version_name: &str, since: UnixMillis) -> Vec<ActivityCount>;
+        fn bundle_blob_keys(&self) -> Vec<String>;
+        fn catalog_version(&self) -> Option<CatalogVersion>;
+        fn insert_api_token(&self, token: &ApiToken) -> ();
+        fn api_token_by_digest(&self, digest: &str) -> Option<ApiToken>;
+        fn list_api_tokens(&self) -> Vec<ApiToken>;
+        fn delete_api_token(&self, id: &RecordId) -> bool;
+        fn insert_audit(&self, entry: &AuditEntry) -> ();
+        fn audit_page(&self, before: Option<&AuditCursor>, limit: usize) -> Vec<AuditEntry>;
+}
+
+timed_impl! { BlobStore for TimedBlobStore, "blob":
+        fn put_file(&self, key: &str, source: &Path) -> ();
+        fn delete(&self, key: &str) -> ();
+        fn list(&self) -> Vec<BlobInfo>;
+        fn download_url(&self, key: &str) -> String;
+        plain fn local_path(&self, key: &str) -> Option<PathBuf> {
+            self.0.local_path(key)
+        }
+}
