@@ -319,6 +319,20 @@ fn ingresses_service_monitor_and_three_replicas() {
         management["spec"]["rules"][0]["host"],
         "capgo-admin.example.com"
     );
+        let config = rendered_config(&docs);
+    assert_eq!(
+        (
+            config.oauth_issuer.as_deref(),
+            config.oauth_client_id.as_deref(),
+            config.oauth_audience.as_deref()
+        ),
+        (
+            Some("https://login.example.com/realms/capgo"),
+            Some("capgo-ui"),
+            Some("capgo-server")
+        ),
+        "OIDC settings reach the server"
+    );
     let monitor = find(&docs, "ServiceMonitor", "capgo-capgo-server");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "management");
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
