@@ -16,6 +16,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::config::Config;
 
 use crate::access::Access;
+use crate::http::serve::ConnectionLimits;
 use crate::http::{self, AppState};
 use crate::operator::{self, OperatorSettings};
 use crate::store::fs_blobs::FilesystemBlobStore;
@@ -45,11 +46,6 @@ pub enum StartupError {
     Bind {
         what: &'static str,
         address: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("the {what} stopped: {source}")]
-    Serve {
-        what: &'static str,
         source: std::io::Error,
     },
 }
@@ -243,21 +239,26 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         public_base_url,
         "capgo-server ready"
     );
+    let limits = ConnectionLimits {
+        header_timeout: config.http_header_timeout,
+        max_header_bytes: usize::try_from(config.http_max_header_size).unwrap_or(usize::MAX),
+    };
     let public_server = run_server(
         "device API",
         public,
         http::device::router(state.clone()),
+        limits,
         shutdown.clone(),
     );
     let management_server = run_server(
         "management API",
         management,
         http::management::router(state),
+        limits,
         shutdown.clone(),
     );
-    let result = tokio::try_join!(public_server, management_server).map(|_| ());
-    shutdown.cancel();
-    result
+    tokio::join!(public_server, management_server);
+    Ok(())
 }
 
 /// Starts the Kubernetes operator in the background when a cluster is reachable (in-cluster
@@ -317,8 +318,9 @@ async fn run_server(
     what: &'static str,
     listener: TcpListener,
     router: axum::Router,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
-) -> Result<(), StartupError> {
+) {
     if let Ok(bound) = listener.local_addr() {
         // Logged once everything is ready: tests and scripts wait for it (and read ports
         // chosen with port 0 from it).
@@ -329,15 +331,9 @@ async fn run_server(
     } else {
         "management"
     };
-    let service = router
-        .layer(axum::middleware::from_fn(move |request, next| {
-            http::observe::record(server, request, next)
-        }))
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|source| StartupError::Serve { what, source });
+    let router = router.layer(axum::middleware::from_fn(move |request, next| {
+        http::observe::record(server, request, next)
+    }));
+    http::serve::serve(listener, router, limits, shutdown).await;
     tracing::info!("{what} stopped");
-    result
 }

@@ -26,6 +26,10 @@ pub struct Config {
     pub catalog_sync_interval: Duration,
     /// Longest a device request (not a bundle download) may take to arrive and be answered.
     pub device_request_timeout: Duration,
+    /// Time a connection may take to send a request's headers (also the keep-alive idle limit).
+    pub http_header_timeout: Duration,
+    /// Largest request line plus headers.
+    pub http_max_header_size: u64,
     /// Full-access management tokens. Empty means "generate one in DATA_DIR".
     pub management_api_tokens: Vec<String>,
     /// Requests per minute per client IP on the device API; 0 disables the limit.
@@ -97,6 +101,8 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("S3_PUBLIC_BASE_URL", None),
     ("CATALOG_SYNC_INTERVAL", Some("1s")),
     ("DEVICE_REQUEST_TIMEOUT", Some("30s")),
+    ("HTTP_HEADER_TIMEOUT", Some("10s")),
+    ("HTTP_MAX_HEADER_SIZE", Some("32KiB")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
     ("TRUSTED_PROXIES", None),
@@ -224,6 +230,20 @@ impl Config {
                     return Err("allow devices at least 100ms".into());
                 }
                 Ok(limit)
+            })?,
+            http_header_timeout: raw.required("HTTP_HEADER_TIMEOUT", |v| {
+                let limit = parse_go_duration(v)?;
+                if limit < Duration::from_millis(100) {
+                    return Err("allow clients at least 100ms".into());
+                }
+                Ok(limit)
+            })?,
+            http_max_header_size: raw.required("HTTP_MAX_HEADER_SIZE", |v| {
+                let size = parse_byte_size(v)?;
+                if !(1024..=1024 * 1024).contains(&size) {
+                    return Err("expected between 1KiB and 1MiB".into());
+                }
+                Ok(size)
             })?,
             catalog_sync_interval: raw.required("CATALOG_SYNC_INTERVAL", |v| {
                 let every = parse_go_duration(v)?;

@@ -342,3 +342,77 @@ fn a_slow_device_request_is_cut_off_with_the_device_error_shape() {
         "cut off after about a second"
     );
 }
+
+/// Reads until the server closes the connection (or `limit` passes); what it sent, and when.
+fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> (String, Duration) {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            // Reset by the server counts as closed; a read timeout means it stayed open.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("connection still open after {limit:?}: {e}"),
+        }
+    }
+    (
+        String::from_utf8_lossy(&received).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn slow_idle_and_oversized_headers_cannot_hold_connections() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("HTTP_HEADER_TIMEOUT", "1s"),
+            ("HTTP_MAX_HEADER_SIZE", "16KiB"),
+        ],
+    );
+    for url in [&server.public_url, &server.management_url] {
+        let address = url.trim_start_matches("http://").to_string();
+
+        // Slowloris: 100 clients send half a request line and stall; all are closed in time,
+        // and a normal request meanwhile is answered.
+        let mut stalled: Vec<std::net::TcpStream> = (0..100)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(&address).unwrap();
+                write!(s, "POST /updates HTTP/1.1\r\nHost: {address}\r\nX-Slow: ").unwrap();
+                s
+            })
+            .collect();
+        assert_eq!(get_status(&format!("{url}/_healthz"), API_KEY), 200);
+        for stream in &mut stalled {
+            let (_, took) = read_until_closed(stream, Duration::from_secs(5));
+            assert!(took < Duration::from_secs(5));
+        }
+
+        // An idle keep-alive connection is closed after the same time.
+        let mut idle = std::net::TcpStream::connect(&address).unwrap();
+        write!(idle, "GET /_healthz HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+        let (answer, took) = read_until_closed(&mut idle, Duration::from_secs(5));
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            took >= Duration::from_millis(800),
+            "kept open while idle: {took:?}"
+        );
+
+        // Headers over the limit: 431, and nothing is read past them.
+        let mut big = std::net::TcpStream::connect(&address).unwrap();
+        let filler = "a".repeat(20 * 1024);
+        write!(
+            big,
+            "GET /_healthz HTTP/1.1\r\nHost: {address}\r\nX-Filler: {filler}\r\n\r\n"
+        )
+        .unwrap();
+        let (answer, _) = read_until_closed(&mut big, Duration::from_secs(5));
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+    assert!(server.stop().success());
+}

@@ -319,7 +319,7 @@ fn ingresses_service_monitor_and_three_replicas() {
         management["spec"]["rules"][0]["host"],
         "capgo-admin.example.com"
     );
-        let config = rendered_config(&docs);
+    let config = rendered_config(&docs);
     assert_eq!(
         (
             config.oauth_issuer.as_deref(),

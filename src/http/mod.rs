@@ -5,6 +5,7 @@ pub mod device;
 pub mod management;
 pub mod observe;
 pub mod rate_limit;
+pub mod serve;
 pub mod ui;
 
 use std::sync::Arc;

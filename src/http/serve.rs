@@ -1,0 +1,89 @@
+//! The connection loop for both ports (instead of `axum::serve`, which exposes no connection
+//! settings): HTTP/1.1 with a bound on header size and on the time a client may take to send
+//! a request's headers, which also bounds how long an idle keep-alive connection is held. A
+//! slow or silent client therefore cannot pin connections; slow bodies are bounded by
+//! DEVICE_REQUEST_TIMEOUT on the device API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// How long in-flight requests may run on after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time allowed to send a request's headers, counted from the end of the previous
+    /// response on a keep-alive connection.
+    pub header_timeout: Duration,
+    /// Largest request line plus headers, in bytes; more is answered with 431.
+    pub max_header_bytes: usize,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_header_size(limits.max_header_bytes)
+        // The read buffer bounds the headers too; it must hold at least 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = router
+            .clone()
+            .layer(axum::Extension(ConnectInfo(peer)))
+            .map_request(|request: hyper::Request<hyper::body::Incoming>| {
+                request.map(axum::body::Body::new)
+            });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log_connection_error(peer, &e);
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running {DRAIN_TIMEOUT:?} after shutdown began were cut");
+    }
+}
+
+fn log_connection_error(peer: SocketAddr, error: &hyper::Error) {
+    if error.is_timeout() {
+        tracing::debug!(%peer, "closed a connection that sent no complete request headers in time");
+    } else if !error.is_incomplete_message() {
+        tracing::debug!(%peer, error = %error, "connection ended with an error");
+    }
+}
