@@ -191,12 +191,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let orphan_age = if config.uses_embedded_storage() {
         Duration::ZERO
     } else {
-        SHARED_ORPHAN_AGE
+        config.orphan_grace_period
     };
     catalog.sweep_orphans(orphan_age).await?;
     if !config.uses_embedded_storage() {
         tokio::spawn(sweep_orphans_periodically(
             catalog.clone(),
+            orphan_age,
             shutdown.clone(),
         ));
     }
@@ -289,16 +290,20 @@ async fn start_operator(
     tokio::spawn(operator::run(settings, ctx, shutdown));
 }
 
-/// Age past which an unrecorded object in shared storage is an orphan: far longer than the
-/// moment between storing an upload and recording it.
-const SHARED_ORPHAN_AGE: Duration = Duration::from_secs(3600);
+/// How often shared storage is swept for orphans (objects older than ORPHAN_GRACE_PERIOD that
+/// no record refers to, and abandoned multipart uploads).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Removes objects a failed upload left behind (when its own clean-up failed too).
-async fn sweep_orphans_periodically(catalog: Arc<Catalog>, shutdown: CancellationToken) {
-    let mut hourly = tokio::time::interval(SHARED_ORPHAN_AGE);
+async fn sweep_orphans_periodically(
+    catalog: Arc<Catalog>,
+    min_age: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut hourly = tokio::time::interval(SWEEP_INTERVAL);
     hourly.tick().await;
     while shutdown.run_until_cancelled(hourly.tick()).await.is_some() {
-        if let Err(e) = catalog.sweep_orphans(SHARED_ORPHAN_AGE).await {
+        if let Err(e) = catalog.sweep_orphans(min_age).await {
             tracing::warn!(error = %e, "orphan sweep failed; retrying in an hour");
         }
     }

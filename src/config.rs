@@ -26,6 +26,9 @@ pub struct Config {
     pub catalog_sync_interval: Duration,
     /// Longest a device request (not a bundle download) may take to arrive and be answered.
     pub device_request_timeout: Duration,
+    /// With shared storage: age past which an unrecorded object, or an unfinished multipart
+    /// upload, is left over from a failed upload and removed.
+    pub orphan_grace_period: Duration,
     /// Time a connection may take to send a request's headers (also the keep-alive idle limit).
     pub http_header_timeout: Duration,
     /// Largest request line plus headers.
@@ -102,6 +105,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CATALOG_SYNC_INTERVAL", Some("1s")),
     ("DEVICE_REQUEST_TIMEOUT", Some("30s")),
     ("HTTP_HEADER_TIMEOUT", Some("10s")),
+    ("ORPHAN_GRACE_PERIOD", Some("1h")),
     ("HTTP_MAX_HEADER_SIZE", Some("32KiB")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
@@ -231,6 +235,7 @@ impl Config {
                 }
                 Ok(limit)
             })?,
+            orphan_grace_period: raw.required("ORPHAN_GRACE_PERIOD", parse_go_duration)?,
             http_header_timeout: raw.required("HTTP_HEADER_TIMEOUT", |v| {
                 let limit = parse_go_duration(v)?;
                 if limit < Duration::from_millis(100) {

@@ -533,3 +533,75 @@ async fn oversized_and_interrupted_uploads_leave_nothing_in_the_bucket() {
     );
     assert!(list_files(&data.path().join("staging")).is_empty());
 }
+
+/// Multipart uploads the bucket holds open under `bundles/`.
+async fn open_multipart_uploads(services: &Services, bucket: &str) -> usize {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&services.s3_endpoint)
+        .load()
+        .await;
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .len()
+}
+
+#[tokio::test]
+async fn sigkill_during_uploads_leaves_no_half_record_and_no_orphan_object() {
+    let Some(services) = Services::get() else {
+        return;
+    };
+    let bucket = services.fresh_bucket().await;
+    let mut env = services.server_env_with_bucket(
+        &Services::fresh_database(),
+        &services.mongo_url,
+        &services.s3_endpoint,
+        &bucket,
+    );
+    // One replica: what a killed process left is an orphan at once.
+    env.push(("ORPHAN_GRACE_PERIOD".into(), "0s".into()));
+    let data = tempfile::tempdir().unwrap();
+    let mut attempted = 0;
+    let mut open_multiparts_seen = 0;
+    for (round, after_ms) in [30u64, 100, 250, 600, 1200].into_iter().enumerate() {
+        let server = ServerProcess::start(data.path(), &env_refs(&env));
+        // Two small uploads (single PUT) and one over 32 MiB (multipart).
+        let uploads = vec![
+            (format!("{round}.0.0"), sized_bundle("a", 4 << 20)),
+            (format!("{round}.1.0"), sized_bundle("b", 4 << 20)),
+            (format!("{round}.2.0"), sized_bundle("c", 40 << 20)),
+        ];
+        attempted += uploads.len();
+        kill_during_uploads(server, uploads, Duration::from_millis(after_ms)).await;
+        open_multiparts_seen += open_multipart_uploads(&services, &bucket).await;
+    }
+    let server = ServerProcess::start(data.path(), &env_refs(&env));
+    let recorded = assert_every_record_has_its_bytes(&server).await;
+    eprintln!(
+        "{} of {attempted} uploads recorded; {open_multiparts_seen} multipart uploads left open by kills",
+        recorded.len()
+    );
+    assert!(recorded.len() < attempted, "some kills landed mid-upload");
+    let mut objects = objects_in_bucket(&services, &bucket).await;
+    objects.sort();
+    assert_eq!(
+        objects.len(),
+        recorded.len(),
+        "one object per record: {objects:?}"
+    );
+    assert_eq!(
+        open_multipart_uploads(&services, &bucket).await,
+        0,
+        "abandoned multipart uploads are aborted at start-up"
+    );
+    let client = Client::new(&server, API_KEY);
+    let (status, body) = client.upload(APP_ID, "0.0.0", web_bundle("after")).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -457,7 +457,7 @@ impl Catalog {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok(removed + self.blobs.abort_stale_uploads(min_age).await?)
     }
 
     // ---- releases ----------------------------------------------------------------------

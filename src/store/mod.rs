@@ -12,7 +12,7 @@ pub mod timed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
@@ -149,6 +149,12 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;
     /// The absolute URL devices download `key` from (computed locally, no network call).
     async fn download_url(&self, key: &str) -> Result<String, StoreError>;
+    /// Abandons uploads that were started at least `min_age` ago and never completed (S3
+    /// multipart uploads of a process that died); how many. Stores without such uploads have
+    /// nothing to do.
+    async fn abort_stale_uploads(&self, _min_age: Duration) -> Result<usize, StoreError> {
+        Ok(0)
+    }
     /// Where the object is on local disk, when this server serves it itself.
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None

@@ -231,6 +231,42 @@ impl BlobStore for S3BlobStore {
         Ok(())
     }
 
+    async fn abort_stale_uploads(&self, min_age: Duration) -> Result<usize, StoreError> {
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(KEY_PREFIX)
+            .send()
+            .await
+            .map_err(|e| describe("list multipart uploads", e))?;
+        let now = SystemTime::now();
+        let mut aborted = 0;
+        for upload in listed.uploads() {
+            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                continue;
+            };
+            let started = upload
+                .initiated()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(now);
+            if now.duration_since(started).unwrap_or_default() < min_age {
+                continue;
+            }
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| describe("abort multipart upload", e))?;
+            tracing::info!(key, "aborted an interrupted multipart upload");
+            aborted += 1;
+        }
+        Ok(aborted)
+    }
+
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
         let mut found = Vec::new();
         let mut pages = self

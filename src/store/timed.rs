@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -81,7 +81,8 @@ timed_impl! { BlobStore for TimedBlobStore, "blob":
         fn put_file(&self, key: &str, source: &Path) -> ();
         fn delete(&self, key: &str) -> ();
         fn list(&self) -> Vec<BlobInfo>;
-        fn download_url(&self, key: &str) -> String;
+                fn download_url(&self, key: &str) -> String;
+        fn abort_stale_uploads(&self, min_age: Duration) -> usize;
         plain fn local_path(&self, key: &str) -> Option<PathBuf> {
             self.0.local_path(key)
         }

@@ -742,3 +742,75 @@ impl Drop for FaultyProxy {
         self.cut.lock().unwrap().cancel();
     }
 }
+
+/// A valid bundle of about `size` bytes (incompressible), so its upload takes a while.
+pub fn sized_bundle(marker: &str, size: usize) -> Vec<u8> {
+    zip_of(&[
+        ("index.html", format!("<html>{marker}</html>").as_bytes()),
+        ("noise.bin", &incompressible(size)),
+    ])
+}
+
+/// Starts `uploads` (version, bytes) at once against `server`, then kills it with SIGKILL
+/// after `after`, whatever each upload had reached.
+pub async fn kill_during_uploads(
+    server: ServerProcess,
+    uploads: Vec<(String, Vec<u8>)>,
+    after: Duration,
+) {
+    let client = Client::new(&server, API_KEY);
+    let client = Arc::new(client);
+    for (version, bytes) in uploads {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let form = reqwest::multipart::Form::new()
+                .text("app_id", APP_ID)
+                .text("version_name", version)
+                .part(
+                    "bundle",
+                    reqwest::multipart::Part::bytes(bytes).file_name("b.zip"),
+                );
+            // Cut off by the kill: the outcome does not matter, what is stored does.
+            let _ = client
+                .http
+                .post(format!(
+                    "{}/api/v1/bundles.upload",
+                    client.server_management
+                ))
+                .header("x-api-key", &client.key)
+                .multipart(form)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+        });
+    }
+    tokio::time::sleep(after).await;
+    drop(server); // SIGKILL, then wait
+}
+
+/// After crashes: every recorded bundle downloads with its recorded size and SHA-256.
+/// Returns the recorded versions.
+pub async fn assert_every_record_has_its_bytes(server: &ServerProcess) -> Vec<String> {
+    use sha2::Digest;
+    let client = Client::new(server, API_KEY);
+    let listed = client.list("bundles.list").await;
+    let mut versions = Vec::new();
+    for bundle in listed["data"].as_array().unwrap() {
+        let url = bundle["public_download_url"].as_str().unwrap();
+        let response = client.http.get(url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        let bytes = response.bytes().await.unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            bundle["size"].as_u64().unwrap(),
+            "{bundle}"
+        );
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            bundle["sha256"].as_str().unwrap(),
+            "{bundle}"
+        );
+        versions.push(bundle["version_name"].as_str().unwrap().to_string());
+    }
+    versions
+}
