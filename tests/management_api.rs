@@ -614,3 +614,104 @@ async fn records_owned_by_kubernetes_resources_are_read_only_here() {
         "the refused calls changed nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promotes_uploads_and_checks_at_once_leave_a_consistent_catalog() {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+        // Every check comes from one address: no rate limit here.
+    let app = Arc::new(TestApp::with_env(&[("LIMIT_REQUEST_PER_MINUTE", "0")]));
+    let builtin = app.upload_bundle("1.0.0").await;
+    let first = app.upload_bundle("1.1.0").await;
+    let second = app.upload_bundle("1.2.0").await;
+    let release = app.create_release(&builtin).await;
+    assert_eq!(
+        app.set_active(&release, &first, None).await.0,
+        StatusCode::OK
+    );
+    let (_, listed) = app.get("/api/v1/bundles.list").await;
+    // version → (id, checksum devices must get with it)
+    let expected: HashMap<String, (String, String)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let field = |name: &str| b[name].as_str().unwrap().to_string();
+            (field("version_name"), (field("id"), field("checksum")))
+        })
+        .collect();
+    let expected = Arc::new(expected);
+
+    let done = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(AtomicUsize::new(0));
+    let checkers: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, expected, done, answers) =
+                (app.clone(), expected.clone(), done.clone(), answers.clone());
+            tokio::spawn(async move {
+                while !done.load(Ordering::SeqCst) {
+                    let (status, answer) = app
+                        .device_post("/updates", device_body("1.0.0", "8.51.14").to_string())
+                        .await;
+                    assert_eq!(status, StatusCode::OK);
+                    let version = answer["version"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{answer}"));
+                    assert!(version == "1.1.0" || version == "1.2.0", "{answer}");
+                    let (id, checksum) = &expected[version];
+                    // Never a mix of two bundles: version, checksum and URL agree.
+                    assert_eq!(answer["checksum"], checksum.as_str(), "{answer}");
+                    assert!(
+                        answer["url"].as_str().unwrap().contains(id.as_str()),
+                        "{answer}"
+                    );
+                                        answers.fetch_add(1, Ordering::SeqCst);
+                    // A cached answer completes without yielding: let the writers run.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let promoter = {
+        let (app, release, first, second) =
+            (app.clone(), release.clone(), first.clone(), second.clone());
+        tokio::spawn(async move {
+            for i in 0..100 {
+                let target = if i % 2 == 0 { &second } else { &first };
+                let (status, body) = app.set_active(&release, target, None).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+            }
+        })
+    };
+    let uploader = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                app.upload_bundle(&format!("2.0.{i}")).await;
+            }
+        })
+    };
+    promoter.await.unwrap();
+    uploader.await.unwrap();
+    done.store(true, Ordering::SeqCst);
+    for checker in checkers {
+        checker.await.unwrap();
+    }
+    assert!(answers.load(Ordering::SeqCst) > 0);
+    // The last promote (i = 99) chose `first`, and a check now says so.
+    let (_, releases) = app.get("/api/v1/releases.list").await;
+    assert_eq!(
+        releases["data"][0]["channels"]["production"],
+        first.as_str()
+    );
+    let (_, answer) = app
+        .device_post("/updates", device_body("1.0.0", "8.51.14").to_string())
+        .await;
+    assert_eq!(answer["version"], "1.1.0");
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    assert_eq!(bundles["data"].as_array().unwrap().len(), 23);
+    assert_eq!(app.files_in("blobs").len(), 23);
+    assert!(app.files_in("staging").is_empty());
+}
