@@ -193,6 +193,13 @@ impl Config {
                 }
             }
         };
+        Self::from_file_values(&file_values, env)
+    }
+
+    fn from_file_values(
+        file_values: &BTreeMap<String, String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut raw = BTreeMap::new();
         for &(name, default) in SETTINGS {
             let value = env(name)
@@ -203,6 +210,16 @@ impl Config {
             }
         }
         Self::from_raw(&RawValues(raw))
+    }
+
+    /// From a config file's text and environment overrides (what [`Config::load`] does after
+    /// reading the file; the fuzz target calls it directly).
+    pub fn from_yaml(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file_values = parse_yaml_settings(text, Path::new(DEFAULT_CONFIG_PATH))?;
+        Self::from_file_values(&file_values, env)
     }
 
     /// Loads from the process environment.
@@ -347,7 +364,12 @@ fn read_yaml_file(path: &Path) -> Result<BTreeMap<String, String>, ConfigError> 
         path: path.to_path_buf(),
         source,
     })?;
-    let document: Option<BTreeMap<String, serde_yaml::Value>> = serde_yaml::from_str(&text)
+    parse_yaml_settings(&text, path)
+}
+
+/// The settings in a config file's text (`path` names it in errors).
+fn parse_yaml_settings(text: &str, path: &Path) -> Result<BTreeMap<String, String>, ConfigError> {
+    let document: Option<BTreeMap<String, serde_yaml::Value>> = serde_yaml::from_str(text)
         .map_err(|source| ConfigError::Yaml {
             path: path.to_path_buf(),
             source,

@@ -621,7 +621,7 @@ async fn promotes_uploads_and_checks_at_once_leave_a_consistent_catalog() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
 
-        // Every check comes from one address: no rate limit here.
+    // Every check comes from one address: no rate limit here.
     let app = Arc::new(TestApp::with_env(&[("LIMIT_REQUEST_PER_MINUTE", "0")]));
     let builtin = app.upload_bundle("1.0.0").await;
     let first = app.upload_bundle("1.1.0").await;
@@ -667,7 +667,7 @@ async fn promotes_uploads_and_checks_at_once_leave_a_consistent_catalog() {
                         answer["url"].as_str().unwrap().contains(id.as_str()),
                         "{answer}"
                     );
-                                        answers.fetch_add(1, Ordering::SeqCst);
+                    answers.fetch_add(1, Ordering::SeqCst);
                     // A cached answer completes without yielding: let the writers run.
                     tokio::task::yield_now().await;
                 }

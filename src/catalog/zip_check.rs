@@ -25,7 +25,14 @@ pub struct ZipSummary {
 pub fn check_bundle_zip(path: &Path) -> Result<ZipSummary, InvalidInput> {
     let file = std::fs::File::open(path)
         .map_err(|e| InvalidInput(format!("cannot read the uploaded file: {e}")))?;
-    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| {
+    check_bundle_archive(std::io::BufReader::new(file))
+}
+
+/// [`check_bundle_zip`] on any seekable bytes (the fuzz target feeds it memory).
+pub fn check_bundle_archive(
+    reader: impl std::io::Read + std::io::Seek,
+) -> Result<ZipSummary, InvalidInput> {
+    let mut archive = zip::ZipArchive::new(reader).map_err(|e| {
         InvalidInput(format!(
             "the bundle is not a valid zip archive ({e}); upload the zip of your web assets"
         ))

@@ -117,7 +117,8 @@ impl<S: Send + Sync> FromRequest<S> for DeviceBody {
     }
 }
 
-fn parse_json_body(bytes: &[u8]) -> Result<Value, DeviceRefusal> {
+/// A device request body as JSON, or the refusal devices get (also the fuzz target's entry).
+pub fn parse_json_body(bytes: &[u8]) -> Result<Value, DeviceRefusal> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(DeviceRefusal::invalid(
             "the request body is empty; send the device information as JSON",

@@ -1,0 +1,503 @@
+#!/usr/bin/env python3
+"""The capgo-server benchmark (run it with scripts/bench; see BENCHMARKS.md).
+
+Builds in release mode, starts capgo-server on loopback, seeds a catalog of 50 apps x 2
+platforms x 20 native releases with 3 channels each, and drives it with wrk:
+
+  ceiling         the same wrk load against bench/ceiling.rs, a minimal hyper server that
+                  answers every request with a real /updates answer (same bytes)
+  updates-hit     POST /updates, one plugin-shaped body, answers from the cache
+  updates-100k    POST /updates from 100,000 distinct devices spread over all 2,000 releases
+                  and the 3 channels, with CACHE_RESULT_DURATION=0s: every check reads the store
+  latency-half    updates-hit at half of its measured peak rate (wrk's delay(), 16 connections)
+  stats           POST /stats with batches of 200 events; every stored event is counted back
+  upload          one 500 MiB bundle through bundles.upload, against `cp` of the same file on
+                  the same disk, with the server's peak RSS
+
+Every throughput figure is the median of --runs runs, ceiling and server runs interleaved. The
+same scenarios run on MongoDB + S3 with --backends external (scripts/services start first).
+Results: a table on stdout and JSON in target/bench/results.json.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import uuid
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY = "bench-management-key-0123456789"
+APPS, PLATFORMS, RELEASES = 50, ("android", "ios"), 20
+CHANNELS = ("production", "beta", "staging")
+DEVICES = 100_000
+THREADS, CONNECTIONS = 2, 64
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def target_dir():
+    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+
+
+def build():
+    log("building (release)...")
+    subprocess.run(
+        ["cargo", "build", "--release", "--bin", "capgo-server", "--example", "ceiling"],
+        cwd=ROOT, check=True)
+    release = os.path.join(target_dir(), "release")
+    return os.path.join(release, "capgo-server"), os.path.join(release, "examples", "ceiling")
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    """capgo-server on two free loopback ports."""
+
+    def __init__(self, binary, data_dir, env):
+        os.makedirs(data_dir, exist_ok=True)
+        self.device_port, self.management_port = free_port(), free_port()
+        full_env = {
+            "PATH": os.environ["PATH"],
+            "DATA_DIR": data_dir,
+            "LISTEN_ADDRESS": "127.0.0.1",
+            "CAPGO_USER_PORT": str(self.device_port),
+            "CAPGO_MANAGEMENT_PORT": str(self.management_port),
+            "MANAGEMENT_API_TOKENS": KEY,
+            "LIMIT_REQUEST_PER_MINUTE": "0",
+            "RUST_LOG": "warn",
+            **env,
+        }
+        self.process = subprocess.Popen([binary], env=full_env, cwd=data_dir,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"capgo-server exited: {self.process.stderr.read().decode()}")
+            try:
+                if self.request("GET", "/_healthz", management=True)[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("capgo-server did not start")
+
+    def connection(self, management):
+        port = self.management_port if management else self.device_port
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def request(self, method, path, body=None, headers=None, management=False, connection=None):
+        own = connection is None
+        connection = connection or self.connection(management)
+        headers = dict(headers or {})
+        if management:
+            headers["x-api-key"] = KEY
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        if own:
+            connection.close()
+        return response.status, data
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+
+def multipart(fields, file_path=None, file_bytes=None):
+    boundary = uuid.uuid4().hex
+    head = b""
+    for name, value in fields.items():
+        head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n"
+                 f"{value}\r\n").encode()
+    head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"bundle\"; "
+             f"filename=\"bundle.zip\"\r\nContent-Type: application/zip\r\n\r\n").encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return boundary, head, tail
+
+
+def small_zip(marker):
+    path = tempfile.mktemp(suffix=".zip")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("index.html", f"<html>{marker}</html>")
+        archive.writestr("assets/app.js", "console.log(%r)" % marker)
+    with open(path, "rb") as f:
+        data = f.read()
+    os.unlink(path)
+    return data
+
+
+def upload(server, app_id, version, data, connection=None):
+    boundary, head, tail = multipart({"app_id": app_id, "version_name": version})
+    status, body = server.request(
+        "POST", "/api/v1/bundles.upload", head + data + tail,
+        {"content-type": f"multipart/form-data; boundary={boundary}"},
+        management=True, connection=connection)
+    assert status == 200, body
+    return json.loads(body)["bundle"]["id"]
+
+
+def app_id(app):
+    return f"com.bench.app{app}"
+
+
+def seed(server):
+    """50 apps x 2 platforms x 20 releases; channels production 1.2.0, beta 1.1.0, staging 1.2.0."""
+    started = time.time()
+    connection = server.connection(True)
+    bundles = {}
+    for app in range(APPS):
+        for version in ("1.0.0", "1.1.0", "1.2.0"):
+            bundles[(app, version)] = upload(server, app_id(app), version,
+                                             small_zip(f"{app}-{version}"), connection)
+    for app in range(APPS):
+        for platform in PLATFORMS:
+            for release in range(RELEASES):
+                status, body = server.request("POST", "/api/v1/releases.create", {
+                    "platform": platform, "app_id": app_id(app),
+                    "version_name": f"1.{release}.0", "version_code": str(release + 1),
+                    "builtin_bundle_id": bundles[(app, "1.0.0")],
+                }, management=True, connection=connection)
+                assert status == 200, body
+                release_id = json.loads(body)["release"]["id"]
+                for channel, version in zip(CHANNELS, ("1.2.0", "1.1.0", "1.2.0")):
+                    status, body = server.request("POST", "/api/v1/releases.set-active", {
+                        "release_id": release_id, "bundle_id": bundles[(app, version)],
+                        "channel": channel,
+                    }, management=True, connection=connection)
+                    assert status == 200, body
+    connection.close()
+    log(f"seeded {APPS * len(PLATFORMS) * RELEASES} releases in {time.time() - started:.1f}s")
+    return bundles
+
+
+def device_body(app=0, platform="android", release=0, device=0, channel=""):
+    return {
+        "platform": platform, "device_id": f"00000000-0000-4000-8000-{device:012d}",
+        "app_id": app_id(app), "version_name": "builtin", "version_build": f"1.{release}.0",
+        "version_code": str(release + 1), "version_os": "14", "plugin_version": "8.51.14",
+        "is_emulator": False, "is_prod": True, "custom_id": "", "defaultChannel": channel,
+    }
+
+
+LUA_DONE = r"""
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d,'
+    .. '"errors":%d,"non2xx":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), errors, summary.errors.status))
+end
+"""
+
+
+def lua_fixed(path, body, interval_ms=None):
+    delay = f"delay = function() return {interval_ms} end\n" if interval_ms else ""
+    return (f"wrk.method = 'POST'\nwrk.path = {json.dumps(path)}\n"
+            f"wrk.headers['Content-Type'] = 'application/json'\n"
+            f"wrk.body = {json.dumps(json.dumps(body))}\n{delay}{LUA_DONE}")
+
+
+def lua_devices():
+    """100,000 devices spread over every app, platform, release and channel."""
+    return r"""
+local counter = 0
+local offset = 0
+local threads = 0
+setup = function(thread)
+  thread:set("offset", threads * 50000)
+  threads = threads + 1
+end
+request = function()
+  counter = counter + 1
+  local i = (offset + counter) % %DEVICES%
+  local app = i % %APPS%
+  local platform = (math.floor(i / %APPS%) % 2 == 0) and "android" or "ios"
+  local release = math.floor(i / (%APPS% * 2)) % %RELEASES%
+  local channels = {"", "beta", "staging"}
+  local channel = channels[(math.floor(i / (%APPS% * 2 * %RELEASES%)) % 3) + 1]
+  local body = string.format(
+    '{"platform":"%s","device_id":"00000000-0000-4000-8000-%012d","app_id":"com.bench.app%d",'
+    .. '"version_name":"builtin","version_build":"1.%d.0","version_code":"%d","version_os":"14",'
+    .. '"plugin_version":"8.51.14","is_emulator":false,"is_prod":true,"custom_id":"",'
+    .. '"defaultChannel":"%s"}', platform, i, app, release, release + 1, channel)
+  return wrk.format("POST", "/updates", {["Content-Type"] = "application/json"}, body)
+end
+""".replace("%DEVICES%", str(DEVICES)).replace("%APPS%", str(APPS)).replace(
+        "%RELEASES%", str(RELEASES)) + LUA_DONE
+
+
+def wrk(port, script_text, seconds, connections=CONNECTIONS):
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(script_text)
+    try:
+        output = subprocess.run(
+            ["wrk", "-t", str(THREADS), "-c", str(connections), "-d", f"{seconds}s",
+             "--timeout", "10s", "-s", script.name, f"http://127.0.0.1:{port}"],
+            check=True, capture_output=True, text=True).stdout
+    finally:
+        os.unlink(script.name)
+    line = next(l for l in output.splitlines() if l.startswith("BENCH "))
+    result = json.loads(line[len("BENCH "):])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def median_of(results, key):
+    return statistics.median(r[key] for r in results)
+
+
+def summarize(results):
+    return {
+        "rps": median_of(results, "rps"),
+        "p50_ms": median_of(results, "p50_us") / 1000,
+        "p99_ms": median_of(results, "p99_us") / 1000,
+        "p999_ms": median_of(results, "p999_us") / 1000,
+        "errors": sum(r["errors"] + r["non2xx"] for r in results),
+        "runs": len(results),
+    }
+
+
+def backend_env(backend):
+    if backend == "embedded":
+        return {}
+    env_file = os.path.join(ROOT, "target", "test-services", "env")
+    if not os.path.exists(env_file):
+        raise SystemExit("--backends external needs `scripts/services start` first")
+    values = {}
+    for line in open(env_file):
+        line = line.strip()
+        if line.startswith("export "):
+            line = line[len("export "):]
+        if "=" in line and not line.startswith("#"):
+            name, value = line.split("=", 1)
+            values[name] = value.strip("'\"")
+    env = {
+        "MONGO_CONNECTION_STRING": values["CAPGO_TEST_MONGO_URL"],
+        "MONGO_DATABASE": f"capgo_bench_{uuid.uuid4().hex[:12]}",
+        "S3_BUCKET": values["CAPGO_TEST_S3_BUCKET"],
+        "S3_BASE_ENDPOINT": values["CAPGO_TEST_S3_ENDPOINT"],
+    }
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        env[name] = values[name]
+    return env
+
+
+def against_ceiling(ceiling_binary, answer_file, server, script, name, ceiling_name, args,
+                    report):
+    """The same wrk load on the ceiling server and on capgo-server, runs interleaved."""
+    port = free_port()
+    ceiling = subprocess.Popen([ceiling_binary, str(port), answer_file], stdout=subprocess.DEVNULL)
+    time.sleep(0.3)
+    ceiling_runs, server_runs = [], []
+    for run in range(args.runs):
+        ceiling_runs.append(wrk(port, script, args.seconds))
+        server_runs.append(wrk(server.device_port, script, args.seconds))
+        log(f"  run {run + 1}: {ceiling_name} {ceiling_runs[-1]['rps']:.0f}/s, "
+            f"{name} {server_runs[-1]['rps']:.0f}/s")
+    ceiling.terminate()
+    ceiling.wait()
+    report[ceiling_name] = summarize(ceiling_runs)
+    report[name] = summarize(server_runs)
+    report[name]["peak_rss_mib"] = peak_rss_mib(server.process.pid)
+
+
+def throughput(binary, ceiling_binary, backend, data_dir, args, report):
+    env = backend_env(backend)
+    server = Server(binary, data_dir, env)
+    bundles = seed(server)
+    hit_body = device_body()
+    status, answer = server.request("POST", "/updates", hit_body)
+    assert status == 200 and b'"url"' in answer, answer
+    answer_file = os.path.join(data_dir, "answer.json")
+    with open(answer_file, "wb") as f:
+        f.write(answer)
+    hit_script = lua_fixed("/updates", hit_body)
+    against_ceiling(ceiling_binary, answer_file, server, hit_script, "updates-hit", "ceiling",
+                    args, report)
+
+    # Half the peak rate: each of 16 connections waits 16/rate seconds between requests.
+    half_rate = report["updates-hit"]["rps"] / 2
+    connections = 16
+    interval_ms = max(1, round(1000 * connections / half_rate))
+    half_runs = [wrk(server.device_port, lua_fixed("/updates", hit_body, interval_ms),
+                     args.seconds, connections) for _ in range(args.runs)]
+    report["latency-half"] = summarize(half_runs)
+    report["latency-half"]["target_rps"] = half_rate
+
+    # Stats ingestion: batches of 200, then every stored event counted back.
+    batch = [{"app_id": app_id(0), "device_id": f"device-{i}", "action": "set",
+              "version_name": "1.2.0", "version_build": "1.0.0", "platform": "android"}
+             for i in range(200)]
+    stats_runs = [wrk(server.device_port, lua_fixed("/stats", batch), args.seconds, 16)
+                  for _ in range(args.runs)]
+    time.sleep(1)
+    status, activity = server.request(
+        "GET", f"/api/v1/bundles.activity?bundle_id={bundles[(0, '1.2.0')]}&days=1",
+        management=True)
+    stored = sum(json.loads(activity)["actions"].values())
+    sent = sum((r["requests"] - r["non2xx"]) * 200 for r in stats_runs)
+    report["stats"] = summarize(stats_runs)
+    report["stats"]["events_per_s"] = report["stats"]["rps"] * 200
+    report["stats"]["events_acknowledged"] = sent
+    report["stats"]["events_stored"] = stored
+    server.stop()
+
+    # Cache misses from 100k devices: the same catalog, answers never reused.
+    server = Server(binary, data_dir, {**env, "CACHE_RESULT_DURATION": "0s"})
+    against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-100k",
+                    "ceiling-100k", args, report)
+    server.stop()
+
+
+def big_zip(path, size):
+    """A valid bundle of `size` bytes of incompressible data, stored (not deflated)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("index.html", "<html>big</html>")
+        with archive.open("noise.bin", "w", force_zip64=True) as noise:
+            chunk = os.urandom(1 << 20)
+            for i in range(size >> 20):
+                noise.write(chunk[i % 7:] + chunk[:i % 7])
+
+
+def upload_benchmark(binary, backend, data_dir, work_dir, args, report):
+    size = args.upload_mib << 20
+    zip_path = os.path.join(work_dir, "big.zip")
+    big_zip(zip_path, size)
+    copies = []
+    for _ in range(args.runs):
+        target = os.path.join(work_dir, "copy.zip")
+        started = time.time()
+        shutil.copyfile(zip_path, target)
+        with open(target, "rb+") as f:
+            os.fsync(f.fileno())
+        copies.append(time.time() - started)
+        os.unlink(target)
+    uploads, rss = [], []
+    for run in range(args.runs):
+        server = Server(binary, os.path.join(data_dir, f"upload-{run}"), backend_env(backend))
+        boundary, head, tail = multipart({"app_id": "com.bench.big", "version_name": f"9.{run}.0"})
+        length = len(head) + os.path.getsize(zip_path) + len(tail)
+        connection = server.connection(True)
+        started = time.time()
+        connection.putrequest("POST", "/api/v1/bundles.upload")
+        connection.putheader("x-api-key", KEY)
+        connection.putheader("content-type", f"multipart/form-data; boundary={boundary}")
+        connection.putheader("content-length", str(length))
+        connection.endheaders()
+        connection.send(head)
+        with open(zip_path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                connection.send(chunk)
+        connection.send(tail)
+        response = connection.getresponse()
+        body = response.read()
+        uploads.append(time.time() - started)
+        assert response.status == 200, body
+        rss.append(peak_rss_mib(server.process.pid))
+        server.stop()
+    copy_s, upload_s = statistics.median(copies), statistics.median(uploads)
+    report["upload"] = {
+        "size_mib": args.upload_mib,
+        "copy_mib_per_s": args.upload_mib / copy_s,
+        "upload_mib_per_s": args.upload_mib / upload_s,
+        "ratio_to_copy": copy_s / upload_s,
+        "peak_rss_mib": max(rss),
+        "runs": args.runs,
+    }
+
+
+def print_report(results):
+    for backend, report in results["backends"].items():
+        print(f"\n## {backend}\n")
+        print("| scenario | requests/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, ceiling in (("ceiling", None), ("updates-hit", "ceiling"),
+                              ("latency-half", None), ("ceiling-100k", None),
+                              ("updates-100k", "ceiling-100k")):
+            r = report.get(name)
+            if not r:
+                continue
+            ratio = f"{r['rps'] / report[ceiling]['rps']:.2f}" if ceiling else ""
+            rps = f"{r['rps']:.0f}"
+            if name == "latency-half":
+                rps += f" (target {r['target_rps']:.0f})"
+            rss = f"{r['peak_rss_mib']:.1f}" if "peak_rss_mib" in r else ""
+            print(f"| {name} | {rps} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                  f"{r['p999_ms']:.2f} | {r['errors']} | {rss} |")
+        s = report.get("stats")
+        if s:
+            print(f"\nstats: {s['events_per_s']:.0f} events/s in batches of 200 "
+                  f"(p99 {s['p99_ms']:.2f} ms); acknowledged {s['events_acknowledged']}, "
+                  f"stored {s['events_stored']}")
+        u = report.get("upload")
+        if u:
+            print(f"upload {u['size_mib']} MiB: {u['upload_mib_per_s']:.0f} MiB/s vs cp "
+                  f"{u['copy_mib_per_s']:.0f} MiB/s (ratio {u['ratio_to_copy']:.2f}), "
+                  f"server peak RSS {u['peak_rss_mib']:.1f} MiB")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="embedded",
+                        help="comma-separated: embedded, external (MongoDB + S3)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--upload-mib", type=int, default=500)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install wrk (scripts/bench installs it)")
+    binary, ceiling_binary = build()
+    results = {
+        "machine": {"cores": os.cpu_count(),
+                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
+        "settings": {"threads": THREADS, "connections": CONNECTIONS, "seconds": args.seconds,
+                     "runs": args.runs},
+        "backends": {},
+    }
+    for backend in args.backends.split(","):
+        log(f"== {backend}")
+        report = results["backends"][backend] = {}
+        with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "target")) as work:
+            data_dir = os.path.join(work, "data")
+            os.makedirs(data_dir)
+            throughput(binary, ceiling_binary, backend, data_dir, args, report)
+            upload_benchmark(binary, backend, data_dir, work, args, report)
+    os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
+    with open(os.path.join(ROOT, "target", "bench", "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"machine: {results['machine']['cores']} cores, {results['machine']['memory_gib']} GiB; "
+          f"wrk {THREADS} threads, {CONNECTIONS} connections, {args.seconds}s x {args.runs} runs")
+    print_report(results)
+
+
+if __name__ == "__main__":
+    main()
