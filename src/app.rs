@@ -219,8 +219,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     );
     let state = AppState::new(&config, catalog, staging, access);
 
-    if let Some(limiter) = state.rate_limiter.clone() {
-        let stop = shutdown.clone();
+    if state.rate_limiter.is_some() {
+        let (state, stop) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut every_minute = tokio::time::interval(Duration::from_secs(60));
             while stop
@@ -228,7 +228,9 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
                 .await
                 .is_some()
             {
-                limiter.forget_idle_clients();
+                if let Some(limiter) = &state.rate_limiter {
+                    limiter.forget_idle_clients();
+                }
             }
         });
     }

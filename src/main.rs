@@ -6,6 +6,11 @@ use tokio_util::sync::CancellationToken;
 use capgo_server::cli::{Cli, Command};
 use capgo_server::config::Config;
 
+/// mimalloc: glibc's allocator spent a fifth of the /updates hot path in malloc, free and
+/// arena-lock contention between worker threads (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // One TLS crypto provider for every client: aws-lc, which the AWS SDK needs.
     capgo_server::install_crypto_provider();

@@ -55,10 +55,13 @@ impl Histogram {
     }
 }
 
+/// Latency per route pattern, looked up by `&str` so a request allocates nothing.
+type RouteHistograms = BTreeMap<Box<str>, Histogram>;
+
 #[derive(Default)]
 pub struct Metrics {
-    /// (server, route, status class) → (count, latency).
-    http: Mutex<BTreeMap<(&'static str, String, &'static str), Histogram>>,
+    /// (server, status class) → route → (count, latency).
+    http: Mutex<BTreeMap<(&'static str, &'static str), RouteHistograms>>,
     /// Update answers by kind, in the order of [`ANSWER_KINDS`] (atomics: this is the
     /// /updates hot path).
     update_answers: [AtomicU64; ANSWER_KINDS.len()],
@@ -100,10 +103,16 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        lock(&self.http)
-            .entry((server, route.to_string(), class))
-            .or_default()
-            .observe(took.as_secs_f64());
+        let mut http = lock(&self.http);
+        // Look up without allocating: a key is built only the first time a series appears.
+        let series = http.entry((server, class)).or_default();
+        match series.get_mut(route) {
+            Some(histogram) => histogram.observe(took.as_secs_f64()),
+            None => series
+                .entry(route.into())
+                .or_default()
+                .observe(took.as_secs_f64()),
+        }
     }
 
     pub fn update_answer(&self, kind: &'static str) {
@@ -169,13 +178,15 @@ impl Metrics {
             "counter",
             "HTTP requests by server, route and status class.",
         );
-        for ((server, route, class), histogram) in &http {
-            let _ = writeln!(
-                out,
-                "capgo_http_requests_total{{server=\"{server}\",route=\"{}\",status=\"{class}\"}} {}",
-                escape(route),
-                histogram.count
-            );
+        for ((server, class), routes) in &http {
+            for (route, histogram) in routes {
+                let _ = writeln!(
+                    out,
+                    "capgo_http_requests_total{{server=\"{server}\",route=\"{}\",status=\"{class}\"}} {}",
+                    escape(route),
+                    histogram.count
+                );
+            }
         }
         family(
             &mut out,
@@ -184,7 +195,10 @@ impl Metrics {
             "HTTP request latency by server and route.",
         );
         let mut by_route: BTreeMap<(&str, &str), Histogram> = BTreeMap::new();
-        for ((server, route, _), histogram) in &http {
+        let all_routes = http
+            .iter()
+            .flat_map(|((server, _), routes)| routes.iter().map(move |(r, h)| (*server, r, h)));
+        for (server, route, histogram) in all_routes {
             let merged = by_route.entry((server, route)).or_default();
             for (total, count) in merged.buckets.iter_mut().zip(histogram.buckets) {
                 *total += count;

@@ -22,14 +22,25 @@ use client_ip::ClientIpResolver;
 
 use rate_limit::DeviceRateLimiter;
 
-/// Everything a handler needs; cheap to clone.
+/// Everything a handler needs. Cloned several times per request (by each extractor and
+/// middleware), so it is one shared pointer: a clone is one atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub catalog: Arc<Catalog>,
     pub staging: Staging,
-    pub access: Arc<Access>,
-    pub client_ip: Arc<ClientIpResolver>,
-    pub rate_limiter: Option<Arc<DeviceRateLimiter>>,
+    pub access: Access,
+    pub client_ip: ClientIpResolver,
+    pub rate_limiter: Option<DeviceRateLimiter>,
     pub max_bundle_size: u64,
     pub device_request_timeout: std::time::Duration,
     /// Offered to the UI for OIDC login (with the issuer of `access`).
@@ -43,18 +54,16 @@ impl AppState {
         staging: Staging,
         access: Access,
     ) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             catalog,
             staging,
-            access: Arc::new(access),
-            client_ip: Arc::new(ClientIpResolver::new(config.trusted_proxies.clone())),
-            rate_limiter: DeviceRateLimiter::per_minute(config.limit_request_per_minute)
-                .map(Arc::new),
+            access,
+            client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
+            rate_limiter: DeviceRateLimiter::per_minute(config.limit_request_per_minute),
             max_bundle_size: config.max_bundle_size,
             device_request_timeout: config.device_request_timeout,
-
             oauth_client_id: config.oauth_client_id.clone(),
-        }
+        }))
     }
 }
 

@@ -2,6 +2,8 @@
 //! when traces are exported), and counts and times by route pattern (not the raw path, so ids
 //! do not create new series).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
@@ -12,33 +14,42 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub async fn record(server: &'static str, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    // An Arc inside: no copy of the route per request.
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    // Only the trace id is formatted for every request (the log layer formats span fields when
+    // the span opens); the OpenTelemetry fields are filled in only when traces are exported.
     let span = tracing::info_span!(
         "request",
-        otel.name = format!("{} {route}", request.method()),
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.request.method = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
-    span.record("trace_id", trace_id(&span, &request));
+    let exported = crate::telemetry::traces_exported();
+    if exported {
+        span.record("otel.name", format!("{} {route}", request.method()));
+        span.record("otel.kind", "server");
+        span.record("http.request.method", request.method().as_str());
+        span.record("http.route", route);
+    }
+    span.record("trace_id", trace_id(&span, &request, exported));
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
-    span.record("http.response.status_code", status);
-    crate::metrics::global().http_request(server, &route, status, started.elapsed());
+    if exported {
+        span.record("http.response.status_code", status);
+    }
+    crate::metrics::global().http_request(server, route, status, started.elapsed());
     response
 }
 
 /// The exported trace's id when traces are on (after adopting the caller's `traceparent`),
 /// else a fresh random one that still ties a request's log lines together.
-fn trace_id(span: &tracing::Span, request: &Request) -> String {
-    if crate::telemetry::traces_exported() {
+fn trace_id(span: &tracing::Span, request: &Request, exported: bool) -> String {
+    if exported {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&opentelemetry_http::HeaderExtractor(request.headers()))
         });
@@ -50,7 +61,21 @@ fn trace_id(span: &tracing::Span, request: &Request) -> String {
             return id.to_string();
         }
     }
-    let mut bytes = [0u8; 16];
-    let _ = getrandom::fill(&mut bytes);
-    hex::encode(bytes)
+    local_trace_id()
+}
+
+/// 128 bits unique to this request without a system call: a random per-process half and a
+/// counter half.
+fn local_trace_id() -> String {
+    static PROCESS: LazyLock<u64> = LazyLock::new(|| {
+        let mut bytes = [0u8; 8];
+        let _ = getrandom::fill(&mut bytes);
+        u64::from_ne_bytes(bytes)
+    });
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:016x}{:016x}",
+        *PROCESS,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

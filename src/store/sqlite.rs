@@ -116,8 +116,16 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] =
     &[("bundles", "owner", "TEXT"), ("releases", "owner", "TEXT")];
 
 pub struct SqliteMetadataStore {
+    /// Every write, and reads that return many rows, run here on the blocking pool.
     connection: Arc<Mutex<Connection>>,
+    /// Read-only connections for point lookups (the `/updates` path), run on the calling task:
+    /// a lookup of cached pages takes microseconds, less than handing it to another thread.
+    /// WAL lets them read while the writer writes. Empty for in-memory databases.
+    readers: Vec<Mutex<Connection>>,
 }
+
+/// Read connections per database file.
+const READERS: usize = 4;
 
 impl SqliteMetadataStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
@@ -125,7 +133,24 @@ impl SqliteMetadataStore {
         let connection = Connection::open(path).map_err(|e| {
             StoreError::Internal(format!("cannot open database {}: {e}", path.display()))
         })?;
-        Self::prepare(connection)
+        let mut store = Self::prepare(connection)?;
+        for _ in 0..READERS {
+            let reader = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|c| {
+                // Never wait on the calling task: a busy database sends the read to `run`.
+                c.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 0;")?;
+                Ok(c)
+            })
+            .map_err(|e| {
+                StoreError::Internal(format!("cannot open database {}: {e}", path.display()))
+            })?;
+            store.readers.push(Mutex::new(reader));
+        }
+        Ok(store)
     }
 
     /// An in-memory database, for tests.
@@ -158,6 +183,7 @@ impl SqliteMetadataStore {
         }
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),
+            readers: Vec::new(),
         })
     }
 
@@ -178,16 +204,43 @@ impl SqliteMetadataStore {
     }
 }
 
+impl SqliteMetadataStore {
+    /// A point lookup on a free read connection, on this task; on the writer's thread when
+    /// every reader is in use or the database is momentarily busy.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl Fn(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        for reader in &self.readers {
+            let Ok(mut connection) = reader.try_lock() else {
+                continue;
+            };
+            match work(&mut connection) {
+                Err(e) if is_busy(&e) => break,
+                result => return result.map_err(map_error),
+            }
+        }
+        self.run(work).await
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
 fn internal(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
 }
 
 fn map_error(e: rusqlite::Error) -> StoreError {
+    if is_busy(&e) {
+        return StoreError::Unavailable(e.to_string());
+    }
     match e.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StoreError::Unavailable(e.to_string())
-        }
         _ => internal(e),
     }
 }
@@ -322,7 +375,7 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError> {
         let id = id.clone();
-        self.run(move |c| {
+        self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE id = ?1"
             ))?
@@ -338,11 +391,11 @@ impl MetadataStore for SqliteMetadataStore {
         version_name: &str,
     ) -> Result<Option<Bundle>, StoreError> {
         let (app_id, version_name) = (app_id.to_string(), version_name.to_string());
-        self.run(move |c| {
+        self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE app_id = ?1 AND version_name = ?2"
             ))?
-            .query_row([app_id, version_name], bundle_from_row)
+            .query_row([&app_id, &version_name], bundle_from_row)
             .optional()
         })
         .await
@@ -403,13 +456,13 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn release(&self, id: &RecordId) -> Result<Option<Release>, StoreError> {
         let id = id.clone();
-        self.run(move |c| Ok(load_releases(c, "r.id = ?1", &[&id.as_str()])?.pop()))
+        self.read(move |c| Ok(load_releases(c, "r.id = ?1", &[&id.as_str()])?.pop()))
             .await
     }
 
     async fn release_by_key(&self, key: &ReleaseKey) -> Result<Option<Release>, StoreError> {
         let key = key.clone();
-        self.run(move |c| {
+        self.read(move |c| {
             Ok(load_releases(
                 c,
                 "r.platform = ?1 AND r.app_id = ?2 AND r.version_name = ?3 AND r.version_code = ?4",
@@ -533,9 +586,9 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, StoreError> {
         let app_id = app_id.to_string();
-        self.run(move |c| {
+        self.read(move |c| {
             c.prepare_cached("SELECT id, app_id, name FROM channels WHERE app_id = ?1 ORDER BY id")?
-                .query_map([app_id], |row| {
+                .query_map([&app_id], |row| {
                     Ok(Channel {
                         id: row.get(0)?,
                         app_id: row.get(1)?,
@@ -638,11 +691,11 @@ impl MetadataStore for SqliteMetadataStore {
 
     async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError> {
         let digest = digest.to_string();
-        self.run(move |c| {
+        self.read(move |c| {
             c.prepare_cached(&format!(
                 "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE digest = ?1"
             ))?
-            .query_row([digest], api_token_from_row)
+            .query_row([&digest], api_token_from_row)
             .optional()
         })
         .await
