@@ -76,12 +76,16 @@ async fn scopes_are_enforced_on_every_route() {
     }
     // What each may do, end to end: upload with the CI token, not list; list with read-only.
     let zip = web_bundle("scoped");
-    let upload_request = multipart_body(&[
-        ("app_id", Part::Text(APP_ID)),
-        ("version_name", Part::Text("1.0.0")),
-        ("bundle", Part::File(&zip)),
-    ]);
-    let response = reqwest_like_upload(&app, &upload, upload_request).await;
+    let response = app
+        .upload_as(
+            &upload,
+            &[
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1.0.0")),
+                ("bundle", Part::File(&zip)),
+            ],
+        )
+        .await;
     assert_eq!(response.0, StatusCode::OK, "{}", response.1);
     let (status, body) = app
         .call_as(
@@ -106,18 +110,6 @@ async fn scopes_are_enforced_on_every_route() {
         who,
         json!({"name": "token:dashboard", "scope": "read-only"})
     );
-}
-
-async fn reqwest_like_upload(app: &TestApp, secret: &str, body: Vec<u8>) -> (StatusCode, Value) {
-    let request = axum::http::Request::post("/api/v1/bundles.upload")
-        .header("x-api-key", secret)
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .body(axum::body::Body::from(body))
-        .unwrap();
-    TestApp::call(&app.management, request).await
 }
 
 #[tokio::test]
@@ -228,22 +220,30 @@ async fn the_audit_log_records_changes_and_failures_with_paging() {
     let ci = create_token(&app, "ci", "upload").await;
     let bundle = {
         let zip = web_bundle("a");
-        let body = multipart_body(&[
-            ("app_id", Part::Text(APP_ID)),
-            ("version_name", Part::Text("1.0.0")),
-            ("bundle", Part::File(&zip)),
-        ]);
-        let (status, answer) = reqwest_like_upload(&app, &ci, body).await;
+        let (status, answer) = app
+            .upload_as(
+                &ci,
+                &[
+                    ("app_id", Part::Text(APP_ID)),
+                    ("version_name", Part::Text("1.0.0")),
+                    ("bundle", Part::File(&zip)),
+                ],
+            )
+            .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         answer["bundle"]["id"].as_str().unwrap().to_string()
     };
     // A failed upload (not a zip) and a refused change (scope) are recorded too.
-    let bad = multipart_body(&[
-        ("app_id", Part::Text(APP_ID)),
-        ("version_name", Part::Text("1.0.1")),
-        ("bundle", Part::File(b"not a zip")),
-    ]);
-    let (status, _) = reqwest_like_upload(&app, &ci, bad).await;
+    let (status, _) = app
+        .upload_as(
+            &ci,
+            &[
+                ("app_id", Part::Text(APP_ID)),
+                ("version_name", Part::Text("1.0.1")),
+                ("bundle", Part::File(b"not a zip")),
+            ],
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = app
         .call_as(

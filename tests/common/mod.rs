@@ -244,8 +244,13 @@ impl TestApp {
     }
 
     pub async fn upload(&self, parts: &[(&str, Part<'_>)]) -> (StatusCode, Value) {
+        self.upload_as(API_KEY, parts).await
+    }
+
+    /// An upload with another API key (a scoped token).
+    pub async fn upload_as(&self, key: &str, parts: &[(&str, Part<'_>)]) -> (StatusCode, Value) {
         let request = Request::post("/api/v1/bundles.upload")
-            .header("x-api-key", API_KEY)
+            .header("x-api-key", key)
             .header(
                 "content-type",
                 format!("multipart/form-data; boundary={BOUNDARY}"),
