@@ -237,39 +237,26 @@ impl Metrics {
             "capgo_answer_cache_lookups_total{{result=\"miss\"}} {}",
             self.cache_misses.load(Ordering::Relaxed)
         );
-        family(
-            &mut out,
-            "capgo_rate_limited_requests_total",
-            "counter",
-            "Device requests refused with 429.",
-        );
-        let _ = writeln!(
-            out,
-            "capgo_rate_limited_requests_total {}",
-            self.rate_limited.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "capgo_auth_failures_total",
-            "counter",
-            "Management requests refused with 401 for a wrong or expired credential.",
-        );
-        let _ = writeln!(
-            out,
-            "capgo_auth_failures_total {}",
-            self.auth_failures.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "capgo_stats_events_total",
-            "counter",
-            "Device stats events stored.",
-        );
-        let _ = writeln!(
-            out,
-            "capgo_stats_events_total {}",
-            self.stats_events.load(Ordering::Relaxed)
-        );
+        for (name, help, value) in [
+            (
+                "capgo_rate_limited_requests_total",
+                "Device requests refused with 429.",
+                &self.rate_limited,
+            ),
+            (
+                "capgo_auth_failures_total",
+                "Management requests refused with 401 for a wrong or expired credential.",
+                &self.auth_failures,
+            ),
+            (
+                "capgo_stats_events_total",
+                "Device stats events stored.",
+                &self.stats_events,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
 
         family(
             &mut out,

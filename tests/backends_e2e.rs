@@ -536,14 +536,9 @@ async fn oversized_and_interrupted_uploads_leave_nothing_in_the_bucket() {
 
 /// Multipart uploads the bucket holds open under `bundles/`.
 async fn open_multipart_uploads(services: &Services, bucket: &str) -> usize {
-    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&services.s3_endpoint)
-        .load()
-        .await;
-    let config = aws_sdk_s3::config::Builder::from(&shared)
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
+    services
+        .s3_client()
+        .await
         .list_multipart_uploads()
         .bucket(bucket)
         .send()

@@ -67,6 +67,12 @@ impl Browser {
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("WebDriver {method} {path}: {error}"))
+    }
+
+    async fn try_call(&self, method: &str, path: &str, body: Value) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
         let request = match method {
             "GET" => self.http.get(url),
@@ -74,13 +80,29 @@ impl Browser {
             _ => self.http.post(url).json(&body),
         };
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        if let Some(error) = answer["value"].get("error") {
-            panic!(
-                "WebDriver {method} {path}: {error} {}",
-                answer["value"]["message"]
-            );
+        match answer["value"].get("error") {
+            Some(error) => Err(format!("{error} {}", answer["value"]["message"])),
+            None => Ok(answer["value"].clone()),
         }
-        answer["value"].clone()
+    }
+
+    /// `action` on the element `css` matches, found again if the page re-rendered in between
+    /// (WebDriver's "stale element reference").
+    async fn on_element(&self, css: &str, action: &str, body: Value) {
+        for _ in 0..5 {
+            let id = self.element(css).await;
+            match self
+                .try_call("POST", &format!("/element/{id}/{action}"), body.clone())
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("WebDriver {action} on {css:?}: {e}"),
+            }
+        }
+        panic!("{css:?} kept going stale");
     }
 
     async fn go(&self, url: &str) {
@@ -141,21 +163,12 @@ impl Browser {
     }
 
     async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.call("POST", &format!("/element/{id}/click"), json!({}))
-            .await;
+        self.on_element(css, "click", json!({})).await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css).await;
-        self.call("POST", &format!("/element/{id}/clear"), json!({}))
-            .await;
-        self.call(
-            "POST",
-            &format!("/element/{id}/value"),
-            json!({"text": text}),
-        )
-        .await;
+        self.on_element(css, "clear", json!({})).await;
+        self.on_element(css, "value", json!({"text": text})).await;
     }
 
     async fn select(&self, css: &str, value: &str) {
@@ -194,6 +207,18 @@ impl Browser {
         .as_str()
         .unwrap()
         .to_string()
+    }
+
+    /// `<name>-desktop.png` and `<name>-phone.png`, then back to the desktop size.
+    async fn screenshots(&self, name: &str) {
+        self.screenshot(&format!("{name}-desktop"), 1280, 900).await;
+        self.screenshot(&format!("{name}-phone"), 390, 844).await;
+        self.call(
+            "POST",
+            "/window/rect",
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
     }
 
     async fn screenshot(&self, name: &str, width: u32, height: u32) {
@@ -281,15 +306,7 @@ async fn manage_releases_in_a_real_browser() {
             browser.wait_text("#bundle-rows", version).await;
         }
     }
-    browser.screenshot("bundles-desktop", 1280, 900).await;
-    browser.screenshot("bundles-phone", 390, 844).await;
-    browser
-        .call(
-            "POST",
-            "/window/rect",
-            json!({"width": 1280, "height": 900}),
-        )
-        .await;
+    browser.screenshots("bundles").await;
 
     // Register the store build with 1.0.0 inside.
     let bundles = Client::new(&server, API_KEY).list("bundles.list").await;
@@ -346,15 +363,7 @@ async fn manage_releases_in_a_real_browser() {
     browser.screenshot("activity-desktop", 1280, 900).await;
     browser.go(&format!("{ui}#/releases")).await;
     browser.wait_text("table", "production: 1.0.1").await;
-    browser.screenshot("releases-desktop", 1280, 900).await;
-    browser.screenshot("releases-phone", 390, 844).await;
-    browser
-        .call(
-            "POST",
-            "/window/rect",
-            json!({"width": 1280, "height": 900}),
-        )
-        .await;
+    browser.screenshots("releases").await;
 
     // The date the build reached the stores.
     browser.click("[data-release-date]").await;
@@ -439,15 +448,7 @@ async fn manage_releases_in_a_real_browser() {
     let secret = secret.as_str().unwrap().to_string();
     assert!(secret.starts_with("capgo_tok_"), "{secret}");
     browser.wait_text("#token-rows", "ci-pipeline").await;
-    browser.screenshot("tokens-desktop", 1280, 900).await;
-    browser.screenshot("tokens-phone", 390, 844).await;
-    browser
-        .call(
-            "POST",
-            "/window/rect",
-            json!({"width": 1280, "height": 900}),
-        )
-        .await;
+    browser.screenshots("tokens").await;
     let upload_client = Client::new(&server, &secret);
     assert_eq!(
         upload_client.list("bundles.list").await["error"]
@@ -481,15 +482,7 @@ async fn manage_releases_in_a_real_browser() {
         .wait_text("#audit-rows", "releases.set-active")
         .await;
     browser.wait_text("#audit-rows", "not a valid zip").await;
-    browser.screenshot("audit-desktop", 1280, 900).await;
-    browser.screenshot("audit-phone", 390, 844).await;
-    browser
-        .call(
-            "POST",
-            "/window/rect",
-            json!({"width": 1280, "height": 900}),
-        )
-        .await;
+    browser.screenshots("audit").await;
 
     let errors = browser
         .script("return window.__capgoErrors", json!([]))

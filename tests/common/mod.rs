@@ -604,9 +604,8 @@ impl Services {
         found
     }
 
-    /// A bucket no other test uses (tests that count objects need one of their own).
-    pub async fn fresh_bucket(&self) -> String {
-        let name = format!("capgo-test-{}", capgo_server::domain::RecordId::generate());
+    /// An S3 client for the test server (credentials from the environment).
+    pub async fn s3_client(&self) -> aws_sdk_s3::Client {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.s3_endpoint)
             .load()
@@ -615,6 +614,13 @@ impl Services {
             .force_path_style(true)
             .build();
         aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// A bucket no other test uses (tests that count objects need one of their own).
+    pub async fn fresh_bucket(&self) -> String {
+        let name = format!("capgo-test-{}", capgo_server::domain::RecordId::generate());
+        self.s3_client()
+            .await
             .create_bucket()
             .bucket(&name)
             .send()
