@@ -212,6 +212,14 @@ async fn tokens_are_shown_once_stored_hashed_and_revoked_at_once() {
         body["error"].as_str().unwrap().contains("revoked"),
         "{body}"
     );
+    // The audit log names the revoked token.
+    let (_, audit) = app
+        .call_as(FULL, "GET", "/api/v1/audit.list?limit=1", None)
+        .await;
+    assert_eq!(
+        (&audit["data"][0]["action"], &audit["data"][0]["target"]),
+        (&json!("tokens.revoke"), &json!("token ci"))
+    );
 }
 
 #[tokio::test]

@@ -163,13 +163,16 @@ impl Access {
         Ok(self.store.list_api_tokens().await?)
     }
 
-    /// Revokes at once: the next request with the token is refused.
-    pub async fn revoke_token(&self, id: &str) -> Result<(), CatalogError> {
+    /// Revokes at once: the next request with the token is refused. Returns its name.
+    pub async fn revoke_token(&self, id: &str) -> Result<String, CatalogError> {
         let id = RecordId::parse(id, "token id")?;
+        let not_found = || CatalogError::NotFound(format!("no token with id {id}"));
+        let tokens = self.store.list_api_tokens().await?;
+        let token = tokens.iter().find(|t| t.id == id).ok_or_else(not_found)?;
         if self.store.delete_api_token(&id).await? {
-            Ok(())
+            Ok(token.name.clone())
         } else {
-            Err(CatalogError::NotFound(format!("no token with id {id}")))
+            Err(not_found())
         }
     }
 

@@ -69,12 +69,14 @@ pub async fn revoke(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RevokeTokenRequest>,
 ) -> Audited<Json<Value>> {
-    let target = format!("token {}", request.token_id);
-    let result = async {
-        state.access.revoke_token(&request.token_id).await?;
-        tracing::info!(token = request.token_id, "API token revoked");
-        Ok(Json(json!({ "message": "Token revoked" })))
+    match state.access.revoke_token(&request.token_id).await {
+        Ok(name) => {
+            tracing::info!(token = name, "API token revoked");
+            Audited(
+                format!("token {name}"),
+                Ok(Json(json!({ "message": "Token revoked" }))),
+            )
+        }
+        Err(e) => Audited(format!("token {}", request.token_id), Err(e.into())),
     }
-    .await;
-    Audited(target, result)
 }
