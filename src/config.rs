@@ -245,21 +245,15 @@ impl Config {
             s3_public_base_url: raw.parse("S3_PUBLIC_BASE_URL", |v| {
                 parse_http_url(v).map(|url| url.trim_end_matches('/').to_string())
             })?,
-            device_request_timeout: raw.required("DEVICE_REQUEST_TIMEOUT", |v| {
-                let limit = parse_go_duration(v)?;
-                if limit < Duration::from_millis(100) {
-                    return Err("allow devices at least 100ms".into());
-                }
-                Ok(limit)
-            })?,
+            device_request_timeout: raw.required(
+                "DEVICE_REQUEST_TIMEOUT",
+                duration_of_at_least_100ms("allow devices at least 100ms"),
+            )?,
             orphan_grace_period: raw.required("ORPHAN_GRACE_PERIOD", parse_go_duration)?,
-            http_header_timeout: raw.required("HTTP_HEADER_TIMEOUT", |v| {
-                let limit = parse_go_duration(v)?;
-                if limit < Duration::from_millis(100) {
-                    return Err("allow clients at least 100ms".into());
-                }
-                Ok(limit)
-            })?,
+            http_header_timeout: raw.required(
+                "HTTP_HEADER_TIMEOUT",
+                duration_of_at_least_100ms("allow clients at least 100ms"),
+            )?,
             http_max_header_size: raw.required("HTTP_MAX_HEADER_SIZE", |v| {
                 let size = parse_byte_size(v)?;
                 if !(1024..=1024 * 1024).contains(&size) {
@@ -267,13 +261,10 @@ impl Config {
                 }
                 Ok(size)
             })?,
-            catalog_sync_interval: raw.required("CATALOG_SYNC_INTERVAL", |v| {
-                let every = parse_go_duration(v)?;
-                if every < Duration::from_millis(100) {
-                    return Err("check at most every 100ms".into());
-                }
-                Ok(every)
-            })?,
+            catalog_sync_interval: raw.required(
+                "CATALOG_SYNC_INTERVAL",
+                duration_of_at_least_100ms("check at most every 100ms"),
+            )?,
             management_api_tokens: raw
                 .parse("MANAGEMENT_API_TOKENS", parse_tokens)?
                 .unwrap_or_default(),
@@ -440,6 +431,19 @@ fn parse_port(value: &str) -> Result<u16, String> {
     value
         .parse::<u16>()
         .map_err(|_| "expected a TCP port from 0 to 65535 (0 picks a free port)".into())
+}
+
+/// A Go duration of at least 100ms; shorter ones are refused with `too_short`.
+fn duration_of_at_least_100ms(
+    too_short: &'static str,
+) -> impl Fn(&str) -> Result<Duration, String> {
+    move |value| {
+        let duration = parse_go_duration(value)?;
+        if duration < Duration::from_millis(100) {
+            return Err(too_short.into());
+        }
+        Ok(duration)
+    }
 }
 
 fn parse_http_url(value: &str) -> Result<String, String> {

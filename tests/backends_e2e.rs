@@ -289,13 +289,7 @@ async fn racing_duplicate_uploads_leave_one_record_and_one_object() {
     let Some(services) = Services::get() else {
         return;
     };
-    let bucket = services.fresh_bucket().await;
-    let env = services.server_env_with_bucket(
-        &Services::fresh_database(),
-        &services.mongo_url,
-        &services.s3_endpoint,
-        &bucket,
-    );
+    let (bucket, env) = services.env_with_fresh_bucket().await;
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &env_refs(&env));
     let client = Client::new(&server, API_KEY);
@@ -485,13 +479,7 @@ async fn oversized_and_interrupted_uploads_leave_nothing_in_the_bucket() {
     let Some(services) = Services::get() else {
         return;
     };
-    let bucket = services.fresh_bucket().await;
-    let mut env = services.server_env_with_bucket(
-        &Services::fresh_database(),
-        &services.mongo_url,
-        &services.s3_endpoint,
-        &bucket,
-    );
+    let (bucket, mut env) = services.env_with_fresh_bucket().await;
     env.push(("MAX_BUNDLE_SIZE".into(), "1MiB".into()));
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(data.path(), &env_refs(&env));
@@ -553,13 +541,7 @@ async fn sigkill_during_uploads_leaves_no_half_record_and_no_orphan_object() {
     let Some(services) = Services::get() else {
         return;
     };
-    let bucket = services.fresh_bucket().await;
-    let mut env = services.server_env_with_bucket(
-        &Services::fresh_database(),
-        &services.mongo_url,
-        &services.s3_endpoint,
-        &bucket,
-    );
+    let (bucket, mut env) = services.env_with_fresh_bucket().await;
     // One replica: what a killed process left is an orphan at once.
     env.push(("ORPHAN_GRACE_PERIOD".into(), "0s".into()));
     let data = tempfile::tempdir().unwrap();

@@ -52,18 +52,6 @@ pub struct Access {
 pub const MAX_AUDIT_PAGE: usize = 500;
 
 impl Access {
-    pub fn new(
-        store: Arc<dyn MetadataStore>,
-        configured: ApiKeys,
-        oidc: Option<OidcVerifier>,
-    ) -> Access {
-        Access {
-            store,
-            configured,
-            oidc,
-        }
-    }
-
     /// With OIDC when OAUTH_ISSUER is set.
     pub fn from_config(
         config: &Config,
@@ -74,7 +62,11 @@ impl Access {
             .oauth_issuer
             .as_deref()
             .map(|issuer| OidcVerifier::new(issuer, config.oauth_audience.as_deref()));
-        Access::new(store, configured, oidc)
+        Access {
+            store,
+            configured,
+            oidc,
+        }
     }
 
     pub fn oidc(&self) -> Option<&OidcVerifier> {

@@ -645,6 +645,18 @@ impl Services {
         self.server_env_with_bucket(database, mongo_url, s3_endpoint, &self.s3_bucket)
     }
 
+    /// A bucket of its own and server settings for it, connected to both services directly.
+    pub async fn env_with_fresh_bucket(&self) -> (String, Vec<(String, String)>) {
+        let bucket = self.fresh_bucket().await;
+        let env = self.server_env_with_bucket(
+            &Self::fresh_database(),
+            &self.mongo_url,
+            &self.s3_endpoint,
+            &bucket,
+        );
+        (bucket, env)
+    }
+
     pub fn server_env_with_bucket(
         &self,
         database: &str,
