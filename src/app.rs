@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::keys::{load_or_generate_token, ApiKeys};
 use crate::catalog::staging::Staging;
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, CatalogSettings};
 use crate::config::Config;
 
 use crate::access::Access;
@@ -38,9 +38,9 @@ pub enum StartupError {
          several replicas need MongoDB and S3)"
     )]
     DataDirInUse(PathBuf),
-    #[error(transparent)]
+    #[error("cannot open storage")]
     Store(#[from] StoreError),
-    #[error(transparent)]
+    #[error("cannot prepare the catalog")]
     Catalog(#[from] CatalogError),
     #[error("cannot listen for the {what} on {address}: {source}")]
     Bind {
@@ -185,7 +185,11 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let catalog = Arc::new(Catalog::new(
         stores.metadata.clone(),
         stores.blobs,
-        config.cache_result_duration,
+        CatalogSettings {
+            cache_duration: config.cache_result_duration,
+            staging,
+            max_bundle_size: config.max_bundle_size,
+        },
     ));
     // With shared storage another replica may be between storing an object and recording it.
     let orphan_age = if config.uses_embedded_storage() {
@@ -210,14 +214,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         async move { catalog.follow_external_changes(every, shutdown).await }
     });
     if config.controller_enabled {
-        start_operator(&config, catalog.clone(), staging.clone(), shutdown.clone()).await;
+        start_operator(&config, catalog.clone(), shutdown.clone()).await;
     }
     let access = Access::from_config(
         &config,
         stores.metadata.clone(),
         management_keys(&config, &data)?,
     );
-    let state = AppState::new(&config, catalog, staging, access);
+    let state = AppState::new(&config, catalog, access);
 
     if state.rate_limiter.is_some() {
         let (state, stop) = (state.clone(), shutdown.clone());
@@ -266,12 +270,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
 
 /// Starts the Kubernetes operator in the background when a cluster is reachable (in-cluster
 /// service account or kubeconfig); without one, says so and serves HTTP anyway.
-async fn start_operator(
-    config: &Config,
-    catalog: Arc<Catalog>,
-    staging: Staging,
-    shutdown: CancellationToken,
-) {
+async fn start_operator(config: &Config, catalog: Arc<Catalog>, shutdown: CancellationToken) {
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
         Err(e) => {
@@ -288,7 +287,7 @@ async fn start_operator(
         lease_name: config.controller_lease_name.clone(),
         identity: identity.clone(),
     };
-    let ctx = operator::Context::new(client, catalog, staging, config.max_bundle_size, &identity);
+    let ctx = operator::Context::new(client, catalog, &identity);
     tokio::spawn(operator::run(settings, ctx, shutdown));
 }
 
@@ -306,7 +305,7 @@ async fn sweep_orphans_periodically(
     hourly.tick().await;
     while shutdown.run_until_cancelled(hourly.tick()).await.is_some() {
         if let Err(e) = catalog.sweep_orphans(min_age).await {
-            tracing::warn!(error = %e, "orphan sweep failed; retrying in an hour");
+            tracing::warn!(error = %crate::error::Chain(&e), "orphan sweep failed; retrying in an hour");
         }
     }
 }

@@ -1,9 +1,10 @@
 //! capgo-server: a self-hosted backend for Capgo live updates (`@capgo/capacitor-updater`).
 //!
-//! Layers, outer calling inner only (see `DESIGN.md`):
+//! Layers, outer calling inner only (see `docs/architecture.md`):
 //! - [`domain`]: pure types and decisions (the update decision lives here), no I/O;
 //! - [`store`]: metadata and blob storage traits with their implementations;
-//! - [`catalog`]: the operations people perform, each rule enforced once;
+//! - [`catalog`]: the operations people, devices and the operator perform, each rule once;
+//! - [`access`]: who calls the management API (keys, tokens, OIDC) and the audit log;
 //! - [`http`]: the device API (public port) and the management API (management port);
 //! - [`operator`]: `Bundle` and `Release` custom resources reconciled into the catalog.
 
@@ -13,6 +14,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let e = capgo_server::error::Chain(&e);
             tracing::error!("{e}");
             eprintln!("capgo-server: {e}");
             ExitCode::FAILURE

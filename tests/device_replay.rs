@@ -1,4 +1,4 @@
-//! Replays what plugins 5.x to 8.x send (fields per capgo-protocol.md §0) against the real
+//! Replays what plugins 5.x to 8.x send (fields per docs/protocol.md §2) against the real
 //! binary, and judges each answer the way that plugin's client code would (§1.2, §1.3, §2).
 
 mod common;

@@ -101,6 +101,56 @@ async fn seed_workflow_shapes() {
 }
 
 #[tokio::test]
+async fn views_say_what_each_channel_serves_and_who_uses_a_bundle() {
+    let app = TestApp::new();
+    let builtin = app.upload_bundle("1.0.0").await;
+    let next = app.upload_bundle("1.0.1").await;
+    let unused = app.upload_bundle("1.0.2").await;
+    let release = app.create_release(&builtin).await;
+    let serving = |list: &serde_json::Value| list["data"][0]["serving"].clone();
+
+    let (_, list) = app.get("/api/v1/releases.list").await;
+    assert_eq!(
+        serving(&list),
+        json!({"production": {"bundle_id": builtin, "because": "builtin"}}),
+        "nothing assigned: production serves the builtin bundle"
+    );
+    app.set_active(&release, &next, Some("beta")).await;
+    let (_, list) = app.get("/api/v1/releases.list").await;
+    assert_eq!(
+        serving(&list),
+        json!({
+            "beta": {"bundle_id": next, "because": "assigned"},
+            "production": {"bundle_id": builtin, "because": "builtin"},
+        })
+    );
+    app.set_active(&release, &next, None).await;
+    app.set_active(&release, &builtin, Some("beta")).await;
+    let (_, list) = app.get("/api/v1/releases.list").await;
+    assert_eq!(serving(&list)["production"]["because"], "assigned");
+    assert_eq!(serving(&list)["beta"]["bundle_id"], builtin.as_str());
+
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    let used_by = |id: &str| {
+        bundles["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap()["used_by"]
+            .clone()
+    };
+    assert_eq!(used_by(&unused), json!([]));
+    assert_eq!(
+        used_by(&builtin),
+        json!([{"release_id": release, "platform": "android", "version_name": "1.0.0",
+                "version_code": "10", "builtin": true, "serving": ["beta"]}])
+    );
+    assert_eq!(used_by(&next)[0]["serving"], json!(["production"]));
+    assert_eq!(used_by(&next)[0]["builtin"], false);
+}
+
+#[tokio::test]
 async fn missing_or_wrong_key_is_401_on_every_route() {
     let app = TestApp::new();
     // Every route the router has, with every method: none answers without a valid key.
@@ -564,6 +614,7 @@ async fn records_owned_by_kubernetes_resources_are_read_only_here() {
         )]
         .into(),
         owner: owner.clone(),
+        adopt: false,
     };
     let (owned, written) = app.state.catalog.apply_release(&desired).await.unwrap();
     assert!(written);

@@ -15,18 +15,18 @@ use kube::client::Body;
 use serde_json::{json, Value};
 
 use capgo_server::catalog::staging::Staging;
-use capgo_server::catalog::Catalog;
-use capgo_server::domain::access::{ApiToken, AuditCursor, AuditEntry};
+use capgo_server::catalog::{Catalog, CatalogSettings};
 use capgo_server::domain::channel::Channel;
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
 use capgo_server::domain::{
-    Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey, UnixMillis,
+    Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey,
+    ResourceRef, UnixMillis,
 };
 use capgo_server::operator::crd::{Bundle, Release};
 use capgo_server::operator::{bundles, releases, Context};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
-use capgo_server::store::{CatalogVersion, MetadataStore, StoreError};
+use capgo_server::store::{BlobStore, CatalogStore, CatalogVersion, StoreError};
 
 const NS: &str = "apps";
 
@@ -46,7 +46,7 @@ impl CountingStore {
 }
 
 #[async_trait]
-impl MetadataStore for CountingStore {
+impl CatalogStore for CountingStore {
     async fn insert_bundle(&self, b: &BundleRecord) -> Result<(), StoreError> {
         self.count();
         self.inner.insert_bundle(b).await
@@ -138,27 +138,13 @@ impl MetadataStore for CountingStore {
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
         self.inner.catalog_version().await
     }
-    async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
-        self.inner.insert_api_token(token).await
+    async fn adopt_release(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.adopt_release(id, o).await
     }
-    async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError> {
-        self.inner.api_token_by_digest(digest).await
-    }
-    async fn list_api_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
-        self.inner.list_api_tokens().await
-    }
-    async fn delete_api_token(&self, id: &RecordId) -> Result<bool, StoreError> {
-        self.inner.delete_api_token(id).await
-    }
-    async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        self.inner.insert_audit(entry).await
-    }
-    async fn audit_page(
-        &self,
-        before: Option<&AuditCursor>,
-        limit: usize,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        self.inner.audit_page(before, limit).await
+    async fn adopt_bundle(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.adopt_bundle(id, o).await
     }
 }
 
@@ -233,6 +219,8 @@ impl FakeApi {
 
 struct Harness {
     api: Arc<FakeApi>,
+    /// The catalog's blob store, for objects put into the "bucket" by hand.
+    blobs: Arc<FilesystemBlobStore>,
     store: Arc<CountingStore>,
     ctx: Arc<Context>,
     catalog: Arc<Catalog>,
@@ -254,10 +242,13 @@ impl Harness {
         let blobs = Arc::new(FilesystemBlobStore::open(data.path().join("blobs"), &zips).unwrap());
         let catalog = Arc::new(Catalog::new(
             store.clone(),
-            blobs,
-            std::time::Duration::from_secs(600),
+            blobs.clone(),
+            CatalogSettings {
+                cache_duration: std::time::Duration::from_secs(600),
+                staging: Staging::new(data.path().join("staging")).unwrap(),
+                max_bundle_size: 64 << 20,
+            },
         ));
-        let staging = Staging::new(data.path().join("staging")).unwrap();
 
         let api = Arc::new(FakeApi::default());
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
@@ -282,13 +273,7 @@ impl Harness {
             }
         });
         let client = kube::Client::new(service, NS);
-        let ctx = Arc::new(Context::new(
-            client,
-            catalog.clone(),
-            staging,
-            64 << 20,
-            "test-replica",
-        ));
+        let ctx = Arc::new(Context::new(client, catalog.clone(), "test-replica"));
 
         // Zips served over HTTP, as a Bundle's source.url.
         let app = axum::Router::new().route(
@@ -308,6 +293,7 @@ impl Harness {
         tokio::spawn(async move { axum::serve(listener, app.into_make_service()).await });
         Harness {
             api,
+            blobs,
             store,
             ctx,
             catalog,
@@ -600,8 +586,7 @@ async fn a_bundle_can_come_from_an_object_already_in_the_bucket() {
     let h = Harness::new().await;
     let staged = h._data.path().join("incoming.zip");
     std::fs::write(&staged, common::web_bundle("from the bucket")).unwrap();
-    h.catalog
-        .blobs()
+    h.blobs
         .put_file("uploads/web-3.0.0.zip", &staged)
         .await
         .unwrap();
@@ -635,13 +620,7 @@ async fn without_the_crds_the_operator_says_so_and_stops() {
     };
     let ctx = Arc::try_unwrap(h.ctx.clone()).unwrap_or_else(|shared| {
         // The harness keeps one handle; build another context on the same client and catalog.
-        Context::new(
-            shared.client.clone(),
-            h.catalog.clone(),
-            shared.staging.clone(),
-            64 << 20,
-            "test-replica",
-        )
+        Context::new(shared.client.clone(), h.catalog.clone(), "test-replica")
     });
     let shutdown = tokio_util::sync::CancellationToken::new();
     // The fake API answers 404 for the Bundle list, as an API server without the CRD does.
@@ -652,4 +631,115 @@ async fn without_the_crds_the_operator_says_so_and_stops() {
     .await
     .expect("the operator returns instead of retrying forever");
     assert!(h.api.writes().is_empty(), "nothing was written");
+}
+
+#[tokio::test]
+async fn a_release_resource_takes_over_an_api_release_only_when_it_adopts_it() {
+    use capgo_server::catalog::NewRelease;
+
+    let h = Harness::new().await;
+    for (name, version) in [("web-1-0-0", "1.0.0"), ("web-1-0-1", "1.0.1")] {
+        h.api.put(
+            "bundles",
+            h.bundle(name, version, &format!("web-{version}.zip"), None),
+        );
+        h.reconcile_bundle(name).await.unwrap();
+    }
+    let bundle_id = |name: &str| {
+        h.api.get("bundles", name)["status"]["bundleId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Made by hand through the API, for the native build the resource below describes.
+    let by_hand = h
+        .catalog
+        .create_release(NewRelease {
+            platform: "android".into(),
+            app_id: common::APP_ID.into(),
+            version_name: "1.0.0".into(),
+            version_code: "10".into(),
+            builtin_bundle_id: bundle_id("web-1-0-0"),
+        })
+        .await
+        .unwrap();
+
+    h.api.put(
+        "releases",
+        h.release("shop", "web-1-0-0", json!({"production": "web-1-0-1"})),
+    );
+    h.reconcile_release("shop").await.unwrap();
+    let stalled = h.condition("releases", "shop", "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "AdoptionRequired");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("REST API") && message.contains("capgo-server.io/adopt=true"),
+        "says how to adopt: {message}"
+    );
+    assert_eq!(
+        h.catalog.release(by_hand.id.as_str()).await.unwrap(),
+        by_hand,
+        "refused: the record made by hand is untouched"
+    );
+
+    // Deleting the refused resource leaves the record made by hand alone.
+    h.mark_deleted("releases", "shop");
+    h.reconcile_release("shop").await.unwrap();
+    assert_eq!(
+        h.catalog.release(by_hand.id.as_str()).await.unwrap(),
+        by_hand
+    );
+
+    // Adopted: the resource owns the record and converges it to its spec.
+    let mut adopting = h.release("shop", "web-1-0-0", json!({"production": "web-1-0-1"}));
+    adopting["metadata"]["annotations"] = json!({"capgo-server.io/adopt": "true"});
+    h.api.put("releases", adopting);
+    h.reconcile_release("shop").await.unwrap();
+    assert_eq!(h.condition("releases", "shop", "Ready")["status"], "True");
+    let adopted = h.catalog.release(by_hand.id.as_str()).await.unwrap();
+    assert_eq!(
+        adopted.owner.as_ref().map(|o| o.to_string()).as_deref(),
+        Some("Release apps/shop")
+    );
+    assert_eq!(
+        adopted.production_bundle().map(|id| id.to_string()),
+        Some(bundle_id("web-1-0-1"))
+    );
+    assert_eq!(
+        h.api.get("releases", "shop")["status"]["releaseId"],
+        by_hand.id.as_str()
+    );
+
+    // Now the resource's own: deleting it removes the record.
+    h.mark_deleted("releases", "shop");
+    h.reconcile_release("shop").await.unwrap();
+    assert!(h.catalog.list_releases().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rest_uploads_and_bundle_resources_share_one_checksum_rule() {
+    let h = Harness::new().await;
+    let zip = common::web_bundle("1.0.0");
+    let crc = format!("{:08x}", crc32fast::hash(&zip));
+    // A CRC32, as the seed's clients sent it, is accepted by both paths.
+    h.api.put(
+        "bundles",
+        h.bundle("by-crc", "1.0.0", "web-1.0.0.zip", Some(crc)),
+    );
+    h.reconcile_bundle("by-crc").await.unwrap();
+    assert_eq!(h.condition("bundles", "by-crc", "Ready")["status"], "True");
+    // A mismatch reads the same as a REST upload's, naming the field it came in.
+    h.api.put(
+        "bundles",
+        h.bundle("wrong", "1.0.1", "web-1.0.1.zip", Some("ab".repeat(32))),
+    );
+    h.reconcile_bundle("wrong").await.unwrap();
+    let stalled = h.condition("bundles", "wrong", "Stalled");
+    let expected = format!(
+        "checksum mismatch: the bundle's SHA-256 is {}, spec.sha256 says {}",
+        common::sha256_hex(&common::web_bundle("1.0.1")),
+        "ab".repeat(32)
+    );
+    assert_eq!(stalled["message"], expected.as_str());
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
 use capgo_server::domain::{
@@ -17,7 +19,7 @@ use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::mongo::MongoMetadataStore;
 use capgo_server::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
 use capgo_server::store::sqlite::SqliteMetadataStore;
-use capgo_server::store::{BlobStore, MetadataStore, StoreError};
+use capgo_server::store::{BlobStore, CatalogStore, MetadataStore, StoreError};
 
 fn bundle(app_id: &str, version: &str, created_at: i64) -> Bundle {
     let id = RecordId::generate();
@@ -105,7 +107,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     let duplicate = bundle(app, "1.0.0", 3);
     assert!(matches!(
         store.insert_bundle(&duplicate).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Duplicate(_))
     ));
     store
         .insert_bundle(&bundle("com.other.app", "1.0.0", 3))
@@ -134,7 +136,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     same_key.id = RecordId::generate();
     assert!(matches!(
         store.insert_release(&same_key).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Duplicate(_))
     ));
     let mut other_key = r.key.clone();
     other_key.platform = Platform::Android;
@@ -218,7 +220,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     );
     assert!(matches!(
         store.delete_bundle(&first.id).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Reference(_))
     ));
     assert!(
         store.bundle(&first.id).await.unwrap().is_some(),
@@ -274,7 +276,96 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     assert_eq!(keys.len(), 2);
     assert!(keys.contains(&first.blob_key));
 
+    adoption_contract(store.as_ref()).await;
+    deletes_racing_writes_never_leave_a_dangling_reference(store.as_ref()).await;
     access_contract(store.as_ref()).await;
+}
+
+/// A resource takes ownership of an unowned record once; an owned one is not taken again.
+async fn adoption_contract(store: &dyn MetadataStore) {
+    let builtin = bundle("com.contract.adopt", "1.0.0", 1);
+    store.insert_bundle(&builtin).await.unwrap();
+    let r = release(&builtin, "77");
+    store.insert_release(&r).await.unwrap();
+    let owner = ResourceRef::new("Release", "apps", "shop");
+    let other = ResourceRef::new("Release", "apps", "other");
+    assert!(store.adopt_release(&r.id, &owner).await.unwrap());
+    assert!(
+        !store.adopt_release(&r.id, &other).await.unwrap(),
+        "already owned"
+    );
+    assert!(!store
+        .adopt_release(&RecordId::generate(), &owner)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.release(&r.id).await.unwrap().unwrap().owner,
+        Some(owner)
+    );
+    let bundle_owner = ResourceRef::new("Bundle", "apps", "web");
+    assert!(store
+        .adopt_bundle(&builtin.id, &bundle_owner)
+        .await
+        .unwrap());
+    assert!(!store
+        .adopt_bundle(&builtin.id, &bundle_owner)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.bundle(&builtin.id).await.unwrap().unwrap().owner,
+        Some(bundle_owner)
+    );
+}
+
+/// Deleting a bundle while another caller points a release at it: one of them loses, and
+/// a release never ends up naming a bundle that is gone (MongoDB has no foreign keys and no
+/// transactions here; see its store for how).
+async fn deletes_racing_writes_never_leave_a_dangling_reference(store: &dyn MetadataStore) {
+    let app = "com.contract.race";
+    let builtin = bundle(app, "0.0.1", 1);
+    store.insert_bundle(&builtin).await.unwrap();
+    let r = release(&builtin, "99");
+    store.insert_release(&r).await.unwrap();
+    let beta = ChannelName::parse("beta").unwrap();
+    let (mut deleted, mut promoted) = (0, 0);
+    for round in 0..30 {
+        let target = bundle(app, &format!("1.0.{round}"), 2);
+        store.insert_bundle(&target).await.unwrap();
+        let write = async {
+            if round % 2 == 0 {
+                store.set_channel_bundle(&r.id, &beta, &target.id, 3).await
+            } else {
+                let channels = BTreeMap::from([(beta.clone(), target.id.clone())]);
+                store
+                    .replace_release_assignments(&r.id, &builtin.id, &channels, 3)
+                    .await
+            }
+        };
+        let (delete, write) = tokio::join!(store.delete_bundle(&target.id), write);
+        match &delete {
+            Ok(true) => deleted += 1,
+            Err(StoreError::Reference(_)) => {}
+            other => panic!("round {round}: delete answered {other:?}"),
+        }
+        match &write {
+            Ok(true) => promoted += 1,
+            Err(StoreError::Reference(_)) => {}
+            other => panic!("round {round}: write answered {other:?}"),
+        }
+        let current = store.release(&r.id).await.unwrap().unwrap();
+        for id in current.referenced_bundles() {
+            assert!(
+                store.bundle(id).await.unwrap().is_some(),
+                "round {round}: the release names {id}, which is gone (delete {delete:?}, write {write:?})"
+            );
+        }
+        // Leave the next round a release that names no bundle of this round.
+        store
+            .replace_release_assignments(&r.id, &builtin.id, &BTreeMap::new(), 4)
+            .await
+            .unwrap();
+    }
+    assert!(deleted + promoted >= 30, "every round had a winner");
 }
 
 fn token(name: &str, scope: Scope) -> ApiToken {
@@ -318,7 +409,7 @@ async fn access_contract(store: &dyn MetadataStore) {
     };
     assert!(matches!(
         store.insert_api_token(&same_name).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Duplicate(_))
     ));
     let same_secret = ApiToken {
         id: RecordId::generate(),
@@ -327,7 +418,7 @@ async fn access_contract(store: &dyn MetadataStore) {
     };
     assert!(matches!(
         store.insert_api_token(&same_secret).await,
-        Err(StoreError::Conflict(_))
+        Err(StoreError::Duplicate(_))
     ));
     assert_eq!(
         store.api_token_by_digest(&ci.digest).await.unwrap(),
@@ -379,6 +470,17 @@ async fn blob_contract(store: Arc<dyn BlobStore>) {
     // Unique per run: a real bucket is shared with other tests.
     let key = format!("bundles/{}.zip", RecordId::generate());
     store.put_file(&key, &source).await.unwrap();
+    let mut read = Vec::new();
+    let mut chunks = store
+        .read(&key)
+        .await
+        .unwrap()
+        .expect("the object is there");
+    while let Some(chunk) = chunks.next().await {
+        read.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(read, b"zip bytes");
+    assert!(store.read("bundles/absent.zip").await.unwrap().is_none());
     let listed = store.list().await.unwrap();
     assert!(listed.iter().any(|b| b.key == key), "{key} listed");
     let url = store.download_url(&key).await.unwrap();
@@ -399,7 +501,15 @@ async fn sqlite_file_meets_the_metadata_contract_and_persists() {
     let path = dir.path().join("capgo.db");
     metadata_contract(Arc::new(SqliteMetadataStore::open(&path).unwrap())).await;
     let reopened = SqliteMetadataStore::open(&path).unwrap();
-    assert_eq!(reopened.list_bundles().await.unwrap().len(), 2);
+    let kept = reopened.list_bundles().await.unwrap();
+    let of_the_main_contract = kept
+        .iter()
+        .filter(|b| {
+            !b.app_id.starts_with("com.contract.adopt")
+                && !b.app_id.starts_with("com.contract.race")
+        })
+        .count();
+    assert_eq!(of_the_main_contract, 2);
 }
 
 #[tokio::test]

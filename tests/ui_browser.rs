@@ -329,7 +329,9 @@ async fn manage_releases_in_a_real_browser() {
     browser.click("#create-release").await;
     browser.wait_text("table", "1.0.0 (10)").await;
 
-    // Promote 1.0.1 on production, with a confirmation saying what devices get.
+    // Promote 1.0.1 on production, with a confirmation saying what devices get; text typed
+    // into the other form meanwhile is still there afterwards.
+    browser.type_into("#new-app-id", "com.half.typed").await;
     browser.click("[data-promote$=':production']").await;
     browser.select("#promote-bundle", &id_of("1.0.1")).await;
     browser
@@ -337,6 +339,20 @@ async fn manage_releases_in_a_real_browser() {
         .await;
     browser.click("#promote-confirm").await;
     browser.wait_text("table", "production: 1.0.1").await;
+    let kept = browser
+        .script(
+            "return document.getElementById('new-app-id').value",
+            json!([]),
+        )
+        .await;
+    assert_eq!(kept, "com.half.typed", "the page kept what was typed");
+    let favicon = http_client()
+        .get(format!("{}/favicon.ico", server.management_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(favicon.status(), 200, "browsers ask for it on every page");
+    assert_eq!(favicon.headers()["content-type"], "image/x-icon");
     let (_, answer) = Client::new(&server, API_KEY)
         .device("/updates", &device_body("builtin", "8.51.14"))
         .await;

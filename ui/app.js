@@ -109,6 +109,7 @@ function confirmDialog(title, text, confirmLabel, danger) {
 // ---- login --------------------------------------------------------------------------------
 
 function showLogin(message) {
+  shown = { page: null, reload: null };
   document.getElementById("nav").hidden = true;
   const error = h("p", { class: "error", id: "login-error", role: "alert" }, message || "");
   const key = h("input", { id: "api-key", type: "password", autocomplete: "off", required: true });
@@ -173,62 +174,75 @@ async function finishSignIn(params) {
 
 // ---- releases -----------------------------------------------------------------------------
 
-async function showReleases() {
-  const [releases, bundles] = await Promise.all([api("GET", "releases.list"), api("GET", "bundles.list")]);
-  const byId = Object.fromEntries(bundles.data.map((b) => [b.id, b]));
-  const name = (id) => (byId[id] ? byId[id].version_name : id);
-  const groups = {};
-  for (const r of releases.data) (groups[`${r.app_id} · ${r.platform}`] ||= []).push(r);
+/** What a channel serves, in words: the server decides, the page only says it. */
+const BECAUSE = { assigned: "", production: " (follows production)", builtin: " (builtin)" };
 
-  const content = [h("h1", {}, "Releases"), createReleaseForm(bundles.data)];
-  if (!releases.data.length) content.push(h("p", { class: "muted" }, "No releases yet: register a store build above."));
-  for (const [group, items] of Object.entries(groups).sort()) {
-    const rows = items.map((r) => {
-      const owned = r.owner ? h("span", { class: "badge", title: `Managed by the Kubernetes resource ${r.owner}: change it there` }, "Kubernetes") : null;
-      const channels = Object.keys(r.channels).length ? r.channels : { production: r.builtin_bundle_id };
-      return h("tr", { "data-release": r.id },
-        h("td", { "data-label": "Native version" }, `${r.version_name} (${r.version_code})`, " ", owned),
-        h("td", { "data-label": "Builtin" }, name(r.builtin_bundle_id)),
-        h("td", { "data-label": "Channels" }, Object.entries(channels).map(([channel, id]) =>
-          h("div", { class: "channel" }, h("strong", {}, channel + ":"), " ", name(id),
-            r.owner ? null : h("button", { type: "button", class: "secondary", "data-promote": `${r.id}:${channel}`,
-              onclick: () => promoteDialog(r, channel, bundles.data) }, "Change")))),
-        h("td", { "data-label": "Released" }, formatDate(r.release_date) || h("span", { class: "muted" }, "—"), " ",
-          r.owner ? null : h("button", { type: "button", class: "link", "data-release-date": r.id, onclick: () => releaseDateDialog(r) }, "Edit")),
-        h("td", { "data-label": "Actions" }, r.owner ? h("span", { class: "muted" }, `Read-only: managed by ${r.owner}`) : [
-          h("button", { type: "button", class: "secondary", onclick: () => promoteDialog(r, "", bundles.data) }, "Add channel"), " ",
-          h("button", { type: "button", class: "danger", onclick: () => deleteRelease(r) }, "Delete")]));
-    });
-    content.push(h("h2", {}, group), h("div", { class: "table-wrap" }, h("table", {},
-      h("thead", {}, h("tr", {}, ["Native version", "Builtin", "Channels", "Released", "Actions"].map((t) => h("th", {}, t)))),
-      h("tbody", {}, rows))));
-  }
-  main.replaceChildren(...content);
+function showReleases() {
+  const form = createReleaseForm();
+  const groups = h("div", { id: "release-groups" });
+  main.replaceChildren(h("h1", {}, "Releases"), form.section, groups);
+  return async () => {
+    const [releases, bundles] = await Promise.all([api("GET", "releases.list"), api("GET", "bundles.list")]);
+    form.setBundles(bundles.data);
+    const byId = Object.fromEntries(bundles.data.map((b) => [b.id, b]));
+    const name = (id) => (byId[id] ? byId[id].version_name : id);
+    const grouped = {};
+    for (const r of releases.data) (grouped[`${r.app_id} · ${r.platform}`] ||= []).push(r);
+    const content = [];
+    if (!releases.data.length) content.push(h("p", { class: "muted" }, "No releases yet: register a store build above."));
+    for (const [group, items] of Object.entries(grouped).sort()) {
+      const rows = items.map((r) => {
+        const owned = r.owner ? h("span", { class: "badge", title: `Managed by the Kubernetes resource ${r.owner}: change it there` }, "Kubernetes") : null;
+        return h("tr", { "data-release": r.id },
+          h("td", { "data-label": "Native version" }, `${r.version_name} (${r.version_code})`, " ", owned),
+          h("td", { "data-label": "Builtin" }, name(r.builtin_bundle_id)),
+          h("td", { "data-label": "Channels" }, Object.entries(r.serving).map(([channel, serving]) =>
+            h("div", { class: "channel" }, h("strong", {}, channel + ":"), " ", name(serving.bundle_id) + BECAUSE[serving.because],
+              r.owner ? null : h("button", { type: "button", class: "secondary", "data-promote": `${r.id}:${channel}`,
+                onclick: () => promoteDialog(r, channel, bundles.data) }, "Change")))),
+          h("td", { "data-label": "Released" }, formatDate(r.release_date) || h("span", { class: "muted" }, "—"), " ",
+            r.owner ? null : h("button", { type: "button", class: "link", "data-release-date": r.id, onclick: () => releaseDateDialog(r) }, "Edit")),
+          h("td", { "data-label": "Actions" }, r.owner ? h("span", { class: "muted" }, `Read-only: managed by ${r.owner}`) : [
+            h("button", { type: "button", class: "secondary", onclick: () => promoteDialog(r, "", bundles.data) }, "Add channel"), " ",
+            h("button", { type: "button", class: "danger", onclick: () => deleteRelease(r) }, "Delete")]));
+      });
+      content.push(h("h2", {}, group), h("div", { class: "table-wrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, ["Native version", "Builtin", "Channels", "Released", "Actions"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows))));
+    }
+    groups.replaceChildren(...content);
+  };
 }
 
-function createReleaseForm(bundles) {
+/** The "register a store build" form; `setBundles` refreshes its bundle choices in place. */
+function createReleaseForm() {
   const error = h("p", { class: "error", role: "alert" });
   const field = (id, label, input) => h("div", {}, h("label", { for: id }, label), input);
   const platform = h("select", { id: "new-platform" }, ["android", "ios", "electron"].map((p) => h("option", { value: p }, p)));
   const appId = h("input", { id: "new-app-id", placeholder: "com.example.app", required: true });
   const version = h("input", { id: "new-version-name", placeholder: "1.0.0", required: true });
   const code = h("input", { id: "new-version-code", placeholder: "10", required: true });
-  const builtin = h("select", { id: "new-builtin", required: true },
-    h("option", { value: "" }, "Choose the bundle inside the store build"),
-    bundles.map((b) => h("option", { value: b.id }, `${b.app_id} ${b.version_name}`)));
-  return h("section", { class: "card" }, h("h2", {}, "Register a store build"), h("form", {
+  const builtin = h("select", { id: "new-builtin", required: true });
+  const setBundles = (bundles) => {
+    const chosen = builtin.value;
+    builtin.replaceChildren(h("option", { value: "" }, "Choose the bundle inside the store build"),
+      bundles.map((b) => h("option", { value: b.id }, `${b.app_id} ${b.version_name}`)));
+    builtin.value = bundles.some((b) => b.id === chosen) ? chosen : "";
+  };
+  const form = h("form", {
     onsubmit: async (e) => {
       e.preventDefault();
       const done = await attempt(() => api("POST", "releases.create", {
         platform: platform.value, app_id: appId.value.trim(), version_name: version.value.trim(),
         version_code: code.value.trim(), builtin_bundle_id: builtin.value,
       }), error);
-      if (done) { toast("Release created"); route(); }
+      if (done) { toast("Release created"); form.reset(); refresh(); }
     },
   }, h("div", { class: "row" }, field("new-platform", "Platform", platform), field("new-app-id", "App id", appId),
     field("new-version-name", "Native version", version), field("new-version-code", "Build number", code),
     field("new-builtin", "Builtin bundle", builtin)),
-  h("p", {}, h("button", { type: "submit", id: "create-release" }, "Create release")), error));
+  h("p", {}, h("button", { type: "submit", id: "create-release" }, "Create release")), error);
+  return { section: h("section", { class: "card" }, h("h2", {}, "Register a store build"), form), setBundles };
 }
 
 async function promoteDialog(release, channel, bundles) {
@@ -260,7 +274,7 @@ async function promoteDialog(release, channel, bundles) {
     if (dialog.returnValue !== "ok") return;
     const done = await attempt(() => api("POST", "releases.set-active",
       { release_id: release.id, bundle_id: bundle.value, channel: channelInput.value.trim() || "production" }));
-    if (done) { toast("Channel updated"); route(); }
+    if (done) { toast("Channel updated"); refresh(); }
   }, { once: true });
 }
 
@@ -280,7 +294,7 @@ async function releaseDateDialog(release) {
     const date = input.value ? `${input.value}T00:00:00Z` : null;
     if (await attempt(() => api("POST", "releases.update", { release_id: release.id, release_date: date }))) {
       toast("Release date saved");
-      route();
+      refresh();
     }
   }, { once: true });
 }
@@ -289,30 +303,34 @@ async function deleteRelease(release) {
   const confirmed = await confirmDialog("Delete this release?",
     `Devices of ${release.platform} ${release.app_id} ${release.version_name} (${release.version_code}) will stop getting updates.`, "Delete", true);
   if (!confirmed) return;
-  if (await attempt(() => api("POST", "releases.delete", { release_id: release.id }))) { toast("Release deleted"); route(); }
+  if (await attempt(() => api("POST", "releases.delete", { release_id: release.id }))) { toast("Release deleted"); refresh(); }
 }
 
 // ---- bundles ------------------------------------------------------------------------------
 
-async function showBundles() {
-  const [bundles, releases] = await Promise.all([api("GET", "bundles.list"), api("GET", "releases.list")]);
-  const users = (id) => releases.data.filter((r) => r.builtin_bundle_id === id || Object.values(r.channels).includes(id))
-    .map((r) => `${r.platform} ${r.version_name} (${r.version_code})`);
-  const rows = bundles.data.map((b) => h("tr", { "data-bundle": b.id },
-    h("td", { "data-label": "Version" }, h("strong", {}, b.version_name), " ", b.owner ? h("span", { class: "badge", title: `Managed by ${b.owner}` }, "Kubernetes") : null,
-      h("div", { class: "muted" }, b.app_id)),
-    h("td", { "data-label": "Size" }, formatSize(b.size)),
-    h("td", { "data-label": "Checksum" }, h("code", { title: b.sha256 }, b.sha256.slice(0, 12) + "…"), b.encrypted ? " (encrypted)" : ""),
-    h("td", { "data-label": "Created" }, formatDate(b.created_at)),
-    h("td", { "data-label": "Used by" }, users(b.id).join(", ") || h("span", { class: "muted" }, "no release")),
-    h("td", { "data-label": "Devices" }, h("button", { type: "button", class: "secondary", "data-activity": b.id,
-      onclick: () => attempt(() => showActivity(b)) }, "Activity"))));
+function showBundles() {
+  const rows = h("tbody", { id: "bundle-rows" });
+  const empty = h("p", { class: "muted", hidden: true }, "No bundles yet: upload the zip of your web build above.");
   main.replaceChildren(h("h1", {}, "Bundles"), uploadForm(),
     h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["Version", "Size", "Checksum", "Created", "Used by", "Devices"].map((t) => h("th", {}, t)))),
-      h("tbody", { id: "bundle-rows" }, rows))),
-    h("section", { id: "activity", "aria-live": "polite" }),
-    bundles.data.length ? null : h("p", { class: "muted" }, "No bundles yet: upload the zip of your web build above."));
+      rows)),
+    h("section", { id: "activity", "aria-live": "polite" }), empty);
+  return async () => {
+    const bundles = await api("GET", "bundles.list");
+    const users = (b) => b.used_by.map((u) => `${u.platform} ${u.version_name} (${u.version_code})` +
+      (u.serving.length ? `: ${u.serving.join(", ")}` : u.builtin ? ": builtin" : ""));
+    rows.replaceChildren(...bundles.data.map((b) => h("tr", { "data-bundle": b.id },
+      h("td", { "data-label": "Version" }, h("strong", {}, b.version_name), " ", b.owner ? h("span", { class: "badge", title: `Managed by ${b.owner}` }, "Kubernetes") : null,
+        h("div", { class: "muted" }, b.app_id)),
+      h("td", { "data-label": "Size" }, formatSize(b.size)),
+      h("td", { "data-label": "Checksum" }, h("code", { title: b.sha256 }, b.sha256.slice(0, 12) + "…"), b.encrypted ? " (encrypted)" : ""),
+      h("td", { "data-label": "Created" }, formatDate(b.created_at)),
+      h("td", { "data-label": "Used by" }, users(b).join("; ") || h("span", { class: "muted" }, "no release")),
+      h("td", { "data-label": "Devices" }, h("button", { type: "button", class: "secondary", "data-activity": b.id,
+        onclick: () => attempt(() => showActivity(b)) }, "Activity")))));
+    empty.hidden = bundles.data.length > 0;
+  };
 }
 
 const SERIES = [["downloads", "Downloads", "#0b62d6"], ["installs", "Installs", "#067647"], ["failures", "Failures", "#b42318"]];
@@ -396,7 +414,11 @@ function uploadForm() {
         if (request.status === 401) { signOut(`The server refused the credential: ${body.error || "HTTP 401"}.`); return; }
         if (request.status !== 200) { error.textContent = body.error || `Upload failed (HTTP ${request.status})`; return; }
         toast(`Uploaded ${body.bundle.version_name}`);
-        route();
+        form.reset();
+        dropped = null;
+        chosen.textContent = "";
+        file.required = true;
+        refresh();
       });
       request.addEventListener("error", () => { progress.hidden = true; error.textContent = "The upload was interrupted (network error)."; });
       error.textContent = "";
@@ -418,8 +440,7 @@ function uploadForm() {
 
 const SCOPES = [["read-only", "Read-only: lists and activity"], ["upload", "Upload: bundles only (for CI)"], ["full", "Full access"]];
 
-async function showTokens() {
-  const tokens = await api("GET", "tokens.list");
+function showTokens() {
   const error = h("p", { class: "error", id: "token-error", role: "alert" });
   const name = h("input", { id: "token-name", placeholder: "github-actions", required: true, maxlength: 64 });
   const scope = h("select", { id: "token-scope" }, SCOPES.map(([value, label]) => h("option", { value }, label)));
@@ -429,8 +450,9 @@ async function showTokens() {
       e.preventDefault();
       const made = await attempt(() => api("POST", "tokens.create", { name: name.value.trim(), scope: scope.value }), error);
       if (!made) return;
-      await showTokens();
-      document.getElementById("token-secret").replaceChildren(h("section", { class: "card notice" },
+      form.reset();
+      await refresh();
+      secret.replaceChildren(h("section", { class: "card notice" },
         h("h2", {}, `Token "${made.data.name}" (${made.data.scope})`),
         h("p", {}, "Copy it now: it is shown only this once. Send it as x-api-key or Authorization: Bearer."),
         h("code", { id: "token-value", class: "secret" }, made.token)));
@@ -439,27 +461,31 @@ async function showTokens() {
     h("div", {}, h("label", { for: "token-name" }, "Name"), name),
     h("div", {}, h("label", { for: "token-scope" }, "Scope"), scope)),
   h("p", {}, h("button", { type: "submit", id: "create-token" }, "Create token")), error);
-  const rows = tokens.data.map((t) => h("tr", { "data-token": t.id },
-    h("td", { "data-label": "Name" }, h("strong", {}, t.name)),
-    h("td", { "data-label": "Scope" }, t.scope),
-    h("td", { "data-label": "Created" }, formatDate(t.created_at), h("div", { class: "muted" }, `by ${t.created_by}`)),
-    h("td", { "data-label": "Actions" }, h("button", { type: "button", class: "danger", "data-revoke": t.name, onclick: () => revokeToken(t) }, "Revoke"))));
+  const list = h("div");
   main.replaceChildren(h("h1", {}, "API tokens"), secret,
-    h("section", { class: "card" }, h("h2", {}, "Create a token"), form),
-    tokens.data.length ? h("div", { class: "table-wrap" }, h("table", {},
+    h("section", { class: "card" }, h("h2", {}, "Create a token"), form), list);
+  return async () => {
+    const tokens = await api("GET", "tokens.list");
+    const rows = tokens.data.map((t) => h("tr", { "data-token": t.id },
+      h("td", { "data-label": "Name" }, h("strong", {}, t.name)),
+      h("td", { "data-label": "Scope" }, t.scope),
+      h("td", { "data-label": "Created" }, formatDate(t.created_at), h("div", { class: "muted" }, `by ${t.created_by}`)),
+      h("td", { "data-label": "Actions" }, h("button", { type: "button", class: "danger", "data-revoke": t.name, onclick: () => revokeToken(t) }, "Revoke"))));
+    list.replaceChildren(tokens.data.length ? h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["Name", "Scope", "Created", "Actions"].map((t) => h("th", {}, t)))),
       h("tbody", { id: "token-rows" }, rows))) : h("p", { class: "muted", id: "token-rows" }, "No scoped tokens yet."));
+  };
 }
 
 async function revokeToken(token) {
   const confirmed = await confirmDialog(`Revoke "${token.name}"?`,
     `Every request with this ${token.scope} token is refused from now on, on every replica. This cannot be undone.`, "Revoke", true);
-  if (confirmed && await attempt(() => api("POST", "tokens.revoke", { token_id: token.id }))) { toast("Token revoked"); route(); }
+  if (confirmed && await attempt(() => api("POST", "tokens.revoke", { token_id: token.id }))) { toast("Token revoked"); refresh(); }
 }
 
 // ---- audit log ----------------------------------------------------------------------------
 
-async function showAudit() {
+function showAudit() {
   const body = h("tbody", { id: "audit-rows" });
   const more = h("button", { type: "button", class: "secondary", id: "audit-more", hidden: true }, "Older entries");
   let cursor = "";
@@ -475,17 +501,30 @@ async function showAudit() {
     more.hidden = !page.next;
   };
   more.addEventListener("click", () => attempt(load));
-  await load();
   main.replaceChildren(h("h1", {}, "Audit log"),
     h("p", { class: "muted" }, "Every change made through the API or this page, newest first, including refused ones."),
     h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Target", "Result"].map((t) => h("th", {}, t)))), body)),
     h("p", {}, more));
+  return async () => {
+    body.replaceChildren();
+    cursor = "";
+    await load();
+  };
 }
 
 // ---- routing ------------------------------------------------------------------------------
 
 const PAGES = { releases: showReleases, bundles: showBundles, tokens: showTokens, audit: showAudit };
+
+/** The page on screen and the function that reloads its data. Pages are built once when
+ * opened; after a change only their data is redrawn, so text typed into a form stays. */
+let shown = { page: null, reload: null };
+
+/** Reloads the data of the page on screen. */
+async function refresh() {
+  if (shown.reload) await attempt(shown.reload);
+}
 
 async function route() {
   const params = new URLSearchParams(location.search);
@@ -505,7 +544,8 @@ async function route() {
     const link = document.getElementById(`nav-${name}`);
     if (name === page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
-  await attempt(PAGES[page]);
+  if (shown.page !== page) shown = { page, reload: PAGES[page]() };
+  await refresh();
   main.focus({ preventScroll: true });
 }
 

@@ -12,7 +12,8 @@ use crate::domain::access::{
     secret_digest, validate_token_name, ApiToken, AuditCursor, AuditEntry, Scope, API_KEY_PREFIX,
 };
 use crate::domain::{now_millis, RecordId};
-use crate::store::{MetadataStore, StoreError};
+use crate::error::Chain;
+use crate::store::{AccessStore, StoreError};
 use keys::{generate_secret, ApiKeys};
 use oidc::{OidcError, OidcVerifier};
 
@@ -43,7 +44,7 @@ pub enum AuthError {
 }
 
 pub struct Access {
-    store: Arc<dyn MetadataStore>,
+    store: Arc<dyn AccessStore>,
     configured: ApiKeys,
     oidc: Option<OidcVerifier>,
 }
@@ -55,7 +56,7 @@ impl Access {
     /// With OIDC when OAUTH_ISSUER is set.
     pub fn from_config(
         config: &Config,
-        store: Arc<dyn MetadataStore>,
+        store: Arc<dyn AccessStore>,
         configured: ApiKeys,
     ) -> Access {
         let oidc = config
@@ -95,8 +96,7 @@ impl Access {
                 scope: token.scope,
             }),
             Ok(None) => Err(AuthError::Rejected("unknown or revoked API key".into())),
-            Err(StoreError::Unavailable(detail)) => Err(AuthError::Unavailable(detail)),
-            Err(e) => Err(AuthError::Unavailable(e.to_string())),
+            Err(e) => Err(AuthError::Unavailable(Chain(&e).to_string())),
         }
     }
 
@@ -130,7 +130,7 @@ impl Access {
     ) -> Result<(ApiToken, String), CatalogError> {
         validate_token_name(name)?;
         let secret = generate_secret("tok_")
-            .map_err(|e| CatalogError::Internal(format!("cannot generate a token: {e}")))?;
+            .map_err(|e| CatalogError::internal("cannot generate a token", e))?;
         let token = ApiToken {
             id: RecordId::generate(),
             name: name.to_string(),
@@ -143,8 +143,8 @@ impl Access {
             .insert_api_token(&token)
             .await
             .map_err(|e| match e {
-                StoreError::Conflict(_) => {
-                    CatalogError::Conflict(format!("a token named {name:?} already exists"))
+                StoreError::Duplicate(_) => {
+                    CatalogError::Duplicate(format!("a token named {name:?} already exists"))
                 }
                 other => other.into(),
             })?;
@@ -173,7 +173,7 @@ impl Access {
     pub async fn record(&self, entry: AuditEntry) {
         if let Err(e) = self.store.insert_audit(&entry).await {
             tracing::error!(
-                error = %e, actor = %entry.actor, action = %entry.action, target = %entry.target,
+                error = %Chain(&e), actor = %entry.actor, action = %entry.action, target = %entry.target,
                 status = entry.status, "could not store an audit entry"
             );
         }

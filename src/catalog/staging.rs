@@ -18,10 +18,7 @@ pub struct Staging {
 impl Staging {
     pub fn new(dir: PathBuf) -> Result<Staging, CatalogError> {
         std::fs::create_dir_all(&dir).map_err(|e| {
-            CatalogError::Internal(format!(
-                "cannot create staging folder {}: {e}",
-                dir.display()
-            ))
+            CatalogError::internal(format!("cannot create staging folder {}", dir.display()), e)
         })?;
         Ok(Staging { dir })
     }
@@ -40,10 +37,7 @@ impl Staging {
     pub async fn create(&self, max_size: u64) -> Result<StagingFile, CatalogError> {
         let path = self.dir.join(format!("{}.part", RecordId::generate()));
         let file = tokio::fs::File::create(&path).await.map_err(|e| {
-            CatalogError::Internal(format!(
-                "cannot create staging file {}: {e}",
-                path.display()
-            ))
+            CatalogError::internal(format!("cannot create staging file {}", path.display()), e)
         })?;
         Ok(StagingFile {
             blob: StagedBlob {
@@ -83,13 +77,12 @@ impl StagingFile {
         self.file
             .write_all(chunk)
             .await
-            .map_err(|e| CatalogError::Internal(format!("cannot write staging file: {e}")))
+            .map_err(|e| CatalogError::internal("cannot write staging file", e))
     }
 
     /// Flushes to disk and returns the checked-in-nothing-yet blob with its checksums.
     pub async fn finish(mut self) -> Result<StagedBlob, CatalogError> {
-        let io =
-            |e: std::io::Error| CatalogError::Internal(format!("cannot sync staging file: {e}"));
+        let io = |e: std::io::Error| CatalogError::internal("cannot sync staging file", e);
         self.file.flush().await.map_err(io)?;
         self.file.sync_all().await.map_err(io)?;
         self.blob.sha256 = hex::encode(self.sha256.finalize_reset());

@@ -1,5 +1,9 @@
 use super::{InvalidInput, PluginVersion, RecordId, ResourceRef, UnixMillis};
 
+/// Where the device API serves the objects the server stores itself (the embedded blob
+/// store): `GET /files/<blob key>`.
+pub const FILES_ROUTE_PREFIX: &str = "/files/";
+
 /// A zip of web assets for one app, under a version name devices will report once they run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bundle {

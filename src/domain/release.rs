@@ -32,7 +32,8 @@ pub struct Release {
     pub key: ReleaseKey,
     /// The bundle shipped inside the store binary.
     pub builtin_bundle_id: RecordId,
-    /// The bundle each channel serves. A channel without an entry follows `production`, and
+    /// The bundles people assigned to channels. What a channel *serves* is
+    /// [`Release::bundle_for`]: a channel without an entry follows `production`, and
     /// `production` without an entry serves the builtin bundle.
     pub channels: BTreeMap<ChannelName, RecordId>,
     pub release_date: Option<UnixMillis>,
@@ -42,18 +43,84 @@ pub struct Release {
     pub owner: Option<ResourceRef>,
 }
 
+/// Why a channel serves the bundle it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedBecause {
+    /// The channel has a bundle of its own.
+    Assigned,
+    /// The channel has none and follows `production`.
+    FollowsProduction,
+    /// Neither the channel nor `production` has one: the bundle inside the binary.
+    Builtin,
+}
+
+impl ServedBecause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedBecause::Assigned => "assigned",
+            ServedBecause::FollowsProduction => "production",
+            ServedBecause::Builtin => "builtin",
+        }
+    }
+}
+
+/// What one channel of a release serves, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelServing<'a> {
+    pub bundle_id: &'a RecordId,
+    pub because: ServedBecause,
+}
+
 impl Release {
-    /// The bundle a device on `channel` should run.
-    pub fn bundle_for(&self, channel: &ChannelName) -> &RecordId {
-        self.channels
-            .get(channel)
-            .or_else(|| self.channels.get(&ChannelName::default_channel()))
-            .unwrap_or(&self.builtin_bundle_id)
+    /// The one rule for what a device on `channel` gets: the channel's own bundle, else what
+    /// `production` has, else the builtin bundle.
+    pub fn serving(&self, channel: &ChannelName) -> ChannelServing<'_> {
+        if let Some(bundle_id) = self.channels.get(channel) {
+            return ChannelServing {
+                bundle_id,
+                because: ServedBecause::Assigned,
+            };
+        }
+        match self.production_bundle() {
+            Some(bundle_id) => ChannelServing {
+                bundle_id,
+                because: ServedBecause::FollowsProduction,
+            },
+            None => ChannelServing {
+                bundle_id: &self.builtin_bundle_id,
+                because: ServedBecause::Builtin,
+            },
+        }
     }
 
-    /// Bundles this release refers to, builtin first.
+    /// The bundle a device on `channel` should run.
+    pub fn bundle_for(&self, channel: &ChannelName) -> &RecordId {
+        self.serving(channel).bundle_id
+    }
+
+    /// The bundle assigned to `production` (the seed's `active_bundle_id`), if any.
+    pub fn production_bundle(&self) -> Option<&RecordId> {
+        self.channels.get(&ChannelName::default_channel())
+    }
+
+    /// What every channel people see serves: each assigned channel, and `production` always.
+    pub fn serving_by_channel(&self) -> BTreeMap<ChannelName, ChannelServing<'_>> {
+        std::iter::once(ChannelName::default_channel())
+            .chain(self.channels.keys().cloned())
+            .map(|channel| {
+                let serving = self.serving(&channel);
+                (channel, serving)
+            })
+            .collect()
+    }
+
+    /// Bundles this release refers to (so they cannot be deleted), builtin first.
     pub fn referenced_bundles(&self) -> impl Iterator<Item = &RecordId> {
         std::iter::once(&self.builtin_bundle_id).chain(self.channels.values())
+    }
+
+    pub fn refers_to(&self, bundle_id: &RecordId) -> bool {
+        self.referenced_bundles().any(|id| id == bundle_id)
     }
 }
 

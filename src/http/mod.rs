@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::access::Access;
-use crate::catalog::staging::Staging;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use client_ip::ClientIpResolver;
@@ -37,30 +36,21 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub catalog: Arc<Catalog>,
-    pub staging: Staging,
     pub access: Access,
     pub client_ip: ClientIpResolver,
     pub rate_limiter: Option<DeviceRateLimiter>,
-    pub max_bundle_size: u64,
     pub device_request_timeout: std::time::Duration,
     /// Offered to the UI for OIDC login (with the issuer of `access`).
     pub oauth_client_id: Option<String>,
 }
 
 impl AppState {
-    pub fn new(
-        config: &Config,
-        catalog: Arc<Catalog>,
-        staging: Staging,
-        access: Access,
-    ) -> AppState {
+    pub fn new(config: &Config, catalog: Arc<Catalog>, access: Access) -> AppState {
         AppState(Arc::new(Shared {
             catalog,
-            staging,
             access,
             client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
             rate_limiter: DeviceRateLimiter::per_minute(config.limit_request_per_minute),
-            max_bundle_size: config.max_bundle_size,
             device_request_timeout: config.device_request_timeout,
             oauth_client_id: config.oauth_client_id.clone(),
         }))

@@ -12,6 +12,8 @@ use super::AppState;
 const INDEX: &str = include_str!("../../ui/index.html");
 const SCRIPT: &str = include_str!("../../ui/app.js");
 const STYLE: &str = include_str!("../../ui/app.css");
+/// Browsers ask every origin for `/favicon.ico`; without one each page load logs a 404.
+const FAVICON: &[u8] = include_bytes!("../../ui/favicon.ico");
 
 /// Scripts and styles from this origin only; the UI never needs inline code. The one other
 /// host it talks to is the OIDC token endpoint, added to `connect-src` when SSO is configured.
@@ -32,7 +34,7 @@ fn origin_of(url: &str) -> Option<&str> {
     Some(&url[..end])
 }
 
-fn asset(content_type: &'static str, body: &'static str, csp: String) -> Response {
+fn asset(content_type: &'static str, body: impl IntoResponse + 'static, csp: String) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -63,6 +65,10 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui/", get(index))
+        .route(
+            "/favicon.ico",
+            get(|| async { asset("image/x-icon", FAVICON, content_security_policy(None)) }),
+        )
         .route(
             "/ui/app.js",
             get(|| async {

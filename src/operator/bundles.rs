@@ -1,17 +1,19 @@
-//! The `Bundle` controller: fetch the zip, check it like an upload, store and record it, and
-//! report what was stored. Deleting a Bundle a Release still uses is held.
+//! The `Bundle` controller: fetch the zip, hand it to the catalog's ingest path (the same
+//! checks as a REST upload), and report what was stored. Deleting a Bundle a Release still
+//! uses is held.
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::{Api, ResourceExt};
 
 use super::conditions::{conditions_for, Outcome};
 use super::crd::{Bundle, BundleSpec, BundleStatus};
-use super::{apply_status, display_name, now_rfc3339, Context, OperatorError, FINALIZER};
-use crate::catalog::{CatalogError, NewBundle};
+use super::{
+    actor_of, apply_status, display_name, now_rfc3339, with_finalizer, Context, Failure,
+    OperatorError,
+};
+use crate::catalog::{CatalogError, ExpectedChecksum, NewBundle, SourceError};
 use crate::domain::{Actor, Bundle as BundleRecord, ResourceRef};
 
 /// The owner marker of records made from this resource.
@@ -42,7 +44,7 @@ pub fn source_of(spec: &BundleSpec) -> Result<Source, String> {
     }
 }
 
-/// The upload the spec describes (the zip checks and checksum rules are the REST upload's).
+/// The upload the spec describes (the checks and checksum rules are the REST upload's).
 pub fn new_bundle_of(bundle: &Bundle) -> NewBundle {
     let spec = &bundle.spec;
     let encryption = spec.encryption.as_ref();
@@ -50,10 +52,12 @@ pub fn new_bundle_of(bundle: &Bundle) -> NewBundle {
         app_id: spec.app_id.clone(),
         version_name: spec.version_name.clone(),
         description: spec.description.clone(),
+        expected_checksum: spec.sha256.clone().map(|value| ExpectedChecksum {
+            value,
+            field: "spec.sha256",
+        }),
         session_key: encryption.map(|e| e.session_key.clone()),
-        checksum: encryption
-            .map(|e| e.checksum.clone())
-            .or_else(|| spec.sha256.clone()),
+        encrypted_checksum: encryption.map(|e| e.checksum.clone()),
         key_id: encryption.and_then(|e| e.key_id.clone()),
         owner: Some(owner_of(bundle)),
     }
@@ -85,146 +89,81 @@ pub async fn reconcile(bundle: Arc<Bundle>, ctx: Arc<Context>) -> Result<Action,
     let started = std::time::Instant::now();
     let api: Api<Bundle> =
         Api::namespaced(ctx.client.clone(), &bundle.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, bundle, |event| async {
-        match event {
-            Finalize::Apply(bundle) => apply(&bundle, &ctx, &api).await,
-            Finalize::Cleanup(bundle) => cleanup(&bundle, &ctx, &api).await,
-        }
-    })
-    .await
-    .map_err(|e| OperatorError::Finalizer(e.to_string()));
+    let (ctx, api_ref) = (ctx.as_ref(), &api);
+    let result = with_finalizer(
+        &api,
+        bundle,
+        |bundle| async move { apply(&bundle, ctx, api_ref).await },
+        |bundle| async move { cleanup(&bundle, ctx, api_ref).await },
+    )
+    .await;
     crate::metrics::global().reconcile("Bundle", result.is_ok(), started.elapsed());
     result
 }
 
 async fn apply(bundle: &Bundle, ctx: &Context, api: &Api<Bundle>) -> Result<Action, OperatorError> {
-    let owner = owner_of(bundle);
-    let spec = &bundle.spec;
-    let existing = ctx
+    let stored = match ctx
         .catalog
-        .bundle_by_version(&spec.app_id, &spec.version_name)
-        .await?;
-    let (record, outcome) = match existing {
-        Some(record) if record.owner.as_ref() == Some(&owner) => (Some(record), None),
-        Some(record) => {
-            let by = record
-                .owner
-                .as_ref()
-                .map_or("the REST API".to_string(), |o| o.to_string());
-            let message = format!(
-                "{} already has a bundle named {:?} (made by {by}); choose another versionName",
-                spec.app_id, spec.version_name
-            );
-            (
-                None,
-                Some(Outcome::Stalled {
-                    reason: "VersionTaken".into(),
-                    message,
-                }),
-            )
-        }
-        None => match fetch_and_store(bundle, ctx).await {
-            Ok(record) => (Some(record), None),
-            Err(Refusal::Spec(reason, message)) => (
-                None,
-                Some(Outcome::Stalled {
-                    reason: reason.into(),
-                    message,
-                }),
-            ),
-            Err(Refusal::Transient(error)) => return Err(error),
-        },
+        .existing_bundle_for(&new_bundle_of(bundle), &actor_of(bundle, owner_of(bundle)))
+        .await
+    {
+        Ok(Some(record)) => Ok(record),
+        Ok(None) => fetch_and_store(bundle, ctx).await,
+        Err(e) => Err(e.into()),
     };
-    // The same state always reads the same, so a resync rewrites nothing.
-    let outcome = outcome.unwrap_or_else(|| Outcome::Ready {
-        message: format!(
-            "stored as {}",
-            record.as_ref().map_or("", |r| r.blob_key.as_str())
-        ),
-    });
+    let (record, outcome) = match stored {
+        // The same state always reads the same, so a resync rewrites nothing.
+        Ok(record) => {
+            let message = format!("stored as {}", record.blob_key);
+            (Some(record), Outcome::Ready { message })
+        }
+        Err(Failure::Stalled(outcome)) => (None, outcome),
+        Err(Failure::Retry(error)) => return Err(error),
+    };
     let status = status_for(bundle, record.as_ref(), &outcome);
-    write_status(bundle, ctx, api, status, &outcome).await
+    apply_status(ctx, api, bundle, bundle.status.as_ref(), status, &outcome).await
 }
 
-/// Why storing failed: the spec must change, or the world must (retry).
-enum Refusal {
-    Spec(&'static str, String),
-    Transient(OperatorError),
-}
-
-impl From<CatalogError> for Refusal {
-    fn from(e: CatalogError) -> Refusal {
-        match e {
-            CatalogError::Invalid(m) => Refusal::Spec("InvalidBundle", m),
-            CatalogError::TooLarge(m) => Refusal::Spec("TooLarge", m),
-            CatalogError::Conflict(m) => Refusal::Spec("VersionTaken", m),
-            other => Refusal::Transient(other.into()),
-        }
-    }
-}
-
-async fn fetch_and_store(bundle: &Bundle, ctx: &Context) -> Result<BundleRecord, Refusal> {
-    let source = source_of(&bundle.spec).map_err(|m| Refusal::Spec("InvalidSource", m))?;
-    let url = match source {
-        Source::Url(url) => url,
-        // An object already in our bucket: fetched through its (presigned) download URL.
-        Source::BucketKey(key) => ctx
-            .catalog
-            .blobs()
-            .download_url(&key)
-            .await
-            .map_err(|e| Refusal::Transient(CatalogError::from(e).into()))?,
-    };
+async fn fetch_and_store(bundle: &Bundle, ctx: &Context) -> Result<BundleRecord, Failure> {
+    let source = source_of(&bundle.spec).map_err(|message| {
+        Failure::Stalled(Outcome::Stalled {
+            reason: "InvalidSource".into(),
+            message,
+        })
+    })?;
     let new = new_bundle_of(bundle);
+    let url = match source {
+        Source::BucketKey(key) => return Ok(ctx.catalog.ingest_stored_object(new, &key).await?),
+        Source::Url(url) => url,
+    };
     ctx.catalog.check_new_bundle(&new).await?;
+    let fetch_failed = |source: crate::error::BoxError| {
+        Failure::Retry(OperatorError::Fetch {
+            url: url.clone(),
+            source,
+        })
+    };
     let response = ctx
         .http
         .get(&url)
         .send()
         .await
-        .map_err(|e| Refusal::Transient(OperatorError::Fetch(format!("{url}: {e}"))))?;
+        .map_err(|e| fetch_failed(e.into()))?;
     let status = response.status();
     if status.is_client_error() {
-        return Err(Refusal::Spec(
-            "SourceNotFound",
-            format!("fetching {url} answered HTTP {status}; fix source"),
-        ));
+        return Err(Failure::Stalled(Outcome::Stalled {
+            reason: "SourceNotFound".into(),
+            message: format!("fetching {url} answered HTTP {status}; fix source"),
+        }));
     }
     if !status.is_success() {
-        return Err(Refusal::Transient(OperatorError::Fetch(format!(
-            "{url} answered HTTP {status}"
-        ))));
+        return Err(fetch_failed(format!("HTTP {status}").into()));
     }
-    let mut file = ctx.staging.create(ctx.max_bundle_size).await?;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| Refusal::Transient(OperatorError::Fetch(format!("{url}: {e}"))))?;
-        file.write(&chunk).await?;
+    match ctx.catalog.ingest(new, response.bytes_stream()).await {
+        Ok(record) => Ok(record),
+        Err(SourceError::Source(e)) => Err(fetch_failed(e.into())),
+        Err(SourceError::Catalog(e)) => Err(e.into()),
     }
-    let staged = file.finish().await?;
-    if let Some(expected) = &bundle.spec.sha256 {
-        if !expected.eq_ignore_ascii_case(&staged.sha256) {
-            return Err(Refusal::Spec(
-                "ChecksumMismatch",
-                format!(
-                    "the zip's SHA-256 is {}, spec.sha256 says {expected}",
-                    staged.sha256
-                ),
-            ));
-        }
-    }
-    Ok(ctx.catalog.add_bundle(new, staged).await?)
-}
-
-async fn write_status(
-    bundle: &Bundle,
-    ctx: &Context,
-    api: &Api<Bundle>,
-    status: BundleStatus,
-    outcome: &Outcome,
-) -> Result<Action, OperatorError> {
-    apply_status(ctx, api, bundle, bundle.status.as_ref(), status, outcome).await
 }
 
 async fn cleanup(
@@ -256,15 +195,15 @@ async fn cleanup(
             );
             Ok(Action::await_change())
         }
-        Err(CatalogError::Conflict(message)) => {
+        Err(CatalogError::InUse(message)) => {
             let outcome = Outcome::Stalled {
                 reason: "DeletionBlocked".into(),
                 message: message.clone(),
             };
             let status = status_for(bundle, Some(&record), &outcome);
-            write_status(bundle, ctx, api, status, &outcome).await?;
+            apply_status(ctx, api, bundle, bundle.status.as_ref(), status, &outcome).await?;
             // Keeps the finalizer: deletion waits until no release uses the bundle.
-            Err(OperatorError::Catalog(CatalogError::Conflict(message)))
+            Err(OperatorError::DeletionHeld(message))
         }
         Err(e) => Err(e.into()),
     }
@@ -316,7 +255,10 @@ mod tests {
             new.owner,
             Some(ResourceRef::new("Bundle", "apps", "web-1-0-1"))
         );
-        assert_eq!(new.checksum.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(
+            new.expected_checksum.map(|c| (c.value, c.field)),
+            Some(("ab".repeat(32), "spec.sha256"))
+        );
         assert_eq!(new.session_key, None);
     }
 }

@@ -2,6 +2,27 @@
 //! in the Kubernetes shape. Pure, so it is tested without an API server.
 
 use super::crd::Condition;
+use crate::catalog::CatalogError;
+
+/// The one mapping from a catalog refusal to the reason of a `Stalled` condition: `None` for
+/// failures that retrying fixes (storage unreachable, a concurrent change).
+pub fn stall_reason(error: &CatalogError) -> Option<&'static str> {
+    match error {
+        CatalogError::Invalid(_) => Some("InvalidSpec"),
+        CatalogError::ChecksumMismatch(_) => Some("ChecksumMismatch"),
+        CatalogError::NotFound(_) => Some("NotFound"),
+        CatalogError::Duplicate(_) => Some("AlreadyExists"),
+        CatalogError::InUse(_) => Some("DeletionBlocked"),
+        CatalogError::Owned {
+            adoptable: true, ..
+        } => Some("AdoptionRequired"),
+        CatalogError::Owned { .. } => Some("ManagedElsewhere"),
+        CatalogError::TooLarge(_) => Some("TooLarge"),
+        CatalogError::Busy(_)
+        | CatalogError::Unavailable { .. }
+        | CatalogError::Internal { .. } => None,
+    }
+}
 
 /// What a reconcile concluded about a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]

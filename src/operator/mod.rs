@@ -14,8 +14,11 @@ use futures_util::{FutureExt, StreamExt};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
 
-use crate::catalog::staging::Staging;
 use crate::catalog::{Catalog, CatalogError};
+use crate::domain::ownership::ADOPT_ANNOTATION;
+use crate::domain::Actor;
+use crate::error::Chain;
+use conditions::Outcome;
 
 /// The field manager of every status write, and the events' reporting controller.
 pub const MANAGER: &str = "capgo-server";
@@ -26,36 +29,63 @@ pub const STALLED_RETRY: Duration = Duration::from_secs(300);
 /// When to look again at a resource waiting on another one (a Bundle being fetched).
 pub const WAITING_RETRY: Duration = Duration::from_secs(10);
 
+/// Why a reconcile must be retried. A spec a person must change is not an error: it becomes
+/// a `Stalled` condition (see [`Failure`]).
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API request failed")]
     Kube(#[from] kube::Error),
-    #[error(transparent)]
+    #[error("the catalog failed")]
     Catalog(#[from] CatalogError),
-    #[error("fetching the bundle: {0}")]
-    Fetch(String),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
+    #[error("fetching {url} failed")]
+    Fetch {
+        url: String,
+        #[source]
+        source: crate::error::BoxError,
+    },
+    #[error("a deletion waits: {0}")]
+    DeletionHeld(String),
+    #[error("finalizer step failed")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<OperatorError>>),
+}
+
+/// How a reconcile step failed: the spec must change (a `Stalled` outcome with its reason),
+/// or the world must (retried).
+#[derive(Debug)]
+pub enum Failure {
+    Stalled(Outcome),
+    Retry(OperatorError),
+}
+
+impl From<CatalogError> for Failure {
+    /// The one place catalog refusals are sorted into stalls and retries.
+    fn from(error: CatalogError) -> Failure {
+        match conditions::stall_reason(&error) {
+            Some(reason) => Failure::Stalled(Outcome::Stalled {
+                reason: reason.into(),
+                message: error.to_string(),
+            }),
+            None => Failure::Retry(error.into()),
+        }
+    }
+}
+
+impl From<kube::Error> for Failure {
+    fn from(error: kube::Error) -> Failure {
+        Failure::Retry(error.into())
+    }
 }
 
 /// What the reconcilers share.
 pub struct Context {
     pub client: kube::Client,
     pub catalog: Arc<Catalog>,
-    pub staging: Staging,
-    pub max_bundle_size: u64,
     pub http: reqwest::Client,
     pub recorder: Recorder,
 }
 
 impl Context {
-    pub fn new(
-        client: kube::Client,
-        catalog: Arc<Catalog>,
-        staging: Staging,
-        max_bundle_size: u64,
-        identity: &str,
-    ) -> Context {
+    pub fn new(client: kube::Client, catalog: Arc<Catalog>, identity: &str) -> Context {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(identity.into()),
@@ -64,8 +94,6 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             catalog,
-            staging,
-            max_bundle_size,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 .timeout(Duration::from_secs(600))
@@ -129,6 +157,20 @@ where
         Outcome::Progressing { .. } => Action::requeue(WAITING_RETRY),
         Outcome::Stalled { .. } => Action::requeue(STALLED_RETRY),
     })
+}
+
+/// Who acts for `object` on the records it owns: the resource, adopting records made through
+/// the API when it carries the adopt annotation.
+pub fn actor_of<K: ResourceExt>(object: &K, owner: crate::domain::ResourceRef) -> Actor {
+    let adopts = object
+        .annotations()
+        .get(ADOPT_ANNOTATION)
+        .is_some_and(|value| value == "true");
+    if adopts {
+        Actor::AdoptingResource(owner)
+    } else {
+        Actor::Resource(owner)
+    }
 }
 
 /// `ns/name` of a resource, for logs.
@@ -250,18 +292,58 @@ async fn run_controllers(
     futures_util::future::join_all(controllers).await;
 }
 
-fn log_result<R: std::fmt::Debug, E: std::fmt::Display>(result: Result<R, E>) {
+fn log_result<R: std::fmt::Debug, E: std::error::Error + 'static>(result: Result<R, E>) {
     if let Err(e) = result {
-        tracing::debug!(error = %e, "reconcile ended with an error (retried)");
+        tracing::debug!(error = %Chain(&e), "reconcile ended with an error (retried)");
     }
 }
 
-/// Transient errors (API or storage unreachable, a held deletion) are retried soon.
+/// Errors are retried: soon when something may come back (the API server, storage, a
+/// source), more slowly for a deletion that waits on a person.
 fn error_policy<K: ResourceExt>(
     object: Arc<K>,
     error: &OperatorError,
     _ctx: Arc<Context>,
 ) -> kube::runtime::controller::Action {
-    tracing::warn!(resource = display_name(object.as_ref()), %error, "reconcile failed; retrying");
-    kube::runtime::controller::Action::requeue(Duration::from_secs(10))
+    let held = match error {
+        OperatorError::Finalizer(inner) => matches!(
+            inner.as_ref(),
+            kube::runtime::finalizer::Error::CleanupFailed(OperatorError::DeletionHeld(_))
+        ),
+        other => matches!(other, OperatorError::DeletionHeld(_)),
+    };
+    let resource = display_name(object.as_ref());
+    if held {
+        tracing::info!(resource, error = %Chain(error), "deletion held; looking again later");
+        return kube::runtime::controller::Action::requeue(WAITING_RETRY * 3);
+    }
+    tracing::warn!(resource, error = %Chain(error), "reconcile failed; retrying");
+    kube::runtime::controller::Action::requeue(WAITING_RETRY)
+}
+
+/// Runs the finalizer around `apply` and `cleanup`, keeping its errors typed.
+pub async fn with_finalizer<K, Apply, Cleanup>(
+    api: &Api<K>,
+    object: Arc<K>,
+    apply: impl FnOnce(Arc<K>) -> Apply,
+    cleanup: impl FnOnce(Arc<K>) -> Cleanup,
+) -> Result<kube::runtime::controller::Action, OperatorError>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    Apply: std::future::Future<Output = Result<kube::runtime::controller::Action, OperatorError>>,
+    Cleanup: std::future::Future<Output = Result<kube::runtime::controller::Action, OperatorError>>,
+{
+    use kube::runtime::finalizer::{finalizer, Event as Finalize};
+    finalizer(api, FINALIZER, object, |event| async move {
+        match event {
+            Finalize::Apply(object) => apply(object).await,
+            Finalize::Cleanup(object) => cleanup(object).await,
+        }
+    })
+    .await
+    .map_err(|e| OperatorError::Finalizer(Box::new(e)))
 }

@@ -5,15 +5,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{finalizer, Event as Finalize};
 use kube::{Api, ResourceExt};
 
 use super::conditions::{conditions_for, Outcome};
 use super::crd::{Bundle, PlatformSpec, Release, ReleaseSpec, ReleaseStatus};
-use super::{apply_status, display_name, now_rfc3339, Context, OperatorError, FINALIZER};
+use super::{
+    actor_of, apply_status, display_name, now_rfc3339, with_finalizer, Context, Failure,
+    OperatorError,
+};
 use crate::catalog::{CatalogError, DesiredRelease};
 use crate::domain::names::{check_app_id, check_native_version};
-use crate::domain::{Actor, ChannelName, Platform, RecordId, ReleaseKey, ResourceRef};
+use crate::domain::{
+    Actor, ChannelName, Platform, RecordId, Release as ReleaseRecord, ReleaseKey, ResourceRef,
+};
 
 pub fn owner_of(release: &Release) -> ResourceRef {
     ResourceRef::new(
@@ -104,41 +108,43 @@ pub fn desired_release(
         builtin_bundle_id: resolve(&spec.builtin_bundle)?,
         channels,
         owner: owner_of(release),
+        adopt: matches!(
+            actor_of(release, owner_of(release)),
+            Actor::AdoptingResource(_)
+        ),
     })
 }
 
-/// Channel → the version name its devices get (unset channels follow production, then builtin).
+/// Channel → the version name its devices get, from the record as the catalog serves it.
 pub fn serving(
-    spec: &ReleaseSpec,
-    bundles: &BTreeMap<String, BundleRef>,
+    record: &ReleaseRecord,
+    versions: &BTreeMap<RecordId, String>,
 ) -> BTreeMap<String, String> {
-    let version = |name: &String| match bundles.get(name) {
-        Some(BundleRef::Ready { version_name, .. }) => version_name.clone(),
-        _ => "?".into(),
-    };
-    let mut serving: BTreeMap<String, String> = spec
-        .channels
-        .iter()
-        .map(|(channel, bundle)| (channel.clone(), version(bundle)))
-        .collect();
-    serving
-        .entry(crate::domain::DEFAULT_CHANNEL.into())
-        .or_insert_with(|| version(&spec.builtin_bundle));
-    serving
+    record
+        .serving_by_channel()
+        .into_iter()
+        .map(|(channel, serving)| {
+            let version = versions
+                .get(serving.bundle_id)
+                .cloned()
+                .unwrap_or_else(|| serving.bundle_id.to_string());
+            (channel.to_string(), version)
+        })
+        .collect()
 }
 
 pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
     let started = std::time::Instant::now();
     let api: Api<Release> =
         Api::namespaced(ctx.client.clone(), &release.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, release, |event| async {
-        match event {
-            Finalize::Apply(release) => apply(&release, &ctx, &api).await,
-            Finalize::Cleanup(release) => cleanup(&release, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| OperatorError::Finalizer(e.to_string()));
+    let (ctx, api_ref) = (ctx.as_ref(), &api);
+    let result = with_finalizer(
+        &api,
+        release,
+        |release| async move { apply(&release, ctx, api_ref).await },
+        |release| async move { cleanup(&release, ctx).await },
+    )
+    .await;
     crate::metrics::global().reconcile("Release", result.is_ok(), started.elapsed());
     result
 }
@@ -175,75 +181,76 @@ async fn apply(
     api: &Api<Release>,
 ) -> Result<Action, OperatorError> {
     let bundles = resolve_bundles(release, ctx).await?;
-    let (record_id, outcome) = match desired_release(release, &bundles) {
-        Ok(desired) => {
-            forget_previous_record(release, &desired, ctx).await?;
-            match ctx.catalog.apply_release(&desired).await {
-                Ok((record, written)) => {
-                    if written {
-                        tracing::info!(release = display_name(release), key = %record.key, "release record converged");
-                    }
-                    (
-                        Some(record.id.to_string()),
-                        Outcome::Ready {
-                            message: "devices are served as specified".into(),
-                        },
-                    )
-                }
-                Err(CatalogError::Conflict(message)) => (
-                    None,
-                    Outcome::Stalled {
-                        reason: "ReleaseConflict".into(),
-                        message,
-                    },
-                ),
-                Err(CatalogError::Invalid(message) | CatalogError::NotFound(message)) => (
-                    None,
-                    Outcome::Stalled {
-                        reason: "InvalidSpec".into(),
-                        message,
-                    },
-                ),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Blocked::Spec { reason, message }) => (
-            None,
-            Outcome::Stalled {
-                reason: reason.into(),
-                message,
-            },
-        ),
-        Err(Blocked::Waiting(message)) => (
-            None,
-            Outcome::Progressing {
-                reason: "WaitingForBundle".into(),
-                message,
-            },
-        ),
+    let converged = match desired_release(release, &bundles) {
+        Ok(desired) => converge(release, &desired, ctx).await,
+        Err(Blocked::Spec { reason, message }) => Err(Failure::Stalled(Outcome::Stalled {
+            reason: reason.into(),
+            message,
+        })),
+        Err(Blocked::Waiting(message)) => Err(Failure::Stalled(Outcome::Progressing {
+            reason: "WaitingForBundle".into(),
+            message,
+        })),
     };
-    let previous = release
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
+    let previous = release.status.clone().unwrap_or_default();
+    let (record, outcome) = match converged {
+        Ok(record) => (
+            Some(record),
+            Outcome::Ready {
+                message: "devices are served as specified".into(),
+            },
+        ),
+        Err(Failure::Stalled(outcome)) => (None, outcome),
+        Err(Failure::Retry(error)) => return Err(error),
+    };
     let generation = release.metadata.generation.unwrap_or_default();
-    let channels = serving(&release.spec, &bundles);
+    // What devices get now: from the record when it matches the spec, else as last reported.
+    let channels = match &record {
+        Some(record) => {
+            let versions = bundles
+                .values()
+                .filter_map(|b| match b {
+                    BundleRef::Ready { id, version_name } => {
+                        Some((id.clone(), version_name.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            serving(record, &versions)
+        }
+        None => previous.channels.clone(),
+    };
     let status = ReleaseStatus {
         observed_generation: generation,
-        conditions: conditions_for(&outcome, generation, previous, &now_rfc3339()),
-        release_id: record_id
-            .or_else(|| release.status.as_ref().and_then(|s| s.release_id.clone())),
-        serving: Some(
+        conditions: conditions_for(&outcome, generation, &previous.conditions, &now_rfc3339()),
+        release_id: record
+            .as_ref()
+            .map(|r| r.id.to_string())
+            .or(previous.release_id.clone()),
+        serving: (!channels.is_empty()).then(|| {
             channels
                 .iter()
                 .map(|(c, v)| format!("{c}={v}"))
                 .collect::<Vec<_>>()
-                .join(" "),
-        ),
+                .join(" ")
+        }),
         channels,
     };
     apply_status(ctx, api, release, release.status.as_ref(), status, &outcome).await
+}
+
+/// Converges the record to `desired`, removing the one made for an earlier native version.
+async fn converge(
+    release: &Release,
+    desired: &DesiredRelease,
+    ctx: &Context,
+) -> Result<ReleaseRecord, Failure> {
+    forget_previous_record(release, desired, ctx).await?;
+    let (record, written) = ctx.catalog.apply_release(desired).await?;
+    if written {
+        tracing::info!(release = display_name(release), key = %record.key, "release record converged");
+    }
+    Ok(record)
 }
 
 /// When a spec's native version changed, the record made for the old one goes.
@@ -251,7 +258,7 @@ async fn forget_previous_record(
     release: &Release,
     desired: &DesiredRelease,
     ctx: &Context,
-) -> Result<(), OperatorError> {
+) -> Result<(), CatalogError> {
     let Some(previous) = release
         .status
         .as_ref()
@@ -269,7 +276,7 @@ async fn forget_previous_record(
             Ok(())
         }
         Ok(_) | Err(CatalogError::NotFound(_) | CatalogError::Invalid(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -286,7 +293,7 @@ async fn cleanup(release: &Release, ctx: &Context) -> Result<Action, OperatorErr
     {
         // Already gone, or never ours: either way nothing of this resource remains.
         Ok(_)
-        | Err(CatalogError::NotFound(_) | CatalogError::Conflict(_) | CatalogError::Invalid(_)) => {
+        | Err(CatalogError::NotFound(_) | CatalogError::Owned { .. } | CatalogError::Invalid(_)) => {
             tracing::info!(release = display_name(release), "release record removed");
             Ok(Action::await_change())
         }
@@ -348,12 +355,55 @@ mod tests {
             unreachable!()
         };
         assert_eq!(&desired.builtin_bundle_id, id);
+        assert!(!desired.adopt);
+    }
+
+    fn record(builtin: &RecordId, channels: &[(&str, &RecordId)]) -> ReleaseRecord {
+        ReleaseRecord {
+            id: RecordId::generate(),
+            key: ReleaseKey {
+                platform: Platform::Android,
+                app_id: "com.example.app".into(),
+                version_name: "1.4.0".into(),
+                version_code: "140".into(),
+            },
+            builtin_bundle_id: builtin.clone(),
+            channels: channels
+                .iter()
+                .map(|(c, id)| (ChannelName::parse(c).unwrap(), (*id).clone()))
+                .collect(),
+            release_date: None,
+            created_at: 0,
+            updated_at: 0,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn serving_names_each_channels_version() {
+        let (builtin, beta) = (RecordId::generate(), RecordId::generate());
+        let versions = BTreeMap::from([
+            (builtin.clone(), "1.4.0".to_string()),
+            (beta.clone(), "1.5.0".to_string()),
+        ]);
         assert_eq!(
-            serving(&spec.spec, &bundles)
-                .get("beta")
-                .map(String::as_str),
-            Some("1.5.0")
+            serving(&record(&builtin, &[("beta", &beta)]), &versions),
+            BTreeMap::from([
+                ("beta".to_string(), "1.5.0".to_string()),
+                ("production".to_string(), "1.4.0".to_string()),
+            ])
         );
+    }
+
+    #[test]
+    fn the_adopt_annotation_asks_to_take_over_an_api_record() {
+        let mut spec = release(&[]);
+        spec.metadata.annotations = Some(BTreeMap::from([(
+            crate::domain::ownership::ADOPT_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]));
+        let bundles = BTreeMap::from([("web-1-4-0".to_string(), ready("1.4.0"))]);
+        assert!(desired_release(&spec, &bundles).unwrap().adopt);
     }
 
     #[test]
@@ -384,15 +434,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn production_unset_serves_builtin() {
-        let spec = release(&[]);
-        let bundles = BTreeMap::from([("web-1-4-0".to_string(), ready("1.4.0"))]);
-        assert_eq!(
-            serving(&spec.spec, &bundles),
-            BTreeMap::from([("production".to_string(), "1.4.0".to_string())])
-        );
     }
 }

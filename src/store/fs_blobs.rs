@@ -3,11 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 
-use super::{BlobInfo, BlobStore, StoreError};
-
-/// URL path prefix on the public port under which local blobs are served.
-pub const FILES_ROUTE_PREFIX: &str = "/files/";
+use super::{BlobBytes, BlobInfo, BlobStore, StoreError};
+use crate::domain::bundle::FILES_ROUTE_PREFIX;
 
 pub struct FilesystemBlobStore {
     root: PathBuf,
@@ -17,7 +16,7 @@ pub struct FilesystemBlobStore {
 impl FilesystemBlobStore {
     pub fn open(root: PathBuf, public_base_url: &str) -> Result<FilesystemBlobStore, StoreError> {
         std::fs::create_dir_all(&root).map_err(|e| {
-            StoreError::Internal(format!("cannot create blob folder {}: {e}", root.display()))
+            StoreError::internal(format!("cannot create blob folder {}", root.display()), e)
         })?;
         Ok(FilesystemBlobStore {
             root,
@@ -41,7 +40,7 @@ impl FilesystemBlobStore {
 
     fn checked_path(&self, key: &str) -> Result<PathBuf, StoreError> {
         self.path_of(key)
-            .ok_or_else(|| StoreError::Internal(format!("refusing unsafe blob key {key:?}")))
+            .ok_or_else(|| StoreError::invalid(format!("refusing unsafe blob key {key:?}")))
     }
 }
 
@@ -59,8 +58,22 @@ impl BlobStore for FilesystemBlobStore {
             std::fs::File::open(parent)?.sync_all()
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("blob write task failed: {e}")))?
-        .map_err(|e| StoreError::Internal(format!("cannot store blob {key}: {e}")))
+        .map_err(|e| StoreError::internal("blob write task failed", e))?
+        .map_err(|e| StoreError::internal(format!("cannot store blob {key}"), e))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<BlobBytes>, StoreError> {
+        let path = self.checked_path(key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::internal(format!("cannot read blob {key}"), e)),
+        };
+        let key = key.to_string();
+        let chunks = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+            chunk.map_err(|e| StoreError::internal(format!("cannot read blob {key}"), e))
+        });
+        Ok(Some(Box::pin(chunks)))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -68,9 +81,7 @@ impl BlobStore for FilesystemBlobStore {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::Internal(format!(
-                "cannot delete blob {key}: {e}"
-            ))),
+            Err(e) => Err(StoreError::internal(format!("cannot delete blob {key}"), e)),
         }
     }
 
@@ -96,8 +107,8 @@ impl BlobStore for FilesystemBlobStore {
             Ok(found)
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("blob listing task failed: {e}")))?
-        .map_err(|e: std::io::Error| StoreError::Internal(format!("cannot list blobs: {e}")))
+        .map_err(|e| StoreError::internal("blob listing task failed", e))?
+        .map_err(|e: std::io::Error| StoreError::internal("cannot list blobs", e))
     }
 
     async fn download_url(&self, key: &str) -> Result<String, StoreError> {

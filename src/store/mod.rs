@@ -15,27 +15,77 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
 
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{ActivityCount, StatsEvent};
-use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, UnixMillis};
+use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
+pub use crate::error::BoxError;
+
+/// A stored object's bytes, as they are read.
+pub type BlobBytes = BoxStream<'static, Result<Bytes, StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A uniqueness or reference rule of the store refused the write.
-    #[error("conflict: {0}")]
-    Conflict(String),
+    /// A record with the same unique key exists.
+    #[error("duplicate: {0}")]
+    Duplicate(String),
+    /// A reference rule refused the write: a record it names is missing (or being deleted),
+    /// or the record being deleted is still referred to.
+    #[error("reference conflict: {0}")]
+    Reference(String),
     /// The store cannot be reached now; the same call may work later.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    #[error("storage failure: {0}")]
-    Internal(String),
+    #[error("{context}")]
+    Unavailable {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The store failed, or holds something it should not.
+    #[error("{context}")]
+    Internal {
+        context: String,
+        #[source]
+        source: Option<BoxError>,
+    },
 }
 
+impl StoreError {
+    pub fn unavailable(context: impl Into<String>, source: impl Into<BoxError>) -> StoreError {
+        StoreError::Unavailable {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    pub fn internal(context: impl Into<String>, source: impl Into<BoxError>) -> StoreError {
+        StoreError::Internal {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A failure with no underlying error: a record or setting the store cannot use.
+    pub fn invalid(context: impl Into<String>) -> StoreError {
+        StoreError::Internal {
+            context: context.into(),
+            source: None,
+        }
+    }
+}
+
+/// Everything the metadata back end stores: the catalog's records and the access records.
+/// Each back end implements both halves; each service holds only the half it needs.
+pub trait MetadataStore: CatalogStore + AccessStore {}
+
+impl<T: CatalogStore + AccessStore> MetadataStore for T {}
+
+/// Bundles, releases, channels and device stats: what the catalog reads and writes.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + 'static {
-    /// Fails with `Conflict` when the app already has a bundle of that version name.
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Fails with `Duplicate` when the app already has a bundle of that version name.
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError>;
     async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError>;
     async fn bundle_by_version(
@@ -45,11 +95,14 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<Option<Bundle>, StoreError>;
     /// Newest first.
     async fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError>;
-    /// Fails with `Conflict` while a release refers to the bundle. `false` when absent.
+    /// Fails with `Reference` while a release refers to the bundle, or while a write that
+    /// names it is under way (so a release never points at a deleted bundle, on every back
+    /// end: see the MongoDB store for how without transactions). `false` when absent.
     async fn delete_bundle(&self, id: &RecordId) -> Result<bool, StoreError>;
 
-    /// Fails with `Conflict` when a release with the same key exists. Creates the app's
-    /// default channel.
+    /// Fails with `Duplicate` when a release with the same key exists, and with `Reference`
+    /// when a bundle it names does not exist (or is being deleted). Creates the app's default
+    /// channel.
     async fn insert_release(&self, release: &Release) -> Result<(), StoreError>;
     async fn release(&self, id: &RecordId) -> Result<Option<Release>, StoreError>;
     async fn release_by_key(&self, key: &ReleaseKey) -> Result<Option<Release>, StoreError>;
@@ -65,7 +118,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         updated_at: UnixMillis,
     ) -> Result<bool, StoreError>;
     /// Points `channel` of a release at a bundle, creating the app's channel if it is new, in
-    /// one atomic write. `false` when the release does not exist.
+    /// one atomic write. `false` when the release does not exist; `Reference` when the bundle
+    /// does not (or is being deleted).
     async fn set_channel_bundle(
         &self,
         id: &RecordId,
@@ -74,7 +128,8 @@ pub trait MetadataStore: Send + Sync + 'static {
         updated_at: UnixMillis,
     ) -> Result<bool, StoreError>;
     /// Sets a release's builtin bundle and replaces all its channel assignments in one atomic
-    /// write (how the operator converges a record to its resource). `false` when absent.
+    /// write (how the operator converges a record to its resource). `false` when absent;
+    /// `Reference` when a bundle it names does not exist (or is being deleted).
     async fn replace_release_assignments(
         &self,
         id: &RecordId,
@@ -84,6 +139,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// `false` when absent.
     async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError>;
+    /// Makes a Kubernetes resource the owner of a release nobody owns (adoption). `false`
+    /// when the release is absent or already has an owner.
+    async fn adopt_release(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError>;
+    /// The same for a bundle.
+    async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError>;
 
     /// The channels of an app, by numeric id.
     async fn channels(&self, app_id: &str) -> Result<Vec<Channel>, StoreError>;
@@ -105,7 +165,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     /// What changes whenever another process changes what `/updates` answers; `None` for a
     /// store only this process writes (its own writes already clear the answer cache).
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError>;
+}
 
+/// API tokens and the audit log: what [`crate::access`] reads and writes.
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
     // ----- API tokens (names are unique: a duplicate is a Conflict) -----
     async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError>;
     async fn api_token_by_digest(&self, digest: &str) -> Result<Option<ApiToken>, StoreError>;
@@ -144,6 +208,8 @@ pub struct BlobInfo {
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores the file at `source` under `key`. The source file may be moved away.
     async fn put_file(&self, key: &str, source: &Path) -> Result<(), StoreError>;
+    /// Reads an object. An absent object is `Ok(None)`.
+    async fn read(&self, key: &str) -> Result<Option<BlobBytes>, StoreError>;
     /// Removes an object; an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError>;

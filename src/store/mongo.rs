@@ -18,7 +18,7 @@ use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{CatalogVersion, MetadataStore, StoreError};
+use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{day_of, ActivityCount, StatsEvent};
@@ -32,6 +32,11 @@ const DUPLICATE_KEY: i32 = 11000;
 const REVISION_COUNTER: &str = "catalog_revision";
 const DELETIONS_COUNTER: &str = "release_deletions";
 const CHANNEL_ID_COUNTER: &str = "channel_id";
+/// How long a pin or a deletion mark holds when its writer died before removing it. Longer
+/// than any single write, so a live writer's marks never expire under it.
+const PIN_LIFETIME_MS: i64 = 30_000;
+/// How often a release write is retried when another writer changed the release meanwhile.
+const WRITE_ATTEMPTS: usize = 5;
 /// How long an operation waits for a reachable server before failing (and `/updates` falls
 /// back to what it last knew). The driver's 30 s default would stall devices.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
@@ -148,7 +153,7 @@ impl ApiTokenDoc {
         Ok(ApiToken {
             id: record_id(self.id),
             scope: self.scope.parse().map_err(|e: InvalidInput| {
-                StoreError::Internal(format!("API token {} has a bad scope: {e}", self.id))
+                StoreError::internal(format!("API token {} has a bad scope", self.id), e)
             })?,
             name: self.name,
             digest: self.digest,
@@ -237,7 +242,7 @@ impl ReleaseDoc {
             version_name: r.key.version_name.clone(),
             version_code: r.key.version_code.clone(),
             builtin_bundle_id: oid(&r.builtin_bundle_id),
-            active_bundle_id: r.channels.get(&ChannelName::default_channel()).map(oid),
+            active_bundle_id: r.production_bundle().map(oid),
             channels: r
                 .channels
                 .iter()
@@ -259,7 +264,7 @@ impl ReleaseDoc {
             id: record_id(self.id),
             key: ReleaseKey {
                 platform: self.platform.parse().map_err(|e: InvalidInput| {
-                    StoreError::Internal(format!("release {} has a bad platform: {e}", self.id))
+                    StoreError::internal(format!("release {} has a bad platform", self.id), e)
                 })?,
                 app_id: self.app_id,
                 version_name: self.version_name,
@@ -279,6 +284,24 @@ impl ReleaseDoc {
     }
 }
 
+/// The bundles one write pinned (see [`MongoMetadataStore::pin_bundles`]).
+struct BundlePins {
+    op: ObjectId,
+    bundles: Vec<ObjectId>,
+}
+
+/// Bundles not marked for deletion, or whose mark expired (its deleter died).
+fn not_being_deleted() -> Document {
+    let expired = DateTime::from_millis(DateTime::now().timestamp_millis() - PIN_LIFETIME_MS);
+    doc! {"$or": [{"deleting_since": null}, {"deleting_since": {"$lt": expired}}]}
+}
+
+/// Bundles no live write has pinned.
+fn no_fresh_pins() -> Document {
+    let expired = DateTime::from_millis(DateTime::now().timestamp_millis() - PIN_LIFETIME_MS);
+    doc! {"pins": {"$not": {"$elemMatch": {"at": {"$gte": expired}}}}}
+}
+
 fn map_error(e: mongodb::error::Error) -> StoreError {
     let duplicate = match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
@@ -290,14 +313,14 @@ fn map_error(e: mongodb::error::Error) -> StoreError {
         _ => false,
     };
     if duplicate {
-        return StoreError::Conflict(e.to_string());
+        return StoreError::Duplicate(e.to_string());
     }
     match e.kind.as_ref() {
         ErrorKind::ServerSelection { .. }
         | ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::DnsResolve { .. } => StoreError::Unavailable(format!("MongoDB: {e}")),
-        _ => StoreError::Internal(format!("MongoDB: {e}")),
+        | ErrorKind::DnsResolve { .. } => StoreError::unavailable("MongoDB is unreachable", e),
+        _ => StoreError::internal("MongoDB", e),
     }
 }
 
@@ -324,9 +347,7 @@ impl MongoMetadataStore {
     /// Connects (checking the server answers) and creates collections and indexes.
     pub async fn connect(uri: &str, database: &str) -> Result<MongoMetadataStore, StoreError> {
         let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            StoreError::Internal(format!(
-                "MONGO_CONNECTION_STRING is not a valid MongoDB URI: {e}"
-            ))
+            StoreError::internal("MONGO_CONNECTION_STRING is not a valid MongoDB URI", e)
         })?;
         options
             .server_selection_timeout
@@ -346,9 +367,12 @@ impl MongoMetadataStore {
             .run_command(doc! {"ping": 1})
             .await
             .map_err(|e| match map_error(e) {
-                StoreError::Unavailable(m) => StoreError::Unavailable(format!(
-                    "cannot reach MongoDB database {database:?} (MONGO_CONNECTION_STRING): {m}"
-                )),
+                StoreError::Unavailable { source, .. } => StoreError::Unavailable {
+                    context: format!(
+                        "cannot reach MongoDB database {database:?} (MONGO_CONNECTION_STRING)"
+                    ),
+                    source,
+                },
                 other => other,
             })?;
         store.migrate().await?;
@@ -434,10 +458,10 @@ impl MongoMetadataStore {
             .return_document(ReturnDocument::After)
             .await
             .map_err(map_error)?
-            .ok_or_else(|| StoreError::Internal(format!("counter {counter} vanished")))?;
+            .ok_or_else(|| StoreError::invalid(format!("counter {counter} vanished")))?;
         updated
             .get_i64("seq")
-            .map_err(|e| StoreError::Internal(format!("counter {counter}: {e}")))
+            .map_err(|e| StoreError::internal(format!("counter {counter}"), e))
     }
 
     async fn ensure_channel(&self, app_id: &str, name: &str) -> Result<(), StoreError> {
@@ -459,8 +483,142 @@ impl MongoMetadataStore {
         };
         match self.channel_docs().insert_one(doc).await.map_err(map_error) {
             // Another replica created it first: the same outcome.
-            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Ok(_) | Err(StoreError::Duplicate(_)) => Ok(()),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Changes which bundles a release names: read, change, then write back only if nobody
+    /// wrote in between (the revision stamp), retrying otherwise. The bundles it ends up naming
+    /// are pinned during the write, so a concurrent delete of one of them waits or refuses.
+    async fn change_assignments(
+        &self,
+        id: &RecordId,
+        updated_at: UnixMillis,
+        change: impl Fn(&mut Release),
+    ) -> Result<bool, StoreError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(doc) = self
+                .releases()
+                .find_one(doc! {"_id": oid(id)})
+                .await
+                .map_err(map_error)?
+            else {
+                return Ok(false);
+            };
+            let read_revision = doc.revision;
+            let mut release = doc.into_release()?;
+            change(&mut release);
+            for channel in release.channels.keys() {
+                self.ensure_channel(&release.key.app_id, channel.as_str())
+                    .await?;
+            }
+            let pins = self.pin_bundles(release.referenced_bundles()).await?;
+            let written = self
+                .write_assignments(&release, read_revision, updated_at)
+                .await;
+            self.unpin_bundles(pins).await;
+            if written? {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::unavailable(
+            format!("release {id} kept changing while being written"),
+            format!("{WRITE_ATTEMPTS} attempts"),
+        ))
+    }
+
+    /// Writes a release's assignments if its revision is still `read_revision`.
+    async fn write_assignments(
+        &self,
+        release: &Release,
+        read_revision: i64,
+        updated_at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let revision = self.next(REVISION_COUNTER).await?;
+        let doc = ReleaseDoc::new(release, revision);
+        // Documents written before revisions existed have none.
+        let unchanged = if read_revision == 0 {
+            doc! {"_id": doc.id, "revision": {"$in": [0i64, null]}}
+        } else {
+            doc! {"_id": doc.id, "revision": read_revision}
+        };
+        let channels: Vec<Document> = doc
+            .channels
+            .iter()
+            .map(|c| doc! {"name": &c.name, "bundle_id": c.bundle_id})
+            .collect();
+        let update = doc! {"$set": {
+            "builtin_bundle_id": doc.builtin_bundle_id,
+            "channels": channels,
+            "active_bundle_id": doc.active_bundle_id,
+            "updated_at": DateTime::from_millis(updated_at),
+            "revision": revision,
+        }};
+        let result = self
+            .releases()
+            .update_one(unchanged, update)
+            .await
+            .map_err(map_error)?;
+        Ok(result.matched_count > 0)
+    }
+
+    /// Pins bundles a write is about to name: a bundle being deleted cannot be pinned (the
+    /// write is refused), and a pinned bundle cannot be marked for deletion. This pair of
+    /// conditional single-document updates is what keeps references whole without
+    /// transactions (see [`CatalogStore::delete_bundle`]).
+    async fn pin_bundles<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a RecordId>,
+    ) -> Result<BundlePins, StoreError> {
+        let pins = BundlePins {
+            op: ObjectId::new(),
+            bundles: Vec::new(),
+        };
+        let mut pins = pins;
+        for id in ids {
+            let bundle = oid(id);
+            if pins.bundles.contains(&bundle) {
+                continue;
+            }
+            let pinned = self
+                .bundles()
+                .update_one(
+                    doc! {"$and": [{"_id": bundle}, not_being_deleted()]},
+                    doc! {"$push": {"pins": {"op": pins.op, "at": DateTime::now()}}},
+                )
+                .await
+                .map_err(map_error);
+            match pinned {
+                Ok(result) if result.matched_count > 0 => pins.bundles.push(bundle),
+                outcome => {
+                    self.unpin_bundles(pins).await;
+                    outcome?;
+                    return Err(StoreError::Reference(format!(
+                        "bundle {id} does not exist or is being deleted"
+                    )));
+                }
+            }
+        }
+        Ok(pins)
+    }
+
+    /// Removes a write's pins (and any left by a process that died mid-write). A failure only
+    /// delays deletions of those bundles until the pins expire.
+    async fn unpin_bundles(&self, pins: BundlePins) {
+        if pins.bundles.is_empty() {
+            return;
+        }
+        let expired = DateTime::from_millis(DateTime::now().timestamp_millis() - PIN_LIFETIME_MS);
+        let result = self
+            .bundles()
+            .update_many(
+                doc! {"_id": {"$in": &pins.bundles}},
+                doc! {"$pull": {"pins": {"$or": [{"op": pins.op}, {"at": {"$lt": expired}}]}}},
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %crate::error::Chain(&e), "could not unpin bundles; their pins expire by themselves");
         }
     }
 
@@ -475,7 +633,7 @@ impl MongoMetadataStore {
 }
 
 #[async_trait]
-impl MetadataStore for MongoMetadataStore {
+impl CatalogStore for MongoMetadataStore {
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
         self.bundles()
             .insert_one(BundleDoc::from(bundle))
@@ -517,18 +675,57 @@ impl MetadataStore for MongoMetadataStore {
     }
 
     async fn delete_bundle(&self, id: &RecordId) -> Result<bool, StoreError> {
-        // No foreign keys in MongoDB: refuse here while a release refers to the bundle.
-        if !self.releases_using_bundle(id).await?.is_empty() {
-            return Err(StoreError::Conflict(format!(
-                "bundle {id} is used by a release"
-            )));
-        }
-        let result = self
+        let bundle = oid(id);
+        let mark = DateTime::now();
+        let marked = self
             .bundles()
-            .delete_one(doc! {"_id": oid(id)})
+            .update_one(
+                doc! {"$and": [{"_id": bundle}, not_being_deleted(), no_fresh_pins()]},
+                doc! {"$set": {"deleting_since": mark}},
+            )
             .await
             .map_err(map_error)?;
-        Ok(result.deleted_count > 0)
+        if marked.matched_count == 0 {
+            let exists = self
+                .bundles()
+                .find_one(doc! {"_id": bundle})
+                .await
+                .map_err(map_error)?
+                .is_some();
+            return if exists {
+                Err(StoreError::Reference(format!(
+                    "bundle {id} is being promoted or deleted right now; try again"
+                )))
+            } else {
+                Ok(false)
+            };
+        }
+        // Marked: no new write can name the bundle, and every write that pinned it before
+        // the mark has finished, so this query sees every release that refers to it.
+        let refused = if !self.releases_using_bundle(id).await?.is_empty() {
+            Some(format!("bundle {id} is used by a release"))
+        } else {
+            let deleted = self
+                .bundles()
+                .delete_one(
+                    doc! {"$and": [{"_id": bundle, "deleting_since": mark}, no_fresh_pins()]},
+                )
+                .await
+                .map_err(map_error)?;
+            (deleted.deleted_count == 0)
+                .then(|| format!("bundle {id} was pinned while being deleted; try again"))
+        };
+        let Some(refused) = refused else {
+            return Ok(true);
+        };
+        self.bundles()
+            .update_one(
+                doc! {"_id": bundle, "deleting_since": mark},
+                doc! {"$unset": {"deleting_since": ""}},
+            )
+            .await
+            .map_err(map_error)?;
+        Err(StoreError::Reference(refused))
     }
 
     async fn insert_release(&self, release: &Release) -> Result<(), StoreError> {
@@ -538,12 +735,19 @@ impl MetadataStore for MongoMetadataStore {
             self.ensure_channel(&release.key.app_id, channel.as_str())
                 .await?;
         }
-        let revision = self.next(REVISION_COUNTER).await?;
-        self.releases()
-            .insert_one(ReleaseDoc::new(release, revision))
-            .await
-            .map_err(map_error)?;
-        Ok(())
+        let pins = self.pin_bundles(release.referenced_bundles()).await?;
+        let revision = self.next(REVISION_COUNTER).await;
+        let inserted = match revision {
+            Ok(revision) => self
+                .releases()
+                .insert_one(ReleaseDoc::new(release, revision))
+                .await
+                .map(|_| ())
+                .map_err(map_error),
+            Err(e) => Err(e),
+        };
+        self.unpin_bundles(pins).await;
+        inserted
     }
 
     async fn release(&self, id: &RecordId) -> Result<Option<Release>, StoreError> {
@@ -602,37 +806,10 @@ impl MetadataStore for MongoMetadataStore {
         bundle_id: &RecordId,
         updated_at: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let Some(release) = self
-            .releases()
-            .find_one(doc! {"_id": oid(id)})
-            .await
-            .map_err(map_error)?
-        else {
-            return Ok(false);
-        };
-        self.ensure_channel(&release.app_id, channel.as_str())
-            .await?;
-        let revision = self.next(REVISION_COUNTER).await?;
-        let mut set = doc! {"updated_at": DateTime::from_millis(updated_at), "revision": revision};
-        if channel.is_default() {
-            set.insert("active_bundle_id", oid(bundle_id));
-        }
-        // One atomic update: drop the channel's entry (if any), then append the new one.
-        let update = vec![
-            doc! {"$set": {
-                "channels": {"$concatArrays": [
-                    {"$filter": {"input": {"$ifNull": ["$channels", []]}, "cond": {"$ne": ["$$this.name", channel.as_str()]}}},
-                    [{"name": channel.as_str(), "bundle_id": oid(bundle_id)}],
-                ]},
-            }},
-            doc! {"$set": set},
-        ];
-        let result = self
-            .releases()
-            .update_one(doc! {"_id": oid(id)}, update)
-            .await
-            .map_err(map_error)?;
-        Ok(result.matched_count > 0)
+        self.change_assignments(id, updated_at, |release| {
+            release.channels.insert(channel.clone(), bundle_id.clone());
+        })
+        .await
     }
 
     async fn replace_release_assignments(
@@ -642,37 +819,11 @@ impl MetadataStore for MongoMetadataStore {
         channels: &BTreeMap<ChannelName, RecordId>,
         updated_at: UnixMillis,
     ) -> Result<bool, StoreError> {
-        let Some(release) = self
-            .releases()
-            .find_one(doc! {"_id": oid(id)})
-            .await
-            .map_err(map_error)?
-        else {
-            return Ok(false);
-        };
-        for channel in channels.keys() {
-            self.ensure_channel(&release.app_id, channel.as_str())
-                .await?;
-        }
-        let revision = self.next(REVISION_COUNTER).await?;
-        let entries: Vec<Document> = channels
-            .iter()
-            .map(|(name, bundle)| doc! {"name": name.as_str(), "bundle_id": oid(bundle)})
-            .collect();
-        let production = channels.get(&ChannelName::default_channel()).map(oid);
-        let update = doc! {"$set": {
-            "builtin_bundle_id": oid(builtin_bundle_id),
-            "channels": entries,
-            "active_bundle_id": production,
-            "updated_at": DateTime::from_millis(updated_at),
-            "revision": revision,
-        }};
-        let result = self
-            .releases()
-            .update_one(doc! {"_id": oid(id)}, update)
-            .await
-            .map_err(map_error)?;
-        Ok(result.matched_count > 0)
+        self.change_assignments(id, updated_at, |release| {
+            release.builtin_bundle_id = builtin_bundle_id.clone();
+            release.channels = channels.clone();
+        })
+        .await
     }
 
     async fn delete_release(&self, id: &RecordId) -> Result<bool, StoreError> {
@@ -794,6 +945,33 @@ impl MetadataStore for MongoMetadataStore {
         }))
     }
 
+    async fn adopt_release(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
+        let result = self
+            .releases()
+            .update_one(
+                doc! {"_id": oid(id), "owner": null},
+                doc! {"$set": {"owner": owner.to_stored()}},
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(result.modified_count > 0)
+    }
+
+    async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
+        let result = self
+            .bundles()
+            .update_one(
+                doc! {"_id": oid(id), "owner": null},
+                doc! {"$set": {"owner": owner.to_stored()}},
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(result.modified_count > 0)
+    }
+}
+
+#[async_trait]
+impl AccessStore for MongoMetadataStore {
     async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
         self.api_tokens()
             .insert_one(ApiTokenDoc {

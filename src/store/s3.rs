@@ -16,7 +16,7 @@ use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
-use super::{BlobInfo, BlobStore, StoreError};
+use super::{BlobBytes, BlobInfo, BlobStore, StoreError};
 
 /// Files larger than this go up in parts.
 const MULTIPART_THRESHOLD: u64 = 32 << 20;
@@ -56,11 +56,13 @@ fn describe<E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static>
         SdkError::ServiceError(e) => e.raw().status().is_server_error(),
         _ => false,
     };
-    let message = format!("S3 {what}: {}", DisplayErrorContext(&error));
+    let context = format!("S3 {what}");
+    // DisplayErrorContext carries the SDK's whole chain (service code, message, I/O cause).
+    let source = DisplayErrorContext(&error).to_string();
     if transient {
-        StoreError::Unavailable(message)
+        StoreError::unavailable(context, source)
     } else {
-        StoreError::Internal(message)
+        StoreError::internal(context, source)
     }
 }
 
@@ -100,11 +102,13 @@ impl S3BlobStore {
                 Some(301 | 400) => "wrong region (AWS_REGION) for this bucket",
                 _ => "the endpoint did not answer as S3",
             };
-            StoreError::Unavailable(format!(
-                "cannot use S3 bucket {:?} at {endpoint} (S3_BUCKET / S3_BASE_ENDPOINT): {hint}: {}",
-                store.bucket,
-                DisplayErrorContext(&e)
-            ))
+            StoreError::unavailable(
+                format!(
+                    "cannot use S3 bucket {:?} at {endpoint} (S3_BUCKET / S3_BASE_ENDPOINT): {hint}",
+                    store.bucket
+                ),
+                DisplayErrorContext(&e).to_string(),
+            )
         })?;
         Ok(store)
     }
@@ -121,7 +125,7 @@ impl S3BlobStore {
             .map_err(|e| describe("create multipart upload", e))?;
         let upload_id = upload
             .upload_id()
-            .ok_or_else(|| StoreError::Internal("S3 returned no multipart upload id".into()))?
+            .ok_or_else(|| StoreError::invalid("S3 returned no multipart upload id"))?
             .to_string();
         let result = self.upload_parts(key, source, size, &upload_id).await;
         if result.is_err() {
@@ -157,7 +161,7 @@ impl S3BlobStore {
                 .length(Length::Exact(length))
                 .build()
                 .await
-                .map_err(|e| StoreError::Internal(format!("cannot read the staged upload: {e}")))?;
+                .map_err(|e| StoreError::internal("cannot read the staged upload", e))?;
             let part = self
                 .client
                 .upload_part()
@@ -200,14 +204,14 @@ impl BlobStore for S3BlobStore {
     async fn put_file(&self, key: &str, source: &Path) -> Result<(), StoreError> {
         let size = tokio::fs::metadata(source)
             .await
-            .map_err(|e| StoreError::Internal(format!("cannot read the staged upload: {e}")))?
+            .map_err(|e| StoreError::internal("cannot read the staged upload", e))?
             .len();
         if size > MULTIPART_THRESHOLD {
             return self.put_in_parts(key, source, size).await;
         }
         let body = ByteStream::from_path(source)
             .await
-            .map_err(|e| StoreError::Internal(format!("cannot read the staged upload: {e}")))?;
+            .map_err(|e| StoreError::internal("cannot read the staged upload", e))?;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -218,6 +222,37 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(|e| describe("put object", e))?;
         Ok(())
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<BlobBytes>, StoreError> {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+            Err(e) => return Err(describe("get object", e)),
+        };
+        let key = key.to_string();
+        let chunks = futures_util::stream::unfold(Some(object.body), move |body| {
+            let key = key.clone();
+            async move {
+                let mut body = body?;
+                match body.next().await {
+                    None => None,
+                    Some(Ok(chunk)) => Some((Ok(chunk), Some(body))),
+                    Some(Err(e)) => Some((
+                        Err(StoreError::unavailable(format!("S3 read of {key}"), e)),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(Some(Box::pin(chunks)))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -298,7 +333,7 @@ impl BlobStore for S3BlobStore {
             DownloadUrls::Public(base) => Ok(format!("{}/{key}", base.trim_end_matches('/'))),
             DownloadUrls::Presigned(lifetime) => {
                 let config = PresigningConfig::expires_in(*lifetime)
-                    .map_err(|e| StoreError::Internal(format!("presigning: {e}")))?;
+                    .map_err(|e| StoreError::internal("presigning", e))?;
                 let request = self
                     .client
                     .get_object()

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
-use super::{CatalogVersion, MetadataStore, StoreError};
+use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{ActivityCount, StatsEvent};
@@ -131,7 +131,7 @@ impl SqliteMetadataStore {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteMetadataStore, StoreError> {
         let connection = Connection::open(path).map_err(|e| {
-            StoreError::Internal(format!("cannot open database {}: {e}", path.display()))
+            StoreError::internal(format!("cannot open database {}", path.display()), e)
         })?;
         let mut store = Self::prepare(connection)?;
         for _ in 0..READERS {
@@ -146,7 +146,7 @@ impl SqliteMetadataStore {
                 Ok(c)
             })
             .map_err(|e| {
-                StoreError::Internal(format!("cannot open database {}: {e}", path.display()))
+                StoreError::internal(format!("cannot open database {}", path.display()), e)
             })?;
             store.readers.push(Mutex::new(reader));
         }
@@ -196,11 +196,11 @@ impl SqliteMetadataStore {
         tokio::task::spawn_blocking(move || {
             let mut guard = connection
                 .lock()
-                .map_err(|_| StoreError::Internal("database lock poisoned".into()))?;
+                .map_err(|_| StoreError::invalid("database lock poisoned"))?;
             work(&mut guard).map_err(map_error)
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("database task failed: {e}")))?
+        .map_err(|e| StoreError::internal("database task failed", e))?
     }
 }
 
@@ -224,6 +224,26 @@ impl SqliteMetadataStore {
     }
 }
 
+impl SqliteMetadataStore {
+    /// Sets the owner of an unowned record of `table` (`releases` or `bundles`).
+    async fn adopt(
+        &self,
+        table: &'static str,
+        id: &RecordId,
+        owner: &ResourceRef,
+    ) -> Result<bool, StoreError> {
+        let (id, owner) = (id.clone(), owner.to_stored());
+        self.run(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "UPDATE {table} SET owner = ?2 WHERE id = ?1 AND owner IS NULL"
+            ))?
+            .execute(params![id.as_str(), owner])?
+                > 0)
+        })
+        .await
+    }
+}
+
 fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
@@ -232,15 +252,22 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 }
 
 fn internal(e: rusqlite::Error) -> StoreError {
-    StoreError::Internal(e.to_string())
+    StoreError::internal("SQLite", e)
 }
 
 fn map_error(e: rusqlite::Error) -> StoreError {
     if is_busy(&e) {
-        return StoreError::Unavailable(e.to_string());
+        return StoreError::unavailable("SQLite is busy", e);
     }
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict(e.to_string()),
+    match &e {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            StoreError::Reference(e.to_string())
+        }
+        _ if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+            StoreError::Duplicate(e.to_string())
+        }
         _ => internal(e),
     }
 }
@@ -344,7 +371,7 @@ fn ensure_channel(connection: &Connection, app_id: &str, name: &str) -> rusqlite
 }
 
 #[async_trait]
-impl MetadataStore for SqliteMetadataStore {
+impl CatalogStore for SqliteMetadataStore {
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
         let b = bundle.clone();
         self.run(move |c| {
@@ -670,6 +697,17 @@ impl MetadataStore for SqliteMetadataStore {
         Ok(None)
     }
 
+    async fn adopt_release(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
+        self.adopt("releases", id, owner).await
+    }
+
+    async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
+        self.adopt("bundles", id, owner).await
+    }
+}
+
+#[async_trait]
+impl AccessStore for SqliteMetadataStore {
     async fn insert_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
         let token = token.clone();
         self.run(move |c| {

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{BlobInfo, BlobStore, CatalogVersion, MetadataStore, StoreError};
+use super::{
+    AccessStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion, MetadataStore,
+    StoreError,
+};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
 use crate::domain::stats::{ActivityCount, StatsEvent};
-use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, UnixMillis};
+use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 
 async fn timed<T>(
     store: &'static str,
@@ -49,7 +52,7 @@ macro_rules! timed_impl {
     };
 }
 
-timed_impl! { MetadataStore for TimedMetadataStore, "metadata":
+timed_impl! { CatalogStore for TimedMetadataStore, "metadata":
         fn insert_bundle(&self, bundle: &Bundle) -> ();
         fn bundle(&self, id: &RecordId) -> Option<Bundle>;
         fn bundle_by_version(&self, app_id: &str, version_name: &str) -> Option<Bundle>;
@@ -64,11 +67,16 @@ timed_impl! { MetadataStore for TimedMetadataStore, "metadata":
         fn set_channel_bundle(&self, id: &RecordId, channel: &ChannelName, bundle_id: &RecordId, updated_at: UnixMillis) -> bool;
         fn replace_release_assignments(&self, id: &RecordId, builtin_bundle_id: &RecordId, channels: &BTreeMap<ChannelName, RecordId>, updated_at: UnixMillis) -> bool;
         fn delete_release(&self, id: &RecordId) -> bool;
+        fn adopt_release(&self, id: &RecordId, owner: &ResourceRef) -> bool;
+        fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> bool;
         fn channels(&self, app_id: &str) -> Vec<Channel>;
         fn insert_stats(&self, events: &[StatsEvent]) -> ();
         fn bundle_activity(&self, app_id: &str, version_name: &str, since: UnixMillis) -> Vec<ActivityCount>;
         fn bundle_blob_keys(&self) -> Vec<String>;
         fn catalog_version(&self) -> Option<CatalogVersion>;
+}
+
+timed_impl! { AccessStore for TimedMetadataStore, "metadata":
         fn insert_api_token(&self, token: &ApiToken) -> ();
         fn api_token_by_digest(&self, digest: &str) -> Option<ApiToken>;
         fn list_api_tokens(&self) -> Vec<ApiToken>;
@@ -79,9 +87,10 @@ timed_impl! { MetadataStore for TimedMetadataStore, "metadata":
 
 timed_impl! { BlobStore for TimedBlobStore, "blob":
         fn put_file(&self, key: &str, source: &Path) -> ();
+        fn read(&self, key: &str) -> Option<BlobBytes>;
         fn delete(&self, key: &str) -> ();
         fn list(&self) -> Vec<BlobInfo>;
-                fn download_url(&self, key: &str) -> String;
+        fn download_url(&self, key: &str) -> String;
         fn abort_stale_uploads(&self, min_age: Duration) -> usize;
         plain fn local_path(&self, key: &str) -> Option<PathBuf> {
             self.0.local_path(key)

@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use capgo_server::access::keys::ApiKeys;
 use capgo_server::access::Access;
 use capgo_server::catalog::staging::Staging;
-use capgo_server::catalog::Catalog;
+use capgo_server::catalog::{Catalog, CatalogSettings};
 use capgo_server::config::Config;
 use capgo_server::http::{self, AppState};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
@@ -87,7 +87,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// A `/updates` body as plugin 8 sends it from Android (fields from capgo-protocol.md §0).
+/// A `/updates` body as plugin 8 sends it from Android (fields from docs/protocol.md §2).
 pub fn device_body(version_name: &str, plugin_version: &str) -> Value {
     json!({
         "platform": "android",
@@ -172,13 +172,15 @@ impl TestApp {
         let catalog = Arc::new(Catalog::new(
             metadata.clone(),
             blobs,
-            config.cache_result_duration,
+            CatalogSettings {
+                cache_duration: config.cache_result_duration,
+                staging: Staging::new(data.path().join("staging")).unwrap(),
+                max_bundle_size: config.max_bundle_size,
+            },
         ));
-        let staging = Staging::new(data.path().join("staging")).unwrap();
         let state = AppState::new(
             &config,
             catalog,
-            staging,
             Access::from_config(
                 &config,
                 metadata,

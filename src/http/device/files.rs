@@ -8,6 +8,7 @@ use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use super::device_error;
+use crate::catalog::BundleDownload;
 use crate::http::AppState;
 
 pub async fn download(
@@ -15,7 +16,7 @@ pub async fn download(
     Path(key): Path<String>,
     request: Request,
 ) -> Response {
-    let Some(path) = state.catalog.blobs().local_path(&key) else {
+    let BundleDownload::File(path) = state.catalog.download(&key) else {
         return device_error(StatusCode::NOT_FOUND, "not_found", "no such bundle file");
     };
     if !tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {

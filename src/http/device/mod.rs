@@ -1,4 +1,4 @@
-//! The device API: what `@capgo/capacitor-updater` calls (see `capgo-protocol.md`).
+//! The device API: what `@capgo/capacitor-updater` calls (see `docs/protocol.md`).
 
 mod channel_self;
 mod files;
@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use super::rate_limit::limit_device_requests;
 use super::AppState;
 use crate::catalog::CatalogError;
+use crate::domain::bundle::FILES_ROUTE_PREFIX;
 use crate::domain::device::DeviceRefusal;
-use crate::store::fs_blobs::FILES_ROUTE_PREFIX;
+use crate::error::Chain;
 
 /// Largest device request body: an InfoObject is well under 2 KiB.
 const MAX_DEVICE_BODY: usize = 64 * 1024;
@@ -131,8 +132,8 @@ pub fn parse_json_body(bytes: &[u8]) -> Result<Value, DeviceRefusal> {
 /// Turns a catalog failure into a device refusal, logging what devices must not see.
 pub(crate) fn server_refusal(error: &CatalogError) -> DeviceRefusal {
     match error {
-        CatalogError::Unavailable(_) => {
-            tracing::warn!(%error, "device request failed: storage unavailable");
+        CatalogError::Unavailable { .. } => {
+            tracing::warn!(error = %Chain(error), "device request failed: storage unavailable");
             DeviceRefusal::failed(
                 "server_unavailable",
                 "The update server is temporarily unavailable",
@@ -140,7 +141,7 @@ pub(crate) fn server_refusal(error: &CatalogError) -> DeviceRefusal {
         }
         _ => {
             let trace = crate::domain::RecordId::generate();
-            tracing::error!(%error, %trace, "device request failed");
+            tracing::error!(error = %Chain(error), %trace, "device request failed");
             DeviceRefusal::failed(
                 "server_error",
                 format!("Internal server error (trace {trace})"),

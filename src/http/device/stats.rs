@@ -55,7 +55,7 @@ pub async fn record(State(state): State<AppState>, DeviceBody(body): DeviceBody)
     if let Err(error) = state.catalog.record_stats(&events).await {
         let refusal = server_refusal(&error);
         let status = match error {
-            CatalogError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CatalogError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         return device_error(status, refusal.error, &refusal.message);

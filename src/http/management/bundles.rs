@@ -11,7 +11,7 @@ use super::audit::Audited;
 use super::error::ApiJson;
 use super::views::BundleView;
 use super::ApiError;
-use crate::catalog::NewBundle;
+use crate::catalog::{ExpectedChecksum, NewBundle, SourceError};
 use crate::domain::{rfc3339, Actor};
 use crate::http::AppState;
 
@@ -20,9 +20,10 @@ const MAX_TEXT_FIELD: usize = 8 * 1024;
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let bundles = state.catalog.list_bundles().await?;
+    let releases = state.catalog.list_releases().await?;
     let mut data = Vec::with_capacity(bundles.len());
     for bundle in &bundles {
-        data.push(BundleView::new(bundle, &state.catalog).await?);
+        data.push(BundleView::new(bundle, &releases, &state.catalog).await?);
     }
     Ok(Json(json!({ "data": data })))
 }
@@ -56,7 +57,10 @@ async fn receive_bundle(
         ))
     })?;
     let mut staged = None;
-    while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
+    // The seed's field: for a plain zip a checksum its bytes must have, for an encrypted one
+    // the encrypted checksum `bundle encrypt` printed.
+    let mut checksum = None;
+    while let Some(field) = form.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
         match name.as_str() {
             "bundle" => {
@@ -68,17 +72,16 @@ async fn receive_bundle(
                 if !new.app_id.is_empty() && !new.version_name.is_empty() {
                     state.catalog.check_new_bundle(new).await?;
                 }
-                let mut file = state.staging.create(state.max_bundle_size).await?;
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                    file.write(&chunk).await?;
-                }
-                staged = Some(file.finish().await?);
+                staged = Some(state.catalog.stage(field).await.map_err(|e| match e {
+                    SourceError::Source(e) => multipart_error(e),
+                    SourceError::Catalog(e) => e.into(),
+                })?);
             }
             "app_id" => new.app_id = read_text(field).await?,
             "version_name" => new.version_name = read_text(field).await?,
             "description" => new.description = read_text(field).await?,
             "session_key" => new.session_key = non_empty(read_text(field).await?),
-            "checksum" => new.checksum = non_empty(read_text(field).await?),
+            "checksum" => checksum = non_empty(read_text(field).await?),
             "key_id" => new.key_id = non_empty(read_text(field).await?),
             other => {
                 return Err(ApiError::BadRequest(format!(
@@ -91,11 +94,19 @@ async fn receive_bundle(
     let staged = staged.ok_or_else(|| {
         ApiError::BadRequest("form field `bundle` (the zip file) is required".into())
     })?;
+    if new.session_key.is_some() {
+        new.encrypted_checksum = checksum;
+    } else {
+        new.expected_checksum = checksum.map(|value| ExpectedChecksum {
+            value,
+            field: "checksum",
+        });
+    }
     let bundle = state.catalog.add_bundle(new.clone(), staged).await?;
     tracing::info!(bundle = %bundle.id, app = bundle.app_id, version = bundle.version_name, size = bundle.size, "bundle uploaded");
     Ok(Json(json!({
         "message": "Bundle uploaded successfully",
-        "bundle": BundleView::new(&bundle, &state.catalog).await?,
+        "bundle": BundleView::new(&bundle, &[], &state.catalog).await?,
     })))
 }
 
@@ -148,7 +159,7 @@ pub async fn delete(
             .await?;
         Ok(Json(json!({
             "message": "Bundle deleted successfully",
-            "bundle": BundleView::new(&bundle, &state.catalog).await?,
+            "bundle": BundleView::new(&bundle, &[], &state.catalog).await?,
         })))
     }
     .await;

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::catalog::CatalogError;
 use crate::domain::RecordId;
+use crate::error::Chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,21 +27,28 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Storage or the identity provider cannot be reached; the text is logged, not sent.
     #[error("{0}")]
     Unavailable(String),
+    /// A failure of ours; the text is logged with a trace id, not sent.
     #[error("{0}")]
     Internal(String),
 }
 
+/// The one mapping from catalog refusals to HTTP statuses. Storage failures keep their whole
+/// chain for the log; callers only see that storage failed.
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> ApiError {
         match e {
-            CatalogError::Invalid(m) => ApiError::BadRequest(m),
+            CatalogError::Invalid(m) | CatalogError::ChecksumMismatch(m) => ApiError::BadRequest(m),
             CatalogError::NotFound(m) => ApiError::NotFound(m),
-            CatalogError::Conflict(m) => ApiError::Conflict(m),
+            CatalogError::Duplicate(m) | CatalogError::InUse(m) | CatalogError::Busy(m) => {
+                ApiError::Conflict(m)
+            }
+            CatalogError::Owned { message, .. } => ApiError::Conflict(message),
             CatalogError::TooLarge(m) => ApiError::TooLarge(m),
-            CatalogError::Unavailable(m) => ApiError::Unavailable(m),
-            CatalogError::Internal(m) => ApiError::Internal(m),
+            CatalogError::Unavailable { .. } => ApiError::Unavailable(Chain(&e).to_string()),
+            CatalogError::Internal { .. } => ApiError::Internal(Chain(&e).to_string()),
         }
     }
 }

@@ -28,7 +28,7 @@ const UPLOAD_OVERHEAD: u64 = 1024 * 1024;
 pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRouter<AppState>)> {
     use Permission::{Admin, Authenticated, Read, Upload};
     let upload_limit =
-        usize::try_from(state.max_bundle_size + UPLOAD_OVERHEAD).unwrap_or(usize::MAX);
+        usize::try_from(state.catalog.max_bundle_size() + UPLOAD_OVERHEAD).unwrap_or(usize::MAX);
     vec![
         ("/api/v1/bundles.list", Read, get(bundles::list)),
         (

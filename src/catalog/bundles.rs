@@ -1,0 +1,388 @@
+//! Bundles: the one ingest path (check the fields, stage the bytes, check them, store, record)
+//! that REST uploads and `Bundle` resources share; lists, deletion, downloads, the orphan sweep.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{Stream, StreamExt};
+
+use super::staging::StagedBlob;
+use super::{zip_check, Catalog, CatalogError};
+use crate::domain::names::{check_app_id, check_bundle_version};
+use crate::domain::ownership::check_may_change;
+use crate::domain::{now_millis, Actor, Bundle, BundleEncryption, RecordId, Release, ResourceRef};
+use crate::store::StoreError;
+
+/// Longest bundle description.
+const MAX_DESCRIPTION: usize = 4096;
+
+/// A bundle upload's fields, before the bytes are checked.
+#[derive(Debug, Clone, Default)]
+pub struct NewBundle {
+    pub app_id: String,
+    pub version_name: String,
+    pub description: String,
+    /// A checksum the uploaded bytes must have.
+    pub expected_checksum: Option<ExpectedChecksum>,
+    /// For encrypted uploads: `ivSessionKey` from `bundle encrypt`.
+    pub session_key: Option<String>,
+    /// For encrypted uploads: the encrypted checksum `bundle encrypt` printed.
+    pub encrypted_checksum: Option<String>,
+    pub key_id: Option<String>,
+    /// Set when the operator creates the bundle for a Kubernetes `Bundle`.
+    pub owner: Option<ResourceRef>,
+}
+
+/// A checksum the caller expects the uploaded bytes to have: a SHA-256 (64 hex characters)
+/// or, as the seed's clients sent, a CRC32 (8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedChecksum {
+    pub value: String,
+    /// The field it came in (`checksum`, `spec.sha256`), so a mismatch names it.
+    pub field: &'static str,
+}
+
+impl ExpectedChecksum {
+    /// The one checksum rule of every ingest path: the bytes' digests against this.
+    fn check(&self, sha256: &str, crc32: &str) -> Result<(), CatalogError> {
+        let expected = self.value.to_ascii_lowercase();
+        let (algorithm, actual) = match expected.len() {
+            64 => ("SHA-256", sha256),
+            8 => ("CRC32", crc32),
+            _ => {
+                return Err(CatalogError::Invalid(format!(
+                    "{} must be a SHA-256 (64 hex characters) or a CRC32 (8), got {:?}",
+                    self.field, self.value
+                )))
+            }
+        };
+        if expected != actual {
+            return Err(CatalogError::ChecksumMismatch(format!(
+                "checksum mismatch: the bundle's {algorithm} is {actual}, {} says {expected}",
+                self.field
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why bytes could not be staged: their source failed, or the catalog refused them.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError<E> {
+    #[error("reading the bundle failed")]
+    Source(#[source] E),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// How a device downloads a stored file the server keeps itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleDownload {
+    /// Stream this local file.
+    File(PathBuf),
+    /// No such file here.
+    NotFound,
+}
+
+impl Catalog {
+    /// Checks an upload's fields before its bytes are read, so a bad or duplicate upload is
+    /// refused without receiving the whole file.
+    pub async fn check_new_bundle(&self, new: &NewBundle) -> Result<(), CatalogError> {
+        check_app_id(&new.app_id)?;
+        check_bundle_version(&new.version_name)?;
+        if self
+            .metadata
+            .bundle_by_version(&new.app_id, &new.version_name)
+            .await?
+            .is_some()
+        {
+            return Err(duplicate_bundle(&new.app_id, &new.version_name));
+        }
+        Ok(())
+    }
+
+    /// Writes a bundle's bytes to a staging file while hashing them, refusing more than
+    /// MAX_BUNDLE_SIZE. Nothing reaches the blob store before [`Catalog::add_bundle`] checks it.
+    pub async fn stage<S, B, E>(&self, body: S) -> Result<StagedBlob, SourceError<E>>
+    where
+        S: Stream<Item = Result<B, E>>,
+        B: AsRef<[u8]>,
+    {
+        let mut file = self.staging.create(self.max_bundle_size).await?;
+        let mut body = std::pin::pin!(body);
+        while let Some(chunk) = body.next().await {
+            file.write(chunk.map_err(SourceError::Source)?.as_ref())
+                .await?;
+        }
+        Ok(file.finish().await?)
+    }
+
+    /// Stages `body`, then adds the bundle: the whole ingest path for a source that sends its
+    /// bytes after the fields are known.
+    pub async fn ingest<S, B, E>(&self, new: NewBundle, body: S) -> Result<Bundle, SourceError<E>>
+    where
+        S: Stream<Item = Result<B, E>>,
+        B: AsRef<[u8]>,
+    {
+        self.check_new_bundle(&new).await?;
+        let staged = self.stage(body).await?;
+        Ok(self.add_bundle(new, staged).await?)
+    }
+
+    /// Ingests an object already in the blob store under `key` (a `Bundle` resource's
+    /// `source.bucketKey`), read directly from the store.
+    pub async fn ingest_stored_object(
+        &self,
+        new: NewBundle,
+        key: &str,
+    ) -> Result<Bundle, CatalogError> {
+        self.check_new_bundle(&new).await?;
+        let bytes =
+            self.blobs.read(key).await?.ok_or_else(|| {
+                CatalogError::NotFound(format!("no object {key:?} in the bucket"))
+            })?;
+        self.ingest(new, bytes).await.map_err(|e| match e {
+            SourceError::Source(e) => e.into(),
+            SourceError::Catalog(e) => e,
+        })
+    }
+
+    /// Checks the staged bytes, stores them, then records the bundle. A failure at any step
+    /// leaves neither a record nor a stored object behind.
+    pub async fn add_bundle(
+        &self,
+        new: NewBundle,
+        staged: StagedBlob,
+    ) -> Result<Bundle, CatalogError> {
+        self.check_new_bundle(&new).await?;
+        if new.description.len() > MAX_DESCRIPTION {
+            return Err(CatalogError::Invalid(format!(
+                "description is longer than {MAX_DESCRIPTION} characters"
+            )));
+        }
+        if staged.size == 0 {
+            return Err(CatalogError::Invalid("the bundle file is empty".into()));
+        }
+        if let Some(expected) = &new.expected_checksum {
+            expected.check(&staged.sha256, &staged.crc32)?;
+        }
+        let encryption = match new.session_key {
+            // Ciphertext is not a zip: the uploader's checksum is what devices verify.
+            Some(session_key) => Some(BundleEncryption::new(
+                session_key,
+                new.encrypted_checksum,
+                new.key_id,
+            )?),
+            None => {
+                if new.key_id.is_some() {
+                    return Err(CatalogError::Invalid(
+                        "key_id is only meaningful for encrypted bundles (with session_key)".into(),
+                    ));
+                }
+                let path = staged.path().to_path_buf();
+                tokio::task::spawn_blocking(move || zip_check::check_bundle_zip(&path))
+                    .await
+                    .map_err(|e| CatalogError::internal("the zip check task failed", e))??;
+                None
+            }
+        };
+        let id = RecordId::generate();
+        let bundle = Bundle {
+            blob_key: Bundle::blob_key_for(&id),
+            id,
+            app_id: new.app_id,
+            version_name: new.version_name,
+            description: new.description,
+            sha256: staged.sha256.clone(),
+            crc32: staged.crc32.clone(),
+            size: staged.size,
+            encryption,
+            created_at: now_millis(),
+            owner: new.owner,
+        };
+        self.blobs.put_file(&bundle.blob_key, staged.path()).await?;
+        if let Err(e) = self.metadata.insert_bundle(&bundle).await {
+            self.remove_blob(&bundle.blob_key).await;
+            return Err(match e {
+                StoreError::Duplicate(_) => duplicate_bundle(&bundle.app_id, &bundle.version_name),
+                other => other.into(),
+            });
+        }
+        Ok(bundle)
+    }
+
+    pub async fn bundle(&self, id: &str) -> Result<Bundle, CatalogError> {
+        let id = RecordId::parse(id, "bundle id")?;
+        self.metadata
+            .bundle(&id)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("bundle {id} does not exist")))
+    }
+
+    /// The bundle of `app_id` named `version_name`, if any.
+    pub async fn bundle_by_version(
+        &self,
+        app_id: &str,
+        version_name: &str,
+    ) -> Result<Option<Bundle>, CatalogError> {
+        Ok(self
+            .metadata
+            .bundle_by_version(app_id, version_name)
+            .await?)
+    }
+
+    pub async fn list_bundles(&self) -> Result<Vec<Bundle>, CatalogError> {
+        Ok(self.metadata.list_bundles().await?)
+    }
+
+    /// The record a `Bundle` resource (acting as `actor`) already has, made its own when it
+    /// adopts one made through the API; `None` when the app has no bundle of that version yet
+    /// (then fetch and [`Catalog::ingest`] it). Refused when another resource owns it, when it
+    /// was made through the API and is not adopted, or when its bytes differ from the checksum
+    /// the resource expects (a stored bundle never changes).
+    pub async fn existing_bundle_for(
+        &self,
+        new: &NewBundle,
+        actor: &Actor,
+    ) -> Result<Option<Bundle>, CatalogError> {
+        let Some(mut record) = self
+            .bundle_by_version(&new.app_id, &new.version_name)
+            .await?
+        else {
+            return Ok(None);
+        };
+        check_may_change(record.owner.as_ref(), actor)
+            .map_err(|refusal| CatalogError::owned(refusal, &describe(&record)))?;
+        if let Some(expected) = &new.expected_checksum {
+            expected.check(&record.sha256, &record.crc32)?;
+        }
+        if let (Some(resource), None) = (actor.resource(), &record.owner) {
+            if !self.metadata.adopt_bundle(&record.id, resource).await? {
+                return Err(CatalogError::Busy(format!(
+                    "{} changed owner while being adopted; try again",
+                    describe(&record)
+                )));
+            }
+            tracing::info!(bundle = %record.id, %resource, "bundle adopted by its resource");
+            record.owner = Some(resource.clone());
+        }
+        Ok(Some(record))
+    }
+
+    /// Deletes a bundle no release uses, then its stored bytes.
+    pub async fn delete_bundle(&self, id: &str, actor: &Actor) -> Result<Bundle, CatalogError> {
+        let bundle = self.bundle(id).await?;
+        check_may_change(bundle.owner.as_ref(), actor)
+            .map_err(|refusal| CatalogError::owned(refusal, &describe(&bundle)))?;
+        let users = self.metadata.releases_using_bundle(&bundle.id).await?;
+        if !users.is_empty() {
+            return Err(bundle_in_use(&bundle, &users));
+        }
+        match self.metadata.delete_bundle(&bundle.id).await {
+            Ok(_) => {}
+            // A release started using it between our check and the delete, or a write that
+            // names it is under way.
+            Err(StoreError::Reference(detail)) => {
+                let users = self.metadata.releases_using_bundle(&bundle.id).await?;
+                return Err(if users.is_empty() {
+                    CatalogError::Busy(format!("{}: {detail}", describe(&bundle)))
+                } else {
+                    bundle_in_use(&bundle, &users)
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.remove_blob(&bundle.blob_key).await;
+        Ok(bundle)
+    }
+
+    /// The absolute URL devices download `bundle` from.
+    pub async fn download_url(&self, bundle: &Bundle) -> Result<String, CatalogError> {
+        Ok(self.blobs.download_url(&bundle.blob_key).await?)
+    }
+
+    /// How the device API serves `GET /files/<key>`: a local file when the server keeps
+    /// its objects itself.
+    pub fn download(&self, key: &str) -> BundleDownload {
+        match self.blobs.local_path(key) {
+            Some(path) => BundleDownload::File(path),
+            None => BundleDownload::NotFound,
+        }
+    }
+
+    /// Deletes a stored object; a failure only leaves an orphan for [`Catalog::sweep_orphans`].
+    async fn remove_blob(&self, key: &str) {
+        if let Err(e) = self.blobs.delete(key).await {
+            tracing::warn!(blob = key, error = %crate::error::Chain(&e), "could not delete a stored bundle; the orphan sweep will retry");
+        }
+    }
+
+    /// Deletes stored objects that no bundle record refers to and that are older than
+    /// `min_age` (younger ones may belong to an upload in progress).
+    pub async fn sweep_orphans(&self, min_age: Duration) -> Result<usize, CatalogError> {
+        let in_use: HashSet<String> = self
+            .metadata
+            .bundle_blob_keys()
+            .await?
+            .into_iter()
+            .collect();
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for blob in self.blobs.list().await? {
+            let age = now.duration_since(blob.modified).unwrap_or_default();
+            if !in_use.contains(&blob.key) && age >= min_age {
+                self.blobs.delete(&blob.key).await?;
+                tracing::info!(blob = blob.key, "removed an orphaned bundle object");
+                removed += 1;
+            }
+        }
+        Ok(removed + self.blobs.abort_stale_uploads(min_age).await?)
+    }
+
+    /// Looks up a bundle a request refers to in `field`, which must belong to `app_id`.
+    pub(super) async fn bundle_for_app(
+        &self,
+        id: &str,
+        field: &str,
+        app_id: &str,
+    ) -> Result<Bundle, CatalogError> {
+        let parsed = RecordId::parse(id, field)?;
+        let bundle = self
+            .metadata
+            .bundle(&parsed)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("{field} {id}: no such bundle")))?;
+        if bundle.app_id != app_id {
+            return Err(CatalogError::Invalid(format!(
+                "{field} {id} is a bundle of {}, not of {app_id}",
+                bundle.app_id
+            )));
+        }
+        Ok(bundle)
+    }
+}
+
+fn describe(bundle: &Bundle) -> String {
+    format!("bundle {} ({})", bundle.id, bundle.version_name)
+}
+
+fn duplicate_bundle(app_id: &str, version_name: &str) -> CatalogError {
+    CatalogError::Duplicate(format!(
+        "{app_id} already has a bundle named {version_name:?}; devices tell bundles apart by \
+         name, so upload the new one under a new version_name"
+    ))
+}
+
+fn bundle_in_use(bundle: &Bundle, users: &[Release]) -> CatalogError {
+    let names: Vec<String> = users
+        .iter()
+        .map(|r| format!("{} [{}]", r.key, r.id))
+        .collect();
+    CatalogError::InUse(format!(
+        "bundle {} ({}) is used by release(s) {}; point them at another bundle first",
+        bundle.id,
+        bundle.version_name,
+        names.join(", ")
+    ))
+}
