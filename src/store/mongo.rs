@@ -622,6 +622,25 @@ impl MongoMetadataStore {
         }
     }
 
+    /// Sets the owner of an unowned record of `collection` (`releases` or `bundles`).
+    async fn adopt(
+        &self,
+        collection: &str,
+        id: &RecordId,
+        owner: &ResourceRef,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .db
+            .collection::<Document>(collection)
+            .update_one(
+                doc! {"_id": oid(id), "owner": null},
+                doc! {"$set": {"owner": owner.to_stored()}},
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(result.modified_count > 0)
+    }
+
     async fn find_releases(&self, filter: Document) -> Result<Vec<Release>, StoreError> {
         let docs: Vec<ReleaseDoc> = all(self
             .releases()
@@ -946,27 +965,11 @@ impl CatalogStore for MongoMetadataStore {
     }
 
     async fn adopt_release(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
-        let result = self
-            .releases()
-            .update_one(
-                doc! {"_id": oid(id), "owner": null},
-                doc! {"$set": {"owner": owner.to_stored()}},
-            )
-            .await
-            .map_err(map_error)?;
-        Ok(result.modified_count > 0)
+        self.adopt("releases", id, owner).await
     }
 
     async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
-        let result = self
-            .bundles()
-            .update_one(
-                doc! {"_id": oid(id), "owner": null},
-                doc! {"$set": {"owner": owner.to_stored()}},
-            )
-            .await
-            .map_err(map_error)?;
-        Ok(result.modified_count > 0)
+        self.adopt("bundles", id, owner).await
     }
 }
 
