@@ -128,10 +128,12 @@ impl Browser {
             if found.as_str().is_some_and(|t| t.contains(text)) {
                 return;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no {css:?} containing {text:?}; page has {found}"
-            );
+            if started.elapsed() > Duration::from_secs(10) {
+                let body = self
+                    .script("return document.body.innerText", json!([]))
+                    .await;
+                panic!("no {css:?} containing {text:?}; those have {found}; the page reads {body}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -171,12 +173,29 @@ impl Browser {
         self.on_element(css, "value", json!({"text": text})).await;
     }
 
+    /// Chooses `value` in the `<select>` at `css`, waiting (up to 10 s) until it offers it.
     async fn select(&self, css: &str, value: &str) {
-        self.script(
-            "const s = document.querySelector(arguments[0]); s.value = arguments[1]; s.dispatchEvent(new Event('change'));",
-            json!([css, value]),
-        )
-        .await;
+        let started = Instant::now();
+        loop {
+            let chosen = self
+                .script(
+                    "const s = document.querySelector(arguments[0]);
+                     if (!s || ![...s.options].some(o => o.value === arguments[1])) return false;
+                     s.value = arguments[1]; s.dispatchEvent(new Event('change')); return true;",
+                    json!([css, value]),
+                )
+                .await;
+            if chosen == json!(true) {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let body = self
+                    .script("return document.body.innerText", json!([]))
+                    .await;
+                panic!("no {css:?} offering {value:?}; the page reads {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Presses Tab `times` times, as a keyboard user would.

@@ -226,7 +226,7 @@ function createReleaseForm() {
   const setBundles = (bundles) => {
     const chosen = builtin.value;
     builtin.replaceChildren(h("option", { value: "" }, "Choose the bundle inside the store build"),
-      bundles.map((b) => h("option", { value: b.id }, `${b.app_id} ${b.version_name}`)));
+      ...bundles.map((b) => h("option", { value: b.id }, `${b.app_id} ${b.version_name}`)));
     builtin.value = bundles.some((b) => b.id === chosen) ? chosen : "";
   };
   const form = h("form", {
