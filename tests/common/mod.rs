@@ -839,3 +839,132 @@ pub async fn assert_every_record_has_its_bytes(server: &ServerProcess) -> Vec<St
     }
     versions
 }
+
+/// The value of a variable `scripts/services start` writes for a tool or service: `None`
+/// (with a note) when unset, a failure when the test command requires services.
+pub fn service_var(name: &str, what: &str) -> Option<String> {
+    let value = std::env::var(name).ok().filter(|v| !v.is_empty());
+    if value.is_none() {
+        assert!(
+            std::env::var_os("CAPGO_REQUIRE_SERVICES").is_none(),
+            "{what} is required ({name} is not set): run `scripts/services start` and source target/test-services/env"
+        );
+        eprintln!("skipped: no {what} ({name} not set; run `scripts/services start` and source target/test-services/env)");
+    }
+    value
+}
+
+/// The Kubernetes API server (with etcd) that `scripts/services start` runs on loopback, with
+/// kubectl of the same version and an admin token (group system:masters).
+#[derive(Debug, Clone)]
+pub struct KubeControlPlane {
+    pub kubeconfig: String,
+    pub kubectl: String,
+    pub server: String,
+    /// The serving certificate, to trust as the cluster CA.
+    pub ca: String,
+    pub admin_token: String,
+}
+
+/// The control plane, or `None` (with a note) when it was not started; a failure under
+/// CAPGO_REQUIRE_SERVICES=1.
+pub fn kube_control_plane() -> Option<KubeControlPlane> {
+    let what = "Kubernetes control plane";
+    Some(KubeControlPlane {
+        kubeconfig: service_var("CAPGO_TEST_KUBECONFIG", what)?,
+        kubectl: service_var("CAPGO_TEST_KUBECTL", what)?,
+        server: service_var("CAPGO_TEST_KUBE_SERVER", what)?,
+        ca: service_var("CAPGO_TEST_KUBE_CA", what)?,
+        admin_token: service_var("CAPGO_TEST_KUBE_TOKEN", what)?,
+    })
+}
+
+/// What a kubectl run printed.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl KubectlOutput {
+    /// Stdout, after asserting success (stderr in the message otherwise).
+    pub fn ok(self) -> String {
+        assert!(
+            self.success,
+            "kubectl failed: {}{}",
+            self.stderr, self.stdout
+        );
+        self.stdout
+    }
+}
+
+impl KubeControlPlane {
+    /// Runs kubectl as the admin with `stdin` as its input (for `-f -`).
+    pub fn kubectl_with_input(&self, args: &[&str], stdin: &str) -> KubectlOutput {
+        // Discovery is cached beside the kubeconfig, so `scripts/services stop` removes it.
+        let cache = Path::new(&self.kubeconfig)
+            .with_file_name("kube")
+            .join("cache");
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        KubectlOutput {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> KubectlOutput {
+        self.kubectl_with_input(args, "")
+    }
+
+    /// A new namespace named `prefix-<random>`, so tests run in parallel against one API
+    /// server and again without a restart (a deleted namespace stays Terminating here: no
+    /// controller-manager runs).
+    pub fn fresh_namespace(&self, prefix: &str) -> String {
+        let mut suffix = [0u8; 4];
+        getrandom::fill(&mut suffix).unwrap();
+        let name = format!("{prefix}-{}", hex::encode(suffix));
+        self.kubectl(&["create", "namespace", &name]).ok();
+        name
+    }
+
+    /// Installs the committed CRDs (server-side apply: idempotent, so every test may call it)
+    /// and waits until they serve.
+    pub fn install_crds(&self) {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=capgo-tests",
+            "-f",
+            crds.to_str().unwrap(),
+        ])
+        .ok();
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/bundles.capgo-server.io",
+            "crd/releases.capgo-server.io",
+        ])
+        .ok();
+    }
+}
