@@ -592,15 +592,7 @@ async fn a_seed_database_and_bucket_are_migrated_and_served() {
 
     // Scripts: the seed's ids, fields and times.
     let releases = client.list("releases.list").await;
-    let release = |id: &str| {
-        releases["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("{id} missing: {releases}"))
-    };
+    let release = |id: &str| record(&releases, id);
     let r2 = release(R2);
     assert_eq!(r2["release_date"], "2024-09-21T00:00:00Z");
     assert_eq!(r2["created_at"], "2024-09-20T08:21:00Z");
@@ -612,13 +604,7 @@ async fn a_seed_database_and_bucket_are_migrated_and_served() {
     assert_eq!(release(R4)["active_bundle_id"], Value::Null);
     assert_eq!(releases["data"].as_array().unwrap().len(), 3);
     let bundles = client.list("bundles.list").await;
-    let b1 = bundles["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["id"] == B1.id)
-        .unwrap()
-        .clone();
+    let b1 = record(&bundles, B1.id);
     assert_eq!(b1["created_at"], "2024-09-20T08:15:30.123Z");
     assert_eq!(b1["description"], B1.description);
     assert_eq!(
@@ -740,6 +726,17 @@ async fn a_migration_killed_part_way_continues_where_it_stopped() {
         .collect();
     expected.sort();
     assert_eq!(ours, expected, "one object per record, nothing left over");
+}
+
+/// The record with this id in a `{"data": [...]}` list answer.
+fn record(list: &Value, id: &str) -> Value {
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} missing: {list}"))
 }
 
 fn env_value(env: &[(String, String)], name: &str) -> String {

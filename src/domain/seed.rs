@@ -668,10 +668,7 @@ mod tests {
             release(105, "5", 78, SeedActive::None),
         ];
         let steps = plan_bundles(&seed, &releases, &[]);
-        let all_copied = [id(1), id(2), id(3)]
-            .into_iter()
-            .map(|i| (i, Ok(())))
-            .collect();
+        let all_copied = all_copied_map();
         let refs = resolve_bundles(&seed, &steps, &all_copied);
         let plans = plan_releases(&releases, &refs, &[]);
         assert_eq!(
@@ -717,7 +714,7 @@ mod tests {
         );
 
         // The copy of bundle 3 failed: the release it serves stays out, with the reason.
-        let mut failed: HashMap<RecordId, Result<(), String>> = all_copied_map();
+        let mut failed = all_copied;
         failed.insert(id(3), Err("object missing".into()));
         let refs = resolve_bundles(&seed, &steps, &failed);
         let plans = plan_releases(&releases, &refs, &[]);

@@ -58,6 +58,20 @@ fn release_name(release: &SeedRelease) -> String {
     format!("release {} ({})", release.id, release.describe())
 }
 
+/// `<record>: kept <kind> <kept> of the same <shared>, because <why>`.
+fn duplicate_line(
+    record: &str,
+    kind: &str,
+    kept: &RecordId,
+    shared: &str,
+    because: KeptBecause,
+) -> String {
+    format!(
+        "{record}: kept {kind} {kept} of the same {shared}, because {}",
+        because.as_str()
+    )
+}
+
 impl Report {
     pub fn new(database: &str, bucket: &str) -> Report {
         Report {
@@ -93,11 +107,14 @@ impl Report {
 
     pub fn bundle_duplicate(&mut self, bundle: &SeedBundle, kept: &RecordId, because: KeptBecause) {
         self.bundles.duplicates += 1;
-        self.duplicates.push(format!(
-            "{}: kept bundle {kept} of the same version name, because {}",
-            bundle_name(bundle),
-            because.as_str()
-        ));
+        let line = duplicate_line(
+            &bundle_name(bundle),
+            "bundle",
+            kept,
+            "version name",
+            because,
+        );
+        self.duplicates.push(line);
     }
 
     pub fn bundle_not_migrated(&mut self, bundle: &SeedBundle, why: &str) {
@@ -125,11 +142,14 @@ impl Report {
         because: KeptBecause,
     ) {
         self.releases.duplicates += 1;
-        self.duplicates.push(format!(
-            "{}: kept release {kept} of the same native build, because {}",
-            release_name(release),
-            because.as_str()
-        ));
+        let line = duplicate_line(
+            &release_name(release),
+            "release",
+            kept,
+            "native build",
+            because,
+        );
+        self.duplicates.push(line);
     }
 
     pub fn release_note(&mut self, release: &SeedRelease, note: &str) {
