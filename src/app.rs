@@ -128,12 +128,32 @@ pub async fn open_stores(
     })
 }
 
-/// `capgo-server migrate`: creates or upgrades the schema, then exits.
-pub async fn migrate(config: &Config) -> Result<(), StartupError> {
-    let data = DataDir::open(&config.data_dir)?;
-    open_stores(config, &data, &config.public_base_url_for(config.user_port)).await?;
+/// `capgo-server migrate`: creates or upgrades the schema (opening the stores does), and
+/// returns the catalog over them for what the command does next.
+pub async fn migrate(config: &Config, data: &DataDir) -> Result<Catalog, StartupError> {
+    let stores = open_stores(config, data, &config.public_base_url_for(config.user_port)).await?;
     tracing::info!(data_dir = %config.data_dir.display(), "schema is up to date");
-    Ok(())
+    catalog_over(config, data, &stores)
+}
+
+/// The catalog over `stores`, staging uploads in DATA_DIR (emptied first: the folder is locked
+/// to this process, so nothing else can be mid-upload there).
+fn catalog_over(config: &Config, data: &DataDir, stores: &Stores) -> Result<Catalog, StartupError> {
+    let staging = Staging::new(data.staging())?;
+    match staging.remove_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed staging files of interrupted uploads"),
+        Err(e) => tracing::warn!(error = %e, "could not clear the staging folder"),
+    }
+    Ok(Catalog::new(
+        stores.metadata.clone(),
+        stores.blobs.clone(),
+        CatalogSettings {
+            cache_duration: config.cache_result_duration,
+            staging,
+            max_bundle_size: config.max_bundle_size,
+        },
+    ))
 }
 
 fn management_keys(config: &Config, data: &DataDir) -> Result<ApiKeys, StartupError> {
@@ -175,22 +195,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let public_base_url = config.public_base_url_for(public_port);
 
     let stores = open_stores(&config, &data, &public_base_url).await?;
-    let staging = Staging::new(data.staging())?;
-    // DATA_DIR is locked to this process: nothing else can be mid-upload now.
-    match staging.remove_leftovers() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "removed staging files of interrupted uploads"),
-        Err(e) => tracing::warn!(error = %e, "could not clear the staging folder"),
-    }
-    let catalog = Arc::new(Catalog::new(
-        stores.metadata.clone(),
-        stores.blobs,
-        CatalogSettings {
-            cache_duration: config.cache_result_duration,
-            staging,
-            max_bundle_size: config.max_bundle_size,
-        },
-    ));
+    let catalog = Arc::new(catalog_over(&config, &data, &stores)?);
     // With shared storage another replica may be between storing an object and recording it.
     let orphan_age = if config.uses_embedded_storage() {
         Duration::ZERO

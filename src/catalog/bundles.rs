@@ -11,7 +11,9 @@ use super::staging::StagedBlob;
 use super::{zip_check, Catalog, CatalogError};
 use crate::domain::names::{check_app_id, check_bundle_version};
 use crate::domain::ownership::check_may_change;
-use crate::domain::{now_millis, Actor, Bundle, BundleEncryption, RecordId, Release, ResourceRef};
+use crate::domain::{
+    now_millis, Actor, Bundle, BundleEncryption, RecordId, Release, ResourceRef, UnixMillis,
+};
 use crate::store::StoreError;
 
 /// Longest bundle description.
@@ -155,6 +157,19 @@ impl Catalog {
         new: NewBundle,
         staged: StagedBlob,
     ) -> Result<Bundle, CatalogError> {
+        self.add_bundle_as(RecordId::generate(), now_millis(), new, staged)
+            .await
+    }
+
+    /// [`Catalog::add_bundle`] for a record with a given id and creation time (a record
+    /// brought from another server keeps both).
+    pub(super) async fn add_bundle_as(
+        &self,
+        id: RecordId,
+        created_at: UnixMillis,
+        new: NewBundle,
+        staged: StagedBlob,
+    ) -> Result<Bundle, CatalogError> {
         self.check_new_bundle(&new).await?;
         if new.description.len() > MAX_DESCRIPTION {
             return Err(CatalogError::Invalid(format!(
@@ -187,7 +202,6 @@ impl Catalog {
                 None
             }
         };
-        let id = RecordId::generate();
         let bundle = Bundle {
             blob_key: Bundle::blob_key_for(&id),
             id,
@@ -198,7 +212,7 @@ impl Catalog {
             crc32: staged.crc32.clone(),
             size: staged.size,
             encryption,
-            created_at: now_millis(),
+            created_at,
             owner: new.owner,
         };
         self.blobs.put_file(&bundle.blob_key, staged.path()).await?;

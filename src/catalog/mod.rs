@@ -5,6 +5,7 @@
 mod bundles;
 mod devices;
 mod error;
+mod imports;
 mod releases;
 pub mod staging;
 pub mod target_cache;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use bundles::{BundleDownload, ExpectedChecksum, NewBundle, SourceError};
 pub use devices::{BundleActivity, DailyActivity};
 pub use error::CatalogError;
+pub use imports::{ImportedBundle, ImportedRelease};
 pub use releases::{DesiredRelease, NewRelease};
 
 use crate::store::{BlobStore, CatalogStore};

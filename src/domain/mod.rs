@@ -10,6 +10,7 @@ pub mod ownership;
 pub mod platform;
 pub mod plugin_version;
 pub mod release;
+pub mod seed;
 pub mod stats;
 pub mod update;
 

@@ -7,6 +7,7 @@
 pub mod fs_blobs;
 pub mod mongo;
 pub mod s3;
+pub mod seed;
 pub mod sqlite;
 pub mod timed;
 
