@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::domain::net_policy::{HostPattern, SourcePolicy};
+use crate::domain::stats::MAX_BATCH;
+
 /// Where the default config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/config.yml";
 
@@ -37,6 +40,8 @@ pub struct Config {
     pub management_api_tokens: Vec<String>,
     /// Requests per minute per client IP on the device API; 0 disables the limit.
     pub limit_request_per_minute: u32,
+    /// `/stats` events per minute per client IP (0: no limit).
+    pub stats_events_per_minute: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub cache_result_duration: Duration,
     pub oauth_issuer: Option<String>,
@@ -58,6 +63,10 @@ pub struct Config {
     pub controller_namespaces: Vec<String>,
     pub controller_lease_namespace: String,
     pub controller_lease_name: String,
+    /// Where `Bundle` resources may fetch `source.url` from.
+    pub bundle_sources: SourcePolicy,
+    /// The bucket prefix `Bundle` resources may import `source.bucketKey` objects from.
+    pub bundle_import_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +118,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("HTTP_MAX_HEADER_SIZE", Some("32KiB")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
+    ("STATS_EVENTS_PER_MINUTE", Some("6000")),
     ("TRUSTED_PROXIES", None),
     ("CACHE_RESULT_DURATION", Some("10m")),
     ("OAUTH_ISSUER", None),
@@ -125,6 +135,9 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CONTROLLER_NAMESPACES", None),
     ("CONTROLLER_LEASE_NAMESPACE", Some("default")),
     ("CONTROLLER_LEASE_NAME", Some("capgo-server-controller")),
+    ("BUNDLE_SOURCE_ALLOW_PRIVATE", Some("false")),
+    ("BUNDLE_SOURCE_ALLOWED_HOSTS", None),
+    ("BUNDLE_IMPORT_PREFIX", Some("imports/")),
 ];
 
 fn yaml_key(env: &str) -> String {
@@ -154,7 +167,7 @@ impl RawValues {
                 .map_err(|reason| ConfigError::Invalid {
                     env,
                     yaml_key: yaml_key(env),
-                    value: value.to_string(),
+                    value: shown_value(env, value),
                     reason,
                 }),
         }
@@ -273,6 +286,19 @@ impl Config {
                     "expected a whole number of requests per minute (0 disables)".into()
                 })
             })?,
+            stats_events_per_minute: raw.required("STATS_EVENTS_PER_MINUTE", |v| {
+                let bad = || {
+                    format!(
+                        "expected a whole number of events per minute, 0 (no limit) or at least \
+                         {MAX_BATCH} (one full batch)"
+                    )
+                };
+                let n = v.parse::<u32>().map_err(|_| bad())?;
+                if n != 0 && (n as usize) < MAX_BATCH {
+                    return Err(bad());
+                }
+                Ok(n)
+            })?,
             trusted_proxies: raw
                 .parse("TRUSTED_PROXIES", parse_trusted_proxies)?
                 .unwrap_or_default(),
@@ -297,11 +323,7 @@ impl Config {
                 "json" => Ok(LogFormat::Json),
                 _ => Err("expected `text` or `json`".into()),
             })?,
-            controller_enabled: raw.required("CONTROLLER_ENABLED", |v| match v {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err("expected `true` or `false`".into()),
-            })?,
+            controller_enabled: raw.required("CONTROLLER_ENABLED", parse_bool)?,
             controller_namespaces: raw
                 .parse("CONTROLLER_NAMESPACES", |v| {
                     Ok(v.split(',')
@@ -314,6 +336,22 @@ impl Config {
             controller_lease_namespace: raw
                 .required("CONTROLLER_LEASE_NAMESPACE", |v| Ok(v.to_string()))?,
             controller_lease_name: raw.required("CONTROLLER_LEASE_NAME", |v| Ok(v.to_string()))?,
+            bundle_sources: SourcePolicy {
+                allow_private: raw.required("BUNDLE_SOURCE_ALLOW_PRIVATE", parse_bool)?,
+                allowed_hosts: raw
+                    .parse("BUNDLE_SOURCE_ALLOWED_HOSTS", |v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|h| !h.is_empty())
+                            .map(HostPattern::parse)
+                            .collect()
+                    })?
+                    .unwrap_or_default(),
+            },
+            bundle_import_prefix: raw.required("BUNDLE_IMPORT_PREFIX", |v| {
+                crate::domain::bundle::check_import_prefix(v).map_err(|e| e.0)?;
+                Ok(v.to_string())
+            })?,
         };
         config.check_combinations()?;
         Ok(config)
@@ -381,7 +419,7 @@ fn parse_yaml_settings(text: &str, path: &Path) -> Result<BTreeMap<String, Strin
         let text = yaml_scalar_text(&value).ok_or_else(|| ConfigError::Invalid {
             env,
             yaml_key: key.clone(),
-            value: format!("{value:?}"),
+            value: shown_value(env, &format!("{value:?}")),
             reason: "expected a string, a number, a boolean or a list of those".into(),
         })?;
         values.insert(key, text);
@@ -424,6 +462,30 @@ fn yaml_scalar_text(value: &serde_yaml::Value) -> Option<String> {
             .collect::<Option<Vec<_>>>()
             .map(|parts| parts.join(",")),
         Value::Mapping(_) | Value::Tagged(_) => None,
+    }
+}
+
+/// Settings whose values are secrets (or hold one, as a password in a connection string): a
+/// message about them never repeats the value.
+const SECRET_SETTINGS: &[&str] = &["MANAGEMENT_API_TOKENS", "MONGO_CONNECTION_STRING"];
+
+/// How an invalid value is quoted in an error message.
+fn shown_value(env: &str, value: &str) -> String {
+    if SECRET_SETTINGS.contains(&env) {
+        format!(
+            "<{} characters, not shown: a secret>",
+            value.chars().count()
+        )
+    } else {
+        value.to_string()
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected `true` or `false`".into()),
     }
 }
 
@@ -627,6 +689,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_secret_is_not_repeated() {
+        let tokens = "first-secret-token-1,second-secret-token-2,short";
+        let err = load(&[("MANAGEMENT_API_TOKENS", tokens)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MANAGEMENT_API_TOKENS"), "{err}");
+        assert!(err.contains("not shown"), "{err}");
+        for secret in ["first-secret-token-1", "second-secret-token-2", "short"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+        let yaml = "management_api_tokens:\n  - {nested: first-secret-token-1}\n";
+        let err = load(&[], Some(yaml)).unwrap_err().to_string();
+        assert!(!err.contains("first-secret-token-1"), "{err}");
     }
 
     #[test]

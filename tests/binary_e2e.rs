@@ -456,3 +456,46 @@ async fn sigkill_during_uploads_leaves_no_half_record_and_no_orphan_file() {
     assert_eq!(status, 200, "{body}");
     assert!(server.stop().success());
 }
+
+#[tokio::test]
+async fn secrets_stay_out_of_json_logs_and_data_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    // A folder made by hand with the usual umask: made private at start.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = ServerProcess::start(&data, &[("LOG_FORMAT", "json")]);
+    let token_file = data.join("management-api-token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let log = server.log_text();
+    assert!(
+        !log.contains(&token),
+        "a log collector never sees it: {log}"
+    );
+    assert!(log.contains("management-api-token"), "the file is named");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "DATA_DIR");
+    assert_eq!(mode(&data.join("capgo.db")), 0o600, "the database");
+    assert_eq!(mode(&token_file), 0o600, "the token");
+    let client = Client::new(&server, &token);
+    assert_eq!(client.list("bundles.list").await["bundles"], json!([]));
+    assert!(server.stop().success());
+
+    // A config error about the tokens never repeats them.
+    let output = Command::new(env!("CARGO_BIN_EXE_capgo-server"))
+        .env_clear()
+        .env("MANAGEMENT_API_TOKENS", "a-long-secret-token,short")
+        .env("DATA_DIR", parent.path().join("other"))
+        .current_dir(parent.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("MANAGEMENT_API_TOKENS"), "{stderr}");
+    assert!(!stderr.contains("a-long-secret-token"), "{stderr}");
+}

@@ -176,6 +176,7 @@ impl TestApp {
                 cache_duration: config.cache_result_duration,
                 staging: Staging::new(data.path().join("staging")).unwrap(),
                 max_bundle_size: config.max_bundle_size,
+                import_prefix: config.bundle_import_prefix.clone(),
             },
         ));
         let state = AppState::new(
