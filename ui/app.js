@@ -180,8 +180,8 @@ const BECAUSE = { assigned: "", production: " (follows production)", builtin: " 
 function showReleases() {
   const form = createReleaseForm();
   const groups = h("div", { id: "release-groups" });
-  main.replaceChildren(h("h1", {}, "Releases"), form.section, groups);
-  return async () => {
+  const view = [h("h1", {}, "Releases"), form.section, groups];
+  return { view, reload: async () => {
     const [releases, bundles] = await Promise.all([api("GET", "releases.list"), api("GET", "bundles.list")]);
     form.setBundles(bundles.data);
     const byId = Object.fromEntries(bundles.data.map((b) => [b.id, b]));
@@ -211,7 +211,7 @@ function showReleases() {
         h("tbody", {}, rows))));
     }
     groups.replaceChildren(...content);
-  };
+  } };
 }
 
 /** The "register a store build" form; `setBundles` refreshes its bundle choices in place. */
@@ -311,12 +311,12 @@ async function deleteRelease(release) {
 function showBundles() {
   const rows = h("tbody", { id: "bundle-rows" });
   const empty = h("p", { class: "muted", hidden: true }, "No bundles yet: upload the zip of your web build above.");
-  main.replaceChildren(h("h1", {}, "Bundles"), uploadForm(),
+  const view = [h("h1", {}, "Bundles"), uploadForm(),
     h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["Version", "Size", "Checksum", "Created", "Used by", "Devices"].map((t) => h("th", {}, t)))),
       rows)),
-    h("section", { id: "activity", "aria-live": "polite" }), empty);
-  return async () => {
+    h("section", { id: "activity", "aria-live": "polite" }), empty];
+  return { view, reload: async () => {
     const bundles = await api("GET", "bundles.list");
     const users = (b) => b.used_by.map((u) => `${u.platform} ${u.version_name} (${u.version_code})` +
       (u.serving.length ? `: ${u.serving.join(", ")}` : u.builtin ? ": builtin" : ""));
@@ -330,7 +330,7 @@ function showBundles() {
       h("td", { "data-label": "Devices" }, h("button", { type: "button", class: "secondary", "data-activity": b.id,
         onclick: () => attempt(() => showActivity(b)) }, "Activity")))));
     empty.hidden = bundles.data.length > 0;
-  };
+  } };
 }
 
 const SERIES = [["downloads", "Downloads", "#0b62d6"], ["installs", "Installs", "#067647"], ["failures", "Failures", "#b42318"]];
@@ -462,9 +462,9 @@ function showTokens() {
     h("div", {}, h("label", { for: "token-scope" }, "Scope"), scope)),
   h("p", {}, h("button", { type: "submit", id: "create-token" }, "Create token")), error);
   const list = h("div");
-  main.replaceChildren(h("h1", {}, "API tokens"), secret,
-    h("section", { class: "card" }, h("h2", {}, "Create a token"), form), list);
-  return async () => {
+  const view = [h("h1", {}, "API tokens"), secret,
+    h("section", { class: "card" }, h("h2", {}, "Create a token"), form), list];
+  return { view, reload: async () => {
     const tokens = await api("GET", "tokens.list");
     const rows = tokens.data.map((t) => h("tr", { "data-token": t.id },
       h("td", { "data-label": "Name" }, h("strong", {}, t.name)),
@@ -474,7 +474,7 @@ function showTokens() {
     list.replaceChildren(tokens.data.length ? h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["Name", "Scope", "Created", "Actions"].map((t) => h("th", {}, t)))),
       h("tbody", { id: "token-rows" }, rows))) : h("p", { class: "muted", id: "token-rows" }, "No scoped tokens yet."));
-  };
+  } };
 }
 
 async function revokeToken(token) {
@@ -501,24 +501,25 @@ function showAudit() {
     more.hidden = !page.next;
   };
   more.addEventListener("click", () => attempt(load));
-  main.replaceChildren(h("h1", {}, "Audit log"),
+  const view = [h("h1", {}, "Audit log"),
     h("p", { class: "muted" }, "Every change made through the API or this page, newest first, including refused ones."),
     h("div", { class: "table-wrap" }, h("table", {},
       h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Target", "Result"].map((t) => h("th", {}, t)))), body)),
-    h("p", {}, more));
-  return async () => {
+    h("p", {}, more)];
+  return { view, reload: async () => {
     body.replaceChildren();
     cursor = "";
     await load();
-  };
+  } };
 }
 
 // ---- routing ------------------------------------------------------------------------------
 
 const PAGES = { releases: showReleases, bundles: showBundles, tokens: showTokens, audit: showAudit };
 
-/** The page on screen and the function that reloads its data. Pages are built once when
- * opened; after a change only their data is redrawn, so text typed into a form stays. */
+/** The page on screen and the function that reloads its data. A page is built once when
+ * opened and shown when its data has loaded; after a change only its data is redrawn, so text
+ * typed into a form stays. Each page function returns {view: [elements], reload}. */
 let shown = { page: null, reload: null };
 
 /** Reloads the data of the page on screen. */
@@ -544,8 +545,14 @@ async function route() {
     const link = document.getElementById(`nav-${name}`);
     if (name === page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
-  if (shown.page !== page) shown = { page, reload: PAGES[page]() };
-  await refresh();
+  if (shown.page === page) {
+    await refresh();
+  } else {
+    const next = PAGES[page]();
+    shown = { page, reload: next.reload };
+    await refresh();
+    if (shown.page === page) main.replaceChildren(...next.view);
+  }
   main.focus({ preventScroll: true });
 }
 

@@ -610,15 +610,18 @@ impl MongoMetadataStore {
             return;
         }
         let expired = DateTime::from_millis(DateTime::now().timestamp_millis() - PIN_LIFETIME_MS);
-        let result = self
-            .bundles()
-            .update_many(
-                doc! {"_id": {"$in": &pins.bundles}},
-                doc! {"$pull": {"pins": {"$or": [{"op": pins.op}, {"at": {"$lt": expired}}]}}},
-            )
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %crate::error::Chain(&e), "could not unpin bundles; their pins expire by themselves");
+        let bundles = doc! {"_id": {"$in": &pins.bundles}};
+        // Two plain pulls rather than one with `$or`, which not every MongoDB-compatible
+        // server accepts inside `$pull`.
+        for pull in [doc! {"op": pins.op}, doc! {"at": {"$lt": expired}}] {
+            let result = self
+                .bundles()
+                .update_many(bundles.clone(), doc! {"$pull": {"pins": pull}})
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %crate::error::Chain(&e), "could not unpin bundles; their pins expire by themselves");
+                return;
+            }
         }
     }
 
