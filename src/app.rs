@@ -185,10 +185,10 @@ fn management_keys(config: &Config, data: &DataDir) -> Result<ApiKeys, StartupEr
             source,
         })?;
     if generated {
-        // Never through the log pipeline (a collector, OTLP): in text mode, once to the
-        // terminal; in JSON mode only the file that holds it is named.
+        // Never through the log pipeline (OTLP, a collector of JSON lines): in text mode,
+        // printed once to the terminal; in JSON mode only the file that holds it is named.
         if config.log_format == LogFormat::Text {
-            eprintln!(
+            println!(
                 "MANAGEMENT_API_TOKENS is not set: generated a management API token, shown once \
                  (send it as x-api-key): {token}"
             );
@@ -298,12 +298,24 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let limits = ConnectionLimits {
         header_timeout: config.http_header_timeout,
         max_header_bytes: usize::try_from(config.http_max_header_size).unwrap_or(usize::MAX),
+        write_stall_timeout: config.http_write_stall_timeout,
+        gate: None,
+    };
+    // Whatever the device port suffers, descriptors stay for the management port.
+    let open_files = http::connections::raise_open_file_limit();
+    let device_limits = ConnectionLimits {
+        gate: Some(http::connections::ConnectionGate::new(
+            config.max_connections_per_ip as usize,
+            http::connections::device_connections_for(open_files),
+            config.trusted_proxies.clone(),
+        )),
+        ..limits.clone()
     };
     let public_server = run_server(
         "device API",
         public,
         http::device::router(state.clone()),
-        limits,
+        device_limits,
         shutdown.clone(),
     );
     let management_server = run_server(

@@ -34,6 +34,10 @@ pub struct Config {
     pub orphan_grace_period: Duration,
     /// Time a connection may take to send a request's headers (also the keep-alive idle limit).
     pub http_header_timeout: Duration,
+    /// A response write without progress for this long ends the connection.
+    pub http_write_stall_timeout: Duration,
+    /// Open device-port connections per peer address (0: no cap).
+    pub max_connections_per_ip: u32,
     /// Largest request line plus headers.
     pub http_max_header_size: u64,
     /// Full-access management tokens. Empty means "generate one in DATA_DIR".
@@ -114,6 +118,8 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CATALOG_SYNC_INTERVAL", Some("1s")),
     ("DEVICE_REQUEST_TIMEOUT", Some("30s")),
     ("HTTP_HEADER_TIMEOUT", Some("10s")),
+    ("HTTP_WRITE_STALL_TIMEOUT", Some("30s")),
+    ("MAX_CONNECTIONS_PER_IP", Some("64")),
     ("ORPHAN_GRACE_PERIOD", Some("1h")),
     ("HTTP_MAX_HEADER_SIZE", Some("32KiB")),
     ("MANAGEMENT_API_TOKENS", None),
@@ -267,6 +273,14 @@ impl Config {
                 "HTTP_HEADER_TIMEOUT",
                 duration_of_at_least_100ms("allow clients at least 100ms"),
             )?,
+            http_write_stall_timeout: raw.required(
+                "HTTP_WRITE_STALL_TIMEOUT",
+                duration_of_at_least_100ms("allow clients at least 100ms"),
+            )?,
+            max_connections_per_ip: raw.required("MAX_CONNECTIONS_PER_IP", |v| {
+                v.parse::<u32>()
+                    .map_err(|_| "expected a whole number of connections (0: no cap)".into())
+            })?,
             http_max_header_size: raw.required("HTTP_MAX_HEADER_SIZE", |v| {
                 let size = parse_byte_size(v)?;
                 if !(1024..=1024 * 1024).contains(&size) {
@@ -693,13 +707,13 @@ mod tests {
 
     #[test]
     fn an_invalid_secret_is_not_repeated() {
-        let tokens = "first-secret-token-1,second-secret-token-2,short";
+        let tokens = "first-secret-token-1,second-secret-token-2,tiny1";
         let err = load(&[("MANAGEMENT_API_TOKENS", tokens)], None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("MANAGEMENT_API_TOKENS"), "{err}");
         assert!(err.contains("not shown"), "{err}");
-        for secret in ["first-secret-token-1", "second-secret-token-2", "short"] {
+        for secret in ["first-secret-token-1", "second-secret-token-2", "tiny1"] {
             assert!(!err.contains(secret), "{err}");
         }
         let yaml = "management_api_tokens:\n  - {nested: first-secret-token-1}\n";

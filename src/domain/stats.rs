@@ -206,7 +206,7 @@ mod tests {
             &json!({"app_id": "com.example.app", "device_id": "ABC", "action": "set",
                     "version_name": "1.0.1", "old_version_name": "builtin",
                     "timestamp": 1_700_000_000_000i64, "metadata": {"reason": "x"}}),
-            5,
+            1_700_000_000_000 + 5_000,
         )
         .unwrap();
         assert_eq!(event.device_id, "abc");

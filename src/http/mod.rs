@@ -2,6 +2,7 @@
 
 pub mod auth_throttle;
 pub mod client_ip;
+pub mod connections;
 pub mod device;
 pub mod management;
 pub mod observe;
