@@ -508,7 +508,9 @@ fn stalled_download(url: &str) -> std::net::TcpStream {
     let (host, path) = rest.split_once('/').unwrap();
     let address = host.replace("localhost", "127.0.0.1");
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
-    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+    // Over the descriptor budget the server closes at once: the write may fail, which the
+    // caller sees as a connection closed with nothing received.
+    let _ = write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
     stream
 }
 
