@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::staging::StagedBlob;
 use super::{zip_check, Catalog, CatalogError};
+use crate::domain::bundle::check_import_key;
 use crate::domain::names::{check_app_id, check_bundle_version};
 use crate::domain::ownership::check_may_change;
 use crate::domain::{
@@ -133,12 +134,14 @@ impl Catalog {
     }
 
     /// Ingests an object already in the blob store under `key` (a `Bundle` resource's
-    /// `source.bucketKey`), read directly from the store.
+    /// `source.bucketKey`), read directly from the store. Only objects below the import prefix
+    /// qualify: the server's own objects belong to their records.
     pub async fn ingest_stored_object(
         &self,
         new: NewBundle,
         key: &str,
     ) -> Result<Bundle, CatalogError> {
+        check_import_key(key, &self.import_prefix)?;
         self.check_new_bundle(&new).await?;
         let bytes =
             self.blobs.read(key).await?.ok_or_else(|| {

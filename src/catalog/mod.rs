@@ -33,6 +33,9 @@ pub struct CatalogSettings {
     pub staging: Staging,
     /// Largest accepted bundle (MAX_BUNDLE_SIZE).
     pub max_bundle_size: u64,
+    /// The only folder `Bundle` resources may import objects of the bucket from
+    /// (BUNDLE_IMPORT_PREFIX).
+    pub import_prefix: String,
 }
 
 pub struct Catalog {
@@ -41,6 +44,7 @@ pub struct Catalog {
     targets: TargetCache,
     staging: Staging,
     max_bundle_size: u64,
+    import_prefix: String,
 }
 
 impl Catalog {
@@ -55,6 +59,7 @@ impl Catalog {
             targets: TargetCache::new(settings.cache_duration),
             staging: settings.staging,
             max_bundle_size: settings.max_bundle_size,
+            import_prefix: settings.import_prefix,
         }
     }
 

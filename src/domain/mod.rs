@@ -6,6 +6,7 @@ pub mod channel;
 pub mod device;
 pub mod ids;
 pub mod names;
+pub mod net_policy;
 pub mod ownership;
 pub mod platform;
 pub mod plugin_version;

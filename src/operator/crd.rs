@@ -76,10 +76,12 @@ pub struct BundleSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleSource {
-    /// An http(s) URL to fetch the zip from.
+    /// An http(s) URL to fetch the zip from: a public address (redirects included) unless
+    /// the server allows private networks or lists allowed hosts (BUNDLE_SOURCE_*).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// The key of an object already in capgo-server's bucket.
+    /// The key of an object already in capgo-server's bucket, below its import prefix
+    /// (BUNDLE_IMPORT_PREFIX, `imports/` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_key: Option<String>,
 }

@@ -919,7 +919,9 @@ impl CatalogStore for MongoMetadataStore {
         let pipeline = [
             doc! {"$match": {"app_id": app_id, "version_name": version_name,
             "occurred_at": {"$gte": DateTime::from_millis(since)}}},
-            doc! {"$group": {"_id": {"day": "$day", "action": "$action"}, "count": {"$sum": 1}}},
+            // Devices, not events: one device cannot inflate a chart.
+            doc! {"$group": {"_id": {"day": "$day", "action": "$action"}, "devices": {"$addToSet": "$device_id"}}},
+            doc! {"$project": {"count": {"$size": "$devices"}}},
             doc! {"$sort": {"_id.day": 1, "_id.action": 1}},
         ];
         let groups: Vec<Document> = all(self.stats().aggregate(pipeline)).await?;
