@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use capgo_server::catalog::staging::Staging;
 use capgo_server::catalog::{Catalog, CatalogSettings};
 use capgo_server::domain::channel::Channel;
+use capgo_server::domain::encryption::AppKey;
 use capgo_server::domain::net_policy::SourcePolicy;
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
 use capgo_server::domain::{
@@ -139,6 +140,20 @@ impl CatalogStore for CountingStore {
     }
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
         self.inner.catalog_version().await
+    }
+    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
+        self.inner.app_key(app_id).await
+    }
+    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
+        self.count();
+        self.inner.put_app_key(key).await
+    }
+    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
+        self.inner.list_app_keys().await
+    }
+    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.delete_app_key(app_id).await
     }
     async fn adopt_release(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
         self.count();
@@ -982,4 +997,112 @@ async fn an_allow_list_limits_sources_to_the_hosts_it_names() {
             .contains("BUNDLE_SOURCE_ALLOWED_HOSTS"),
         "{stalled}"
     );
+}
+
+/// A Bundle of an encrypted zip the real Capgo CLI made (tests/fixtures/cli), imported from the
+/// bucket, with the encryption block as `bundle encrypt` printed it.
+async fn encrypted_bundle(
+    h: &Harness,
+    name: &str,
+    version: &str,
+    zip: &[u8],
+    run: &str,
+    checksum_of: &str,
+) -> Value {
+    let fixtures: Value =
+        serde_json::from_str(include_str!("fixtures/cli/encryption.json")).unwrap();
+    let staged = h._data.path().join(format!("{name}.zip"));
+    std::fs::write(&staged, zip).unwrap();
+    let key = format!("imports/{name}.zip");
+    h.blobs.put_file(&key, &staged).await.unwrap();
+    let mut bundle = h.bundle(name, version, "unused", None);
+    bundle["spec"]["appId"] = json!("com.example.fixture");
+    bundle["spec"]["source"] = json!({ "bucketKey": key });
+    bundle["spec"]["encryption"] = json!({
+        "sessionKey": fixtures[run]["session_key"],
+        "checksum": fixtures[checksum_of]["checksum"],
+        "keyId": fixtures["key_id"],
+    });
+    bundle
+}
+
+#[tokio::test]
+async fn encrypted_bundles_are_checked_with_the_apps_registered_key() {
+    const V3_ZIP: &[u8] = include_bytes!("fixtures/cli/bundle.zip_encrypted.zip");
+    let h = Harness::new().await;
+
+    // No key registered: stored as sent, and the Ready message says it was not checked.
+    let unchecked =
+        encrypted_bundle(&h, "unchecked", "1.0.0", b"arbitrary bytes", "v3", "v3").await;
+    h.api.put("bundles", unchecked);
+    h.reconcile_bundle("unchecked").await.unwrap();
+    let ready = h.condition("bundles", "unchecked", "Ready");
+    assert_eq!(ready["status"], "True", "{ready}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("without verification"),
+        "{ready}"
+    );
+
+    h.catalog
+        .register_app_key(
+            "com.example.fixture",
+            include_str!("fixtures/cli/public_key.pem"),
+            "test",
+        )
+        .await
+        .unwrap();
+    // The registry changed what the resource reports, not what was stored.
+    h.reconcile_bundle("unchecked").await.unwrap();
+    let ready = h.condition("bundles", "unchecked", "Ready");
+    assert!(
+        !ready["message"].as_str().unwrap().contains("verification"),
+        "{ready}"
+    );
+
+    // The CLI's bundle checks out.
+    let good = encrypted_bundle(&h, "good", "1.0.1", V3_ZIP, "v3", "v3").await;
+    h.api.put("bundles", good);
+    h.reconcile_bundle("good").await.unwrap();
+    let ready = h.condition("bundles", "good", "Ready");
+    assert_eq!(ready["status"], "True", "{ready}");
+
+    // Tampered bytes, and a checksum of another zip: Stalled, nothing stored.
+    let mut tampered_zip = V3_ZIP.to_vec();
+    tampered_zip[V3_ZIP.len() / 2] ^= 0x01;
+    let cases = [
+        (
+            encrypted_bundle(&h, "tampered", "1.0.2", &tampered_zip, "v3", "v3").await,
+            "InvalidSpec",
+            "not a valid bundle",
+        ),
+        (
+            encrypted_bundle(&h, "wrong-checksum", "1.0.3", V3_ZIP, "v3", "not_a_bundle").await,
+            "ChecksumMismatch",
+            "checksum mismatch",
+        ),
+    ];
+    for (bundle, reason, needle) in cases {
+        let name = bundle["metadata"]["name"].as_str().unwrap().to_string();
+        h.api.put("bundles", bundle);
+        h.reconcile_bundle(&name).await.unwrap();
+        let stalled = h.condition("bundles", &name, "Stalled");
+        assert_eq!(stalled["reason"], reason, "{name}: {stalled}");
+        assert!(
+            stalled["message"].as_str().unwrap().contains(needle),
+            "{name}: {stalled}"
+        );
+    }
+    let versions: Vec<String> = h
+        .catalog
+        .list_bundles()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.version_name)
+        .collect();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(versions.contains(&"1.0.0".into()) && versions.contains(&"1.0.1".into()));
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
+use capgo_server::domain::encryption::{AppKey, RsaPublicKey};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
 use capgo_server::domain::{
     Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey, ResourceRef,
@@ -284,6 +285,37 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     adoption_contract(store.as_ref()).await;
     deletes_racing_writes_never_leave_a_dangling_reference(store.as_ref()).await;
     access_contract(store.as_ref()).await;
+    app_key_contract(store.as_ref()).await;
+}
+
+/// One public key per app: registered, read back as registered, replaced, listed, removed.
+async fn app_key_contract(store: &dyn MetadataStore) {
+    let key = |app_id: &str, pem: &str, at: i64| AppKey {
+        app_id: app_id.into(),
+        public_key: RsaPublicKey::from_pem(pem).unwrap(),
+        registered_at: at,
+        registered_by: "contract".into(),
+    };
+    let public = include_str!("fixtures/cli/public_key.pem");
+    let other = include_str!("fixtures/cli/other_public_key.pem");
+    assert_eq!(store.app_key("com.contract.keys").await.unwrap(), None);
+    let first = key("com.contract.keys", public, 1_000);
+    store.put_app_key(&first).await.unwrap();
+    assert_eq!(
+        store.app_key("com.contract.keys").await.unwrap(),
+        Some(first)
+    );
+    let replaced = key("com.contract.keys", other, 2_000);
+    store.put_app_key(&replaced).await.unwrap();
+    let second = key("com.contract.keys-2", public, 3_000);
+    store.put_app_key(&second).await.unwrap();
+    assert_eq!(
+        store.list_app_keys().await.unwrap(),
+        [replaced.clone(), second.clone()]
+    );
+    assert!(store.delete_app_key("com.contract.keys").await.unwrap());
+    assert!(!store.delete_app_key("com.contract.keys").await.unwrap());
+    assert_eq!(store.list_app_keys().await.unwrap(), [second]);
 }
 
 /// A resource takes ownership of an unowned record once; an owned one is not taken again.

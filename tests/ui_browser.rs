@@ -463,7 +463,7 @@ async fn manage_releases_in_a_real_browser() {
         .script("document.getElementById('nav-releases').focus()", json!([]))
         .await;
     let mut walked = vec![browser.focused().await];
-    for _ in 0..5 {
+    for _ in 0..6 {
         browser.press_tab(1).await;
         walked.push(browser.focused().await);
     }
@@ -472,6 +472,7 @@ async fn manage_releases_in_a_real_browser() {
         [
             "nav-releases",
             "nav-bundles",
+            "nav-keys",
             "nav-tokens",
             "nav-audit",
             "logout",
@@ -536,9 +537,47 @@ async fn manage_releases_in_a_real_browser() {
         .wait_text("#token-error", "invalid token name")
         .await;
 
+    // Public keys: a private key is refused with the server's message, the public key (the
+    // real CLI's .capgo_key_v2.pub) is registered and listed with its key_id, then removed.
+    browser.go(&format!("{ui}#/keys")).await;
+    browser
+        .wait_text("#key-rows", "No public keys registered")
+        .await;
+    browser
+        .type_into("#key-app-id", "com.example.fixture")
+        .await;
+    browser
+        .type_into("#key-pem", include_str!("fixtures/cli/private_key.pem"))
+        .await;
+    browser.click("#set-key").await;
+    browser
+        .wait_text("#key-error", "that is a private key")
+        .await;
+    browser
+        .script(
+            "document.getElementById('key-pem').value = arguments[0]",
+            json!([include_str!("fixtures/cli/public_key.pem")]),
+        )
+        .await;
+    browser.click("#set-key").await;
+    browser.wait_text("#key-rows", "com.example.fixture").await;
+    browser.wait_text("#key-rows", "RSA 2048").await;
+    browser.screenshots("keys").await;
+    browser
+        .click("[data-remove-key='com.example.fixture']")
+        .await;
+    browser
+        .wait_text("#dialog-text", "without being decrypted")
+        .await;
+    browser.click("#dialog-ok").await;
+    browser
+        .wait_text("#key-rows", "No public keys registered")
+        .await;
+
     // The audit log lists what this session did, refused calls included.
     browser.go(&format!("{ui}#/audit")).await;
     browser.wait_text("#audit-rows", "tokens.revoke").await;
+    browser.wait_text("#audit-rows", "public-keys.delete").await;
     browser
         .wait_text("#audit-rows", "releases.set-active")
         .await;

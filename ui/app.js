@@ -325,7 +325,7 @@ function showBundles() {
       h("td", { "data-label": "Version" }, h("strong", {}, b.version_name), " ", b.owner ? h("span", { class: "badge", title: `Managed by ${b.owner}` }, "Kubernetes") : null,
         h("div", { class: "muted" }, b.app_id)),
       h("td", { "data-label": "Size" }, formatSize(b.size)),
-      h("td", { "data-label": "Checksum" }, h("code", { title: b.sha256 }, b.sha256.slice(0, 12) + "…"), b.encrypted ? " (encrypted)" : ""),
+      h("td", { "data-label": "Checksum" }, h("code", { title: b.sha256 }, b.sha256.slice(0, 12) + "…"), b.encrypted ? ` (encrypted${b.key_id ? `, key ${b.key_id}` : ""})` : ""),
       h("td", { "data-label": "Created" }, formatDate(b.created_at)),
       h("td", { "data-label": "Used by" }, users(b).join("; ") || h("span", { class: "muted" }, "no release")),
       h("td", { "data-label": "Devices" }, h("button", { type: "button", class: "secondary", "data-activity": b.id,
@@ -415,6 +415,7 @@ function uploadForm() {
         if (request.status === 401) { signOut(`The server refused the credential: ${body.error || "HTTP 401"}.`); return; }
         if (request.status !== 200) { error.textContent = body.error || `Upload failed (HTTP ${request.status})`; return; }
         toast(`Uploaded ${body.bundle.version_name}`);
+        if (body.note) toast(body.note);
         form.reset();
         dropped = null;
         chosen.textContent = "";
@@ -484,6 +485,48 @@ async function revokeToken(token) {
   if (confirmed && await attempt(() => api("POST", "tokens.revoke", { token_id: token.id }))) { toast("Token revoked"); refresh(); }
 }
 
+// ---- public keys --------------------------------------------------------------------------
+
+/** The public key each app's encrypted bundles are checked with (the CLI's .capgo_key_v2.pub). */
+function showKeys(admin) {
+  const error = h("p", { class: "error", id: "key-error", role: "alert" });
+  const appId = h("input", { id: "key-app-id", placeholder: "com.example.app", required: true });
+  const pem = h("textarea", { id: "key-pem", rows: 6, required: true, placeholder: "-----BEGIN RSA PUBLIC KEY-----" });
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const set = await attempt(() => api("POST", "public-keys.set", { app_id: appId.value.trim(), public_key: pem.value }), error);
+      if (!set) return;
+      form.reset();
+      toast(`Key ${set.data.key_id} registered for ${set.data.app_id}`);
+      refresh();
+    },
+  }, h("label", { for: "key-app-id" }, "App id"), appId,
+  h("label", { for: "key-pem" }, "Public key (.capgo_key_v2.pub, never the private key)"), pem,
+  h("p", {}, h("button", { type: "submit", id: "set-key" }, "Register key")), error);
+  const list = h("div");
+  const view = [h("h1", {}, "Public keys"),
+    h("p", { class: "muted" }, "With an app's key registered, its encrypted uploads are decrypted and checked (zip and checksum) before they are stored; without one they are stored as sent."),
+    admin ? h("section", { class: "card" }, h("h2", {}, "Register an app's key"), form) : null, list];
+  return { view, reload: async () => {
+    const keys = await api("GET", "public-keys.list");
+    const rows = keys.data.map((k) => h("tr", { "data-key": k.app_id },
+      h("td", { "data-label": "App" }, h("strong", {}, k.app_id)),
+      h("td", { "data-label": "Key id" }, h("code", { title: k.public_key }, k.key_id), h("div", { class: "muted" }, `RSA ${k.bits}`)),
+      h("td", { "data-label": "Registered" }, formatDate(k.registered_at), h("div", { class: "muted" }, `by ${k.registered_by}`)),
+      h("td", { "data-label": "Actions" }, admin ? h("button", { type: "button", class: "danger", "data-remove-key": k.app_id, onclick: () => removeKey(k) }, "Remove") : "")));
+    list.replaceChildren(keys.data.length ? h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, ["App", "Key id", "Registered", "Actions"].map((t) => h("th", {}, t)))),
+      h("tbody", { id: "key-rows" }, rows))) : h("p", { class: "muted", id: "key-rows" }, "No public keys registered: encrypted uploads are stored unchecked."));
+  } };
+}
+
+async function removeKey(key) {
+  const confirmed = await confirmDialog(`Remove the key of ${key.app_id}?`,
+    "Encrypted uploads of this app will be stored without being decrypted and checked.", "Remove", true);
+  if (confirmed && await attempt(() => api("POST", "public-keys.delete", { app_id: key.app_id }))) { toast("Key removed"); refresh(); }
+}
+
 // ---- audit log ----------------------------------------------------------------------------
 
 function showAudit() {
@@ -516,7 +559,10 @@ function showAudit() {
 
 // ---- routing ------------------------------------------------------------------------------
 
-const PAGES = { releases: showReleases, bundles: showBundles, tokens: showTokens, audit: showAudit };
+const PAGES = { releases: showReleases, bundles: showBundles, keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
+
+/** Who is signed in ({name, scope}), from /api/v1/whoami. */
+let whoami = { name: "", scope: "" };
 
 /** The page on screen and the function that reloads its data. A page is built once when
  * opened and shown when its data has loaded; after a change only its data is redrawn, so text
@@ -552,6 +598,7 @@ async function route() {
   if (!who) return;
   document.getElementById("nav").hidden = false;
   document.getElementById("whoami").textContent = `${who.name} (${who.scope})`;
+  whoami = who;
   for (const admin of ["tokens", "audit"]) document.getElementById(`nav-${admin}`).hidden = who.scope !== "full";
   const wanted = location.hash.replace(/^#\//, "");
   const page = PAGES[wanted] ? wanted : "releases";

@@ -48,7 +48,7 @@ pub struct ExpectedChecksum {
 
 impl ExpectedChecksum {
     /// The one checksum rule of every ingest path: the bytes' digests against this.
-    fn check(&self, sha256: &str, crc32: &str) -> Result<(), CatalogError> {
+    pub(super) fn check(&self, sha256: &str, crc32: &str) -> Result<(), CatalogError> {
         let expected = self.value.to_ascii_lowercase();
         let (algorithm, actual) = match expected.len() {
             64 => ("SHA-256", sha256),
@@ -186,12 +186,15 @@ impl Catalog {
             expected.check(&staged.sha256, &staged.crc32)?;
         }
         let encryption = match new.session_key {
-            // Ciphertext is not a zip: the uploader's checksum is what devices verify.
-            Some(session_key) => Some(BundleEncryption::new(
-                session_key,
-                new.encrypted_checksum,
-                new.key_id,
-            )?),
+            // Ciphertext is not a zip: with the app's public key it is decrypted and checked
+            // as devices will; without one it is stored as sent (see `encryption_note`).
+            Some(session_key) => {
+                let encryption =
+                    BundleEncryption::new(session_key, new.encrypted_checksum, new.key_id)?;
+                self.check_encrypted(&new.app_id, &encryption, &staged)
+                    .await?;
+                Some(encryption)
+            }
             None => {
                 if new.key_id.is_some() {
                     return Err(CatalogError::Invalid(

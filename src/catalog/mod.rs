@@ -2,6 +2,7 @@
 //! releases. Every rule lives here (or in `domain`) once; the REST API, the UI and the
 //! operator all call these, and none of them touches a store.
 
+mod app_keys;
 mod bundles;
 mod devices;
 mod error;

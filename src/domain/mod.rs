@@ -4,6 +4,7 @@ pub mod access;
 pub mod bundle;
 pub mod channel;
 pub mod device;
+pub mod encryption;
 pub mod ids;
 pub mod names;
 pub mod net_policy;

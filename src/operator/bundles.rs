@@ -112,10 +112,21 @@ async fn apply(bundle: &Bundle, ctx: &Context, api: &Api<Bundle>) -> Result<Acti
         Ok(None) => fetch_and_store(bundle, ctx).await,
         Err(e) => Err(e.into()),
     };
+    // An encrypted bundle of an app without a registered key was stored unchecked: say so.
+    let stored = match stored {
+        Ok(record) => match ctx.catalog.encryption_note(&record).await {
+            Ok(note) => Ok((record, note)),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
     let (record, outcome) = match stored {
         // The same state always reads the same, so a resync rewrites nothing.
-        Ok(record) => {
-            let message = format!("stored as {}", record.blob_key);
+        Ok((record, note)) => {
+            let mut message = format!("stored as {}", record.blob_key);
+            if let Some(note) = note {
+                message = format!("{message}; {note}");
+            }
             (Some(record), Outcome::Ready { message })
         }
         Err(Failure::Stalled(outcome)) => (None, outcome),

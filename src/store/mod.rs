@@ -21,6 +21,7 @@ use futures_util::stream::BoxStream;
 
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
+use crate::domain::encryption::AppKey;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 pub use crate::error::BoxError;
@@ -166,6 +167,15 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// What changes whenever another process changes what `/updates` answers; `None` for a
     /// store only this process writes (its own writes already clear the answer cache).
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError>;
+
+    // ----- the public keys apps' encrypted bundles are checked with (one per app) -----
+    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError>;
+    /// Registers the key, replacing the app's previous one.
+    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError>;
+    /// By app id.
+    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError>;
+    /// `false` when the app has none.
+    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError>;
 }
 
 /// API tokens and the audit log: what [`crate::access`] reads and writes.

@@ -31,6 +31,7 @@ const OUR_COLLECTIONS: &[&str] = &[
     "stats_events",
     "api_tokens",
     "audit_log",
+    "app_keys",
 ];
 
 /// A seed database, once it was checked to be one.

@@ -4,6 +4,8 @@
 //! uploads into clean conflicts, foreign keys that stop a used bundle from vanishing,
 //! transactions for batches, WAL for crash safety, and a file people can open with `sqlite3`.
 
+mod app_keys;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
+use crate::domain::encryption::AppKey;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis,
@@ -166,6 +169,9 @@ impl SqliteMetadataStore {
             )
             .map_err(internal)?;
         connection.execute_batch(SCHEMA).map_err(internal)?;
+        connection
+            .execute_batch(app_keys::SCHEMA)
+            .map_err(internal)?;
         for (table, column, declaration) in ADDED_COLUMNS {
             let exists: bool = connection
                 .prepare(&format!(
@@ -703,6 +709,22 @@ impl CatalogStore for SqliteMetadataStore {
 
     async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
         self.adopt("bundles", id, owner).await
+    }
+
+    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
+        self.get_app_key(app_id).await
+    }
+
+    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
+        self.upsert_app_key(key).await
+    }
+
+    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
+        self.all_app_keys().await
+    }
+
+    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
+        self.remove_app_key(app_id).await
     }
 }
 

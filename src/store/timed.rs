@@ -15,6 +15,7 @@ use super::{
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
+use crate::domain::encryption::AppKey;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 
@@ -74,6 +75,10 @@ timed_impl! { CatalogStore for TimedMetadataStore, "metadata":
         fn bundle_activity(&self, app_id: &str, version_name: &str, since: UnixMillis) -> Vec<ActivityCount>;
         fn bundle_blob_keys(&self) -> Vec<String>;
         fn catalog_version(&self) -> Option<CatalogVersion>;
+        fn app_key(&self, app_id: &str) -> Option<AppKey>;
+        fn put_app_key(&self, key: &AppKey) -> ();
+        fn list_app_keys(&self) -> Vec<AppKey>;
+        fn delete_app_key(&self, app_id: &str) -> bool;
 }
 
 timed_impl! { AccessStore for TimedMetadataStore, "metadata":

@@ -104,10 +104,14 @@ async fn receive_bundle(
     }
     let bundle = state.catalog.add_bundle(new.clone(), staged).await?;
     tracing::info!(bundle = %bundle.id, app = bundle.app_id, version = bundle.version_name, size = bundle.size, "bundle uploaded");
-    Ok(Json(json!({
+    let mut answer = json!({
         "message": "Bundle uploaded successfully",
         "bundle": BundleView::new(&bundle, &[], &state.catalog).await?,
-    })))
+    });
+    if let Some(note) = state.catalog.encryption_note(&bundle).await? {
+        answer["note"] = json!(note);
+    }
+    Ok(Json(answer))
 }
 
 fn non_empty(value: String) -> Option<String> {

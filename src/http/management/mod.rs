@@ -4,6 +4,7 @@ mod audit;
 pub mod auth;
 mod bundles;
 mod error;
+mod public_keys;
 mod releases;
 mod tokens;
 mod views;
@@ -47,6 +48,13 @@ pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRout
             post(releases::set_active),
         ),
         ("/api/v1/releases.delete", Admin, post(releases::delete)),
+        ("/api/v1/public-keys.list", Read, get(public_keys::list)),
+        ("/api/v1/public-keys.set", Admin, post(public_keys::set)),
+        (
+            "/api/v1/public-keys.delete",
+            Admin,
+            post(public_keys::delete),
+        ),
         ("/api/v1/tokens.list", Admin, get(tokens::list)),
         ("/api/v1/tokens.create", Admin, post(tokens::create)),
         ("/api/v1/tokens.revoke", Admin, post(tokens::revoke)),
