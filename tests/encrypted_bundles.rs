@@ -63,19 +63,6 @@ async fn register(app: &TestApp, pem: &str) -> (StatusCode, Value) {
     .await
 }
 
-fn assert_nothing_stored(app: &TestApp) {
-    assert!(
-        app.files_in("blobs").is_empty(),
-        "{:?}",
-        app.files_in("blobs")
-    );
-    assert!(
-        app.files_in("staging").is_empty(),
-        "{:?}",
-        app.files_in("staging")
-    );
-}
-
 #[tokio::test]
 async fn without_a_registered_key_an_encrypted_upload_is_stored_and_the_answer_says_unchecked() {
     let app = TestApp::new();
@@ -223,7 +210,7 @@ async fn with_the_apps_key_a_bundle_that_does_not_check_out_is_refused() {
         let message = body["error"].as_str().unwrap();
         assert!(message.contains(needle), "{what}: {message}");
     }
-    assert_nothing_stored(&app);
+    app.assert_nothing_stored();
     let (_, bundles) = app.get("/api/v1/bundles.list").await;
     assert!(bundles["data"].as_array().unwrap().is_empty(), "{bundles}");
 }
@@ -249,7 +236,7 @@ async fn a_bundle_encrypted_for_another_key_is_refused() {
         message.contains(&format!("encrypted for key_id {key_id}")),
         "{message}"
     );
-    assert_nothing_stored(&app);
+    app.assert_nothing_stored();
 }
 
 #[tokio::test]

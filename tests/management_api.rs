@@ -300,16 +300,7 @@ async fn bad_uploads_are_refused_and_leave_nothing() {
 
     let (_, bundles) = app.get("/api/v1/bundles.list").await;
     assert!(bundles["data"].as_array().unwrap().is_empty(), "{bundles}");
-    assert!(
-        app.files_in("blobs").is_empty(),
-        "{:?}",
-        app.files_in("blobs")
-    );
-    assert!(
-        app.files_in("staging").is_empty(),
-        "{:?}",
-        app.files_in("staging")
-    );
+    app.assert_nothing_stored();
 }
 
 #[tokio::test]

@@ -86,7 +86,7 @@ impl<T: CatalogStore + AccessStore> MetadataStore for T {}
 
 /// Bundles, releases, channels and device stats: what the catalog reads and writes.
 #[async_trait]
-pub trait CatalogStore: Send + Sync + 'static {
+pub trait CatalogStore: AppKeyStore + Send + Sync + 'static {
     /// Fails with `Duplicate` when the app already has a bundle of that version name.
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError>;
     async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError>;
@@ -167,8 +167,12 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// What changes whenever another process changes what `/updates` answers; `None` for a
     /// store only this process writes (its own writes already clear the answer cache).
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError>;
+}
 
-    // ----- the public keys apps' encrypted bundles are checked with (one per app) -----
+/// The public keys apps' encrypted bundles are checked with (one per app); part of what the
+/// catalog reads and writes.
+#[async_trait]
+pub trait AppKeyStore: Send + Sync + 'static {
     async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError>;
     /// Registers the key, replacing the app's previous one.
     async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError>;

@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
-use crate::domain::encryption::AppKey;
 use crate::domain::stats::{day_of, ActivityCount, StatsEvent};
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, InvalidInput, RecordId, Release, ReleaseKey,
@@ -986,22 +985,6 @@ impl CatalogStore for MongoMetadataStore {
 
     async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
         self.adopt("bundles", id, owner).await
-    }
-
-    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
-        self.get_app_key(app_id).await
-    }
-
-    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
-        self.upsert_app_key(key).await
-    }
-
-    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
-        self.all_app_keys().await
-    }
-
-    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
-        self.remove_app_key(app_id).await
     }
 }
 

@@ -16,7 +16,6 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
-use crate::domain::encryption::AppKey;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis,
@@ -709,22 +708,6 @@ impl CatalogStore for SqliteMetadataStore {
 
     async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
         self.adopt("bundles", id, owner).await
-    }
-
-    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
-        self.get_app_key(app_id).await
-    }
-
-    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
-        self.upsert_app_key(key).await
-    }
-
-    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
-        self.all_app_keys().await
-    }
-
-    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
-        self.remove_app_key(app_id).await
     }
 }
 

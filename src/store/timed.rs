@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    AccessStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion, MetadataStore,
-    StoreError,
+    AccessStore, AppKeyStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion,
+    MetadataStore, StoreError,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
@@ -75,6 +75,9 @@ timed_impl! { CatalogStore for TimedMetadataStore, "metadata":
         fn bundle_activity(&self, app_id: &str, version_name: &str, since: UnixMillis) -> Vec<ActivityCount>;
         fn bundle_blob_keys(&self) -> Vec<String>;
         fn catalog_version(&self) -> Option<CatalogVersion>;
+}
+
+timed_impl! { AppKeyStore for TimedMetadataStore, "metadata":
         fn app_key(&self, app_id: &str) -> Option<AppKey>;
         fn put_app_key(&self, key: &AppKey) -> ();
         fn list_app_keys(&self) -> Vec<AppKey>;

@@ -320,6 +320,14 @@ impl TestApp {
     pub fn files_in(&self, folder: &str) -> Vec<String> {
         list_files(&self.data.path().join(folder))
     }
+
+    /// No stored object and no staging file left behind (after refused uploads).
+    pub fn assert_nothing_stored(&self) {
+        for folder in ["blobs", "staging"] {
+            let left = self.files_in(folder);
+            assert!(left.is_empty(), "{folder}: {left:?}");
+        }
+    }
 }
 
 pub fn list_files(dir: &Path) -> Vec<String> {

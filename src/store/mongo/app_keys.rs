@@ -4,8 +4,11 @@ use mongodb::bson::{doc, DateTime};
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 
+use async_trait::async_trait;
+
 use super::{all, map_error, MongoMetadataStore, StoreError};
 use crate::domain::encryption::{AppKey, RsaPublicKey};
+use crate::store::AppKeyStore;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AppKeyDoc {
@@ -34,8 +37,11 @@ impl MongoMetadataStore {
     fn app_keys(&self) -> Collection<AppKeyDoc> {
         self.db.collection("app_keys")
     }
+}
 
-    pub(super) async fn get_app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
+#[async_trait]
+impl AppKeyStore for MongoMetadataStore {
+    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
         self.app_keys()
             .find_one(doc! {"_id": app_id})
             .await
@@ -44,7 +50,7 @@ impl MongoMetadataStore {
             .transpose()
     }
 
-    pub(super) async fn upsert_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
+    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
         let document = AppKeyDoc {
             app_id: key.app_id.clone(),
             public_key: key.public_key.to_pem(),
@@ -59,7 +65,7 @@ impl MongoMetadataStore {
         Ok(())
     }
 
-    pub(super) async fn all_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
+    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
         all(self.app_keys().find(doc! {}).sort(doc! {"_id": 1}))
             .await?
             .into_iter()
@@ -67,7 +73,7 @@ impl MongoMetadataStore {
             .collect()
     }
 
-    pub(super) async fn remove_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
+    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
         let result = self
             .app_keys()
             .delete_one(doc! {"_id": app_id})

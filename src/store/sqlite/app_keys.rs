@@ -2,8 +2,11 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
+use async_trait::async_trait;
+
 use super::{SqliteMetadataStore, StoreError};
 use crate::domain::encryption::{AppKey, RsaPublicKey};
+use crate::store::AppKeyStore;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS app_keys (
@@ -16,8 +19,9 @@ CREATE TABLE IF NOT EXISTS app_keys (
 
 const COLUMNS: &str = "app_id, public_key, registered_at, registered_by";
 
-impl SqliteMetadataStore {
-    pub(super) async fn get_app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
+#[async_trait]
+impl AppKeyStore for SqliteMetadataStore {
+    async fn app_key(&self, app_id: &str) -> Result<Option<AppKey>, StoreError> {
         let app_id = app_id.to_string();
         self.read(move |c| {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM app_keys WHERE app_id = ?1"))?
@@ -27,7 +31,7 @@ impl SqliteMetadataStore {
         .await
     }
 
-    pub(super) async fn upsert_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
+    async fn put_app_key(&self, key: &AppKey) -> Result<(), StoreError> {
         let key = key.clone();
         self.run(move |c| {
             c.prepare_cached(&format!(
@@ -46,7 +50,7 @@ impl SqliteMetadataStore {
         .await
     }
 
-    pub(super) async fn all_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
+    async fn list_app_keys(&self) -> Result<Vec<AppKey>, StoreError> {
         self.run(|c| {
             c.prepare_cached(&format!("SELECT {COLUMNS} FROM app_keys ORDER BY app_id"))?
                 .query_map([], app_key_from_row)?
@@ -55,7 +59,7 @@ impl SqliteMetadataStore {
         .await
     }
 
-    pub(super) async fn remove_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
+    async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError> {
         let app_id = app_id.to_string();
         self.run(move |c| {
             c.prepare_cached("DELETE FROM app_keys WHERE app_id = ?1")?
