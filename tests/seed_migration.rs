@@ -715,10 +715,21 @@ async fn a_migration_killed_part_way_continues_where_it_stopped() {
     let versions = assert_every_record_has_its_bytes(&server).await;
     assert_eq!(versions.len(), 4, "{versions:?}");
     server.stop();
+    // Object keys are `bundles/<id>-<32 random hex>.zip`: compare the ids they are named by.
     let ours: Vec<String> = dump_bucket(&services, &bucket)
         .await
         .into_iter()
-        .map(|o| o.0)
+        .map(|(key, ..)| {
+            let (named, secret) = key
+                .strip_suffix(".zip")
+                .and_then(|k| k.rsplit_once('-'))
+                .unwrap_or_else(|| panic!("unexpected object {key}"));
+            assert!(
+                secret.len() == 32 && secret.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{key}"
+            );
+            format!("{named}.zip")
+        })
         .collect();
     let mut expected: Vec<String> = [B1.id, B3.id, B4.id, LARGE.id]
         .iter()
