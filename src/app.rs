@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::keys::{load_or_generate_token, ApiKeys};
 use crate::catalog::staging::Staging;
 use crate::catalog::{Catalog, CatalogError, CatalogSettings};
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 
 use crate::access::Access;
 use crate::http::serve::ConnectionLimits;
@@ -63,7 +63,7 @@ impl DataDir {
             path: root.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(root).map_err(io)?;
+        make_private_dir(root).map_err(io)?;
         let lock = File::create(root.join(".lock")).map_err(io)?;
         match lock.try_lock() {
             Ok(()) => Ok(DataDir {
@@ -77,8 +77,16 @@ impl DataDir {
         }
     }
 
-    fn database(&self) -> PathBuf {
-        self.root.join("capgo.db")
+    /// The SQLite file, created readable by this user only (SQLite gives its `-wal` and `-shm`
+    /// files the same mode).
+    fn database(&self) -> std::io::Result<PathBuf> {
+        let path = self.root.join("capgo.db");
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(&path)?;
+        Ok(path)
     }
     fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
@@ -89,6 +97,30 @@ impl DataDir {
     fn generated_token(&self) -> PathBuf {
         self.root.join("management-api-token")
     }
+}
+
+/// Creates DATA_DIR readable by this user only (it holds the database, the bundles and the
+/// generated token), and takes group and other access away from one that exists.
+fn make_private_dir(root: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(root)?;
+        let mode = std::fs::metadata(root)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            // A volume mounted by someone else may refuse: worth a warning, not a failed start.
+            let private = std::fs::Permissions::from_mode(mode & 0o700);
+            if let Err(e) = std::fs::set_permissions(root, private) {
+                tracing::warn!(path = %root.display(), error = %e, "DATA_DIR is readable by other users and cannot be made private");
+            }
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    builder.create(root)
 }
 
 /// The metadata and blob stores the configuration selects.
@@ -106,7 +138,13 @@ pub async fn open_stores(
 ) -> Result<Stores, StartupError> {
     let metadata: Arc<dyn MetadataStore> = match &config.mongo_connection_string {
         Some(uri) => Arc::new(MongoMetadataStore::connect(uri, &config.mongo_database).await?),
-        None => Arc::new(SqliteMetadataStore::open(&data.database())?),
+        None => {
+            let path = data.database().map_err(|source| StartupError::DataDir {
+                path: data.root.clone(),
+                source,
+            })?;
+            Arc::new(SqliteMetadataStore::open(&path)?)
+        }
     };
     let blobs: Arc<dyn BlobStore> = match &config.s3_bucket {
         Some(bucket) => Arc::new(
@@ -128,12 +166,34 @@ pub async fn open_stores(
     })
 }
 
-/// `capgo-server migrate`: creates or upgrades the schema, then exits.
-pub async fn migrate(config: &Config) -> Result<(), StartupError> {
-    let data = DataDir::open(&config.data_dir)?;
-    open_stores(config, &data, &config.public_base_url_for(config.user_port)).await?;
+/// `capgo-server migrate`: creates or upgrades the schema (opening the stores does), and
+/// returns the catalog over them for what the command does next.
+pub async fn migrate(config: &Config, data: &DataDir) -> Result<Catalog, StartupError> {
+    let stores = open_stores(config, data, &config.public_base_url_for(config.user_port)).await?;
     tracing::info!(data_dir = %config.data_dir.display(), "schema is up to date");
-    Ok(())
+    catalog_over(config, data, &stores)
+}
+
+/// The catalog over `stores`, staging uploads in DATA_DIR (emptied first: the folder is locked
+/// to this process, so nothing else can be mid-upload there).
+fn catalog_over(config: &Config, data: &DataDir, stores: &Stores) -> Result<Catalog, StartupError> {
+    let staging = Staging::new(data.staging())?;
+    // DATA_DIR is locked to this process: nothing else can be mid-upload now.
+    match staging.remove_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed staging files of interrupted uploads"),
+        Err(e) => tracing::warn!(error = %e, "could not clear the staging folder"),
+    }
+    Ok(Catalog::new(
+        stores.metadata.clone(),
+        stores.blobs.clone(),
+        CatalogSettings {
+            cache_duration: config.cache_result_duration,
+            staging,
+            max_bundle_size: config.max_bundle_size,
+            import_prefix: config.bundle_import_prefix.clone(),
+        },
+    ))
 }
 
 fn management_keys(config: &Config, data: &DataDir) -> Result<ApiKeys, StartupError> {
@@ -147,10 +207,17 @@ fn management_keys(config: &Config, data: &DataDir) -> Result<ApiKeys, StartupEr
             source,
         })?;
     if generated {
+        // Never through the log pipeline (OTLP, a collector of JSON lines): in text mode,
+        // printed once to the terminal; in JSON mode only the file that holds it is named.
+        if config.log_format == LogFormat::Text {
+            println!(
+                "MANAGEMENT_API_TOKENS is not set: generated a management API token, shown once \
+                 (send it as x-api-key): {token}"
+            );
+        }
         tracing::warn!(
-            token = token.as_str(),
             file = %path.display(),
-            "MANAGEMENT_API_TOKENS is not set: generated a management API token (shown once; send it as x-api-key)"
+            "MANAGEMENT_API_TOKENS is not set: generated a management API token into this file (readable by this user only)"
         );
     } else {
         tracing::info!(file = %path.display(), "MANAGEMENT_API_TOKENS is not set: using the generated token in this file");
@@ -175,22 +242,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let public_base_url = config.public_base_url_for(public_port);
 
     let stores = open_stores(&config, &data, &public_base_url).await?;
-    let staging = Staging::new(data.staging())?;
-    // DATA_DIR is locked to this process: nothing else can be mid-upload now.
-    match staging.remove_leftovers() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "removed staging files of interrupted uploads"),
-        Err(e) => tracing::warn!(error = %e, "could not clear the staging folder"),
-    }
-    let catalog = Arc::new(Catalog::new(
-        stores.metadata.clone(),
-        stores.blobs,
-        CatalogSettings {
-            cache_duration: config.cache_result_duration,
-            staging,
-            max_bundle_size: config.max_bundle_size,
-        },
-    ));
+    let catalog = Arc::new(catalog_over(&config, &data, &stores)?);
     // With shared storage another replica may be between storing an object and recording it.
     let orphan_age = if config.uses_embedded_storage() {
         Duration::ZERO
@@ -223,7 +275,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     );
     let state = AppState::new(&config, catalog, access);
 
-    if state.rate_limiter.is_some() {
+    if state.rate_limiter.is_some() || state.stats_limiter.is_some() {
         let (state, stop) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut every_minute = tokio::time::interval(Duration::from_secs(60));
@@ -232,7 +284,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
                 .await
                 .is_some()
             {
-                if let Some(limiter) = &state.rate_limiter {
+                for limiter in [&state.rate_limiter, &state.stats_limiter]
+                    .into_iter()
+                    .flatten()
+                {
                     limiter.forget_idle_clients();
                 }
             }
@@ -249,12 +304,24 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let limits = ConnectionLimits {
         header_timeout: config.http_header_timeout,
         max_header_bytes: usize::try_from(config.http_max_header_size).unwrap_or(usize::MAX),
+        write_stall_timeout: config.http_write_stall_timeout,
+        gate: None,
+    };
+    // Whatever the device port suffers, descriptors stay for the management port.
+    let open_files = http::connections::raise_open_file_limit();
+    let device_limits = ConnectionLimits {
+        gate: Some(http::connections::ConnectionGate::new(
+            config.max_connections_per_ip as usize,
+            http::connections::device_connections_for(open_files),
+            config.trusted_proxies.clone(),
+        )),
+        ..limits.clone()
     };
     let public_server = run_server(
         "device API",
         public,
         http::device::router(state.clone()),
-        limits,
+        device_limits,
         shutdown.clone(),
     );
     let management_server = run_server(
@@ -287,7 +354,8 @@ async fn start_operator(config: &Config, catalog: Arc<Catalog>, shutdown: Cancel
         lease_name: config.controller_lease_name.clone(),
         identity: identity.clone(),
     };
-    let ctx = operator::Context::new(client, catalog, &identity);
+    let sources = operator::fetch::SourceFetcher::new(config.bundle_sources.clone());
+    let ctx = operator::Context::new(client, catalog, &identity, sources);
     tokio::spawn(operator::run(settings, ctx, shutdown));
 }
 

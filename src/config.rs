@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::domain::net_policy::{HostPattern, SourcePolicy};
+use crate::domain::stats::MAX_BATCH;
+
 /// Where the default config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/config.yml";
 
@@ -31,12 +34,18 @@ pub struct Config {
     pub orphan_grace_period: Duration,
     /// Time a connection may take to send a request's headers (also the keep-alive idle limit).
     pub http_header_timeout: Duration,
+    /// A response write without progress for this long ends the connection.
+    pub http_write_stall_timeout: Duration,
+    /// Open device-port connections per peer address (0: no cap).
+    pub max_connections_per_ip: u32,
     /// Largest request line plus headers.
     pub http_max_header_size: u64,
     /// Full-access management tokens. Empty means "generate one in DATA_DIR".
     pub management_api_tokens: Vec<String>,
     /// Requests per minute per client IP on the device API; 0 disables the limit.
     pub limit_request_per_minute: u32,
+    /// `/stats` events per minute per client IP (0: no limit).
+    pub stats_events_per_minute: u32,
     pub trusted_proxies: Vec<IpNet>,
     pub cache_result_duration: Duration,
     pub oauth_issuer: Option<String>,
@@ -58,6 +67,10 @@ pub struct Config {
     pub controller_namespaces: Vec<String>,
     pub controller_lease_namespace: String,
     pub controller_lease_name: String,
+    /// Where `Bundle` resources may fetch `source.url` from.
+    pub bundle_sources: SourcePolicy,
+    /// The bucket prefix `Bundle` resources may import `source.bucketKey` objects from.
+    pub bundle_import_prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,10 +118,13 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CATALOG_SYNC_INTERVAL", Some("1s")),
     ("DEVICE_REQUEST_TIMEOUT", Some("30s")),
     ("HTTP_HEADER_TIMEOUT", Some("10s")),
+    ("HTTP_WRITE_STALL_TIMEOUT", Some("30s")),
+    ("MAX_CONNECTIONS_PER_IP", Some("64")),
     ("ORPHAN_GRACE_PERIOD", Some("1h")),
     ("HTTP_MAX_HEADER_SIZE", Some("32KiB")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
+    ("STATS_EVENTS_PER_MINUTE", Some("6000")),
     ("TRUSTED_PROXIES", None),
     ("CACHE_RESULT_DURATION", Some("10m")),
     ("OAUTH_ISSUER", None),
@@ -125,6 +141,9 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CONTROLLER_NAMESPACES", None),
     ("CONTROLLER_LEASE_NAMESPACE", Some("default")),
     ("CONTROLLER_LEASE_NAME", Some("capgo-server-controller")),
+    ("BUNDLE_SOURCE_ALLOW_PRIVATE", Some("false")),
+    ("BUNDLE_SOURCE_ALLOWED_HOSTS", None),
+    ("BUNDLE_IMPORT_PREFIX", Some("imports/")),
 ];
 
 fn yaml_key(env: &str) -> String {
@@ -154,7 +173,7 @@ impl RawValues {
                 .map_err(|reason| ConfigError::Invalid {
                     env,
                     yaml_key: yaml_key(env),
-                    value: value.to_string(),
+                    value: shown_value(env, value),
                     reason,
                 }),
         }
@@ -254,6 +273,14 @@ impl Config {
                 "HTTP_HEADER_TIMEOUT",
                 duration_of_at_least_100ms("allow clients at least 100ms"),
             )?,
+            http_write_stall_timeout: raw.required(
+                "HTTP_WRITE_STALL_TIMEOUT",
+                duration_of_at_least_100ms("allow clients at least 100ms"),
+            )?,
+            max_connections_per_ip: raw.required("MAX_CONNECTIONS_PER_IP", |v| {
+                v.parse::<u32>()
+                    .map_err(|_| "expected a whole number of connections (0: no cap)".into())
+            })?,
             http_max_header_size: raw.required("HTTP_MAX_HEADER_SIZE", |v| {
                 let size = parse_byte_size(v)?;
                 if !(1024..=1024 * 1024).contains(&size) {
@@ -272,6 +299,19 @@ impl Config {
                 v.parse::<u32>().map_err(|_| {
                     "expected a whole number of requests per minute (0 disables)".into()
                 })
+            })?,
+            stats_events_per_minute: raw.required("STATS_EVENTS_PER_MINUTE", |v| {
+                let bad = || {
+                    format!(
+                        "expected a whole number of events per minute, 0 (no limit) or at least \
+                         {MAX_BATCH} (one full batch)"
+                    )
+                };
+                let n = v.parse::<u32>().map_err(|_| bad())?;
+                if n != 0 && (n as usize) < MAX_BATCH {
+                    return Err(bad());
+                }
+                Ok(n)
             })?,
             trusted_proxies: raw
                 .parse("TRUSTED_PROXIES", parse_trusted_proxies)?
@@ -297,11 +337,7 @@ impl Config {
                 "json" => Ok(LogFormat::Json),
                 _ => Err("expected `text` or `json`".into()),
             })?,
-            controller_enabled: raw.required("CONTROLLER_ENABLED", |v| match v {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err("expected `true` or `false`".into()),
-            })?,
+            controller_enabled: raw.required("CONTROLLER_ENABLED", parse_bool)?,
             controller_namespaces: raw
                 .parse("CONTROLLER_NAMESPACES", |v| {
                     Ok(v.split(',')
@@ -314,6 +350,22 @@ impl Config {
             controller_lease_namespace: raw
                 .required("CONTROLLER_LEASE_NAMESPACE", |v| Ok(v.to_string()))?,
             controller_lease_name: raw.required("CONTROLLER_LEASE_NAME", |v| Ok(v.to_string()))?,
+            bundle_sources: SourcePolicy {
+                allow_private: raw.required("BUNDLE_SOURCE_ALLOW_PRIVATE", parse_bool)?,
+                allowed_hosts: raw
+                    .parse("BUNDLE_SOURCE_ALLOWED_HOSTS", |v| {
+                        v.split(',')
+                            .map(str::trim)
+                            .filter(|h| !h.is_empty())
+                            .map(HostPattern::parse)
+                            .collect()
+                    })?
+                    .unwrap_or_default(),
+            },
+            bundle_import_prefix: raw.required("BUNDLE_IMPORT_PREFIX", |v| {
+                crate::domain::bundle::check_import_prefix(v).map_err(|e| e.0)?;
+                Ok(v.to_string())
+            })?,
         };
         config.check_combinations()?;
         Ok(config)
@@ -381,7 +433,7 @@ fn parse_yaml_settings(text: &str, path: &Path) -> Result<BTreeMap<String, Strin
         let text = yaml_scalar_text(&value).ok_or_else(|| ConfigError::Invalid {
             env,
             yaml_key: key.clone(),
-            value: format!("{value:?}"),
+            value: shown_value(env, &format!("{value:?}")),
             reason: "expected a string, a number, a boolean or a list of those".into(),
         })?;
         values.insert(key, text);
@@ -424,6 +476,30 @@ fn yaml_scalar_text(value: &serde_yaml::Value) -> Option<String> {
             .collect::<Option<Vec<_>>>()
             .map(|parts| parts.join(",")),
         Value::Mapping(_) | Value::Tagged(_) => None,
+    }
+}
+
+/// Settings whose values are secrets (or hold one, as a password in a connection string): a
+/// message about them never repeats the value.
+const SECRET_SETTINGS: &[&str] = &["MANAGEMENT_API_TOKENS", "MONGO_CONNECTION_STRING"];
+
+/// How an invalid value is quoted in an error message.
+fn shown_value(env: &str, value: &str) -> String {
+    if SECRET_SETTINGS.contains(&env) {
+        format!(
+            "<{} characters, not shown: a secret>",
+            value.chars().count()
+        )
+    } else {
+        value.to_string()
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected `true` or `false`".into()),
     }
 }
 
@@ -627,6 +703,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_secret_is_not_repeated() {
+        let tokens = "first-secret-token-1,second-secret-token-2,tiny1";
+        let err = load(&[("MANAGEMENT_API_TOKENS", tokens)], None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MANAGEMENT_API_TOKENS"), "{err}");
+        assert!(err.contains("not shown"), "{err}");
+        for secret in ["first-secret-token-1", "second-secret-token-2", "tiny1"] {
+            assert!(!err.contains(secret), "{err}");
+        }
+        let yaml = "management_api_tokens:\n  - {nested: first-secret-token-1}\n";
+        let err = load(&[], Some(yaml)).unwrap_err().to_string();
+        assert!(!err.contains("first-secret-token-1"), "{err}");
     }
 
     #[test]

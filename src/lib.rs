@@ -6,7 +6,8 @@
 //! - [`catalog`]: the operations people, devices and the operator perform, each rule once;
 //! - [`access`]: who calls the management API (keys, tokens, OIDC) and the audit log;
 //! - [`http`]: the device API (public port) and the management API (management port);
-//! - [`operator`]: `Bundle` and `Release` custom resources reconciled into the catalog.
+//! - [`operator`]: `Bundle` and `Release` custom resources reconciled into the catalog;
+//! - [`migrate`]: `capgo-server migrate`, the schema and the seed's records.
 
 pub mod access;
 pub mod app;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod metrics;
+pub mod migrate;
 pub mod operator;
 pub mod store;
 pub mod telemetry;

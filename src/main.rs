@@ -29,14 +29,14 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
     let telemetry = capgo_server::telemetry::init(config.log_format, runtime.handle());
-    let result = runtime.block_on(async {
+    let result: Result<(), capgo_server::error::BoxError> = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                capgo_server::app::serve(config, shutdown).await
+                Ok(capgo_server::app::serve(config, shutdown).await?)
             }
-            Command::Migrate => capgo_server::app::migrate(&config).await,
+            Command::Migrate(args) => Ok(capgo_server::migrate::run(&config, &args).await?),
             Command::Crdgen => unreachable!("handled before configuration is read"),
         }
     });
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let e = capgo_server::error::Chain(&e);
+            let e = capgo_server::error::Chain(e.as_ref());
             tracing::error!("{e}");
             eprintln!("capgo-server: {e}");
             ExitCode::FAILURE

@@ -521,7 +521,11 @@ async fn a_rotated_key_is_fetched_on_first_sight() {
 #[tokio::test]
 async fn opaque_tokens_use_userinfo_with_a_short_cache() {
     let issuer = TestIssuer::start().await;
-    let app = oidc_app(&issuer).await;
+    // Without an audience to check: with one, opaque tokens are refused (below).
+    let app = TestApp::with_env(&[
+        ("OAUTH_ISSUER", issuer.url.as_str()),
+        ("OAUTH_CLIENT_ID", CLIENT_ID),
+    ]);
     let (status, body) = with_bearer(&app, OPAQUE_TOKEN).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["name"], "oidc:bob <bob@example.com>");
@@ -537,6 +541,22 @@ async fn opaque_tokens_use_userinfo_with_a_short_cache() {
         body["error"].as_str().unwrap().contains("does not accept"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn with_an_audience_opaque_tokens_are_refused_without_asking_userinfo() {
+    let issuer = TestIssuer::start().await;
+    let app = oidc_app(&issuer).await;
+    let (status, body) = with_bearer(&app, OPAQUE_TOKEN).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("OAUTH_AUDIENCE"),
+        "{body}"
+    );
+    assert_eq!(issuer.userinfo_calls(), 0, "userinfo is never asked");
+    // JWTs with the audience still work.
+    let jwt = issuer.sign(&issuer.claims("alice"), 1, "key-1");
+    assert_eq!(with_bearer(&app, &jwt).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -583,4 +603,46 @@ async fn bearer_tokens_without_oidc_configured_are_refused_clearly() {
     let (status, body) = with_bearer(&app, API_KEY).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["scope"], "full");
+}
+
+/// `GET /api/v1/whoami` with `key`, from `peer`: status and `Retry-After`.
+async fn whoami_from(app: &TestApp, peer: &str, key: &str) -> (StatusCode, Option<String>) {
+    use tower::ServiceExt;
+    let mut request = axum::http::Request::builder()
+        .uri("/api/v1/whoami")
+        .header("x-api-key", key)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let peer: std::net::SocketAddr = format!("{peer}:40000").parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    let response = app.management.clone().oneshot(request).await.unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (response.status(), retry_after)
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_address() {
+    let app = TestApp::new();
+    let guesser = "203.0.113.9";
+    for i in 0..capgo_server::http::auth_throttle::FAILED_LOGINS_PER_MINUTE {
+        let (status, _) = whoami_from(&app, guesser, &format!("wrong-key-{i:04}")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    // Held: even the right key is not checked from that address now.
+    for key in ["wrong-key-next", API_KEY] {
+        let (status, retry_after) = whoami_from(&app, guesser, key).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{key}");
+        let seconds: u64 = retry_after.expect("Retry-After").parse().unwrap();
+        assert!((1..=60).contains(&seconds), "{seconds}");
+    }
+    // Other addresses are not affected.
+    assert_eq!(
+        whoami_from(&app, "198.51.100.4", API_KEY).await.0,
+        StatusCode::OK
+    );
 }

@@ -311,10 +311,10 @@ async fn racing_duplicate_uploads_leave_one_record_and_one_object() {
         .unwrap()
         .to_string();
     let stored = objects_in_bucket(&services, &bucket).await;
-    assert_eq!(
-        stored,
-        [format!("bundles/{winner}.zip")],
-        "losers' objects were removed"
+    assert_eq!(stored.len(), 1, "losers' objects were removed: {stored:?}");
+    assert!(
+        stored[0].starts_with(&format!("bundles/{winner}-")),
+        "{stored:?}"
     );
 }
 

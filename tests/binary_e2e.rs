@@ -373,6 +373,8 @@ fn slow_idle_and_oversized_headers_cannot_hold_connections() {
             ("MANAGEMENT_API_TOKENS", API_KEY),
             ("HTTP_HEADER_TIMEOUT", "1s"),
             ("HTTP_MAX_HEADER_SIZE", "16KiB"),
+            // 100 connections from one address: the header timeout is what is tested here.
+            ("MAX_CONNECTIONS_PER_IP", "0"),
         ],
     );
     for url in [&server.public_url, &server.management_url] {
@@ -455,4 +457,169 @@ async fn sigkill_during_uploads_leaves_no_half_record_and_no_orphan_file() {
     let (status, body) = client.upload(APP_ID, "0.0.0", web_bundle("after")).await;
     assert_eq!(status, 200, "{body}");
     assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_json_logs_and_data_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("data");
+    // A folder made by hand with the usual umask: made private at start.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = ServerProcess::start(&data, &[("LOG_FORMAT", "json")]);
+    let token_file = data.join("management-api-token");
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let log = server.log_text();
+    assert!(
+        !log.contains(&token),
+        "a log collector never sees it: {log}"
+    );
+    assert!(log.contains("management-api-token"), "the file is named");
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "DATA_DIR");
+    assert_eq!(mode(&data.join("capgo.db")), 0o600, "the database");
+    assert_eq!(mode(&token_file), 0o600, "the token");
+    let list = format!("{}/api/v1/bundles.list", server.management_url);
+    assert_eq!(get_status(&list, &token), 200);
+    assert!(server.stop().success());
+
+    // A config error about the tokens never repeats them.
+    let output = Command::new(env!("CARGO_BIN_EXE_capgo-server"))
+        .env_clear()
+        .env("MANAGEMENT_API_TOKENS", "a-long-secret-token,tiny1")
+        .env("DATA_DIR", parent.path().join("other"))
+        .current_dir(parent.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("MANAGEMENT_API_TOKENS"), "{stderr}");
+    assert!(!stderr.contains("a-long-secret-token"), "{stderr}");
+}
+
+/// Connects to `url`'s host and asks for its path, then never reads.
+fn stalled_download(url: &str) -> std::net::TcpStream {
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap();
+    let address = host.replace("localhost", "127.0.0.1");
+    let mut stream = std::net::TcpStream::connect(&address).unwrap();
+    // Over the descriptor budget the server closes at once: the write may fail, which the
+    // caller sees as a connection closed with nothing received.
+    let _ = write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream
+}
+
+/// Reads `stream` to its end: how many bytes came before the server closed it (`None`: it
+/// stayed open for a minute).
+fn bytes_until_closed(stream: &mut std::net::TcpStream) -> Option<usize> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(total),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The status of a GET, `None` when the server closed the connection without answering.
+fn try_status(url: &str) -> Option<u16> {
+    let (address, path) = url.trim_start_matches("http://").split_once('/').unwrap();
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn stalled_downloads_cannot_starve_the_server_of_file_descriptors() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        println!("skipped: prlimit (util-linux) is not installed");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    // 256 descriptors, soft and hard: the server cannot raise them.
+    let server = ServerProcess::start_wrapped(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("HTTP_WRITE_STALL_TIMEOUT", "2s"),
+            ("MAX_CONNECTIONS_PER_IP", "0"),
+        ],
+        &["prlimit", "--nofile=256:256", "--"],
+    );
+    let client = Client::new(&server, API_KEY);
+    let (status, uploaded) = client
+        .upload(APP_ID, "1.0.0", sized_bundle("big", 20 << 20))
+        .await;
+    assert_eq!(status, 200, "{uploaded}");
+    let url = uploaded["bundle"]["public_download_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let size = 20 << 20;
+    let mut stalled: Vec<_> = (0..150).map(|_| stalled_download(&url)).collect();
+    // The management port answers while they hang.
+    for _ in 0..3 {
+        assert_eq!(
+            try_status(&format!("{}/_healthz", server.management_url)),
+            Some(200)
+        );
+    }
+    // Well past HTTP_WRITE_STALL_TIMEOUT: every stalled download was cut (those over the
+    // descriptor budget at once), none delivered the whole bundle.
+    std::thread::sleep(Duration::from_secs(15));
+    for stream in &mut stalled {
+        let received = bytes_until_closed(stream).expect("closed by the server");
+        assert!(
+            received < size,
+            "a stalled download was not cut: {received}"
+        );
+    }
+    assert_eq!(
+        try_status(&format!("{}/_healthz", server.public_url)),
+        Some(200)
+    );
+    assert!(server.stop().success());
+}
+
+#[tokio::test]
+async fn one_address_holds_a_bounded_number_of_device_connections() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("MAX_CONNECTIONS_PER_IP", "4"),
+        ],
+    );
+    let address = server.public_url.trim_start_matches("http://").to_string();
+    let held: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&address).unwrap())
+        .collect();
+    // Accepted, then closed at once: the fifth gets no answer.
+    assert_eq!(try_status(&format!("{}/_healthz", server.public_url)), None);
+    drop(held);
+    let mut attempts = 0;
+    while try_status(&format!("{}/_healthz", server.public_url)) != Some(200) {
+        attempts += 1;
+        assert!(attempts < 100, "places are freed when connections close");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -189,11 +189,13 @@ async fn stats_accept_objects_and_batches_and_store_them() {
 
     let batch: Vec<Value> = (0..200)
         .map(|i| {
-            if i % 2 == 0 {
+            let mut body = if i % 2 == 0 {
                 event("download_complete")
             } else {
                 event("app_moved_to_foreground")
-            }
+            };
+            body["device_id"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
+            body
         })
         .collect();
     let (status, answer) = app
@@ -220,7 +222,10 @@ async fn stats_accept_objects_and_batches_and_store_them() {
     let (_, activity) = app
         .get(&format!("/api/v1/bundles.activity?bundle_id={builtin}"))
         .await;
-    assert_eq!(activity["actions"]["set"], 2);
+    assert_eq!(
+        activity["actions"]["set"], 1,
+        "one device's two `set` events count once"
+    );
     assert_eq!(activity["actions"]["download_complete"], 100);
     assert_eq!(activity["actions"]["totally_new_action"], 1);
 
@@ -320,7 +325,6 @@ async fn status_from(
     peer: &str,
     forwarded_for: Option<&str>,
 ) -> (StatusCode, Value, Option<String>) {
-    let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
     let mut request = Request::post("/updates");
     if let Some(xff) = forwarded_for {
         request = request.header("x-forwarded-for", xff);
@@ -328,6 +332,16 @@ async fn status_from(
     let request = request
         .body(Body::from(device_body("builtin", "8.51.14").to_string()))
         .unwrap();
+    call_from(app, peer, request).await
+}
+
+/// `request` to `app` from `peer`: status, JSON body and `Retry-After`.
+async fn call_from(
+    app: &axum::Router,
+    peer: &str,
+    request: Request<Body>,
+) -> (StatusCode, Value, Option<String>) {
+    let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
     let response = tower::ServiceExt::oneshot(app.clone().layer(MockConnectInfo(peer)), request)
         .await
         .unwrap();
@@ -381,7 +395,8 @@ async fn rate_limit_per_client_with_retry_hints() {
             .0,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // Stats are not rate limited: batched telemetry from one NAT must not be dropped.
+    // Stats are not limited per request (only per event): batched telemetry from one NAT
+    // must not be dropped.
     let request = Request::post("/stats")
         .body(Body::from(
             json!({"app_id": APP_ID, "device_id": DEVICE_ID, "action": "set"}).to_string(),
@@ -396,6 +411,56 @@ async fn rate_limit_per_client_with_retry_hints() {
     .await
     .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// `POST /stats` from `peer`: status, `Retry-After`, body.
+async fn stats_from(
+    app: &TestApp,
+    peer: &str,
+    body: &Value,
+) -> (StatusCode, Option<String>, Value) {
+    let request = Request::post("/stats")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, body, retry_after) = call_from(&app.device, peer, request).await;
+    (status, retry_after, body)
+}
+
+#[tokio::test]
+async fn stats_events_are_limited_per_address_and_counted_per_device() {
+    let app = TestApp::with_env(&[("STATS_EVENTS_PER_MINUTE", "1000")]);
+    let builtin = app.upload_bundle("1.0.0").await;
+    let fail = json!({"app_id": APP_ID, "device_id": DEVICE_ID, "action": "download_fail",
+                      "version_name": "1.0.0"});
+    // One device, a full batch of failures: stored, but the chart counts one device.
+    let batch = Value::Array(vec![fail.clone(); 1000]);
+    let (status, _, answer) = stats_from(&app, "203.0.113.5", &batch).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, activity) = app
+        .get(&format!("/api/v1/bundles.activity?bundle_id={builtin}"))
+        .await;
+    assert_eq!(activity["actions"]["download_fail"], 1, "{activity}");
+
+    // That address has used its minute (a few events may have come back since); another has
+    // not.
+    let (status, retry_after, answer) = stats_from(&app, "203.0.113.5", &batch).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert!(
+        retry_after.is_some() && answer["retryAfterSeconds"].is_u64(),
+        "{answer}"
+    );
+    let (status, _, _) = stats_from(&app, "198.51.100.7", &fail).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Oversized fields are refused, not stored.
+    let mut huge = fail.clone();
+    huge["device_id"] = json!("d".repeat(1 << 20));
+    let (status, _, answer) = stats_from(&app, "198.51.100.8", &huge).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("device_id"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -433,7 +498,23 @@ async fn bundle_download_supports_ranges() {
         .unwrap()
         .to_bytes();
     assert_eq!(&part[..], &bytes[10..20]);
+    // An If-Range that cannot match gets the whole file, marked not to be sniffed.
+    let garbage = Request::get(&path)
+        .header("range", "bytes=10-19")
+        .header("if-range", "garbage")
+        .body(Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(app.device.clone(), garbage)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    // A link planted in the blob folder is not followed.
+    let outside = app.data.path().join("outside.zip");
+    std::fs::write(&outside, b"not the server's").unwrap();
+    std::os::unix::fs::symlink(&outside, app.data.path().join("blobs/bundles/linked.zip")).unwrap();
     for missing in [
+        "/files/bundles/linked.zip",
         "/files/bundles/0123456789abcdef01234567.zip",
         "/files/../capgo.db",
         "/files/bundles/..%2F..%2Fcapgo.db",
@@ -445,4 +526,31 @@ async fn bundle_download_supports_ranges() {
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{missing}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_bundle_cannot_be_downloaded_by_guessing_its_id() {
+    let (app, release, _, next) = catalog().await;
+    // Never promoted: the id alone (time, process, counter) must not lead to its bytes.
+    let hidden = app.upload_bundle("9.9.9").await;
+    let get = |path: String| {
+        let device = app.device.clone();
+        async move {
+            tower::ServiceExt::oneshot(device, Request::get(&path).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        get(format!("/files/bundles/{hidden}.zip")).await,
+        StatusCode::NOT_FOUND
+    );
+    // The URL a device is given works.
+    app.set_active(&release, &next, None).await;
+    let answer = app.check(&device_body("builtin", "8.51.14")).await;
+    let url = answer["url"].as_str().unwrap();
+    assert!(!url.ends_with(&format!("/{next}.zip")), "{url}");
+    let path = url.trim_start_matches("http://localhost:8000").to_string();
+    assert_eq!(get(path).await, StatusCode::OK);
 }

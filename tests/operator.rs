@@ -17,12 +17,14 @@ use serde_json::{json, Value};
 use capgo_server::catalog::staging::Staging;
 use capgo_server::catalog::{Catalog, CatalogSettings};
 use capgo_server::domain::channel::Channel;
+use capgo_server::domain::net_policy::SourcePolicy;
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
 use capgo_server::domain::{
     Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey,
     ResourceRef, UnixMillis,
 };
 use capgo_server::operator::crd::{Bundle, Release};
+use capgo_server::operator::fetch::SourceFetcher;
 use capgo_server::operator::{bundles, releases, Context};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
@@ -231,6 +233,14 @@ impl FakeApi {
     }
 }
 
+/// Sources for most tests: the zips are served on loopback, which only the opt-in allows.
+fn loopback_sources() -> SourceFetcher {
+    SourceFetcher::new(SourcePolicy {
+        allow_private: true,
+        ..Default::default()
+    })
+}
+
 struct Harness {
     api: Arc<FakeApi>,
     /// The catalog's blob store, for objects put into the "bucket" by hand.
@@ -244,6 +254,10 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
+        Harness::with_sources(loopback_sources()).await
+    }
+
+    async fn with_sources(sources: SourceFetcher) -> Harness {
         common::install_crypto_provider();
         let data = tempfile::tempdir().unwrap();
         let store = Arc::new(CountingStore {
@@ -261,6 +275,7 @@ impl Harness {
                 cache_duration: std::time::Duration::from_secs(600),
                 staging: Staging::new(data.path().join("staging")).unwrap(),
                 max_bundle_size: 64 << 20,
+                import_prefix: "imports/".into(),
             },
         ));
 
@@ -287,7 +302,12 @@ impl Harness {
             }
         });
         let client = kube::Client::new(service, NS);
-        let ctx = Arc::new(Context::new(client, catalog.clone(), "test-replica"));
+        let ctx = Arc::new(Context::new(
+            client,
+            catalog.clone(),
+            "test-replica",
+            sources,
+        ));
 
         // Zips served over HTTP, as a Bundle's source.url.
         let app = axum::Router::new().route(
@@ -341,7 +361,7 @@ impl Harness {
         bundles::reconcile(Arc::new(object), self.ctx.clone())
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| capgo_server::error::Chain(&e).to_string())
     }
 
     async fn reconcile_release(&self, name: &str) -> Result<(), String> {
@@ -601,11 +621,11 @@ async fn a_bundle_can_come_from_an_object_already_in_the_bucket() {
     let staged = h._data.path().join("incoming.zip");
     std::fs::write(&staged, common::web_bundle("from the bucket")).unwrap();
     h.blobs
-        .put_file("uploads/web-3.0.0.zip", &staged)
+        .put_file("imports/web-3.0.0.zip", &staged)
         .await
         .unwrap();
     let mut bundle = h.bundle("from-bucket", "3.0.0", "unused", None);
-    bundle["spec"]["source"] = json!({"bucketKey": "uploads/web-3.0.0.zip"});
+    bundle["spec"]["source"] = json!({"bucketKey": "imports/web-3.0.0.zip"});
     h.api.put("bundles", bundle);
     h.reconcile_bundle("from-bucket").await.unwrap();
     assert_eq!(
@@ -618,9 +638,33 @@ async fn a_bundle_can_come_from_an_object_already_in_the_bucket() {
         common::sha256_hex(&common::web_bundle("from the bucket"))
     );
     assert_ne!(
-        status["storedKey"], "uploads/web-3.0.0.zip",
+        status["storedKey"], "imports/web-3.0.0.zip",
         "stored as its own object"
     );
+
+    // The server's own objects are not for a resource to copy: another app's bundle, say.
+    let stored = status["storedKey"].as_str().unwrap().to_string();
+    for (i, key) in [stored.as_str(), "imports/../bundles/x.zip", "other/web.zip"]
+        .into_iter()
+        .enumerate()
+    {
+        let name = format!("copy-{i}");
+        let mut copy = h.bundle(&name, &format!("3.0.{}", i + 1), "unused", None);
+        copy["spec"]["appId"] = json!("com.other.app");
+        copy["spec"]["source"] = json!({ "bucketKey": key });
+        h.api.put("bundles", copy);
+        h.reconcile_bundle(&name).await.unwrap();
+        let stalled = h.condition("bundles", &name, "Stalled");
+        assert_eq!(stalled["reason"], "InvalidSpec", "{key}: {stalled}");
+        assert!(
+            stalled["message"]
+                .as_str()
+                .unwrap()
+                .contains("BUNDLE_IMPORT_PREFIX"),
+            "{stalled}"
+        );
+    }
+    assert_eq!(h.catalog.list_bundles().await.unwrap().len(), 1);
 }
 
 /// Argo CD sync waves and cold clusters apply the CRDs after the server starts: the operator
@@ -634,7 +678,12 @@ async fn without_the_crds_the_operator_waits_for_them() {
         lease_name: "capgo-server-controller".into(),
         identity: "test-replica".into(),
     };
-    let ctx = Context::new(h.ctx.client.clone(), h.catalog.clone(), "test-replica");
+    let ctx = Context::new(
+        h.ctx.client.clone(),
+        h.catalog.clone(),
+        "test-replica",
+        SourceFetcher::new(SourcePolicy::default()),
+    );
     let shutdown = tokio_util::sync::CancellationToken::new();
     let operator = tokio::spawn(capgo_server::operator::run(
         settings,
@@ -796,4 +845,195 @@ async fn rest_uploads_and_bundle_resources_share_one_checksum_rule() {
         "ab".repeat(32)
     );
     assert_eq!(stalled["message"], expected.as_str());
+}
+
+/// An internal service a Bundle must never reach: counts every request it gets.
+async fn internal_service() -> (String, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            (StatusCode::OK, "AWS_SECRET_ACCESS_KEY=internal-secret")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port.to_string(), hits)
+}
+
+fn with_encryption(mut bundle: Value) -> Value {
+    bundle["spec"]["encryption"] = json!({
+        "sessionKey": "aXY=:a2V5", "checksum": "f".repeat(512),
+    });
+    bundle
+}
+
+#[tokio::test]
+async fn a_bundle_source_on_an_internal_address_is_refused_and_never_fetched() {
+    // The default rules; `internal.test` stands for a name whose DNS answer is internal.
+    let hosts = [(
+        "internal.test".to_string(),
+        vec!["127.0.0.1".parse().unwrap()],
+    )];
+    let h = Harness::with_sources(SourceFetcher::with_hosts(
+        SourcePolicy::default(),
+        hosts.into_iter().collect(),
+    ))
+    .await;
+    let (port, hits) = internal_service().await;
+    let urls = [
+        format!("http://127.0.0.1:{port}/latest/meta-data"),
+        format!("http://localhost:{port}/metrics"),
+        format!("http://2130706433:{port}/x"),
+        format!("http://0x7f000001:{port}/x"),
+        format!("http://0177.0.0.1:{port}/x"),
+        format!("http://127.1:{port}/x"),
+        format!("http://[::1]:{port}/x"),
+        format!("http://[::ffff:127.0.0.1]:{port}/x"),
+        format!("http://internal.test:{port}/x"),
+    ];
+    for (i, url) in urls.iter().enumerate() {
+        let name = format!("internal-{i}");
+        let mut bundle = with_encryption(h.bundle(&name, &format!("6.0.{i}"), "unused", None));
+        bundle["spec"]["source"] = json!({ "url": url });
+        h.api.put("bundles", bundle);
+        h.reconcile_bundle(&name).await.unwrap();
+        let stalled = h.condition("bundles", &name, "Stalled");
+        assert_eq!(stalled["status"], "True", "{url}: {stalled}");
+        assert_eq!(stalled["reason"], "SourceRefused", "{url}: {stalled}");
+        let message = stalled["message"].as_str().unwrap();
+        assert!(!message.contains("internal-secret"), "{url}: {message}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "no request reached it");
+    assert!(h.catalog.list_bundles().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn every_redirect_of_a_source_is_checked_like_the_source() {
+    // Loopback allowed (the test's own server), so the redirects' targets are what is refused.
+    let hosts = [(
+        "metadata.test".to_string(),
+        vec!["169.254.169.254".parse().unwrap()],
+    )];
+    let h = Harness::with_sources(SourceFetcher::with_hosts(
+        SourcePolicy {
+            allow_private: true,
+            ..Default::default()
+        },
+        hosts.into_iter().collect(),
+    ))
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let zip_url = format!("{}/web-1.0.0.zip", h.zips);
+    let app = axum::Router::new()
+        .route(
+            "/to/{target}",
+            axum::routing::get(
+                move |axum::extract::Path(target): axum::extract::Path<String>| {
+                    let zip_url = zip_url.clone();
+                    async move {
+                        let location = match target.as_str() {
+                            "metadata" => "http://169.254.169.254/latest/meta-data/".to_string(),
+                            "decimal" => "http://2852039166/latest/meta-data/".to_string(),
+                            "mapped" => "http://[::ffff:169.254.169.254]/".to_string(),
+                            "ec2-v6" => "http://[fd00:ec2::254]/".to_string(),
+                            "by-name" => "http://metadata.test/latest/meta-data/".to_string(),
+                            "file" => "file:///etc/passwd".to_string(),
+                            _ => zip_url,
+                        };
+                        (StatusCode::FOUND, [("location", location)])
+                    }
+                },
+            ),
+        )
+        .route(
+            "/loop/{n}",
+            axum::routing::get(
+                |axum::extract::Path(n): axum::extract::Path<u32>| async move {
+                    (
+                        StatusCode::FOUND,
+                        [("location", format!("/loop/{}", n + 1))],
+                    )
+                },
+            ),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cases = [
+        ("metadata", "a cloud metadata address"),
+        ("decimal", "a cloud metadata address"),
+        ("mapped", "a cloud metadata address"),
+        ("ec2-v6", "a cloud metadata address"),
+        ("by-name", "a cloud metadata address"),
+        ("file", "only http and https redirects"),
+    ];
+    for (i, (target, needle)) in cases.iter().enumerate() {
+        let name = format!("redirect-{target}");
+        let mut bundle = with_encryption(h.bundle(&name, &format!("7.0.{i}"), "unused", None));
+        bundle["spec"]["source"] = json!({ "url": format!("{base}/to/{target}") });
+        h.api.put("bundles", bundle);
+        h.reconcile_bundle(&name).await.unwrap();
+        let stalled = h.condition("bundles", &name, "Stalled");
+        assert_eq!(stalled["reason"], "SourceRefused", "{target}: {stalled}");
+        let message = stalled["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{target}: {message}");
+        assert!(
+            !message.contains("169.254") && !message.contains("metadata.test"),
+            "the redirect's target is not echoed: {message}"
+        );
+    }
+
+    let mut looping = h.bundle("looping", "7.1.0", "unused", None);
+    looping["spec"]["source"] = json!({ "url": format!("{base}/loop/0") });
+    h.api.put("bundles", looping);
+    h.reconcile_bundle("looping").await.unwrap();
+    let stalled = h.condition("bundles", "looping", "Stalled");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 5 redirects"),
+        "{stalled}"
+    );
+
+    // A redirect to an acceptable place is followed.
+    let mut fine = h.bundle("redirected", "7.2.0", "unused", None);
+    fine["spec"]["source"] = json!({ "url": format!("{base}/to/zip") });
+    h.api.put("bundles", fine);
+    h.reconcile_bundle("redirected").await.unwrap();
+    assert_eq!(
+        h.condition("bundles", "redirected", "Ready")["status"],
+        "True"
+    );
+    assert_eq!(h.catalog.list_bundles().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_allow_list_limits_sources_to_the_hosts_it_names() {
+    let h = Harness::with_sources(SourceFetcher::new(SourcePolicy {
+        allow_private: true,
+        allowed_hosts: vec![capgo_server::domain::net_policy::HostPattern::parse(
+            "cdn.example.com",
+        )
+        .unwrap()],
+    }))
+    .await;
+    h.api.put(
+        "bundles",
+        h.bundle("unlisted", "8.0.0", "web-1.0.0.zip", None),
+    );
+    h.reconcile_bundle("unlisted").await.unwrap();
+    let stalled = h.condition("bundles", "unlisted", "Stalled");
+    assert_eq!(stalled["reason"], "SourceRefused");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("BUNDLE_SOURCE_ALLOWED_HOSTS"),
+        "{stalled}"
+    );
 }

@@ -227,10 +227,15 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
         "a refused delete keeps the record"
     );
 
+    let mut other_device = event("set", "1.0.1");
+    other_device.device_id = "d2".into();
     store
         .insert_stats(&[
             event("set", "1.0.1"),
-            event("set", "1.0.1"),
+            other_device,
+            // Repeated by one device: counted once.
+            event("download_fail", "1.0.1"),
+            event("download_fail", "1.0.1"),
             event("download_fail", "1.0.1"),
         ])
         .await
@@ -252,7 +257,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
             count(0, "set", 2),
             count(DAY, "set", 1)
         ],
-        "per day and action"
+        "distinct devices per day and action"
     );
     let since_day_one = store.bundle_activity(app, "1.0.1", DAY).await.unwrap();
     assert_eq!(since_day_one, [count(DAY, "set", 1)], "older days left out");

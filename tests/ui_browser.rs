@@ -430,6 +430,32 @@ async fn manage_releases_in_a_real_browser() {
     browser.click("#create-release").await;
     browser.wait_text("form .error", "already exists").await;
 
+    // Bookmarks of the seed's client open the matching page, at /ui/.
+    let root = server.management_url.clone();
+    for (path, heading, hash) in [
+        ("/ui/app/upload-bundle", "Bundles", "#/bundles"),
+        (
+            "/ui/app/release/66ed3030a1b2c3d4e5000065/update",
+            "Releases",
+            "#/releases",
+        ),
+        ("/ui/app", "Releases", "#/releases"),
+        ("/ui/login", "Releases", ""),
+    ] {
+        browser.go(&format!("{root}{path}")).await;
+        browser.wait_text("h1", heading).await;
+        let url = browser.call("GET", "/url", Value::Null).await;
+        assert_eq!(url, format!("{ui}{hash}"), "{path}");
+        let errors = browser
+            .script("return window.__capgoErrors", json!([]))
+            .await;
+        assert_eq!(
+            errors,
+            json!([]),
+            "{path}: no script errors or CSP violations"
+        );
+    }
+
     // Keyboard only: Tab walks the navigation in order, and Enter on a link opens its page.
     browser.go(&format!("{ui}#/releases")).await;
     browser.wait_text("h1", "Releases").await;

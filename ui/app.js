@@ -139,7 +139,8 @@ function showLogin(message) {
 }
 
 const base64url = (bytes) => btoa(String.fromCharCode(...new Uint8Array(bytes))).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-const redirectUri = () => `${location.origin}/ui/`;
+/** The seed's callback path: identity providers set up for the seed accept it unchanged. */
+const redirectUri = () => `${location.origin}/ui/login/oauth-callback`;
 
 /** Authorization Code with PKCE (RFC 7636): off to the identity provider and back. */
 async function startSignIn(config) {
@@ -527,7 +528,20 @@ async function refresh() {
   if (shown.reload) await attempt(shown.reload);
 }
 
+/** Paths of the seed's web client (bookmarks), and the page each one shows here. */
+const SEED_PATHS = [[/^\/ui\/app\/upload-bundle\/?$/, "bundles"], [/^\/ui\/app(\/|$)/, "releases"]];
+
+/** The server serves this page for every path under /ui/: show it at /ui/, on the page that
+ * matches a seed path, keeping the query (a sign-in answer) for finishSignIn. */
+function settlePath() {
+  if (location.pathname === "/ui/") return;
+  const seed = SEED_PATHS.find(([pattern]) => pattern.test(location.pathname));
+  const hash = location.hash || (seed ? `#/${seed[1]}` : "");
+  history.replaceState(null, "", `/ui/${location.search}${hash}`);
+}
+
 async function route() {
+  settlePath();
   const params = new URLSearchParams(location.search);
   if (params.has("code") || params.has("error")) {
     const error = await finishSignIn(params).then(() => null, (e) => e.message);

@@ -5,8 +5,9 @@
 //! hold, at most once per [`FUTILE_REFRESH_COOLDOWN`] after a fetch that did not find the key (so
 //! forged key ids cannot make us hammer the issuer). JWT access tokens are checked here:
 //! signature, `iss` equal to OAUTH_ISSUER, `exp`/`nbf` with [`LEEWAY_SECONDS`], and `aud` when
-//! OAUTH_AUDIENCE is set. Opaque tokens are sent to the userinfo endpoint and the answer is
-//! cached for [`USERINFO_CACHE_TTL`]. An issuer that is down only affects bearer tokens whose
+//! OAUTH_AUDIENCE is set. Opaque tokens carry no audience that could be checked, so with
+//! OAUTH_AUDIENCE set they are refused; without it they are sent to the userinfo endpoint and
+//! the answer is cached for [`USERINFO_CACHE_TTL`]. An issuer that is down only affects bearer tokens whose
 //! key or identity is not cached; API keys never touch it.
 
 use std::collections::HashMap;
@@ -130,6 +131,13 @@ impl OidcVerifier {
     pub async fn verify(&self, token: &str) -> Result<Identity, OidcError> {
         if token.split('.').count() == 3 {
             self.verify_jwt(token).await
+        } else if self.audience.is_some() {
+            // Userinfo answers for any token the issuer minted, for whatever audience.
+            Err(OidcError::Rejected(
+                "the token is not a JWT, and with OAUTH_AUDIENCE set only JWT access tokens \
+                 (whose audience can be checked) are accepted"
+                    .into(),
+            ))
         } else {
             self.ask_userinfo(token).await
         }

@@ -9,9 +9,12 @@ use futures_util::{Stream, StreamExt};
 
 use super::staging::StagedBlob;
 use super::{zip_check, Catalog, CatalogError};
+use crate::domain::bundle::check_import_key;
 use crate::domain::names::{check_app_id, check_bundle_version};
 use crate::domain::ownership::check_may_change;
-use crate::domain::{now_millis, Actor, Bundle, BundleEncryption, RecordId, Release, ResourceRef};
+use crate::domain::{
+    now_millis, Actor, Bundle, BundleEncryption, RecordId, Release, ResourceRef, UnixMillis,
+};
 use crate::store::StoreError;
 
 /// Longest bundle description.
@@ -131,12 +134,14 @@ impl Catalog {
     }
 
     /// Ingests an object already in the blob store under `key` (a `Bundle` resource's
-    /// `source.bucketKey`), read directly from the store.
+    /// `source.bucketKey`), read directly from the store. Only objects below the import prefix
+    /// qualify: the server's own objects belong to their records.
     pub async fn ingest_stored_object(
         &self,
         new: NewBundle,
         key: &str,
     ) -> Result<Bundle, CatalogError> {
+        check_import_key(key, &self.import_prefix)?;
         self.check_new_bundle(&new).await?;
         let bytes =
             self.blobs.read(key).await?.ok_or_else(|| {
@@ -152,6 +157,19 @@ impl Catalog {
     /// leaves neither a record nor a stored object behind.
     pub async fn add_bundle(
         &self,
+        new: NewBundle,
+        staged: StagedBlob,
+    ) -> Result<Bundle, CatalogError> {
+        self.add_bundle_as(RecordId::generate(), now_millis(), new, staged)
+            .await
+    }
+
+    /// [`Catalog::add_bundle`] for a record with a given id and creation time (a record
+    /// brought from another server keeps both).
+    pub(super) async fn add_bundle_as(
+        &self,
+        id: RecordId,
+        created_at: UnixMillis,
         new: NewBundle,
         staged: StagedBlob,
     ) -> Result<Bundle, CatalogError> {
@@ -187,7 +205,6 @@ impl Catalog {
                 None
             }
         };
-        let id = RecordId::generate();
         let bundle = Bundle {
             blob_key: Bundle::blob_key_for(&id),
             id,
@@ -198,7 +215,7 @@ impl Catalog {
             crc32: staged.crc32.clone(),
             size: staged.size,
             encryption,
-            created_at: now_millis(),
+            created_at,
             owner: new.owner,
         };
         self.blobs.put_file(&bundle.blob_key, staged.path()).await?;

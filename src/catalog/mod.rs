@@ -5,6 +5,7 @@
 mod bundles;
 mod devices;
 mod error;
+mod imports;
 mod releases;
 pub mod staging;
 pub mod target_cache;
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub use bundles::{BundleDownload, ExpectedChecksum, NewBundle, SourceError};
 pub use devices::{BundleActivity, DailyActivity};
 pub use error::CatalogError;
+pub use imports::{ImportedBundle, ImportedRelease};
 pub use releases::{DesiredRelease, NewRelease};
 
 use crate::store::{BlobStore, CatalogStore};
@@ -31,6 +33,9 @@ pub struct CatalogSettings {
     pub staging: Staging,
     /// Largest accepted bundle (MAX_BUNDLE_SIZE).
     pub max_bundle_size: u64,
+    /// The only folder `Bundle` resources may import objects of the bucket from
+    /// (BUNDLE_IMPORT_PREFIX).
+    pub import_prefix: String,
 }
 
 pub struct Catalog {
@@ -39,6 +44,7 @@ pub struct Catalog {
     targets: TargetCache,
     staging: Staging,
     max_bundle_size: u64,
+    import_prefix: String,
 }
 
 impl Catalog {
@@ -53,6 +59,7 @@ impl Catalog {
             targets: TargetCache::new(settings.cache_duration),
             staging: settings.staging,
             max_bundle_size: settings.max_bundle_size,
+            import_prefix: settings.import_prefix,
         }
     }
 

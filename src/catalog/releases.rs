@@ -60,6 +60,21 @@ impl DesiredRelease {
 
 impl Catalog {
     pub async fn create_release(&self, new: NewRelease) -> Result<Release, CatalogError> {
+        let release = self
+            .checked_release(new, RecordId::generate(), now_millis())
+            .await?;
+        self.insert_release(&release).await?;
+        Ok(release)
+    }
+
+    /// The record `new` describes, once it passed the rules of every new release (names, a
+    /// builtin bundle of the same app), with no channel assigned.
+    pub(super) async fn checked_release(
+        &self,
+        new: NewRelease,
+        id: RecordId,
+        created_at: UnixMillis,
+    ) -> Result<Release, CatalogError> {
         let platform: Platform = new.platform.parse()?;
         check_app_id(&new.app_id)?;
         check_native_version(&new.version_name, "version_name")?;
@@ -67,9 +82,8 @@ impl Catalog {
         let builtin = self
             .bundle_for_app(&new.builtin_bundle_id, "builtin_bundle_id", &new.app_id)
             .await?;
-        let now = now_millis();
-        let release = Release {
-            id: RecordId::generate(),
+        Ok(Release {
+            id,
             key: ReleaseKey {
                 platform,
                 app_id: new.app_id,
@@ -79,15 +93,13 @@ impl Catalog {
             builtin_bundle_id: builtin.id,
             channels: Default::default(),
             release_date: None,
-            created_at: now,
-            updated_at: now,
+            created_at,
+            updated_at: created_at,
             owner: None,
-        };
-        self.insert_release(&release).await?;
-        Ok(release)
+        })
     }
 
-    async fn insert_release(&self, release: &Release) -> Result<(), CatalogError> {
+    pub(super) async fn insert_release(&self, release: &Release) -> Result<(), CatalogError> {
         match self.metadata.insert_release(release).await {
             Ok(()) => {
                 // A device of this build may have been told "no release" a moment ago.

@@ -26,10 +26,12 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// The blob key of a bundle: one object per bundle, so deleting a bundle never has to ask
-    /// whether another record shares its bytes.
+    /// A new blob key for a bundle: one object per bundle, so deleting a bundle never has to
+    /// ask whether another record shares its bytes. Record ids are predictable (time, process,
+    /// counter) and `/files/<key>` needs nothing else, so the key carries 128 random bits:
+    /// only those given the URL (devices the bundle is served to, management callers) find it.
     pub fn blob_key_for(id: &RecordId) -> String {
-        format!("bundles/{id}.zip")
+        format!("bundles/{id}-{}.zip", super::ids::random_hex::<16>())
     }
 
     /// The checksum a device of this plugin version verifies after download.
@@ -106,6 +108,49 @@ impl BundleEncryption {
     }
 }
 
+/// The folder of the server's own bundle objects (see [`Bundle::blob_key_for`]).
+const BUNDLES_PREFIX: &str = "bundles/";
+
+/// BUNDLE_IMPORT_PREFIX: a folder of the bucket, not the server's own `bundles/`.
+pub fn check_import_prefix(prefix: &str) -> Result<(), InvalidInput> {
+    let valid = prefix.len() > 1
+        && prefix.ends_with('/')
+        && !prefix.starts_with('/')
+        && prefix
+            .trim_end_matches('/')
+            .split('/')
+            .all(is_plain_key_part)
+        && !prefix.starts_with(BUNDLES_PREFIX)
+        && !BUNDLES_PREFIX.starts_with(prefix);
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidInput(format!(
+            "expected a folder of the bucket such as `imports/` (ending in `/`, outside the server's own `{BUNDLES_PREFIX}`)"
+        )))
+    }
+}
+
+/// A `Bundle` resource's `source.bucketKey`: an object below the import prefix. Anything else
+/// in the bucket (other apps' stored bundles above all) is not for a resource to copy.
+pub fn check_import_key(key: &str, prefix: &str) -> Result<(), InvalidInput> {
+    let inside = key
+        .strip_prefix(prefix)
+        .is_some_and(|rest| !rest.is_empty() && rest.split('/').all(is_plain_key_part));
+    if inside {
+        Ok(())
+    } else {
+        Err(InvalidInput(format!(
+            "source.bucketKey {key:?} must name an object below {prefix:?} (BUNDLE_IMPORT_PREFIX), \
+             without `.` or `..` parts"
+        )))
+    }
+}
+
+fn is_plain_key_part(part: &str) -> bool {
+    !part.is_empty() && part != "." && part != ".." && !part.contains('\\')
+}
+
 fn is_base64(value: &str) -> bool {
     let body = value.trim_end_matches('=');
     !body.is_empty()
@@ -154,6 +199,49 @@ mod tests {
             "f".repeat(512)
         );
         assert_eq!(encrypted.session_key(), "aXY=:a2V5");
+    }
+
+    #[test]
+    fn blob_keys_cannot_be_derived_from_the_id() {
+        let id = RecordId::generate();
+        let (first, second) = (Bundle::blob_key_for(&id), Bundle::blob_key_for(&id));
+        assert_ne!(first, second);
+        let secret = first
+            .strip_prefix(&format!("bundles/{id}-"))
+            .and_then(|rest| rest.strip_suffix(".zip"))
+            .unwrap();
+        assert_eq!(secret.len(), 32);
+        assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn imports_stay_below_their_prefix() {
+        assert!(check_import_key("imports/web-1.0.0.zip", "imports/").is_ok());
+        assert!(check_import_key("imports/ci/web.zip", "imports/").is_ok());
+        for key in [
+            "bundles/65f0c1f2e4b0a1b2c3d4e5f6.zip",
+            "imports/../bundles/x.zip",
+            "imports/",
+            "imports//x.zip",
+            "importsx/a.zip",
+            "/imports/a.zip",
+        ] {
+            assert!(check_import_key(key, "imports/").is_err(), "{key}");
+        }
+        assert!(check_import_prefix("imports/").is_ok());
+        assert!(check_import_prefix("ci/uploads/").is_ok());
+        for prefix in [
+            "",
+            "/",
+            "bundles/",
+            "bundles/x/",
+            "b",
+            "imports",
+            "../x/",
+            "/imports/",
+        ] {
+            assert!(check_import_prefix(prefix).is_err(), "{prefix}");
+        }
     }
 
     #[test]

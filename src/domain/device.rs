@@ -62,6 +62,17 @@ impl<'a> DeviceFields<'a> {
         }
     }
 
+    /// [`Self::optional_str`] of at most `max` characters.
+    pub fn bounded_str(&self, name: &str, max: usize) -> Result<Option<&'a str>, DeviceRefusal> {
+        let value = self.optional_str(name)?;
+        match value {
+            Some(text) if text.chars().count() > max => Err(DeviceRefusal::invalid(format!(
+                "field `{name}` is longer than {max} characters"
+            ))),
+            _ => Ok(value),
+        }
+    }
+
     pub fn required_str(&self, name: &str) -> Result<&'a str, DeviceRefusal> {
         self.optional_str(name)?.ok_or_else(|| {
             DeviceRefusal::failed("missing_info", format!("field `{name}` is required"))

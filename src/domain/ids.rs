@@ -12,6 +12,11 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     bytes
 }
 
+/// `N` random bytes in hex: an unguessable name part.
+pub fn random_hex<const N: usize>() -> String {
+    hex::encode(random_bytes::<N>())
+}
+
 use super::InvalidInput;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,10 +6,12 @@ pub mod channel;
 pub mod device;
 pub mod ids;
 pub mod names;
+pub mod net_policy;
 pub mod ownership;
 pub mod platform;
 pub mod plugin_version;
 pub mod release;
+pub mod seed;
 pub mod stats;
 pub mod update;
 

@@ -36,7 +36,8 @@ pub fn day_of(at: UnixMillis) -> UnixMillis {
     at - at.rem_euclid(DAY_MILLIS)
 }
 
-/// Events of one action on one day, as the stores count them.
+/// Devices that reported one action on one day (distinct devices, not events: one device
+/// repeating an event cannot inflate a chart or a rollout's health).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActivityCount {
     pub day: UnixMillis,
@@ -67,6 +68,25 @@ impl ActivityKind {
     }
 }
 
+/// Most events in one `/stats` post: more than a plugin ever queues (200); a larger batch is
+/// refused whole.
+pub const MAX_BATCH: usize = 1000;
+
+/// Longest `device_id` and `custom_id`, as the official backend accepts (a UUID is 36).
+pub const MAX_DEVICE_ID_LEN: usize = 36;
+/// Longest `app_id`, as a bundle upload accepts.
+const MAX_APP_ID_LEN: usize = 255;
+/// Longest version name, as a bundle upload accepts; per-file failures add `:path/file`.
+const MAX_VERSION_NAME_LEN: usize = 128;
+const MAX_FILE_SUFFIX_LEN: usize = 1024;
+/// Longest of the other short fields (platform, builds, plugin version).
+const MAX_SHORT_FIELD_LEN: usize = 64;
+/// How far back a queued event's `timestamp` may go (plugins queue while offline); older
+/// events are refused, so nobody can write into months already charted.
+pub const MAX_EVENT_AGE: UnixMillis = 31 * DAY_MILLIS;
+/// A device clock this far ahead is still believed (and clamped to the receive time).
+pub const MAX_CLOCK_AHEAD: UnixMillis = 60 * 60 * 1000;
+
 const MAX_METADATA_KEYS: usize = 30;
 const MAX_METADATA_KEY_LEN: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 2048;
@@ -84,36 +104,63 @@ impl StatsEvent {
                 "action {action:?} must be up to 64 letters, digits, '_' or '-'"
             )));
         }
-        let owned = |name: &str| -> Result<Option<String>, DeviceRefusal> {
-            Ok(fields.optional_str(name)?.map(str::to_string))
+        let owned = |name: &str, max: usize| -> Result<Option<String>, DeviceRefusal> {
+            Ok(fields.bounded_str(name, max)?.map(str::to_string))
         };
-        let occurred_at = match value.get("timestamp") {
-            None | Some(Value::Null) => received_at,
-            Some(Value::Number(n)) => n.as_i64().filter(|ms| *ms > 0).ok_or_else(|| {
-                DeviceRefusal::invalid("timestamp must be milliseconds since the epoch")
-            })?,
-            Some(_) => {
-                return Err(DeviceRefusal::invalid(
-                    "timestamp must be milliseconds since the epoch",
-                ))
+        let required = |name: &str, max: usize| -> Result<String, DeviceRefusal> {
+            fields.required_str(name)?;
+            Ok(owned(name, max)?.unwrap_or_default())
+        };
+        let version = |name: &str| -> Result<Option<String>, DeviceRefusal> {
+            let value = owned(name, MAX_VERSION_NAME_LEN + 1 + MAX_FILE_SUFFIX_LEN)?;
+            match &value {
+                Some(v) if v.split(':').next().unwrap_or("").chars().count() > MAX_VERSION_NAME_LEN => {
+                    Err(DeviceRefusal::invalid(format!(
+                        "field `{name}` names a version longer than {MAX_VERSION_NAME_LEN} characters"
+                    )))
+                }
+                _ => Ok(value),
             }
         };
         Ok(StatsEvent {
-            app_id: fields.required_str("app_id")?.to_string(),
-            device_id: fields.required_str("device_id")?.to_ascii_lowercase(),
+            app_id: required("app_id", MAX_APP_ID_LEN)?,
+            device_id: required("device_id", MAX_DEVICE_ID_LEN)?.to_ascii_lowercase(),
             action: action.to_string(),
-            platform: owned("platform")?,
-            version_name: owned("version_name")?,
-            old_version_name: owned("old_version_name")?,
-            version_build: owned("version_build")?,
-            version_code: owned("version_code")?,
-            plugin_version: owned("plugin_version")?,
+            platform: owned("platform", MAX_SHORT_FIELD_LEN)?,
+            version_name: version("version_name")?,
+            old_version_name: version("old_version_name")?,
+            version_build: owned("version_build", MAX_SHORT_FIELD_LEN)?,
+            version_code: owned("version_code", MAX_SHORT_FIELD_LEN)?,
+            plugin_version: owned("plugin_version", MAX_SHORT_FIELD_LEN)?,
             is_emulator: fields.optional_bool("is_emulator")?,
             is_prod: fields.optional_bool("is_prod")?,
-            custom_id: owned("custom_id")?,
+            custom_id: owned("custom_id", MAX_DEVICE_ID_LEN)?,
             metadata: parse_metadata(value.get("metadata"))?,
-            occurred_at,
+            occurred_at: occurred_at(value.get("timestamp"), received_at)?,
         })
+    }
+}
+
+/// When a queued event happened: its `timestamp` when that is within the last
+/// [`MAX_EVENT_AGE`]; a clock up to [`MAX_CLOCK_AHEAD`] fast is clamped to the receive time;
+/// anything else is refused.
+fn occurred_at(
+    timestamp: Option<&Value>,
+    received_at: UnixMillis,
+) -> Result<UnixMillis, DeviceRefusal> {
+    let millis = match timestamp {
+        None | Some(Value::Null) => return Ok(received_at),
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(_) => None,
+    };
+    match millis {
+        Some(ms) if ms > received_at && ms - received_at <= MAX_CLOCK_AHEAD => Ok(received_at),
+        Some(ms) if ms <= received_at && received_at - ms <= MAX_EVENT_AGE => Ok(ms),
+        _ => Err(DeviceRefusal::invalid(format!(
+            "timestamp must be milliseconds since the epoch, at most {} days ago and not in \
+             the future",
+            MAX_EVENT_AGE / DAY_MILLIS
+        ))),
     }
 }
 
@@ -159,7 +206,7 @@ mod tests {
             &json!({"app_id": "com.example.app", "device_id": "ABC", "action": "set",
                     "version_name": "1.0.1", "old_version_name": "builtin",
                     "timestamp": 1_700_000_000_000i64, "metadata": {"reason": "x"}}),
-            5,
+            1_700_000_000_000 + 5_000,
         )
         .unwrap();
         assert_eq!(event.device_id, "abc");
@@ -180,6 +227,62 @@ mod tests {
             ActivityKind::Other
         );
         assert_eq!(day_of(DAY_MILLIS * 3 + 5), DAY_MILLIS * 3);
+    }
+
+    #[test]
+    fn fields_are_bounded_as_the_official_backend_bounds_them() {
+        let now = 1_700_000_000_000;
+        let event = |extra: serde_json::Value| {
+            let mut body = json!({"app_id": "com.example.app", "device_id": "d", "action": "set"});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            StatsEvent::parse(&body, now)
+        };
+        assert!(event(json!({"device_id": "a".repeat(36), "custom_id": "c".repeat(36)})).is_ok());
+        let per_file = format!("{}:{}", "1".repeat(128), "assets/".repeat(100));
+        assert!(event(json!({ "version_name": per_file })).is_ok());
+        for (field, value) in [
+            ("device_id", "a".repeat(37)),
+            ("custom_id", "c".repeat(37)),
+            ("app_id", "a".repeat(3_900_000)),
+            ("version_name", "9".repeat(129)),
+            ("old_version_name", format!("{}:x", "9".repeat(129))),
+            ("version_name", format!("1.0.0:{}", "x".repeat(2000))),
+            ("plugin_version", "8".repeat(65)),
+        ] {
+            let refused = event(json!({ field: value })).unwrap_err();
+            assert!(
+                refused.message.contains(field),
+                "{field}: {}",
+                refused.message
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_are_refused_or_clamped_outside_a_month() {
+        let now = 1_700_000_000_000;
+        let at = |ts: serde_json::Value| {
+            StatsEvent::parse(
+                &json!({"app_id": "a.b", "device_id": "d", "action": "set", "timestamp": ts}),
+                now,
+            )
+            .map(|e| e.occurred_at)
+        };
+        assert_eq!(at(json!(now - DAY_MILLIS)), Ok(now - DAY_MILLIS));
+        assert_eq!(at(json!(now + 60_000)), Ok(now), "a fast clock is clamped");
+        for refused in [
+            json!(1),
+            json!(i64::MAX),
+            json!(now - 32 * DAY_MILLIS),
+            json!(now + 2 * MAX_CLOCK_AHEAD),
+            json!(-5),
+            json!(1.5),
+            json!("x"),
+        ] {
+            assert!(at(refused.clone()).is_err(), "{refused}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The two HTTP servers: the device API (public port) and the management API.
 
+pub mod auth_throttle;
 pub mod client_ip;
+pub mod connections;
 pub mod device;
 pub mod management;
 pub mod observe;
@@ -39,6 +41,10 @@ pub struct Shared {
     pub access: Access,
     pub client_ip: ClientIpResolver,
     pub rate_limiter: Option<DeviceRateLimiter>,
+    /// `/stats` events per client IP (STATS_EVENTS_PER_MINUTE).
+    pub stats_limiter: Option<DeviceRateLimiter>,
+    /// Wrong management credentials per client address.
+    pub failed_logins: auth_throttle::FailedLogins,
     pub device_request_timeout: std::time::Duration,
     /// Offered to the UI for OIDC login (with the issuer of `access`).
     pub oauth_client_id: Option<String>,
@@ -51,6 +57,8 @@ impl AppState {
             access,
             client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
             rate_limiter: DeviceRateLimiter::per_minute(config.limit_request_per_minute),
+            stats_limiter: DeviceRateLimiter::per_minute(config.stats_events_per_minute),
+            failed_logins: auth_throttle::FailedLogins::default(),
             device_request_timeout: config.device_request_timeout,
             oauth_client_id: config.oauth_client_id.clone(),
         }))

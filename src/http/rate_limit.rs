@@ -1,4 +1,5 @@
-//! LIMIT_REQUEST_PER_MINUTE per client IP on the device API, with the 429 answer plugins
+//! LIMIT_REQUEST_PER_MINUTE per client IP on the device API (and STATS_EVENTS_PER_MINUTE
+//! `/stats` events per client IP), with the 429 answer plugins
 //! understand: a `Retry-After` header and `retryAfterSeconds` in the body (without a hint,
 //! plugins 7.23.8 to 8.51.4 go silent until the app restarts).
 
@@ -37,6 +38,19 @@ impl DeviceRateLimiter {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
+    /// [`Self::check`] for `n` units at once (the events of one `/stats` post). `n` above the
+    /// per-minute quota can never pass, and is refused with a minute's wait.
+    pub fn check_n(&self, client: IpAddr, n: u32) -> Result<(), Duration> {
+        let Some(n) = NonZeroU32::new(n) else {
+            return Ok(());
+        };
+        match self.limiter.check_key_n(&client, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+            Err(_) => Err(Duration::from_secs(60)),
+        }
+    }
+
     /// Forgets clients whose buckets are full again, so memory follows active clients only.
     pub fn forget_idle_clients(&self) {
         self.limiter.retain_recent();
@@ -62,7 +76,7 @@ pub async fn limit_device_requests(
     }
 }
 
-fn too_many_requests(wait: Duration) -> Response {
+pub fn too_many_requests(wait: Duration) -> Response {
     let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
     let reset_at = SystemTime::now()
         .checked_add(Duration::from_secs(seconds))

@@ -2,9 +2,11 @@
 //! settings): HTTP/1.1 with a bound on header size and on the time a client may take to send
 //! a request's headers, which also bounds how long an idle keep-alive connection is held. A
 //! slow or silent client therefore cannot pin connections; slow bodies are bounded by
-//! DEVICE_REQUEST_TIMEOUT on the device API.
+//! DEVICE_REQUEST_TIMEOUT on the device API, responses nobody reads by
+//! HTTP_WRITE_STALL_TIMEOUT, and the device port's connections by a [`ConnectionGate`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
@@ -16,16 +18,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::connections::{ConnectionGate, StallGuard};
+
 /// How long in-flight requests may run on after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnectionLimits {
     /// Time allowed to send a request's headers, counted from the end of the previous
     /// response on a keep-alive connection.
     pub header_timeout: Duration,
     /// Largest request line plus headers, in bytes; more is answered with 431.
     pub max_header_bytes: usize,
+    /// A response write that makes no progress this long ends the connection.
+    pub write_stall_timeout: Duration,
+    /// Connections admitted per peer address and in total (the device port); others are
+    /// closed as soon as they are accepted.
+    pub gate: Option<Arc<ConnectionGate>>,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets in-flight requests finish.
@@ -55,7 +64,20 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let permit = match &limits.gate {
+            Some(gate) => match gate.admit(peer.ip()) {
+                Some(permit) => Some(permit),
+                None => {
+                    crate::metrics::global().rate_limited();
+                    tracing::debug!(%peer, "connection refused: too many open connections");
+                    drop(stream);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
+        let stream = StallGuard::new(stream, limits.write_stall_timeout);
         let service = router
             .clone()
             .layer(axum::Extension(ConnectInfo(peer)))
@@ -69,6 +91,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 log_connection_error(peer, &e);
             }
+            drop(permit);
         });
     }
     drop(listener);

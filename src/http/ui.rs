@@ -1,8 +1,14 @@
 //! The web UI at `/ui` on the management port: static files from `ui/`, compiled into the
 //! binary, so `cargo run --release` serves it with no front-end build step.
+//!
+//! Every other path under `/ui/` that does not name a file gets the page too, as the seed
+//! served its single-page client (`/ui/app`, `/ui/login`, `/ui/login/oauth-callback`,
+//! `/ui/app/release/<id>/update`, …): bookmarks and identity-provider redirect URIs made for it
+//! keep working, and the page shows what fits the path. The page refers to its assets by
+//! absolute paths, so it loads the same from any depth.
 
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
@@ -60,11 +66,22 @@ async fn index(State(state): State<AppState>) -> Response {
     asset("text/html; charset=utf-8", INDEX, csp)
 }
 
+/// `/ui/<path>`: the page for a path of the app, 404 for a file that does not exist here (a
+/// missing script must not be answered with HTML).
+async fn page_for_path(state: State<AppState>, Path(path): Path<String>) -> Response {
+    let last_segment = path.rsplit('/').next().unwrap_or_default();
+    if last_segment.contains('.') {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    index(state).await
+}
+
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui/", get(index))
+        .route("/ui/{*path}", get(page_for_path))
         .route(
             "/favicon.ico",
             get(|| async { asset("image/x-icon", FAVICON, content_security_policy(None)) }),

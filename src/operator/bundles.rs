@@ -10,6 +10,7 @@ use kube::{Api, ResourceExt};
 
 use super::conditions::{conditions_for, Outcome};
 use super::crd::{Bundle, BundleSpec, BundleStatus, Release};
+use super::fetch::FetchError;
 use super::{
     actor_of, apply_status, display_name, now_rfc3339, report_denial, with_finalizer, Context,
     Failure, OperatorError,
@@ -156,13 +157,27 @@ async fn fetch_and_store(bundle: &Bundle, ctx: &Context) -> Result<BundleRecord,
             source,
         })
     };
-    let response = ctx
-        .http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| fetch_failed(e.into()))?;
+    let response = match ctx.sources.get(&url).await {
+        Ok(response) => response,
+        Err(FetchError::Refused(refused)) => {
+            return Err(Failure::Stalled(Outcome::Stalled {
+                reason: "SourceRefused".into(),
+                message: format!("source.url {url}: {refused}"),
+            }))
+        }
+        Err(FetchError::Transport(e)) => return Err(fetch_failed(e.into())),
+    };
     let status = response.status();
+    if status.is_redirection() {
+        // reqwest follows http(s) redirects only; whatever Location said is not echoed.
+        return Err(Failure::Stalled(Outcome::Stalled {
+            reason: "SourceRefused".into(),
+            message: format!(
+                "source.url {url}: answered HTTP {status} with a redirect that is not followed \
+                 (only http and https redirects are)"
+            ),
+        }));
+    }
     if status.is_client_error() {
         return Err(Failure::Stalled(Outcome::Stalled {
             reason: "SourceNotFound".into(),

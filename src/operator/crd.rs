@@ -98,11 +98,13 @@ pub struct BundleSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.url) != has(self.bucketKey)").message("set exactly one of source.url and source.bucketKey"))]
 pub struct BundleSource {
-    /// An http(s) URL to fetch the zip from.
+    /// An http(s) URL to fetch the zip from: a public address (redirects included) unless
+    /// the server allows private networks or lists allowed hosts (BUNDLE_SOURCE_*).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub url: Option<String>,
-    /// The key of an object already in capgo-server's bucket.
+    /// The key of an object already in capgo-server's bucket, below its import prefix
+    /// (BUNDLE_IMPORT_PREFIX, `imports/` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
     pub bucket_key: Option<String>,

@@ -4,6 +4,7 @@
 pub mod bundles;
 pub mod conditions;
 pub mod crd;
+pub mod fetch;
 pub mod leader;
 pub mod releases;
 
@@ -102,12 +103,18 @@ impl From<kube::Error> for Failure {
 pub struct Context {
     pub client: kube::Client,
     pub catalog: Arc<Catalog>,
-    pub http: reqwest::Client,
+    /// Fetches `Bundle` sources under BUNDLE_SOURCE_* rules.
+    pub sources: fetch::SourceFetcher,
     pub recorder: Recorder,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, catalog: Arc<Catalog>, identity: &str) -> Context {
+    pub fn new(
+        client: kube::Client,
+        catalog: Arc<Catalog>,
+        identity: &str,
+        sources: fetch::SourceFetcher,
+    ) -> Context {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: Some(identity.into()),
@@ -116,11 +123,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             catalog,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                .timeout(Duration::from_secs(600))
-                .build()
-                .expect("the HTTP client builds with the installed TLS provider"),
+            sources,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod fs_blobs;
 pub mod mongo;
 pub mod s3;
+pub mod seed;
 pub mod sqlite;
 pub mod timed;
 
@@ -151,8 +152,8 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Stores a batch of device events (at least once: a failed batch may be partly stored,
     /// and plugins send it again).
     async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError>;
-    /// How many events of each action devices reported for a bundle (by version name), per
-    /// UTC day, for events since `since`.
+    /// How many distinct devices reported each action for a bundle (by version name), per
+    /// UTC day, for events since `since` (a device that repeats an event counts once).
     async fn bundle_activity(
         &self,
         app_id: &str,

@@ -302,7 +302,7 @@ fn no_fresh_pins() -> Document {
     doc! {"pins": {"$not": {"$elemMatch": {"at": {"$gte": expired}}}}}
 }
 
-fn map_error(e: mongodb::error::Error) -> StoreError {
+pub(super) fn map_error(e: mongodb::error::Error) -> StoreError {
     let duplicate = match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
         ErrorKind::InsertMany(m) => m
@@ -325,7 +325,7 @@ fn map_error(e: mongodb::error::Error) -> StoreError {
 }
 
 /// Every document a query returns, with driver errors mapped.
-async fn all<T>(
+pub(super) async fn all<T>(
     query: impl std::future::IntoFuture<Output = mongodb::error::Result<mongodb::Cursor<T>>>,
 ) -> Result<Vec<T>, StoreError>
 where
@@ -343,38 +343,46 @@ pub struct MongoMetadataStore {
     db: Database,
 }
 
+/// A database on the MongoDB server at `uri`, once the server answered; `setting` names where
+/// the URI came from in error messages.
+pub(super) async fn open_database(
+    uri: &str,
+    database: &str,
+    setting: &str,
+) -> Result<Database, StoreError> {
+    let mut options = ClientOptions::parse(uri)
+        .await
+        .map_err(|e| StoreError::internal(format!("{setting} is not a valid MongoDB URI"), e))?;
+    options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    options
+        .connect_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
+    options
+        .app_name
+        .get_or_insert_with(|| "capgo-server".to_string());
+    let db = Client::with_options(options)
+        .map_err(map_error)?
+        .database(database);
+    db.run_command(doc! {"ping": 1})
+        .await
+        .map_err(|e| match map_error(e) {
+            StoreError::Unavailable { source, .. } => StoreError::Unavailable {
+                context: format!("cannot reach MongoDB database {database:?} ({setting})"),
+                source,
+            },
+            other => other,
+        })?;
+    Ok(db)
+}
+
 impl MongoMetadataStore {
     /// Connects (checking the server answers) and creates collections and indexes.
     pub async fn connect(uri: &str, database: &str) -> Result<MongoMetadataStore, StoreError> {
-        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
-            StoreError::internal("MONGO_CONNECTION_STRING is not a valid MongoDB URI", e)
-        })?;
-        options
-            .server_selection_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options
-            .connect_timeout
-            .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options
-            .app_name
-            .get_or_insert_with(|| "capgo-server".to_string());
-        let client = Client::with_options(options).map_err(map_error)?;
         let store = MongoMetadataStore {
-            db: client.database(database),
+            db: open_database(uri, database, "MONGO_CONNECTION_STRING").await?,
         };
-        store
-            .db
-            .run_command(doc! {"ping": 1})
-            .await
-            .map_err(|e| match map_error(e) {
-                StoreError::Unavailable { source, .. } => StoreError::Unavailable {
-                    context: format!(
-                        "cannot reach MongoDB database {database:?} (MONGO_CONNECTION_STRING)"
-                    ),
-                    source,
-                },
-                other => other,
-            })?;
         store.migrate().await?;
         Ok(store)
     }
@@ -911,7 +919,9 @@ impl CatalogStore for MongoMetadataStore {
         let pipeline = [
             doc! {"$match": {"app_id": app_id, "version_name": version_name,
             "occurred_at": {"$gte": DateTime::from_millis(since)}}},
-            doc! {"$group": {"_id": {"day": "$day", "action": "$action"}, "count": {"$sum": 1}}},
+            // Devices, not events: one device cannot inflate a chart.
+            doc! {"$group": {"_id": {"day": "$day", "action": "$action"}, "devices": {"$addToSet": "$device_id"}}},
+            doc! {"$project": {"count": {"$size": "$devices"}}},
             doc! {"$sort": {"_id.day": 1, "_id.action": 1}},
         ];
         let groups: Vec<Document> = all(self.stats().aggregate(pipeline)).await?;

@@ -671,7 +671,7 @@ impl CatalogStore for SqliteMetadataStore {
         let (app_id, version_name) = (app_id.to_string(), version_name.to_string());
         self.run(move |c| {
             c.prepare_cached(
-                "SELECT occurred_at - (occurred_at % 86400000) AS day, action, COUNT(*) FROM stats_events \
+                "SELECT occurred_at - (occurred_at % 86400000) AS day, action, COUNT(DISTINCT device_id) FROM stats_events \
                  WHERE app_id = ?1 AND version_name = ?2 AND occurred_at >= ?3 \
                  GROUP BY day, action ORDER BY day, action",
             )?

@@ -176,6 +176,7 @@ impl TestApp {
                 cache_duration: config.cache_result_duration,
                 staging: Staging::new(data.path().join("staging")).unwrap(),
                 max_bundle_size: config.max_bundle_size,
+                import_prefix: config.bundle_import_prefix.clone(),
             },
         ));
         let state = AppState::new(
@@ -371,7 +372,21 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_capgo-server"));
+        ServerProcess::start_wrapped(data_dir, env, &[])
+    }
+
+    /// [`ServerProcess::start`] through a wrapper command (`prlimit --nofile=…`), which
+    /// runs the binary given as its last argument.
+    pub fn start_wrapped(data_dir: &Path, env: &[(&str, &str)], wrapper: &[&str]) -> ServerProcess {
+        let binary = env!("CARGO_BIN_EXE_capgo-server");
+        let mut command = match wrapper {
+            [] => Command::new(binary),
+            [program, args @ ..] => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+        };
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

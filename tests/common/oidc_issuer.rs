@@ -50,8 +50,8 @@ struct IssuerState {
     jwks_fetches: AtomicUsize,
     userinfo_calls: AtomicUsize,
     down: AtomicBool,
-    /// Authorization code → PKCE challenge.
-    codes: Mutex<HashMap<String, String>>,
+    /// Authorization code → (PKCE challenge, redirect URI it was issued for).
+    codes: Mutex<HashMap<String, (String, String)>>,
 }
 
 pub struct TestIssuer {
@@ -205,7 +205,12 @@ struct AuthorizeQuery {
     response_type: String,
 }
 
-/// Signs `alice` in without a form and sends the browser back with a code.
+/// The one redirect path registered for the UI: the seed's callback, as identity providers set
+/// up for the seed have it.
+pub const REDIRECT_PATH: &str = "/ui/login/oauth-callback";
+
+/// Signs `alice` in without a form and sends the browser back with a code. Like a real
+/// identity provider, it only redirects to the registered redirect URI.
 async fn authorize(
     State(state): State<Arc<IssuerState>>,
     Query(query): Query<AuthorizeQuery>,
@@ -213,15 +218,15 @@ async fn authorize(
     if query.client_id != CLIENT_ID
         || query.response_type != "code"
         || query.code_challenge_method != "S256"
+        || !query.redirect_uri.ends_with(REDIRECT_PATH)
     {
         return (StatusCode::BAD_REQUEST, "bad authorization request").into_response();
     }
     let code = format!("code-{}", state.codes.lock().unwrap().len() + 1);
-    state
-        .codes
-        .lock()
-        .unwrap()
-        .insert(code.clone(), query.code_challenge);
+    state.codes.lock().unwrap().insert(
+        code.clone(),
+        (query.code_challenge, query.redirect_uri.clone()),
+    );
     let separator = if query.redirect_uri.contains('?') {
         '&'
     } else {
@@ -240,6 +245,7 @@ struct TokenRequest {
     code: String,
     code_verifier: String,
     client_id: String,
+    redirect_uri: String,
 }
 
 fn cors(response: impl IntoResponse) -> Response {
@@ -262,7 +268,10 @@ async fn token(
     State(state): State<Arc<IssuerState>>,
     Form(request): Form<TokenRequest>,
 ) -> Response {
-    let challenge = state.codes.lock().unwrap().remove(&request.code);
+    let issued = state.codes.lock().unwrap().remove(&request.code);
+    let challenge = issued
+        .filter(|(_, redirect_uri)| *redirect_uri == request.redirect_uri)
+        .map(|(challenge, _)| challenge);
     let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(Sha256::digest(request.code_verifier.as_bytes()));
     if request.grant_type != "authorization_code"

@@ -1,6 +1,6 @@
 //! `POST /stats`: one event object, or (plugins 8.42+) a JSON array of up to 200 queued ones.
 
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -9,15 +9,15 @@ use serde_json::{json, Value};
 use super::{device_error, server_refusal, DeviceBody};
 use crate::catalog::CatalogError;
 use crate::domain::now_millis;
-use crate::domain::stats::StatsEvent;
+use crate::domain::stats::{StatsEvent, MAX_BATCH};
+use crate::http::rate_limit::too_many_requests;
 use crate::http::AppState;
-
-/// More events than a plugin ever queues; a larger batch is refused whole.
-const MAX_BATCH: usize = 1000;
 
 /// Valid events are stored in one transaction; invalid ones are reported per index and not
 /// retried (a 4xx makes plugins drop them, a 5xx makes them send again later).
-pub async fn record(State(state): State<AppState>, DeviceBody(body): DeviceBody) -> Response {
+pub async fn record(State(state): State<AppState>, request: Request) -> Response {
+    let client = state.client_ip.of_request(&request);
+    let Ok(DeviceBody(body)) = DeviceBody::from_request(request, &state).await;
     let body = match body {
         Ok(body) => body,
         Err(refusal) => {
@@ -36,6 +36,14 @@ pub async fn record(State(state): State<AppState>, DeviceBody(body): DeviceBody)
         Value::Array(items) => (items.iter().collect::<Vec<_>>(), true),
         single => (vec![single], false),
     };
+    // Counted per event, before any is parsed: a NAT's batched telemetry passes at a sane
+    // rate, a flood does not reach storage.
+    if let Some(limiter) = &state.stats_limiter {
+        if let Err(wait) = limiter.check_n(client, items.len() as u32) {
+            crate::metrics::global().rate_limited();
+            return too_many_requests(wait);
+        }
+    }
     let mut events = Vec::with_capacity(items.len());
     let mut results = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {

@@ -7,14 +7,18 @@
 //! does not grant it.
 
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, RETRY_AFTER};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use axum::Json;
+use serde_json::json;
 
 use super::ApiError;
 use crate::access::{AuthError, Credential, Principal};
 use crate::domain::access::Permission;
+use crate::http::auth_throttle::FAILED_LOGINS_PER_MINUTE;
 use crate::http::AppState;
 
 pub async fn authenticate(
@@ -44,6 +48,11 @@ pub async fn authenticate(
             .into_response()
         }
     };
+    let client = state.client_ip.of_request(&request);
+    if let Err(wait) = state.failed_logins.check(client) {
+        crate::metrics::global().auth_failure();
+        return too_many_failures(wait);
+    }
     match state.access.authenticate(credential).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
@@ -51,6 +60,7 @@ pub async fn authenticate(
         }
         Err(AuthError::Rejected(reason)) => {
             crate::metrics::global().auth_failure();
+            state.failed_logins.failed(client);
             ApiError::Unauthorized(reason).into_response()
         }
         Err(AuthError::Unavailable(reason)) => {
@@ -58,6 +68,22 @@ pub async fn authenticate(
             ApiError::Unavailable(reason).into_response()
         }
     }
+}
+
+/// 429 for an address that sent too many wrong credentials, with `Retry-After`.
+fn too_many_failures(wait: std::time::Duration) -> Response {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(RETRY_AFTER, seconds.to_string())],
+        Json(json!({
+            "error": format!(
+                "too many failed logins from this address ({FAILED_LOGINS_PER_MINUTE} a minute); \
+                 retry in {seconds} s"
+            )
+        })),
+    )
+        .into_response()
 }
 
 /// `route` answering 403 unless the caller's scope grants `permission`.

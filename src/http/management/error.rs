@@ -1,7 +1,7 @@
 //! One error type for the management API: `{"error": "<what is wrong>"}` with a fitting status
 //! (the seed's UI shows `error`). Internal details are logged with a trace id, never sent.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -93,24 +93,44 @@ pub async fn unknown_route() -> ApiError {
     ApiError::NotFound("no such route; see the API reference in README.md".into())
 }
 
-/// `Json<T>` whose rejections (bad JSON, wrong types, wrong Content-Type) are [`ApiError`]s.
+/// A JSON request body, read as JSON whatever its `Content-Type`: the seed read bodies that way
+/// (gin's `ShouldBindJSON`), so its web client (which sends `text/plain;charset=UTF-8`) and
+/// scripts using `curl -d` (form type) keep working. This opens no cross-site hole: every route
+/// that takes a body needs an `x-api-key` or `Authorization` header, which a page on another
+/// origin can only send after a CORS preflight this server never grants. Refusals (empty body,
+/// not JSON, wrong fields or types, too large) are [`ApiError`]s naming the problem.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<ApiJson<T>, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(match rejection {
-                JsonRejection::MissingJsonContentType(_) => ApiError::BadRequest(
-                    "send the body as JSON with `Content-Type: application/json`".into(),
-                ),
-                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::TooLarge("the request body is too large".into())
+                } else {
+                    ApiError::BadRequest(format!(
+                        "cannot read the request body: {}",
+                        rejection.body_text()
+                    ))
                 }
-                other => ApiError::BadRequest(format!("invalid JSON body: {}", other.body_text())),
-            }),
+            })?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest(
+                "the request body is empty: send the fields as a JSON object".into(),
+            ));
         }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return Err(ApiError::BadRequest(format!(
+                "the request body is not JSON ({e}); send the fields as a JSON object"
+            )));
+        }
+        Json::<T>::from_bytes(&body)
+            .map(|Json(value)| ApiJson(value))
+            .map_err(|rejection| {
+                ApiError::BadRequest(format!("invalid JSON body: {}", rejection.body_text()))
+            })
     }
 }

@@ -97,19 +97,22 @@ async fn metrics() -> impl axum::response::IntoResponse {
 }
 
 /// What the UI needs to offer OIDC login; `enabled` is false when it is not configured.
-/// The issuer's endpoints come from its discovery document, fetched here so the browser needs
-/// no cross-origin access to it; `error` says why login cannot work when it cannot be fetched.
+/// `issuer` and `client_id` are always there (empty strings when unset), as the seed answered
+/// and its scripts and web client read them. The issuer's endpoints come from its discovery
+/// document, fetched here so the browser needs no cross-origin access to it; `error` says why
+/// login cannot work when it cannot be fetched.
 async fn oauth2_config(State(state): State<AppState>) -> Json<Value> {
-    let (Some(verifier), Some(client_id)) = (state.access.oidc(), state.oauth_client_id.as_deref())
-    else {
-        return Json(json!({ "enabled": false }));
-    };
+    let verifier = state.access.oidc();
     let mut config = json!({
-        "enabled": true,
-        "issuer": verifier.issuer(),
-        "client_id": client_id,
-        "scope": "openid profile email",
+        "enabled": false,
+        "issuer": verifier.map_or("", |v| v.issuer()),
+        "client_id": state.oauth_client_id.as_deref().unwrap_or_default(),
     });
+    let (Some(verifier), Some(_)) = (verifier, &state.oauth_client_id) else {
+        return Json(config);
+    };
+    config["enabled"] = json!(true);
+    config["scope"] = json!("openid profile email");
     match verifier.discovery().await {
         Ok(discovery) => {
             config["authorization_endpoint"] = json!(discovery.authorization_endpoint);

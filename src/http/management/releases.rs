@@ -66,8 +66,19 @@ async fn create_release(
 #[derive(Deserialize)]
 pub struct UpdateReleaseRequest {
     release_id: String,
-    /// RFC 3339, or null to clear it.
-    release_date: Option<String>,
+    /// Absent: the date is kept, as the seed did (its web client always sends it, scripts may
+    /// not). `null`: the date is cleared (the seed could not clear it). Else RFC 3339.
+    #[serde(default, deserialize_with = "present")]
+    release_date: Option<Option<String>>,
+}
+
+/// A field that is in the body, even as `null` (`Some(None)`), as opposed to absent (`None`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 pub async fn update(
@@ -77,7 +88,11 @@ pub async fn update(
     let target = format!(
         "release {} date {}",
         request.release_id,
-        request.release_date.as_deref().unwrap_or("cleared")
+        match &request.release_date {
+            None => "unchanged",
+            Some(None) => "cleared",
+            Some(Some(date)) => date,
+        }
     );
     Audited(target, update_release(state, request).await)
 }
@@ -86,8 +101,11 @@ async fn update_release(
     state: AppState,
     request: UpdateReleaseRequest,
 ) -> Result<Json<Value>, ApiError> {
-    let release_date = request
-        .release_date
+    let Some(release_date) = request.release_date else {
+        let release = state.catalog.release(&request.release_id).await?;
+        return Ok(release_answer("Release updated successfully", &release));
+    };
+    let release_date = release_date
         .as_deref()
         .map(|text| {
             OffsetDateTime::parse(text, &Rfc3339)
