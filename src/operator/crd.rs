@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
