@@ -330,11 +330,27 @@ fn a_bundles_identity_cannot_change() {
                "spec": {"appId": app, "versionName": version, "description": description,
                         "source": {"url": "https://example.com/a.zip"}}})
     };
-    apply(&kube, &namespace, &bundle("com.example.shop", "1.0.0", "first")).ok();
-    apply(&kube, &namespace, &bundle("com.example.shop", "1.0.0", "edited")).ok();
+    apply(
+        &kube,
+        &namespace,
+        &bundle("com.example.shop", "1.0.0", "first"),
+    )
+    .ok();
+    apply(
+        &kube,
+        &namespace,
+        &bundle("com.example.shop", "1.0.0", "edited"),
+    )
+    .ok();
     for (changed, message) in [
-        (bundle("com.example.other", "1.0.0", "edited"), "appId cannot change once set"),
-        (bundle("com.example.shop", "1.0.1", "edited"), "versionName cannot change once set"),
+        (
+            bundle("com.example.other", "1.0.0", "edited"),
+            "appId cannot change once set",
+        ),
+        (
+            bundle("com.example.shop", "1.0.1", "edited"),
+            "versionName cannot change once set",
+        ),
     ] {
         let output = apply(&kube, &namespace, &changed);
         assert!(!output.success, "{changed} was accepted");

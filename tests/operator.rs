@@ -685,11 +685,7 @@ async fn without_the_crds_the_operator_waits_for_them() {
         SourceFetcher::new(SourcePolicy::default()),
     );
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let operator = tokio::spawn(capgo_server::operator::run(
-        settings,
-        ctx,
-        shutdown.clone(),
-    ));
+    let operator = tokio::spawn(capgo_server::operator::run(settings, ctx, shutdown.clone()));
     let bundle_lists = |api: &FakeApi| {
         api.requests
             .lock()
@@ -701,7 +697,10 @@ async fn without_the_crds_the_operator_waits_for_them() {
     // The fake API answers 404 for the Bundle list, as an API server without the CRD does.
     wait_for(|| bundle_lists(&h.api) >= 2, "a second look for the CRDs").await;
     assert!(!operator.is_finished(), "still waiting, not given up");
-    assert!(h.api.writes().is_empty(), "nothing written without the CRDs");
+    assert!(
+        h.api.writes().is_empty(),
+        "nothing written without the CRDs"
+    );
 
     h.api.crds_installed.store(true, Ordering::SeqCst);
     // Past the CRD check, the next step is the controller lease.

@@ -312,7 +312,7 @@ async fn metric(client: &Client, name_and_labels: &str) -> f64 {
 async fn reconciles(client: &Client, kind: &str) -> f64 {
     metric(
         client,
-        &format!("capgo_reconcile_duration_seconds_count{{kind=\"{kind}\",result=\"ok\"}}"),
+        &format!("capgo_reconcile_duration_seconds_count{{kind=\"{kind}\",result=\"success\"}}"),
     )
     .await
 }
@@ -347,12 +347,7 @@ async fn releases_reach_devices_and_status_belongs_to_the_operator() {
     };
     let web = Web::start();
     let data = tempfile::tempdir().unwrap();
-    let server = cluster.start_operator(
-        data.path(),
-        &cluster.kube.kubeconfig,
-        "replica-a",
-        &[],
-    );
+    let server = cluster.start_operator(data.path(), &cluster.kube.kubeconfig, "replica-a", &[]);
     let client = Client::new(&server, API_KEY);
 
     let followed = apply_and_wait(&cluster, &web, &server).await;
@@ -369,7 +364,14 @@ async fn releases_reach_devices_and_status_belongs_to_the_operator() {
 
     // Only `status`, server-side applied, belongs to the operator's field manager.
     for what in ["release/shop", "bundle/web-1-0-1"] {
-        let object = cluster.get(what);
+        let object: Value = serde_json::from_str(&cluster.kubectl(&[
+            "get",
+            what,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]))
+        .unwrap();
         let managed = object["metadata"]["managedFields"].as_array().unwrap();
         let ours: Vec<&Value> = managed
             .iter()
@@ -401,9 +403,14 @@ async fn releases_reach_devices_and_status_belongs_to_the_operator() {
         "measured: kubectl patch to the first device answer with the promoted bundle in {:?}",
         patched.elapsed()
     );
-    eventually(Duration::from_secs(60), "status after the promote", || async {
-        (cluster.get("release/shop")["status"]["channels"]["production"] == "1.0.2").then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "status after the promote",
+        || async {
+            (cluster.get("release/shop")["status"]["channels"]["production"] == "1.0.2")
+                .then_some(())
+        },
+    )
     .await;
 
     // A restart reconciles everything again and must write nothing.
@@ -411,18 +418,17 @@ async fn releases_reach_devices_and_status_belongs_to_the_operator() {
     let ok_before = reconciles(&client, "Bundle").await;
     assert!(ok_before >= 3.0, "{ok_before}");
     assert!(server.stop().success());
-    let server = cluster.start_operator(
-        data.path(),
-        &cluster.kube.kubeconfig,
-        "replica-a",
-        &[],
-    );
+    let server = cluster.start_operator(data.path(), &cluster.kube.kubeconfig, "replica-a", &[]);
     let client = Client::new(&server, API_KEY);
-    eventually(Duration::from_secs(60), "a resync after the restart", || async {
-        let bundles = reconciles(&client, "Bundle").await;
-        let releases = reconciles(&client, "Release").await;
-        (bundles >= 3.0 && releases >= 1.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "a resync after the restart",
+        || async {
+            let bundles = reconciles(&client, "Bundle").await;
+            let releases = reconciles(&client, "Release").await;
+            (bundles >= 3.0 && releases >= 1.0).then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -440,15 +446,15 @@ async fn a_used_bundle_waits_and_deletion_removes_records_objects_and_finalizers
     };
     let web = Web::start();
     let data = tempfile::tempdir().unwrap();
-    let server = cluster.start_operator(
-        data.path(),
-        &cluster.kube.kubeconfig,
-        "replica-a",
-        &[],
-    );
+    let server = cluster.start_operator(data.path(), &cluster.kube.kubeconfig, "replica-a", &[]);
     let client = Client::new(&server, API_KEY);
     apply_and_wait(&cluster, &web, &server).await;
-    let stored = || common::list_files(data.path()).into_iter().filter(|f| f.ends_with(".zip")).count();
+    let stored = || {
+        common::list_files(data.path())
+            .into_iter()
+            .filter(|f| f.ends_with(".zip"))
+            .count()
+    };
     assert_eq!(stored(), 3, "{:?}", common::list_files(data.path()));
 
     // web-1-0-1 is what production devices get: its deletion waits, and says why.
@@ -472,7 +478,11 @@ async fn a_used_bundle_waits_and_deletion_removes_records_objects_and_finalizers
         }),
         "an Event for the held deletion: {events}"
     );
-    assert_eq!(device_gets(&client, "").await["version"], "1.0.1", "still served");
+    assert_eq!(
+        device_gets(&client, "").await["version"],
+        "1.0.1",
+        "still served"
+    );
 
     // The Release goes, then the held Bundle follows at once (the controller watches
     // Releases), then the rest.
@@ -529,8 +539,14 @@ fn chart_rbac(helm: &str, namespace: &str) -> Vec<Value> {
     yaml_documents(&String::from_utf8(output.stdout).unwrap())
         .into_iter()
         .filter(|doc| {
-            ["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
-                .contains(&doc["kind"].as_str().unwrap_or_default())
+            [
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "ClusterRole",
+                "ClusterRoleBinding",
+            ]
+            .contains(&doc["kind"].as_str().unwrap_or_default())
         })
         .collect()
 }
@@ -543,7 +559,8 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
     let Some(helm) = helm() else { return };
     let rbac = chart_rbac(&helm, &cluster.namespace);
     assert!(
-        rbac.iter().all(|doc| doc["kind"] != "ClusterRole" && doc["kind"] != "ClusterRoleBinding"),
+        rbac.iter()
+            .all(|doc| doc["kind"] != "ClusterRole" && doc["kind"] != "ClusterRoleBinding"),
         "watching its namespace needs no cluster-wide permission: {rbac:?}"
     );
     for doc in &rbac {
@@ -551,7 +568,9 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
     }
     let operator_role = rbac
         .iter()
-        .find(|doc| doc["kind"] == "Role" && doc["metadata"]["name"] == "capgo-capgo-server-operator")
+        .find(|doc| {
+            doc["kind"] == "Role" && doc["metadata"]["name"] == "capgo-capgo-server-operator"
+        })
         .unwrap()
         .clone();
     let token = token_for(&cluster, "capgo-capgo-server");
@@ -570,18 +589,29 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
     let mut crippled = operator_role.clone();
     let rules = crippled["rules"].as_array_mut().unwrap();
     let before = rules.len();
-    rules.retain(|rule| rule["verbs"] != json!(["patch", "update"]) || rule["resources"] != json!(["bundles", "releases"]));
-    assert_eq!(rules.len(), before - 1, "the finalizer rule: {operator_role}");
+    rules.retain(|rule| {
+        rule["verbs"] != json!(["patch", "update"])
+            || rule["resources"] != json!(["bundles", "releases"])
+    });
+    assert_eq!(
+        rules.len(),
+        before - 1,
+        "the finalizer rule: {operator_role}"
+    );
     cluster.apply(&crippled);
     let mut extra = web.bundle("1.0.2");
     extra["metadata"]["name"] = json!("web-extra");
     extra["spec"]["versionName"] = json!("1.0.3");
     extra["spec"]["sha256"] = Value::Null;
     cluster.apply(&extra);
-    let denied = eventually(Duration::from_secs(60), "a PermissionDenied condition", || async {
-        let stalled = cluster.condition("bundle/web-extra", "Stalled");
-        (stalled["reason"] == "PermissionDenied").then_some(stalled)
-    })
+    let denied = eventually(
+        Duration::from_secs(60),
+        "a PermissionDenied condition",
+        || async {
+            let stalled = cluster.condition("bundle/web-extra", "Stalled");
+            (stalled["reason"] == "PermissionDenied").then_some(stalled)
+        },
+    )
     .await;
     let message = denied["message"].as_str().unwrap();
     assert!(
@@ -589,7 +619,9 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
         "names the verb and the resource: {message}"
     );
     assert!(
-        server.log_text().contains("the operator was denied a request"),
+        server
+            .log_text()
+            .contains("the operator was denied a request"),
         "{}",
         server.log_text()
     );
@@ -629,8 +661,15 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
         let lease = cluster.get("lease/capgo-server-controller");
         lease["spec"]["holderIdentity"].as_str().map(str::to_string)
     };
-    let leader = eventually(Duration::from_secs(60), "a lease holder", || async { holder() }).await;
-    let follower = if leader == "replica-a" { "replica-b" } else { "replica-a" };
+    let leader = eventually(Duration::from_secs(60), "a lease holder", || async {
+        holder()
+    })
+    .await;
+    let follower = if leader == "replica-a" {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
 
     cluster.apply(&web.bundle("1.0.0"));
     cluster.wait_ready(&["bundle/web-1-0-0"], &replicas[leader.as_str()]);
@@ -649,9 +688,11 @@ async fn two_replicas_elect_one_leader_and_the_other_takes_over() {
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
     cluster.apply(&web.bundle("1.0.1"));
-    eventually(Duration::from_secs(90), "the follower holding the lease", || async {
-        (holder().as_deref() == Some(follower)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(90),
+        "the follower holding the lease",
+        || async { (holder().as_deref() == Some(follower)).then_some(()) },
+    )
     .await;
     let took_over = killed.elapsed();
     cluster.wait_ready(&["bundle/web-1-0-1"], &replicas[follower]);
@@ -692,7 +733,8 @@ async fn the_operator_waits_for_an_api_server_that_is_not_there_yet() {
     let Some(cluster) = Cluster::new("op-cold") else {
         return;
     };
-    let proxy = common::FaultyProxy::start(&common::FaultyProxy::target_of(&cluster.kube.server)).await;
+    let proxy =
+        common::FaultyProxy::start(&common::FaultyProxy::target_of(&cluster.kube.server)).await;
     proxy.cut();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = cluster.kubeconfig_for(
@@ -703,12 +745,16 @@ async fn the_operator_waits_for_an_api_server_that_is_not_there_yet() {
     let web = Web::start();
     let data = tempfile::tempdir().unwrap();
     let server = cluster.start_operator(data.path(), &kubeconfig, "replica-a", &[]);
-    eventually(Duration::from_secs(30), "the operator saying it waits", || async {
-        server
-            .log_text()
-            .contains("cannot reach the Kubernetes API server")
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the operator saying it waits",
+        || async {
+            server
+                .log_text()
+                .contains("cannot reach the Kubernetes API server")
+                .then_some(())
+        },
+    )
     .await;
     cluster.apply(&web.bundle("1.0.0"));
     proxy.restore();
@@ -746,7 +792,13 @@ fn the_chart_installs_upgrades_and_uninstalls_keeping_the_volume() {
         .to_string(),
     )
     .ok();
-    kube.kubectl(&["wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com"]).ok();
+    kube.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/servicemonitors.monitoring.coreos.com",
+    ])
+    .ok();
     let helm_run = |args: &[&str]| {
         let output = std::process::Command::new(&helm)
             .args(args)
@@ -773,34 +825,69 @@ fn the_chart_installs_upgrades_and_uninstalls_keeping_the_volume() {
         // Values that watch other namespaces need them to exist, as on a real cluster.
         let text = std::fs::read_to_string(&file).unwrap();
         let parsed: Value = serde_yaml::from_str(&text).unwrap_or(Value::Null);
-        for watched in parsed["controller"]["namespaces"].as_array().into_iter().flatten() {
+        for watched in parsed["controller"]["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             kube.kubectl_with_input(
                 &["apply", "--server-side", "-f", "-"],
-                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": watched}}).to_string(),
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": watched}})
+                    .to_string(),
             )
             .ok();
         }
         let release = namespace.clone();
         let file = file.display().to_string();
-        helm_run(&["install", &release, "charts/capgo-server", "-n", &namespace, "-f", &file]);
+        helm_run(&[
+            "install",
+            &release,
+            "charts/capgo-server",
+            "-n",
+            &namespace,
+            "-f",
+            &file,
+        ]);
         let manifest = helm_run(&["get", "manifest", &release, "-n", &namespace]);
         let objects = yaml_documents(&manifest);
         assert!(objects.len() > 5, "{file}: {objects:?}");
         for object in &objects {
             let kind = object["kind"].as_str().unwrap();
             let name = object["metadata"]["name"].as_str().unwrap();
-            let object_namespace = object["metadata"]["namespace"].as_str().unwrap_or(&namespace);
-            let found = kube.kubectl(&["get", "-n", object_namespace, &format!("{kind}/{name}"), "-o", "name"]);
-            assert!(found.success, "{file}: {kind}/{name} was not created: {}", found.stderr);
+            let object_namespace = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(&namespace);
+            let found = kube.kubectl(&[
+                "get",
+                "-n",
+                object_namespace,
+                &format!("{kind}/{name}"),
+                "-o",
+                "name",
+            ]);
+            assert!(
+                found.success,
+                "{file}: {kind}/{name} was not created: {}",
+                found.stderr
+            );
         }
 
         // An upgrade with a changed value lands in the server's settings.
         helm_run(&[
-            "upgrade", &release, "charts/capgo-server", "-n", &namespace, "-f", &file,
-            "--set", "config.cacheResultDuration=7m",
+            "upgrade",
+            &release,
+            "charts/capgo-server",
+            "-n",
+            &namespace,
+            "-f",
+            &file,
+            "--set",
+            "config.cacheResultDuration=7m",
         ]);
         let config_maps: Value = serde_json::from_str(
-            &kube.kubectl(&["get", "configmaps", "-n", &namespace, "-o", "json"]).ok(),
+            &kube
+                .kubectl(&["get", "configmaps", "-n", &namespace, "-o", "json"])
+                .ok(),
         )
         .unwrap();
         let settings: Vec<&str> = config_maps["items"]
@@ -811,14 +898,30 @@ fn the_chart_installs_upgrades_and_uninstalls_keeping_the_volume() {
             .flat_map(|data| data.values().filter_map(Value::as_str))
             .collect();
         assert!(
-            settings.iter().any(|text| text.contains("cache_result_duration: \"7m\"")),
+            settings
+                .iter()
+                .any(|text| text.contains("cache_result_duration: \"7m\"")),
             "{file}: {settings:?}"
         );
 
-        let volumes_before = kube.kubectl(&["get", "pvc", "-n", &namespace, "-o", "name"]).ok();
+        let volumes_before = kube
+            .kubectl(&["get", "pvc", "-n", &namespace, "-o", "name"])
+            .ok();
         helm_run(&["uninstall", &release, "-n", &namespace]);
-        let left = kube.kubectl(&["get", "deployments,services,configmaps,pvc", "-n", &namespace, "-o", "name"]).ok();
-        let kept: Vec<&str> = left.lines().filter(|l| !l.contains("kube-root-ca")).collect();
+        let left = kube
+            .kubectl(&[
+                "get",
+                "deployments,services,configmaps,pvc",
+                "-n",
+                &namespace,
+                "-o",
+                "name",
+            ])
+            .ok();
+        let kept: Vec<&str> = left
+            .lines()
+            .filter(|l| !l.contains("kube-root-ca"))
+            .collect();
         let volumes: Vec<&str> = volumes_before.lines().collect();
         assert_eq!(kept, volumes, "{file}: only the volume claim stays");
     }

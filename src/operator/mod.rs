@@ -199,7 +199,9 @@ pub async fn report_denial<K, S>(
 {
     let outcome = Outcome::Stalled {
         reason: "PermissionDenied".into(),
-        message: format!("the operator was denied a request; grant it in the operator's Role: {denied}"),
+        message: format!(
+            "the operator was denied a request; grant it in the operator's Role: {denied}"
+        ),
     };
     let mut status = current.cloned().unwrap_or_default();
     let generation = object.meta().generation.unwrap_or_default();
@@ -465,7 +467,10 @@ fn error_policy<K: ResourceExt>(
     };
     let resource = display_name(object.as_ref());
     if let Some(denied) = error.denied() {
-        tracing::error!(resource, "the operator was denied a request (check its Role): {denied}");
+        tracing::error!(
+            resource,
+            "the operator was denied a request (check its Role): {denied}"
+        );
         return kube::runtime::controller::Action::requeue(STALLED_RETRY / 10);
     }
     if held {

@@ -142,8 +142,7 @@ pub fn naming(known: &Store<Release>, bundle: &Bundle) -> Vec<ObjectRef<Release>
         .state()
         .iter()
         .filter(|release| {
-            release.namespace() == bundle.namespace()
-                && bundle_names(&release.spec).contains(&name)
+            release.namespace() == bundle.namespace() && bundle_names(&release.spec).contains(&name)
         })
         .map(|release| ObjectRef::from_obj(release.as_ref()))
         .collect()
@@ -162,7 +161,14 @@ pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Actio
     )
     .await;
     if let Some(denied) = result.as_ref().err().and_then(OperatorError::denied) {
-        report_denial(ctx, &api, release.as_ref(), release.status.as_ref(), &denied).await;
+        report_denial(
+            ctx,
+            &api,
+            release.as_ref(),
+            release.status.as_ref(),
+            &denied,
+        )
+        .await;
     }
     crate::metrics::global().reconcile("Release", result.is_ok(), started.elapsed());
     result
