@@ -246,7 +246,7 @@ fn defaults_are_one_replica_on_a_persistent_volume() {
         "bundles",
         "releases",
         "bundles/status",
-        "releases/finalizers",
+        "releases/status",
         "events",
     ] {
         assert!(

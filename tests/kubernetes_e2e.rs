@@ -169,6 +169,39 @@ fn invalid_resources_are_refused_by_the_api_server() {
                 &["metadata.name: Invalid value: \"Upper-Case-Name\""],
                 &["metadata.name: Invalid value: \"Upper-Case-Name\""],
             ),
+            // The rules added for issue 15: patterns and CEL across fields.
+            "both-sources" | "no-source" => {
+                let refused: &[&str] = &["set exactly one of source.url and source.bucketKey"];
+                (refused, refused)
+            }
+            "ftp-source" => {
+                let refused: &[&str] = &["spec.source.url", "should match"];
+                (refused, refused)
+            }
+            "short-sha256" => {
+                let refused: &[&str] = &["spec.sha256", "should match"];
+                (refused, refused)
+            }
+            "app-id-with-a-space" => {
+                let refused: &[&str] = &["spec.appId", "should match"];
+                (refused, refused)
+            }
+            "empty-version-name" => {
+                let refused: &[&str] = &["spec.versionName", "at least 1 chars long"];
+                (refused, refused)
+            }
+            "reserved-version-name" => {
+                let refused: &[&str] = &["versionName \"builtin\" and \"unknown\" are reserved"];
+                (refused, refused)
+            }
+            "builtin-channel" | "channel-with-a-slash" => {
+                let refused: &[&str] = &["channel names are 1 to 64 letters"];
+                (refused, refused)
+            }
+            "bundle-name-upper-case" => {
+                let refused: &[&str] = &["spec.builtinBundle", "should match"];
+                (refused, refused)
+            }
             other => panic!("no expectation for {other}"),
         }
     };
@@ -204,6 +237,52 @@ fn invalid_resources_are_refused_by_the_api_server() {
             json!({"chanels": {"production": "shop-web-1-4-1"}}),
         ),
         release("Upper-Case-Name", json!({})),
+        bundle(
+            "both-sources",
+            json!({"appId": "com.example.shop", "versionName": "1.0.0",
+                   "source": {"url": "https://example.com/a.zip", "bucketKey": "imports/a.zip"}}),
+        ),
+        bundle(
+            "no-source",
+            json!({"appId": "com.example.shop", "versionName": "1.0.0", "source": {}}),
+        ),
+        bundle(
+            "ftp-source",
+            json!({"appId": "com.example.shop", "versionName": "1.0.0",
+                   "source": {"url": "ftp://example.com/a.zip"}}),
+        ),
+        bundle(
+            "short-sha256",
+            json!({"appId": "com.example.shop", "versionName": "1.0.0",
+                   "source": {"url": "https://example.com/a.zip"}, "sha256": "abc"}),
+        ),
+        bundle(
+            "app-id-with-a-space",
+            json!({"appId": "com.example shop", "versionName": "1.0.0",
+                   "source": {"url": "https://example.com/a.zip"}}),
+        ),
+        bundle(
+            "empty-version-name",
+            json!({"appId": "com.example.shop", "versionName": "",
+                   "source": {"url": "https://example.com/a.zip"}}),
+        ),
+        bundle(
+            "reserved-version-name",
+            json!({"appId": "com.example.shop", "versionName": "builtin",
+                   "source": {"url": "https://example.com/a.zip"}}),
+        ),
+        release(
+            "builtin-channel",
+            json!({"channels": {"builtin": "shop-web-1-4-1"}}),
+        ),
+        release(
+            "channel-with-a-slash",
+            json!({"channels": {"beta/1": "shop-web-1-4-1"}}),
+        ),
+        release(
+            "bundle-name-upper-case",
+            json!({"builtinBundle": "Shop_Web"}),
+        ),
     ]);
     for case in &cases {
         let name = case["metadata"]["name"].as_str().unwrap();
@@ -234,6 +313,52 @@ fn invalid_resources_are_refused_by_the_api_server() {
         .kubectl(&["get", "bundles,releases", "-n", &namespace, "-o", "name"])
         .ok();
     assert_eq!(left.trim(), "", "{left}");
+}
+
+/// A Bundle's app id and version name key its stored record and object: the API server
+/// refuses to change them (a CEL transition rule), while other fields may change.
+#[test]
+fn a_bundles_identity_cannot_change() {
+    let Some(kube) = kube_control_plane() else {
+        return;
+    };
+    kube.install_crds();
+    let namespace = kube.fresh_namespace("immutable");
+    let bundle = |app: &str, version: &str, description: &str| {
+        json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Bundle",
+               "metadata": {"name": "web"},
+               "spec": {"appId": app, "versionName": version, "description": description,
+                        "source": {"url": "https://example.com/a.zip"}}})
+    };
+    apply(
+        &kube,
+        &namespace,
+        &bundle("com.example.shop", "1.0.0", "first"),
+    )
+    .ok();
+    apply(
+        &kube,
+        &namespace,
+        &bundle("com.example.shop", "1.0.0", "edited"),
+    )
+    .ok();
+    for (changed, message) in [
+        (
+            bundle("com.example.other", "1.0.0", "edited"),
+            "appId cannot change once set",
+        ),
+        (
+            bundle("com.example.shop", "1.0.1", "edited"),
+            "versionName cannot change once set",
+        ),
+    ] {
+        let output = apply(&kube, &namespace, &changed);
+        assert!(!output.success, "{changed} was accepted");
+        assert!(output.stderr.contains(message), "{}", output.stderr);
+    }
+    let stored = get_json(&kube, &namespace, "bundle/web");
+    assert_eq!(stored["spec"]["versionName"], "1.0.0");
+    assert_eq!(stored["spec"]["description"], "edited");
 }
 
 /// A ServiceAccount gets a real token from the TokenRequest API; RBAC refuses it until a Role

@@ -174,6 +174,10 @@ impl CatalogStore for CountingStore {
 struct FakeApi {
     objects: Mutex<BTreeMap<String, Value>>,
     writes: Mutex<Vec<(String, String, Value)>>,
+    /// Every request's method and path, in order.
+    requests: Mutex<Vec<(String, String)>>,
+    /// Whether listing Bundles works (the CRDs are installed); 404 until then.
+    crds_installed: std::sync::atomic::AtomicBool,
 }
 
 impl FakeApi {
@@ -198,6 +202,16 @@ impl FakeApi {
     }
 
     fn handle(&self, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.requests
+            .lock()
+            .unwrap()
+            .push((method.to_string(), path.to_string()));
+        let lists_bundles = method == "GET" && path.ends_with("/bundles");
+        if lists_bundles && self.crds_installed.load(Ordering::SeqCst) {
+            let list = json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "BundleList",
+                              "metadata": {"resourceVersion": "1"}, "items": []});
+            return (StatusCode::OK, list);
+        }
         if method != "GET" {
             self.writes
                 .lock()
@@ -672,8 +686,10 @@ async fn a_bundle_can_come_from_an_object_already_in_the_bucket() {
     assert_eq!(h.catalog.list_bundles().await.unwrap().len(), 1);
 }
 
+/// Argo CD sync waves and cold clusters apply the CRDs after the server starts: the operator
+/// keeps checking (with backoff) instead of giving up, and goes on once they are served.
 #[tokio::test]
-async fn without_the_crds_the_operator_says_so_and_stops() {
+async fn without_the_crds_the_operator_waits_for_them() {
     let h = Harness::new().await;
     let settings = capgo_server::operator::OperatorSettings {
         namespaces: vec![NS.into()],
@@ -681,24 +697,61 @@ async fn without_the_crds_the_operator_says_so_and_stops() {
         lease_name: "capgo-server-controller".into(),
         identity: "test-replica".into(),
     };
-    let ctx = Arc::try_unwrap(h.ctx.clone()).unwrap_or_else(|shared| {
-        // The harness keeps one handle; build another context on the same client and catalog.
-        Context::new(
-            shared.client.clone(),
-            h.catalog.clone(),
-            "test-replica",
-            SourceFetcher::new(SourcePolicy::default()),
-        )
-    });
+    let ctx = Context::new(
+        h.ctx.client.clone(),
+        h.catalog.clone(),
+        "test-replica",
+        SourceFetcher::new(SourcePolicy::default()),
+    );
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let operator = tokio::spawn(capgo_server::operator::run(settings, ctx, shutdown.clone()));
+    let bundle_lists = |api: &FakeApi| {
+        api.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(method, path)| method == "GET" && path.ends_with("/bundles"))
+            .count()
+    };
     // The fake API answers 404 for the Bundle list, as an API server without the CRD does.
-    tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        capgo_server::operator::run(settings, ctx, shutdown),
+    wait_for(|| bundle_lists(&h.api) >= 2, "a second look for the CRDs").await;
+    assert!(!operator.is_finished(), "still waiting, not given up");
+    assert!(
+        h.api.writes().is_empty(),
+        "nothing written without the CRDs"
+    );
+
+    h.api.crds_installed.store(true, Ordering::SeqCst);
+    // Past the CRD check, the next step is the controller lease.
+    wait_for(
+        || {
+            h.api
+                .requests
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, path)| path.contains("/leases"))
+        },
+        "the lease asked for once the CRDs are there",
     )
-    .await
-    .expect("the operator returns instead of retrying forever");
-    assert!(h.api.writes().is_empty(), "nothing was written");
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), operator)
+        .await
+        .expect("the operator stops on shutdown while waiting")
+        .unwrap();
+}
+
+/// Polls `done` every 50 ms for up to 30 s.
+async fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::conditions::{conditions_for, Outcome};
-use super::crd::{Bundle, BundleSpec, BundleStatus};
+use super::crd::{Bundle, BundleSpec, BundleStatus, Release};
 use super::fetch::FetchError;
 use super::{
-    actor_of, apply_status, display_name, now_rfc3339, with_finalizer, Context, Failure,
-    OperatorError,
+    actor_of, apply_status, display_name, now_rfc3339, report_denial, with_finalizer, Context,
+    Failure, OperatorError,
 };
 use crate::catalog::{CatalogError, ExpectedChecksum, NewBundle, SourceError};
 use crate::domain::{Actor, Bundle as BundleRecord, ResourceRef};
@@ -86,6 +87,15 @@ pub fn status_for(
     }
 }
 
+/// The Bundles `release` names, so a deletion the Release held proceeds as soon as it lets go.
+pub fn named_by(release: &Release) -> Vec<ObjectRef<Bundle>> {
+    let namespace = release.namespace().unwrap_or_default();
+    super::releases::bundle_names(&release.spec)
+        .iter()
+        .map(|name| ObjectRef::new(name).within(&namespace))
+        .collect()
+}
+
 pub async fn reconcile(bundle: Arc<Bundle>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
     let started = std::time::Instant::now();
     let api: Api<Bundle> =
@@ -93,11 +103,14 @@ pub async fn reconcile(bundle: Arc<Bundle>, ctx: Arc<Context>) -> Result<Action,
     let (ctx, api_ref) = (ctx.as_ref(), &api);
     let result = with_finalizer(
         &api,
-        bundle,
+        bundle.clone(),
         |bundle| async move { apply(&bundle, ctx, api_ref).await },
         |bundle| async move { cleanup(&bundle, ctx, api_ref).await },
     )
     .await;
+    if let Some(denied) = result.as_ref().err().and_then(OperatorError::denied) {
+        report_denial(ctx, &api, bundle.as_ref(), bundle.status.as_ref(), &denied).await;
+    }
     crate::metrics::global().reconcile("Bundle", result.is_ok(), started.elapsed());
     result
 }

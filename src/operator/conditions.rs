@@ -83,6 +83,30 @@ pub fn conditions_for(
     .collect()
 }
 
+/// A status that carries the three conditions, so rules about conditions serve every kind.
+pub trait WithConditions: Default + Clone {
+    fn conditions(&self) -> &[Condition];
+    fn set_conditions(&mut self, conditions: Vec<Condition>);
+}
+
+impl WithConditions for super::crd::BundleStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+}
+
+impl WithConditions for super::crd::ReleaseStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

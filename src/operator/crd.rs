@@ -6,11 +6,22 @@
 
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "capgo-server.io";
+
+// What the API server checks before anything is stored, so `kubectl apply` and Argo CD refuse
+// a wrong manifest with a message instead of the operator stalling on it later. The operator
+// checks the same rules again (domain::names), for API servers that skipped them.
+
+/// App ids: letters, digits, `.`, `_`, `-` (domain::names::check_app_id).
+const APP_ID_PATTERN: &str = r"^[A-Za-z0-9._-]+$";
+/// No leading or trailing spaces (domain::names::check_text).
+const TRIMMED_PATTERN: &str = r"^\S(.*\S)?$";
+/// A resource name in the same namespace (an RFC 1123 subdomain).
+const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A condition in the Kubernetes shape (what `kubectl wait --for=condition=Ready`, kstatus and
 /// Argo CD read).
@@ -21,17 +32,20 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
+    #[schemars(extend("enum" = ["True", "False", "Unknown"]))]
     pub status: String,
     pub reason: String,
     pub message: String,
     /// RFC 3339; changes only when `status` does.
+    #[schemars(extend("format" = "date-time"))]
     pub last_transition_time: String,
     /// The `metadata.generation` this condition describes.
+    #[schemars(range(min = 0))]
     pub observed_generation: i64,
 }
 
 /// A web bundle (a zip of the app's web assets) that capgo-server fetches, checks and stores.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "capgo-server.io",
     version = "v1alpha1",
@@ -56,16 +70,22 @@ pub struct Condition {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.versionName != 'builtin' && self.versionName != 'unknown'").message("versionName \"builtin\" and \"unknown\" are reserved by the plugin; choose another name"))]
 pub struct BundleSpec {
-    /// The app id, e.g. `com.example.app`.
+    /// The app id, e.g. `com.example.app`. Cannot change: the stored record is keyed by it.
+    #[schemars(length(min = 1, max = 255), regex(pattern = APP_ID_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("appId cannot change once set: create another Bundle"))]
     pub app_id: String,
-    /// The version name devices report once they run it (unique per app).
+    /// The version name devices report once they run it (unique per app). Cannot change.
+    #[schemars(length(min = 1, max = 128), regex(pattern = TRIMMED_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("versionName cannot change once set: create another Bundle"))]
     pub version_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     pub source: BundleSource,
     /// Expected SHA-256 (lowercase hex) of the zip; the bundle stalls when it differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: Option<String>,
     /// For bundles made with `capgo bundle encrypt`: served to devices as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,16 +93,19 @@ pub struct BundleSpec {
 }
 
 /// Where the zip comes from: exactly one of `url` and `bucketKey`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.bucketKey)").message("set exactly one of source.url and source.bucketKey"))]
 pub struct BundleSource {
     /// An http(s) URL to fetch the zip from: a public address (redirects included) unless
     /// the server allows private networks or lists allowed hosts (BUNDLE_SOURCE_*).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub url: Option<String>,
     /// The key of an object already in capgo-server's bucket, below its import prefix
     /// (BUNDLE_IMPORT_PREFIX, `imports/` by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
     pub bucket_key: Option<String>,
 }
 
@@ -101,8 +124,10 @@ pub struct BundleEncryptionSpec {
 #[serde(rename_all = "camelCase")]
 pub struct BundleStatus {
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub observed_generation: i64,
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The record's id in capgo-server (what the REST API and UI show).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,7 +135,9 @@ pub struct BundleStatus {
     /// SHA-256 of the stored bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+    /// Bytes stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
     pub size: Option<u64>,
     /// Where the bytes are stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,7 +145,7 @@ pub struct BundleStatus {
 }
 
 /// A native build of an app and the bundle each of its channels serves.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "capgo-server.io",
     version = "v1alpha1",
@@ -147,17 +174,41 @@ pub struct BundleStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseSpec {
     pub platform: PlatformSpec,
+    #[schemars(length(min = 1, max = 255), regex(pattern = APP_ID_PATTERN))]
     pub app_id: String,
-    /// Native version name (`versionName` / `CFBundleShortVersionString`).
+    /// Native version name (`versionName` / `CFBundleShortVersionString`). Changing it
+    /// replaces the record made for the old one.
+    #[schemars(length(min = 1, max = 64), regex(pattern = TRIMMED_PATTERN))]
     pub version_name: String,
     /// Native build number (`versionCode` / `CFBundleVersion`).
+    #[schemars(length(min = 1, max = 64), regex(pattern = TRIMMED_PATTERN))]
     pub version_code: String,
     /// Name of the `Bundle` (same namespace) shipped inside the store binary.
+    #[schemars(length(min = 1, max = 253), regex(pattern = NAME_PATTERN))]
     pub builtin_bundle: String,
     /// Channel name → name of the `Bundle` (same namespace) it serves. A channel left out
     /// follows `production`; `production` left out serves the builtin bundle.
     #[serde(default)]
+    #[schemars(schema_with = "channels_schema")]
     pub channels: BTreeMap<String, String>,
+}
+
+/// Channel names as domain::channel::ChannelName accepts them, Bundle names as resource names.
+fn channels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "pattern": NAME_PATTERN,
+        },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(channel, channel.matches('^[A-Za-z0-9._-]{1,64}$') && channel != 'builtin')",
+            "message": "channel names are 1 to 64 letters, digits, '.', '_' or '-', and not \"builtin\"",
+        }],
+    })
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -172,8 +223,10 @@ pub enum PlatformSpec {
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseStatus {
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub observed_generation: i64,
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The record's id in capgo-server.
     #[serde(default, skip_serializing_if = "Option::is_none")]

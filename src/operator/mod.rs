@@ -50,6 +50,28 @@ pub enum OperatorError {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<OperatorError>>),
 }
 
+impl OperatorError {
+    /// The API server's words when this is an RBAC denial (HTTP 403), wherever it happened.
+    pub fn denied(&self) -> Option<String> {
+        use kube::runtime::finalizer::Error as Finalize;
+        let forbidden = |error: &kube::Error| match error {
+            kube::Error::Api(status) if status.code == 403 => Some(status.message.clone()),
+            _ => None,
+        };
+        match self {
+            OperatorError::Kube(error) => forbidden(error),
+            OperatorError::Finalizer(inner) => match inner.as_ref() {
+                Finalize::AddFinalizer(error) | Finalize::RemoveFinalizer(error) => {
+                    forbidden(error)
+                }
+                Finalize::ApplyFailed(error) | Finalize::CleanupFailed(error) => error.denied(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
 /// How a reconcile step failed: the spec must change (a `Stalled` outcome with its reason),
 /// or the world must (retried).
 #[derive(Debug)]
@@ -162,6 +184,38 @@ where
     })
 }
 
+/// After the API server refused the operator a request (RBAC), says so on the resource: a
+/// `Stalled` condition with reason `PermissionDenied` and a Warning Event, as far as the
+/// operator may still write those (the log always has it, from [`error_policy`]).
+pub async fn report_denial<K, S>(
+    ctx: &Context,
+    api: &Api<K>,
+    object: &K,
+    current: Option<&S>,
+    denied: &str,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: conditions::WithConditions + serde::Serialize + PartialEq,
+{
+    let outcome = Outcome::Stalled {
+        reason: "PermissionDenied".into(),
+        message: format!(
+            "the operator was denied a request; grant it in the operator's Role: {denied}"
+        ),
+    };
+    let mut status = current.cloned().unwrap_or_default();
+    let generation = object.meta().generation.unwrap_or_default();
+    status.set_conditions(conditions::conditions_for(
+        &outcome,
+        generation,
+        status.conditions(),
+        &now_rfc3339(),
+    ));
+    if let Err(e) = apply_status(ctx, api, object, current, status, &outcome).await {
+        tracing::debug!(error = %Chain(&e), "cannot write the denial to the status either");
+    }
+}
+
 /// Who acts for `object` on the records it owns: the resource, adopting records made through
 /// the API when it carries the adopt annotation.
 pub fn actor_of<K: ResourceExt>(object: &K, owner: crate::domain::ResourceRef) -> Actor {
@@ -201,49 +255,41 @@ pub struct OperatorSettings {
     pub identity: String,
 }
 
-/// Runs the operator until `shutdown`: connects to the cluster, checks the CRDs are installed,
-/// then reconciles while holding the lease. Problems that need a person (no cluster, no CRDs)
-/// are logged clearly and leave the HTTP servers running.
+/// The longest wait between two start-up checks of the cluster.
+pub const STARTUP_RETRY_MAX: Duration = Duration::from_secs(20);
+
+/// Runs the operator until `shutdown`: waits until the cluster answers and serves the CRDs,
+/// then reconciles while holding the lease. Start-up problems (API server not reachable yet,
+/// CRDs applied after the server started, a Role not bound yet) are retried with backoff and
+/// logged; the HTTP servers run meanwhile.
 pub async fn run(
     settings: OperatorSettings,
     ctx: Context,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let ctx = Arc::new(ctx);
-    let probe_namespace = settings
-        .namespaces
-        .first()
-        .cloned()
-        .unwrap_or_else(|| settings.lease_namespace.clone());
-    let probe: Api<crd::Bundle> = Api::namespaced(ctx.client.clone(), &probe_namespace);
-    match probe.list(&kube::api::ListParams::default().limit(1)).await {
-        Err(kube::Error::Api(status)) if status.code == 404 => {
-            tracing::error!(
-                "the Bundle and Release CRDs are not installed (kubectl apply -f crds/capgo-server.yaml); the operator is off"
-            );
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list Bundles; check the service account's RBAC; the operator is off");
-            return;
-        }
-        Ok(_) => {}
-    }
-    let lease =
-        kube_lease_manager::LeaseManagerBuilder::new(ctx.client.clone(), &settings.lease_name)
-            .with_namespace(&settings.lease_namespace)
-            .with_identity(&settings.identity)
-            .with_duration(15)
-            .with_grace(5)
-            .build()
-            .await;
-    let lease = match lease {
-        Ok(lease) => lease,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up the controller lease; the operator is off");
-            return;
+    let mut backoff = Backoff::new(STARTUP_RETRY_MAX);
+    let lease = loop {
+        let ready = match check_cluster(&settings, &ctx.client).await {
+            Ok(()) => build_lease(&settings, &ctx.client).await,
+            Err(problem) => Err(problem),
+        };
+        match ready {
+            Ok(lease) => break lease,
+            Err(problem) => {
+                tracing::warn!(
+                    retry_in_seconds = backoff.next.as_secs(),
+                    "the operator cannot start yet: {problem}"
+                );
+                if !backoff.wait(&shutdown).await {
+                    return;
+                }
+            }
         }
     };
+    if backoff.retried {
+        tracing::info!("the cluster answers and serves the CRDs: the operator starts");
+    }
     let (leading, lease_task) = lease.watch().await;
     leader::while_leading(leading, shutdown, |stop| {
         run_controllers(settings.namespaces.clone(), ctx.clone(), stop)
@@ -251,6 +297,100 @@ pub async fn run(
     .await;
     lease_task.abort();
 }
+
+/// Exponential backoff from one second up to a ceiling, cut short by shutdown.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+    retried: bool,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_secs(1),
+            max,
+            retried: false,
+        }
+    }
+
+    /// Sleeps the current delay and doubles it; `false` when shutdown came first.
+    async fn wait(&mut self, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+        self.retried = true;
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Lists Bundles in every watched namespace (or cluster-wide), saying in words what is wrong
+/// when that fails.
+async fn check_cluster(settings: &OperatorSettings, client: &kube::Client) -> Result<(), String> {
+    let scopes: Vec<Option<&String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().map(Some).collect()
+    };
+    for scope in scopes {
+        let api: Api<crd::Bundle> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let place = scope.map_or("any namespace".to_string(), |ns| format!("namespace {ns}"));
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                return Err(
+                    "the Bundle and Release CRDs are not installed (kubectl apply --server-side -f crds/)"
+                        .into(),
+                )
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                return Err(format!(
+                    "the service account may not list Bundles in {place} (check its Role and RoleBinding): {}",
+                    status.message
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot reach the Kubernetes API server: {}",
+                    Chain(&e)
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn build_lease(
+    settings: &OperatorSettings,
+    client: &kube::Client,
+) -> Result<kube_lease_manager::LeaseManager, String> {
+    kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(LEASE_DURATION_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .build()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot set up the controller lease {}/{} (the service account needs get, create, update and patch on leases there): {}",
+                settings.lease_namespace,
+                settings.lease_name,
+                Chain(&e)
+            )
+        })
+}
+
+/// How long a lease holder's claim lasts without renewal: the longest a crashed leader
+/// delays the others.
+pub const LEASE_DURATION_SECONDS: u64 = 15;
+/// How long before expiry the holder renews.
+pub const LEASE_GRACE_SECONDS: u64 = 5;
 
 async fn run_controllers(
     namespaces: Vec<String>,
@@ -277,15 +417,25 @@ async fn run_controllers(
         let (bundles, releases) = apis(scope);
         let stop_bundles = stop.clone();
         controllers.push(
-            Controller::new(bundles, watcher::Config::default())
+            Controller::new(bundles.clone(), watcher::Config::default())
+                // A Release that changes or goes lets a deletion it held proceed at once.
+                .watches(releases.clone(), watcher::Config::default(), |release| {
+                    bundles::named_by(&release)
+                })
                 .graceful_shutdown_on(async move { stop_bundles.cancelled().await })
                 .run(bundles::reconcile, error_policy, ctx.clone())
                 .for_each(|result| async move { log_result(result) })
                 .boxed(),
         );
         let stop_releases = stop.clone();
+        let release_controller = Controller::new(releases, watcher::Config::default());
+        let known_releases = release_controller.store();
         controllers.push(
-            Controller::new(releases, watcher::Config::default())
+            release_controller
+                // A Bundle that turns Ready (or changes) re-reconciles the Releases naming it.
+                .watches(bundles, watcher::Config::default(), move |bundle| {
+                    releases::naming(&known_releases, &bundle)
+                })
                 .graceful_shutdown_on(async move { stop_releases.cancelled().await })
                 .run(releases::reconcile, error_policy, ctx.clone())
                 .for_each(|result| async move { log_result(result) })
@@ -316,6 +466,13 @@ fn error_policy<K: ResourceExt>(
         other => matches!(other, OperatorError::DeletionHeld(_)),
     };
     let resource = display_name(object.as_ref());
+    if let Some(denied) = error.denied() {
+        tracing::error!(
+            resource,
+            "the operator was denied a request (check its Role): {denied}"
+        );
+        return kube::runtime::controller::Action::requeue(STALLED_RETRY / 10);
+    }
     if held {
         tracing::info!(resource, error = %Chain(error), "deletion held; looking again later");
         return kube::runtime::controller::Action::requeue(WAITING_RETRY * 3);

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 
 use super::conditions::{conditions_for, Outcome};
 use super::crd::{Bundle, PlatformSpec, Release, ReleaseSpec, ReleaseStatus};
 use super::{
-    actor_of, apply_status, display_name, now_rfc3339, with_finalizer, Context, Failure,
-    OperatorError,
+    actor_of, apply_status, display_name, now_rfc3339, report_denial, with_finalizer, Context,
+    Failure, OperatorError,
 };
 use crate::catalog::{CatalogError, DesiredRelease};
 use crate::domain::names::{check_app_id, check_native_version};
@@ -133,6 +134,20 @@ pub fn serving(
         .collect()
 }
 
+/// The Releases in `known` that name `bundle`, so a Bundle that turns Ready (or changes)
+/// re-reconciles them at once instead of at their next poll.
+pub fn naming(known: &Store<Release>, bundle: &Bundle) -> Vec<ObjectRef<Release>> {
+    let name = bundle.name_any();
+    known
+        .state()
+        .iter()
+        .filter(|release| {
+            release.namespace() == bundle.namespace() && bundle_names(&release.spec).contains(&name)
+        })
+        .map(|release| ObjectRef::from_obj(release.as_ref()))
+        .collect()
+}
+
 pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
     let started = std::time::Instant::now();
     let api: Api<Release> =
@@ -140,11 +155,21 @@ pub async fn reconcile(release: Arc<Release>, ctx: Arc<Context>) -> Result<Actio
     let (ctx, api_ref) = (ctx.as_ref(), &api);
     let result = with_finalizer(
         &api,
-        release,
+        release.clone(),
         |release| async move { apply(&release, ctx, api_ref).await },
         |release| async move { cleanup(&release, ctx).await },
     )
     .await;
+    if let Some(denied) = result.as_ref().err().and_then(OperatorError::denied) {
+        report_denial(
+            ctx,
+            &api,
+            release.as_ref(),
+            release.status.as_ref(),
+            &denied,
+        )
+        .await;
+    }
     crate::metrics::global().reconcile("Release", result.is_ok(), started.elapsed());
     result
 }
