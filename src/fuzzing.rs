@@ -16,7 +16,7 @@ pub fn device_request(data: &[u8]) {
     };
     if let Ok(device) = DeviceInfo::parse(&body) {
         // What the decision reads from a parsed device is usable.
-        let _ = (device.runs_builtin(), device.channel_or_default());
+        let _ = (device.runs_builtin(), device.traits());
     }
     let events: Vec<&serde_json::Value> = match &body {
         serde_json::Value::Array(items) => items.iter().collect(),

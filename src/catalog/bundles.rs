@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::staging::StagedBlob;
 use super::{zip_check, Catalog, CatalogError};
-use crate::domain::bundle::check_import_key;
+use crate::domain::bundle::{check_import_key, check_link, check_min_update_version};
 use crate::domain::names::{check_app_id, check_bundle_version};
 use crate::domain::ownership::check_may_change;
 use crate::domain::{
@@ -26,6 +26,10 @@ pub struct NewBundle {
     pub app_id: String,
     pub version_name: String,
     pub description: String,
+    /// Release notes or a page about the bundle; an absolute http(s) URL.
+    pub link: Option<String>,
+    /// The lowest native version the bundle runs on (`major.minor.patch`).
+    pub min_update_version: Option<String>,
     /// A checksum the uploaded bytes must have.
     pub expected_checksum: Option<ExpectedChecksum>,
     /// For encrypted uploads: `ivSessionKey` from `bundle encrypt`.
@@ -94,6 +98,12 @@ impl Catalog {
     pub async fn check_new_bundle(&self, new: &NewBundle) -> Result<(), CatalogError> {
         check_app_id(&new.app_id)?;
         check_bundle_version(&new.version_name)?;
+        if let Some(link) = &new.link {
+            check_link(link)?;
+        }
+        if let Some(minimum) = &new.min_update_version {
+            check_min_update_version(minimum)?;
+        }
         if self
             .metadata
             .bundle_by_version(&new.app_id, &new.version_name)
@@ -214,6 +224,8 @@ impl Catalog {
             app_id: new.app_id,
             version_name: new.version_name,
             description: new.description,
+            link: new.link,
+            min_update_version: new.min_update_version,
             sha256: staged.sha256.clone(),
             crc32: staged.crc32.clone(),
             size: staged.size,

@@ -7,14 +7,23 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::target_cache::{Lookup, Resolution, TargetKey};
+use super::target_cache::{Lookup, OverrideMap, Resolution, Resolved, TargetKey};
 use super::{Catalog, CatalogError};
 use crate::domain::channel::Channel;
-use crate::domain::device::{DeviceInfo, DeviceRefusal};
+use crate::domain::channel_policy::{ChannelChoice, ChannelRules, DeviceTraits};
+use crate::domain::device::{DeviceInfo, DeviceRefusal, RefusalKind};
 use crate::domain::stats::{self, StatsEvent};
-use crate::domain::update::ChannelTarget;
+use crate::domain::targeting::{DeviceOverride, OverrideSource};
+use crate::domain::update::{decide, ChannelTarget, UpdateAnswer};
 use crate::domain::{now_millis, Bundle, ChannelName, UnixMillis};
 use crate::error::Chain;
+use crate::store::StoreError;
+
+/// An override that decides a device's channel.
+struct FoundOverride {
+    channel: ChannelName,
+    choice: ChannelChoice,
+}
 
 /// A bundle's device activity (see [`Catalog::bundle_activity`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,14 +42,68 @@ pub struct DailyActivity {
     pub failures: u64,
 }
 
+/// What a device's check resolved to: what its channel serves, and how it came to be on it.
+pub struct DeviceTarget {
+    pub resolution: Resolution,
+    pub choice: ChannelChoice,
+}
+
+impl DeviceTarget {
+    /// The answer the device gets.
+    pub fn answer(&self, device: &DeviceInfo) -> UpdateAnswer {
+        match self.resolution.as_ref() {
+            Resolved::Target(target) => decide(device, target, self.choice),
+            Resolved::Refused(refusal) | Resolved::Unregistered(refusal) => {
+                UpdateAnswer::refused(refusal.clone())
+            }
+        }
+    }
+}
+
+/// What `setChannel` (`POST /channel_self`) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelChange {
+    Accepted,
+    /// The app has no such channel.
+    NotFound,
+    /// The channel's settings do not let this device choose it.
+    NotAllowed(DeviceRefusal),
+    /// A person or a resource put the device on `channel`; the device cannot leave it.
+    Forced(ChannelName),
+}
+
+/// What `getChannel` (`PUT /channel_self`) answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceChannel {
+    pub channel: ChannelName,
+    /// True when the server decides it (an override or a remembered choice), not the device.
+    pub overridden: bool,
+}
+
 impl Catalog {
-    /// What the device's release and channel serve now (cached; see [`super::TargetCache`]).
+    /// What the device's channel serves now (cached; see [`super::TargetCache`]), on the
+    /// channel an override puts it on, else the one it asks for, else the default one.
     /// When the metadata store is unreachable, the last known answer is served, however old.
-    pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<Resolution, CatalogError> {
+    pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<DeviceTarget, CatalogError> {
+        let (channel, choice) = match self.override_for(device).await? {
+            Some(found) => (found.channel, found.choice),
+            None => match &device.channel {
+                Some(channel) => (channel.clone(), ChannelChoice::ByDevice),
+                None => (ChannelName::default_channel(), ChannelChoice::Default),
+            },
+        };
         let key = TargetKey {
             release: device.release.clone(),
-            channel: device.channel_or_default(),
+            channel,
         };
+        let resolution = self.resolve(key).await?;
+        if matches!(resolution.as_ref(), Resolved::Unregistered(_)) {
+            self.unregistered.note(&device.release, &device.device_id);
+        }
+        Ok(DeviceTarget { resolution, choice })
+    }
+
+    async fn resolve(&self, key: TargetKey) -> Result<Resolution, CatalogError> {
         let (last_known, generation) = match self.targets.get(&key) {
             Lookup::Fresh(resolution) => {
                 crate::metrics::global().cache_lookup(true);
@@ -52,8 +115,8 @@ impl Catalog {
         crate::metrics::global().cache_lookup(false);
         let loaded = self.load_target(&key).await;
         match (loaded, last_known) {
-            (Ok(resolution), _) => {
-                let resolution = Arc::new(resolution);
+            (Ok(resolved), _) => {
+                let resolution = Arc::new(resolved);
                 self.targets.store(key, generation, resolution.clone());
                 Ok(resolution)
             }
@@ -65,13 +128,64 @@ impl Catalog {
         }
     }
 
+    /// The override that decides a device's channel, if any: forced ones always, a choice the
+    /// server remembered only for plugins that keep none themselves (a device that updated
+    /// its plugin follows its own choice again).
+    async fn override_for(&self, device: &DeviceInfo) -> Result<Option<FoundOverride>, CatalogError> {
+        let overrides = self.overrides_of(&device.release.app_id).await?;
+        let Some(found) = overrides.get(&device.device_id) else {
+            return Ok(None);
+        };
+        let choice = if found.source.is_forced() {
+            ChannelChoice::Forced
+        } else if device
+            .plugin_version
+            .is_some_and(|v| !v.keeps_channel_locally())
+        {
+            ChannelChoice::ByDevice
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(FoundOverride {
+            channel: found.channel.clone(),
+            choice,
+        }))
+    }
+
+    /// An app's overrides (cached with the answers). When the store is unreachable the last
+    /// known ones are used, or none: devices then follow their own choice.
+    pub(super) async fn overrides_of(&self, app_id: &str) -> Result<OverrideMap, CatalogError> {
+        let (last_known, generation) = match self.targets.overrides(app_id) {
+            Lookup::Fresh(overrides) => return Ok(overrides),
+            Lookup::Stale(overrides, generation) => (Some(overrides), generation),
+            Lookup::Missing(generation) => (None, generation),
+        };
+        match self.metadata.device_overrides(app_id).await {
+            Ok(list) => {
+                let overrides: OverrideMap = Arc::new(
+                    list.into_iter()
+                        .map(|o| (o.device_id.clone(), o))
+                        .collect(),
+                );
+                self.targets
+                    .store_overrides(app_id, generation, overrides.clone());
+                Ok(overrides)
+            }
+            Err(error @ StoreError::Unavailable { .. }) => {
+                tracing::warn!(error = %Chain(&error), app_id, "storage unavailable: using the last known device overrides");
+                Ok(last_known.unwrap_or_default())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Re-signs the download URL of an old resolution (presigned URLs expire); signing is local.
     async fn with_fresh_url(&self, resolution: Resolution) -> Resolution {
-        let Ok(target) = resolution.as_ref() else {
+        let Resolved::Target(target) = resolution.as_ref() else {
             return resolution;
         };
         match self.download_url(&target.bundle).await {
-            Ok(url) => Arc::new(Ok(ChannelTarget {
+            Ok(url) => Arc::new(Resolved::Target(ChannelTarget {
                 url,
                 ..target.clone()
             })),
@@ -79,27 +193,40 @@ impl Catalog {
         }
     }
 
-    async fn load_target(
-        &self,
-        key: &TargetKey,
-    ) -> Result<Result<ChannelTarget, DeviceRefusal>, CatalogError> {
+    async fn load_target(&self, key: &TargetKey) -> Result<Resolved, CatalogError> {
         let Some(release) = self.metadata.release_by_key(&key.release).await? else {
-            return Ok(Err(DeviceRefusal::failed(
-                "no_release",
-                format!("No release is registered for {}", key.release),
-            )));
+            // Quiet (`blocked`): a `failed` answer makes plugins 8.45.11+ report a
+            // `download_fail` on every launch until someone registers the build.
+            let refusal = DeviceRefusal {
+                error: "no_release",
+                message: format!("No release is registered for {}", key.release),
+                kind: RefusalKind::Blocked,
+                store_update: None,
+            };
+            let app_known = !self.metadata.channels(&key.release.app_id).await?.is_empty();
+            return Ok(if app_known {
+                Resolved::Unregistered(refusal)
+            } else {
+                Resolved::Refused(refusal)
+            });
         };
         let bundle_id = release.bundle_for(&key.channel);
         let Some(bundle) = self.metadata.bundle(bundle_id).await? else {
-            return Ok(Err(DeviceRefusal::failed(
+            return Ok(Resolved::Refused(DeviceRefusal::failed(
                 "no_bundle",
                 format!("The bundle of channel {} is missing", key.channel),
             )));
         };
-        Ok(Ok(ChannelTarget {
+        let rules = self
+            .channel_settings_of(&key.release.app_id, &key.channel)
+            .await?
+            .rules;
+        Ok(Resolved::Target(ChannelTarget {
+            channel: key.channel.clone(),
             url: self.download_url(&bundle).await?,
             is_builtin: bundle.id == release.builtin_bundle_id,
             bundle,
+            rules,
         }))
     }
 
@@ -137,19 +264,123 @@ impl Catalog {
         Ok(self.metadata.channels(app_id).await?)
     }
 
-    /// Whether a device of `app_id` may choose `channel` with `setChannel`: the default channel
-    /// always, others once some release of the app assigns them.
-    pub async fn device_may_choose(
+    /// The channels a device may choose itself (`listChannels`), with whether each is the
+    /// default one: those of its app whose settings allow this device to pick them.
+    pub async fn channels_for_device(
         &self,
         app_id: &str,
+        device: DeviceTraits,
+    ) -> Result<Vec<(Channel, ChannelRules)>, CatalogError> {
+        let settings = self.settings_by_channel(app_id).await?;
+        Ok(self
+            .channels(app_id)
+            .await?
+            .into_iter()
+            .filter_map(|channel| {
+                let rules = settings.get(&channel.name).cloned().unwrap_or_default();
+                rules
+                    .check_self_set(&channel.name, device)
+                    .is_ok()
+                    .then_some((channel, rules))
+            })
+            .collect())
+    }
+
+    /// `setChannel`: whether the device may choose `channel`, and for plugins that keep no
+    /// channel of their own (`remember`), the server remembers the choice (one record per
+    /// device, replaced by its next choice).
+    pub async fn choose_channel(
+        &self,
+        app_id: &str,
+        device_id: &str,
+        device: DeviceTraits,
         channel: &ChannelName,
-    ) -> Result<bool, CatalogError> {
-        Ok(channel.is_default()
-            || self
+        remember: bool,
+    ) -> Result<ChannelChange, CatalogError> {
+        if !channel.is_default()
+            && !self
                 .channels(app_id)
                 .await?
                 .iter()
-                .any(|c| &c.name == channel))
+                .any(|c| &c.name == channel)
+        {
+            return Ok(ChannelChange::NotFound);
+        }
+        let overrides = self.overrides_of(app_id).await?;
+        if let Some(forced) = overrides.get(device_id).filter(|o| o.source.is_forced()) {
+            if &forced.channel != channel {
+                return Ok(ChannelChange::Forced(forced.channel.clone()));
+            }
+        }
+        let rules = self.channel_settings_of(app_id, channel).await?.rules;
+        if let Err(refusal) = rules.check_self_set(channel, device) {
+            return Ok(ChannelChange::NotAllowed(refusal));
+        }
+        if remember {
+            let choice = DeviceOverride {
+                app_id: app_id.to_string(),
+                device_id: device_id.to_string(),
+                channel: channel.clone(),
+                source: OverrideSource::Device,
+                updated_at: now_millis(),
+            };
+            let unchanged = overrides
+                .get(device_id)
+                .is_some_and(|o| o.source == OverrideSource::Device && &o.channel == channel);
+            if !unchanged {
+                let stored = self.metadata.put_device_choice(&choice).await?;
+                self.targets.invalidate();
+                if !stored {
+                    // Forced by someone else a moment ago.
+                    let forced = self.overrides_of(app_id).await?;
+                    let channel = forced.get(device_id).map_or(channel, |o| &o.channel);
+                    return Ok(ChannelChange::Forced(channel.clone()));
+                }
+            }
+        }
+        Ok(ChannelChange::Accepted)
+    }
+
+    /// `getChannel`: the channel the server puts the device on, else the one it sent
+    /// (`requested`), else the default one.
+    pub async fn channel_of_device(
+        &self,
+        app_id: &str,
+        device_id: Option<&str>,
+        requested: Option<ChannelName>,
+    ) -> Result<DeviceChannel, CatalogError> {
+        let overrides = self.overrides_of(app_id).await?;
+        Ok(match device_id.and_then(|id| overrides.get(id)) {
+            Some(found) => DeviceChannel {
+                channel: found.channel.clone(),
+                overridden: true,
+            },
+            None => DeviceChannel {
+                channel: requested.unwrap_or_else(ChannelName::default_channel),
+                overridden: false,
+            },
+        })
+    }
+
+    /// `unsetChannel` of old plugins: forgets the choice the server remembered for the device
+    /// (a forced override stays).
+    pub async fn forget_device_choice(
+        &self,
+        app_id: &str,
+        device_id: &str,
+    ) -> Result<(), CatalogError> {
+        let removed = self
+            .metadata
+            .delete_device_overrides(
+                app_id,
+                &[device_id.to_string()],
+                Some(&OverrideSource::Device),
+            )
+            .await?;
+        if removed > 0 {
+            self.targets.invalidate();
+        }
+        Ok(())
     }
 
     pub async fn record_stats(&self, events: &[StatsEvent]) -> Result<(), CatalogError> {

@@ -10,20 +10,24 @@ mod imports;
 mod releases;
 pub mod staging;
 pub mod target_cache;
+mod targeting;
+mod unregistered;
 pub mod zip_check;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use bundles::{BundleDownload, ExpectedChecksum, NewBundle, SourceError};
-pub use devices::{BundleActivity, DailyActivity};
+pub use devices::{BundleActivity, ChannelChange, DailyActivity, DeviceChannel, DeviceTarget};
 pub use error::CatalogError;
 pub use imports::{ImportedBundle, ImportedRelease};
 pub use releases::{DesiredRelease, NewRelease};
+pub use targeting::{ChannelOverview, ChannelRulesChange, DesiredChannel, DeviceLookup};
 
 use crate::store::{BlobStore, CatalogStore};
 use staging::Staging;
 use target_cache::TargetCache;
+use unregistered::UnregisteredTally;
 
 /// What the catalog is built with besides its stores.
 #[derive(Debug, Clone)]
@@ -43,6 +47,7 @@ pub struct Catalog {
     metadata: Arc<dyn CatalogStore>,
     blobs: Arc<dyn BlobStore>,
     targets: TargetCache,
+    unregistered: UnregisteredTally,
     staging: Staging,
     max_bundle_size: u64,
     import_prefix: String,
@@ -58,6 +63,7 @@ impl Catalog {
             metadata,
             blobs,
             targets: TargetCache::new(settings.cache_duration),
+            unregistered: UnregisteredTally::default(),
             staging: settings.staging,
             max_bundle_size: settings.max_bundle_size,
             import_prefix: settings.import_prefix,

@@ -104,6 +104,7 @@ impl Catalog {
             Ok(()) => {
                 // A device of this build may have been told "no release" a moment ago.
                 self.targets.invalidate();
+                self.forget_unregistered(&release.key).await;
                 Ok(())
             }
             Err(StoreError::Duplicate(_)) => Err(CatalogError::Duplicate(format!(

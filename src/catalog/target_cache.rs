@@ -1,25 +1,40 @@
-//! Remembers, per release and channel, what `/updates` resolved, for CACHE_RESULT_DURATION.
-//! Every catalog write clears it, so a promote is seen by the very next check. Expired entries
-//! are kept (until the next write) as the answer of last resort when the store is unreachable.
+//! Remembers, per release and channel, what `/updates` resolved, and per app which devices
+//! have an override, for CACHE_RESULT_DURATION. Every catalog write clears it, so a promote is
+//! seen by the very next check. Expired entries are kept (until the next write) as the answer
+//! of last resort when the store is unreachable. Devices that differ only in id share one
+//! entry: a check costs two hash lookups whatever the fleet size.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::domain::device::DeviceRefusal;
+use crate::domain::targeting::DeviceOverride;
 use crate::domain::update::ChannelTarget;
 use crate::domain::{ChannelName, ReleaseKey};
 
-/// What a release and channel resolve to: the target bundle, or why there is none.
-pub type Resolution = Arc<Result<ChannelTarget, DeviceRefusal>>;
+/// What a release and channel resolve to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Target(ChannelTarget),
+    Refused(DeviceRefusal),
+    /// A native build of a known app that has no release: devices get `refusal`, and the
+    /// build is counted so people can register it.
+    Unregistered(DeviceRefusal),
+}
+
+pub type Resolution = Arc<Resolved>;
+
+/// An app's device overrides by device id (only devices that have one).
+pub type OverrideMap = Arc<HashMap<String, DeviceOverride>>;
 
 /// Entries kept at most; past it the cache starts over (unknown keys cannot grow it forever).
 const MAX_ENTRIES: usize = 100_000;
 
 /// What the cache knows about a key. The generation goes back to [`TargetCache::store`].
-pub enum Lookup {
-    Fresh(Resolution),
-    Stale(Resolution, u64),
+pub enum Lookup<T = Resolution> {
+    Fresh(T),
+    Stale(T, u64),
     Missing(u64),
 }
 
@@ -39,6 +54,7 @@ struct CacheState {
     /// Bumped by every invalidation, so a lookup that raced a write cannot store a stale answer.
     generation: u64,
     entries: HashMap<TargetKey, (Instant, Resolution)>,
+    overrides: HashMap<String, (Instant, OverrideMap)>,
 }
 
 impl TargetCache {
@@ -51,32 +67,59 @@ impl TargetCache {
 
     pub fn get(&self, key: &TargetKey) -> Lookup {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        match state.entries.get(key) {
-            Some((stored_at, resolution)) if stored_at.elapsed() < self.ttl => {
-                Lookup::Fresh(resolution.clone())
-            }
-            Some((_, resolution)) => Lookup::Stale(resolution.clone(), state.generation),
-            None => Lookup::Missing(state.generation),
-        }
+        self.lookup(state.entries.get(key), state.generation)
     }
 
     /// Stores a resolution computed at `generation`, unless a write happened since.
     pub fn store(&self, key: TargetKey, generation: u64, resolution: Resolution) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if state.generation != generation {
-            return;
+        if state.generation == generation {
+            insert_bounded(&mut state.entries, key, resolution);
         }
-        if state.entries.len() >= MAX_ENTRIES {
-            state.entries.clear();
+    }
+
+    pub fn overrides(&self, app_id: &str) -> Lookup<OverrideMap> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        self.lookup(state.overrides.get(app_id), state.generation)
+    }
+
+    /// Stores an app's overrides read at `generation`, unless a write happened since.
+    pub fn store_overrides(&self, app_id: &str, generation: u64, overrides: OverrideMap) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if state.generation == generation {
+            insert_bounded(&mut state.overrides, app_id.to_string(), overrides);
         }
-        state.entries.insert(key, (Instant::now(), resolution));
+    }
+
+    fn lookup<T: Clone>(&self, entry: Option<&(Instant, T)>, generation: u64) -> Lookup<T> {
+        match entry {
+            Some((stored_at, value)) if stored_at.elapsed() < self.ttl => {
+                Lookup::Fresh(value.clone())
+            }
+            Some((_, value)) => Lookup::Stale(value.clone(), generation),
+            None => Lookup::Missing(generation),
+        }
     }
 
     pub fn invalidate(&self) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.generation += 1;
         state.entries.clear();
+        state.overrides.clear();
     }
+}
+
+/// Keys come from devices (any app id, any build): past [`MAX_ENTRIES`] the map starts over,
+/// so unknown keys cannot grow it forever.
+fn insert_bounded<K: std::hash::Hash + Eq, T>(
+    map: &mut HashMap<K, (Instant, T)>,
+    key: K,
+    value: T,
+) {
+    if map.len() >= MAX_ENTRIES {
+        map.clear();
+    }
+    map.insert(key, (Instant::now(), value));
 }
 
 #[cfg(test)]
@@ -98,7 +141,7 @@ mod tests {
     }
 
     fn resolution() -> Resolution {
-        Arc::new(Err(DeviceRefusal::failed("no_release", "none")))
+        Arc::new(Resolved::Refused(DeviceRefusal::failed("no_bundle", "none")))
     }
 
     #[test]
@@ -111,6 +154,19 @@ mod tests {
         assert!(matches!(cache.get(&key()), Lookup::Fresh(_)));
         cache.invalidate();
         assert!(matches!(cache.get(&key()), Lookup::Missing(_)));
+    }
+
+    #[test]
+    fn overrides_are_cleared_with_the_answers() {
+        let cache = TargetCache::new(Duration::from_secs(60));
+        let Lookup::Missing(generation) = cache.overrides("a") else {
+            panic!("empty cache")
+        };
+        cache.store_overrides("a", generation, OverrideMap::default());
+        assert!(matches!(cache.overrides("a"), Lookup::Fresh(_)));
+        assert!(matches!(cache.overrides("b"), Lookup::Missing(_)));
+        cache.invalidate();
+        assert!(matches!(cache.overrides("a"), Lookup::Missing(_)));
     }
 
     #[test]

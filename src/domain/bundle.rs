@@ -10,7 +10,13 @@ pub struct Bundle {
     pub id: RecordId,
     pub app_id: String,
     pub version_name: String,
+    /// Shown to people, and sent to devices as `comment` (plugins x.35+).
     pub description: String,
+    /// A link about the bundle (release notes), sent to devices as `link` (plugins x.35+).
+    pub link: Option<String>,
+    /// The lowest native version this bundle runs on, for channels whose update policy is
+    /// `version_number`.
+    pub min_update_version: Option<String>,
     /// SHA-256 of the stored bytes, lowercase hex: guards our own storage and is what devices
     /// verify for unencrypted bundles.
     pub sha256: String,
@@ -105,6 +111,33 @@ impl BundleEncryption {
             checksum,
             key_id,
         })
+    }
+}
+
+/// Longest bundle link.
+const MAX_LINK_LEN: usize = 512;
+
+/// A bundle's link: an absolute `http(s)` URL, as devices open it.
+pub fn check_link(value: &str) -> Result<(), InvalidInput> {
+    let parsed = url::Url::parse(value).ok();
+    let absolute_http = parsed
+        .as_ref()
+        .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if value.len() > MAX_LINK_LEN || !absolute_http {
+        return Err(InvalidInput(format!(
+            "link must be an absolute http(s) URL of at most {MAX_LINK_LEN} characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A bundle's minimum native version: `major.minor.patch`.
+pub fn check_min_update_version(value: &str) -> Result<(), InvalidInput> {
+    match super::version::Version::parse(value) {
+        Some(_) if value.len() <= 64 => Ok(()),
+        _ => Err(InvalidInput(format!(
+            "min_update_version {value:?} is not a version (major.minor.patch)"
+        ))),
     }
 }
 

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::channel_policy::DeviceTraits;
+use super::stats::MAX_DEVICE_ID_LEN;
 use super::{ChannelName, Platform, PluginVersion, ReleaseKey};
 
 /// How the plugin treats a refusal (`kind` in the answer): `up_to_date` and `blocked` end
@@ -18,11 +20,31 @@ pub enum RefusalKind {
 
 /// An expected outcome that is not an update, in the shape every plugin understands:
 /// HTTP 200 with `error`, `message` and `kind`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRefusal {
     pub error: &'static str,
     pub message: String,
     pub kind: RefusalKind,
+    /// The bundle the device cannot get without a new native build. Sent as `version` with
+    /// `major: true` and `breaking: true`, so plugins fire `majorAvailable` (5.x and 6.x read
+    /// `major` with `version`) and `breakingAvailable` (7.22+ read `breaking`).
+    pub store_update: Option<String>,
+}
+
+impl Serialize for DeviceRefusal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("error", self.error)?;
+        map.serialize_entry("message", &self.message)?;
+        map.serialize_entry("kind", &self.kind)?;
+        if let Some(version) = &self.store_update {
+            map.serialize_entry("version", version)?;
+            map.serialize_entry("major", &true)?;
+            map.serialize_entry("breaking", &true)?;
+        }
+        map.end()
+    }
 }
 
 impl DeviceRefusal {
@@ -31,6 +53,7 @@ impl DeviceRefusal {
             error,
             message: message.into(),
             kind: RefusalKind::Failed,
+            store_update: None,
         }
     }
 
@@ -114,6 +137,26 @@ impl<'a> DeviceFields<'a> {
         Ok(Some(version))
     }
 
+    /// What channel rules look at: the platform, and the emulator and production flags.
+    pub fn traits(&self) -> Result<DeviceTraits, DeviceRefusal> {
+        Ok(DeviceTraits {
+            platform: self.platform()?,
+            is_emulator: self.optional_bool("is_emulator")?,
+            is_prod: self.optional_bool("is_prod")?,
+        })
+    }
+
+    /// A device id: at most 36 characters, lowercased (plugins before 7 sent uppercase).
+    pub fn device_id(&self) -> Result<String, DeviceRefusal> {
+        let device_id = self.required_str("device_id")?;
+        if device_id.len() > MAX_DEVICE_ID_LEN {
+            return Err(DeviceRefusal::invalid(format!(
+                "device_id is longer than {MAX_DEVICE_ID_LEN} characters"
+            )));
+        }
+        Ok(device_id.to_ascii_lowercase())
+    }
+
     /// The channel a device asks for in `field` (`defaultChannel` or `channel`).
     pub fn channel(&self, field: &str) -> Result<Option<ChannelName>, DeviceRefusal> {
         self.optional_str(field)?
@@ -145,29 +188,26 @@ pub struct DeviceInfo {
     /// The channel chosen with `setChannel` or configured as `defaultChannel`.
     pub channel: Option<ChannelName>,
     pub key_id: Option<String>,
+    pub is_emulator: Option<bool>,
+    pub is_prod: Option<bool>,
 }
 
 impl DeviceInfo {
     pub fn parse(body: &Value) -> Result<DeviceInfo, DeviceRefusal> {
         let fields = DeviceFields::new(body)?;
-        let platform = fields.platform()?;
+        let traits = fields.traits()?;
         let app_id = fields.required_str("app_id")?;
-        let device_id = fields.required_str("device_id")?;
-        if device_id.len() > 36 {
-            return Err(DeviceRefusal::invalid(
-                "device_id is longer than 36 characters",
-            ));
-        }
+        let device_id = fields.device_id()?;
         let version_build = fields.required_str("version_build")?;
         let version_code = fields.required_str("version_code")?;
         Ok(DeviceInfo {
             release: ReleaseKey {
-                platform,
+                platform: traits.platform,
                 app_id: app_id.to_string(),
                 version_name: version_build.to_string(),
                 version_code: version_code.to_string(),
             },
-            device_id: device_id.to_ascii_lowercase(),
+            device_id,
             version_name: fields
                 .optional_str("version_name")?
                 .unwrap_or("builtin")
@@ -175,6 +215,8 @@ impl DeviceInfo {
             plugin_version: fields.plugin_version()?,
             channel: fields.channel("defaultChannel")?,
             key_id: fields.optional_str("key_id")?.map(str::to_string),
+            is_emulator: traits.is_emulator,
+            is_prod: traits.is_prod,
         })
     }
 
@@ -183,10 +225,12 @@ impl DeviceInfo {
         self.version_name == "builtin" || self.version_name == self.release.version_name
     }
 
-    pub fn channel_or_default(&self) -> ChannelName {
-        self.channel
-            .clone()
-            .unwrap_or_else(ChannelName::default_channel)
+    pub fn traits(&self) -> DeviceTraits {
+        DeviceTraits {
+            platform: self.release.platform,
+            is_emulator: self.is_emulator,
+            is_prod: self.is_prod,
+        }
     }
 }
 
@@ -211,7 +255,8 @@ mod tests {
         assert_eq!(info.release.platform, Platform::Android);
         assert_eq!(info.device_id, "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d");
         assert_eq!(info.channel, None);
-        assert_eq!(info.channel_or_default().as_str(), "production");
+        assert_eq!(info.is_prod, Some(true));
+        assert_eq!(info.is_emulator, Some(false));
         assert!(info.runs_builtin());
     }
 

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod bundle;
 pub mod channel;
+pub mod channel_policy;
 pub mod device;
 pub mod encryption;
 pub mod ids;
@@ -14,7 +15,9 @@ pub mod plugin_version;
 pub mod release;
 pub mod seed;
 pub mod stats;
+pub mod targeting;
 pub mod update;
+pub mod version;
 
 pub use bundle::{Bundle, BundleEncryption};
 pub use channel::{ChannelName, DEFAULT_CHANNEL};

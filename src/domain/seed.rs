@@ -519,6 +519,8 @@ mod tests {
             app_id: b.app_id.clone(),
             version_name: b.version_name.clone(),
             description: b.description.clone(),
+            link: None,
+            min_update_version: None,
             sha256: String::new(),
             crc32: b.crc_checksum.clone(),
             size: 1,

@@ -1,18 +1,24 @@
-//! The update decision: a device and the bundle its channel serves → the answer it gets.
+//! The update decision: a device, the channel it is on and the bundle that channel serves →
+//! the answer it gets.
 
 use serde::Serialize;
 
+use super::channel_policy::{ChannelChoice, ChannelRules};
 use super::device::{DeviceInfo, DeviceRefusal, RefusalKind};
-use super::Bundle;
+use super::{Bundle, ChannelName};
 
-/// The bundle a device's channel serves, resolved from the catalog.
+/// What a device's channel serves, resolved from the catalog: the same for every device of a
+/// release on that channel, so it is cached once for all of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelTarget {
+    pub channel: ChannelName,
     pub bundle: Bundle,
     /// Absolute URL devices download the bundle from.
     pub url: String,
     /// True when the target is the release's builtin bundle (serving it means "roll back").
     pub is_builtin: bool,
+    /// The channel's settings.
+    pub rules: ChannelRules,
 }
 
 /// The body of a `POST /updates` answer. Serialized untagged: each variant is its own shape.
@@ -36,6 +42,11 @@ pub struct UpdateOffer {
     pub checksum: String,
     /// Always present, `""` for unencrypted bundles; snake case, as iOS decodes it.
     pub session_key: String,
+    /// The bundle's link and description, for plugins that read them (x.35+).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 impl UpdateAnswer {
@@ -62,23 +73,38 @@ pub fn up_to_date() -> DeviceRefusal {
         error: "no_new_version_available",
         message: "No new version available".into(),
         kind: RefusalKind::UpToDate,
+        store_update: None,
     }
 }
 
 /// Decides what a device gets. The plugin installs whatever `version` differs from its own by
-/// plain string comparison, so "newer" is not ours to judge: the channel's bundle is the truth.
-pub fn decide(device: &DeviceInfo, target: &ChannelTarget) -> UpdateAnswer {
-    if target.is_builtin {
-        let on_builtin = device.runs_builtin() || device.version_name == target.bundle.version_name;
-        return if on_builtin {
-            UpdateAnswer::Refused(up_to_date())
-        } else {
-            UpdateAnswer::RevertToBuiltin { version: "builtin" }
-        };
-    }
+/// plain string comparison, so "newer" is not ours to judge: the channel's bundle is the truth,
+/// within what the channel's rules allow for this device (`choice`: how it came to the channel).
+pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice) -> UpdateAnswer {
     let bundle = &target.bundle;
-    if device.version_name == bundle.version_name {
+    let on_target = if target.is_builtin {
+        device.runs_builtin() || device.version_name == bundle.version_name
+    } else {
+        device.version_name == bundle.version_name
+    };
+    if on_target {
         return UpdateAnswer::Refused(up_to_date());
+    }
+    if let Err(refusal) = target
+        .rules
+        .check_device(&target.channel, device.traits(), choice)
+    {
+        return UpdateAnswer::Refused(refusal);
+    }
+    if target.is_builtin {
+        // Back to the bundle inside the binary: a rollback, which no version rule prevents.
+        return UpdateAnswer::RevertToBuiltin { version: "builtin" };
+    }
+    if let Err(refusal) = target
+        .rules
+        .check_bundle(&device.release.version_name, bundle)
+    {
+        return UpdateAnswer::Refused(refusal);
     }
     if let (Some(bundle_key), Some(device_key)) = (bundle.key_id(), device.key_id.as_deref()) {
         let checks_key = device.plugin_version.is_none_or(|v| v.checks_key_id());
@@ -90,14 +116,20 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget) -> UpdateAnswer {
                     bundle.version_name
                 ),
                 kind: RefusalKind::Blocked,
+                store_update: None,
             });
         }
     }
+    let reads_notes = device
+        .plugin_version
+        .is_some_and(|v| v.reads_link_and_comment());
     UpdateAnswer::Update(UpdateOffer {
         version: bundle.version_name.clone(),
         url: target.url.clone(),
         checksum: bundle.checksum_for(device.plugin_version).to_string(),
         session_key: bundle.session_key().to_string(),
+        link: bundle.link.clone().filter(|_| reads_notes),
+        comment: Some(bundle.description.clone()).filter(|d| reads_notes && !d.is_empty()),
     })
 }
 
@@ -112,6 +144,8 @@ mod tests {
             app_id: "com.example.app".into(),
             version_name: version.into(),
             description: String::new(),
+            link: None,
+            min_update_version: None,
             sha256: "ab".repeat(32),
             crc32: "0badf00d".into(),
             size: 1,
@@ -135,21 +169,28 @@ mod tests {
             plugin_version: PluginVersion::parse(plugin),
             channel: None,
             key_id: None,
+            is_emulator: None,
+            is_prod: None,
         }
+    }
+
+    fn decide_default(device: &DeviceInfo, target: &ChannelTarget) -> UpdateAnswer {
+        decide(device, target, ChannelChoice::Default)
     }
 
     fn target(bundle: Bundle, is_builtin: bool) -> ChannelTarget {
         ChannelTarget {
+            channel: ChannelName::default_channel(),
             bundle,
             url: "http://localhost:8000/files/x.zip".into(),
             is_builtin,
+            rules: ChannelRules::default(),
         }
     }
 
     #[test]
     fn offers_the_channel_bundle() {
-        let answer = decide(
-            &device("builtin", "8.51.14"),
+        let answer = decide_default(&device("builtin", "8.51.14"),
             &target(bundle("1.0.1"), false),
         );
         let json = serde_json::to_value(&answer).unwrap();
@@ -163,8 +204,7 @@ mod tests {
 
     #[test]
     fn old_plugins_get_crc32() {
-        let answer = decide(
-            &device("builtin", "6.14.0"),
+        let answer = decide_default(&device("builtin", "6.14.0"),
             &target(bundle("1.0.1"), false),
         );
         assert_eq!(
@@ -175,7 +215,7 @@ mod tests {
 
     #[test]
     fn device_on_target_is_up_to_date() {
-        let answer = decide(&device("1.0.1", "8.51.14"), &target(bundle("1.0.1"), false));
+        let answer = decide_default(&device("1.0.1", "8.51.14"), &target(bundle("1.0.1"), false));
         let json = serde_json::to_value(&answer).unwrap();
         assert_eq!(json["error"], "no_new_version_available");
         assert_eq!(json["kind"], "up_to_date");
@@ -185,13 +225,13 @@ mod tests {
     #[test]
     fn builtin_target_reverts_ota_devices_only() {
         let builtin = target(bundle("1.0.0-web"), true);
-        let revert = decide(&device("1.0.1", "8.51.14"), &builtin);
+        let revert = decide_default(&device("1.0.1", "8.51.14"), &builtin);
         assert_eq!(
             serde_json::to_string(&revert).unwrap(),
             r#"{"version":"builtin"}"#
         );
         for on_builtin in ["builtin", "1.0.0", "1.0.0-web"] {
-            let answer = decide(&device(on_builtin, "8.51.14"), &builtin);
+            let answer = decide_default(&device(on_builtin, "8.51.14"), &builtin);
             assert_eq!(
                 serde_json::to_value(&answer).unwrap()["kind"],
                 "up_to_date",
@@ -212,11 +252,11 @@ mod tests {
             .unwrap(),
         );
         let mut dev = device("builtin", "8.51.14");
-        let json = serde_json::to_value(decide(&dev, &target(encrypted.clone(), false))).unwrap();
+        let json = serde_json::to_value(decide_default(&dev, &target(encrypted.clone(), false))).unwrap();
         assert_eq!(json["checksum"], "c".repeat(512));
         assert_eq!(json["session_key"], "aXY=:a2V5");
         dev.key_id = Some("KEYB".into());
-        let json = serde_json::to_value(decide(&dev, &target(encrypted, false))).unwrap();
+        let json = serde_json::to_value(decide_default(&dev, &target(encrypted, false))).unwrap();
         assert_eq!(json["error"], "key_id_mismatch");
         assert_eq!(json["kind"], "blocked");
     }

@@ -54,6 +54,8 @@ pub fn new_bundle_of(bundle: &Bundle) -> NewBundle {
         app_id: spec.app_id.clone(),
         version_name: spec.version_name.clone(),
         description: spec.description.clone(),
+        link: spec.link.clone(),
+        min_update_version: spec.min_update_version.clone(),
         expected_checksum: spec.sha256.clone().map(|value| ExpectedChecksum {
             value,
             field: "spec.sha256",

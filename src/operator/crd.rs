@@ -80,8 +80,19 @@ pub struct BundleSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = TRIMMED_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("versionName cannot change once set: create another Bundle"))]
     pub version_name: String,
+    /// Shown in the UI, and sent to devices as `comment` (plugins x.35+).
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096))]
     pub description: String,
+    /// Release notes or a page about the bundle, sent to devices as `link` (plugins x.35+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), regex(pattern = r"^https?://[^\s/]+[^\s]*$"))]
+    pub link: Option<String>,
+    /// The lowest native version the bundle runs on, for channels whose update policy is
+    /// `version_number`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^v?[0-9]+(\.[0-9]+){0,2}([-+].*)?$"))]
+    pub min_update_version: Option<String>,
     pub source: BundleSource,
     /// Expected SHA-256 (lowercase hex) of the zip; the bundle stalls when it differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

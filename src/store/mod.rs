@@ -21,8 +21,10 @@ use futures_util::stream::BoxStream;
 
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
+use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
 use crate::domain::stats::{ActivityCount, StatsEvent};
+use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 pub use crate::error::BoxError;
 
@@ -86,7 +88,7 @@ impl<T: CatalogStore + AccessStore> MetadataStore for T {}
 
 /// Bundles, releases, channels and device stats: what the catalog reads and writes.
 #[async_trait]
-pub trait CatalogStore: AppKeyStore + Send + Sync + 'static {
+pub trait CatalogStore: AppKeyStore + TargetingStore + Send + Sync + 'static {
     /// Fails with `Duplicate` when the app already has a bundle of that version name.
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError>;
     async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError>;
@@ -182,6 +184,85 @@ pub trait AppKeyStore: Send + Sync + 'static {
     async fn delete_app_key(&self, app_id: &str) -> Result<bool, StoreError>;
 }
 
+/// Channel settings, device overrides and the native builds devices run that have no release:
+/// what decides which channel a device is on and what the channel lets it have. Part of what
+/// the catalog reads and writes; every write here changes [`CatalogVersion::targeting_revision`]
+/// on stores other processes share.
+#[async_trait]
+pub trait TargetingStore: Send + Sync + 'static {
+    /// The settings stored for the channels of `app_id` (all apps when `None`), by app then
+    /// channel. Channels nobody configured are not listed (they have the defaults).
+    async fn channel_settings(
+        &self,
+        app_id: Option<&str>,
+    ) -> Result<Vec<ChannelSettings>, StoreError>;
+    /// Stores a channel's settings, replacing earlier ones, and creates the app's channel (with
+    /// its numeric id) if it is new.
+    async fn put_channel_settings(&self, settings: &ChannelSettings) -> Result<(), StoreError>;
+    /// Forgets a channel's settings (back to the defaults); `false` when none were stored.
+    async fn delete_channel_settings(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, StoreError>;
+
+    /// Every override of an app's devices, by device id.
+    async fn device_overrides(&self, app_id: &str) -> Result<Vec<DeviceOverride>, StoreError>;
+    /// Puts each device on its channel, replacing what it had: one record per (app, device).
+    async fn put_device_overrides(&self, overrides: &[DeviceOverride]) -> Result<(), StoreError>;
+    /// Remembers a device's own choice (source [`OverrideSource::Device`]) unless the device
+    /// has a forced override, in one atomic write; `false` when a forced one is in the way.
+    async fn put_device_choice(&self, choice: &DeviceOverride) -> Result<bool, StoreError>;
+    /// Removes the overrides of these devices of an app — only those from `source` when given;
+    /// how many.
+    async fn delete_device_overrides(
+        &self,
+        app_id: &str,
+        device_ids: &[String],
+        source: Option<&OverrideSource>,
+    ) -> Result<u64, StoreError>;
+    /// Makes `owner`'s overrides exactly `overrides` (all from `owner`): its other devices are
+    /// released, and these devices replace whatever override they had. One call per resource
+    /// reconcile.
+    async fn replace_resource_overrides(
+        &self,
+        owner: &OverrideSource,
+        overrides: &[DeviceOverride],
+    ) -> Result<(), StoreError>;
+
+    /// Adds sightings of builds without a release: `checks` are added, `devices` keep the
+    /// largest count, first and last seen widen. Keeps at most
+    /// [`crate::domain::targeting::MAX_UNREGISTERED_BUILDS`] builds, dropping the ones seen
+    /// longest ago.
+    async fn record_unregistered_builds(
+        &self,
+        sightings: &[UnregisteredBuild],
+    ) -> Result<(), StoreError>;
+    /// Seen most recently first.
+    async fn unregistered_builds(&self) -> Result<Vec<UnregisteredBuild>, StoreError>;
+    /// Forgets a build (once it has a release); absent is not an error.
+    async fn delete_unregistered_build(&self, key: &ReleaseKey) -> Result<(), StoreError>;
+
+    /// Devices of an app that reported stats with this `device_id` or `custom_id` (exact, as
+    /// stored: device ids lowercased), most recently seen first, at most `limit`.
+    async fn find_devices(
+        &self,
+        app_id: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<SeenDevice>, StoreError>;
+}
+
+/// A device as its stats show it (for finding devices to put on a channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenDevice {
+    pub device_id: String,
+    pub custom_id: Option<String>,
+    pub platform: Option<String>,
+    pub version_name: Option<String>,
+    pub last_seen: UnixMillis,
+}
+
 /// API tokens and the audit log: what [`crate::access`] reads and writes.
 #[async_trait]
 pub trait AccessStore: Send + Sync + 'static {
@@ -210,6 +291,8 @@ pub struct CatalogVersion {
     pub newest_revision: i64,
     /// How many releases were ever deleted.
     pub deletions: i64,
+    /// The stamp of the last channel-settings or device-override write.
+    pub targeting_revision: i64,
 }
 
 /// A stored object, as listed for the orphan sweep.

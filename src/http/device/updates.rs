@@ -5,7 +5,7 @@ use axum::Json;
 
 use super::{server_refusal, DeviceBody};
 use crate::domain::device::{DeviceInfo, DeviceRefusal};
-use crate::domain::update::{decide, UpdateAnswer};
+use crate::domain::update::UpdateAnswer;
 use crate::http::AppState;
 
 /// Always HTTP 200: plugins handle `error` + `kind` answers gracefully whatever the status,
@@ -28,10 +28,7 @@ async fn answer_for(
         Err(refusal) => return UpdateAnswer::refused(refusal),
     };
     match state.catalog.resolve_target(&device).await {
-        Ok(resolution) => match resolution.as_ref() {
-            Ok(target) => decide(&device, target),
-            Err(refusal) => UpdateAnswer::refused(refusal.clone()),
-        },
+        Ok(target) => target.answer(&device),
         Err(error) => UpdateAnswer::refused(server_refusal(&error)),
     }
 }
