@@ -265,6 +265,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         );
         async move { catalog.follow_external_changes(every, shutdown).await }
     });
+    tokio::spawn({
+        let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
+        async move {
+            catalog
+                .record_unregistered_periodically(UNREGISTERED_BUILDS_FLUSH, shutdown)
+                .await
+        }
+    });
     if config.controller_enabled {
         start_operator(&config, catalog.clone(), shutdown.clone()).await;
     }
@@ -362,6 +370,10 @@ async fn start_operator(config: &Config, catalog: Arc<Catalog>, shutdown: Cancel
 /// How often shared storage is swept for orphans (objects older than ORPHAN_GRACE_PERIOD that
 /// no record refers to, and abandoned multipart uploads).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How often the counts of native builds devices run without a release are written: one batch
+/// per interval, whatever the number of checks.
+const UNREGISTERED_BUILDS_FLUSH: Duration = Duration::from_secs(10);
 
 /// Removes objects a failed upload left behind (when its own clean-up failed too).
 async fn sweep_orphans_periodically(

@@ -61,14 +61,16 @@ async fn update_decisions_follow_the_channel() {
     assert_eq!(app.check(&qa).await["kind"], "up_to_date");
 }
 
+/// Quiet (`blocked`): a `failed` answer would make plugins 8.45.11+ send a `download_fail` stat
+/// on every launch until someone registers the build.
 #[tokio::test]
-async fn unknown_release_is_a_failed_refusal() {
+async fn unknown_release_is_a_quiet_refusal() {
     let (app, _, _, _) = catalog().await;
     let mut body = device_body("builtin", "8.51.14");
     body["version_code"] = json!("11");
     let answer = app.check(&body).await;
     assert_eq!(answer["error"], "no_release");
-    assert_eq!(answer["kind"], "failed");
+    assert_eq!(answer["kind"], "blocked");
     assert!(answer["message"]
         .as_str()
         .unwrap()
@@ -129,10 +131,16 @@ async fn malformed_update_requests_get_the_device_error_shape() {
             "invalid_request",
             "`app_id` must be a string",
         ),
+        // Channel settings read it, so a value that is not a boolean is refused.
         (
             with("is_emulator", json!("yes")),
-            "no_new_version_available",
-            "",
+            "invalid_request",
+            "`is_emulator` must be a boolean",
+        ),
+        (
+            with("is_prod", json!(1)),
+            "invalid_request",
+            "`is_prod` must be a boolean",
         ),
         (
             with("platform", json!("windows")),

@@ -84,6 +84,11 @@ impl Plugin {
                     return Outcome::Broken(format!("decode_error on `{key}`"));
                 }
             }
+            for key in ["major", "breaking"] {
+                if answer.get(key).is_some_and(|v| !v.is_boolean() && !v.is_null()) {
+                    return Outcome::Broken(format!("decode_error on `{key}`"));
+                }
+            }
         }
         let has = |key: &str| answer.get(key).is_some();
         if self.at_least(8, 45, 11) && (has("error") || has("kind")) {
@@ -130,6 +135,26 @@ impl Plugin {
         }
     }
 
+    /// The events and stat a refusal makes this plugin emit (`shouldNotifyBreakingEvents` of
+    /// current plugins; `major` with `message` and `version` for 5.x and 6.x; the
+    /// `download_fail` stat of 8.45.11+ for anything not `up_to_date` or `blocked`).
+    fn reactions(&self, answer: &Value) -> Reactions {
+        let breaking = if self.at_least(7, 22, 0) {
+            answer["breaking"] == true
+                || answer["error"] == "disable_auto_update_to_major"
+                || answer["message"] == "store_update_required"
+        } else {
+            answer["major"] == true && answer.get("message").is_some() && answer["version"].is_string()
+        };
+        let kind = answer["kind"].as_str().unwrap_or("failed");
+        Reactions {
+            store_update_event: breaking,
+            download_fail_stat: self.at_least(8, 45, 11)
+                && answer.get("error").is_some()
+                && !matches!(kind, "up_to_date" | "blocked"),
+        }
+    }
+
     /// The plugin's checksum check after download.
     fn verify(&self, bytes: &[u8], checksum: &str) -> bool {
         if self.v().verifies_sha256() {
@@ -152,6 +177,14 @@ impl Plugin {
             event
         }
     }
+}
+
+#[derive(Debug, PartialEq)]
+struct Reactions {
+    /// `majorAvailable` / `breakingAvailable`: the app can prompt for a store update.
+    store_update_event: bool,
+    /// A `download_fail` stat sent on every check (what a quiet refusal must avoid).
+    download_fail_stat: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -292,6 +325,72 @@ async fn plugins_5_to_8_update_verify_and_revert() {
     // Every plugin's stat was accepted above; they all speak for one device, which the
     // activity counts once.
     assert_eq!(activity["actions"]["set"], 1, "{activity}");
+}
+
+/// Channel rules through every plugin: a store-update refusal makes each plugin fire its
+/// major/breaking event, and no refusal of a rule (nor an unregistered build) makes any plugin
+/// report a failure.
+#[tokio::test]
+async fn plugins_5_to_8_hear_store_updates_and_stay_quiet_when_blocked() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("LIMIT_REQUEST_PER_MINUTE", "0"),
+        ],
+    );
+    let client = Client::new(&server, API_KEY);
+    let (_, builtin) = client.upload(APP_ID, "1.0.0", web_bundle("builtin")).await;
+    let builtin = builtin["bundle"]["id"].as_str().unwrap().to_string();
+    let (_, major) = client.upload(APP_ID, "2.0.0", web_bundle("major")).await;
+    let major = major["bundle"]["id"].as_str().unwrap().to_string();
+    for platform in ["android", "ios"] {
+        let (_, release) = client
+            .manage("releases.create", json!({"platform": platform, "app_id": APP_ID, "version_name": "1.0.0", "version_code": "10", "builtin_bundle_id": builtin}))
+            .await;
+        let id = release["release"]["id"].as_str().unwrap();
+        client
+            .manage("releases.set-active", json!({"release_id": id, "bundle_id": major}))
+            .await;
+    }
+    let (status, answer) = client
+        .manage(
+            "channels.update",
+            json!({"app_id": APP_ID, "channel": "production", "update_policy": "major"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    for version in VERSIONS {
+        for platform in ["android", "ios"] {
+            let plugin = Plugin { version, platform };
+            let label = format!("{platform} {version}");
+            let (status, answer) = client.device("/updates", &plugin.body(None)).await;
+            assert_eq!(status, 200, "{label}");
+            let current = plugin.body(None)["version_name"].as_str().unwrap().to_string();
+            assert!(
+                !matches!(plugin.interpret(&answer, &current), Outcome::Download { .. }),
+                "{label}: a major bundle must not download: {answer}"
+            );
+            assert_eq!(
+                plugin.reactions(&answer),
+                Reactions {
+                    store_update_event: true,
+                    download_fail_stat: false
+                },
+                "{label}: {answer}"
+            );
+            let mut unregistered = plugin.body(None);
+            unregistered["version_code"] = json!("99");
+            let (_, answer) = client.device("/updates", &unregistered).await;
+            assert_eq!(answer["error"], "no_release", "{label}");
+            assert!(
+                !plugin.reactions(&answer).download_fail_stat,
+                "{label}: an unregistered build must not report failures: {answer}"
+            );
+        }
+    }
+    server.stop();
 }
 
 #[test]

@@ -245,8 +245,10 @@ fn defaults_are_one_replica_on_a_persistent_volume() {
     for needed in [
         "bundles",
         "releases",
+        "channels",
         "bundles/status",
         "releases/status",
+        "channels/status",
         "events",
     ] {
         assert!(

@@ -55,6 +55,7 @@ fn crds_are_established_with_their_names() {
     for (crd, short) in [
         ("bundles.capgo-server.io", "cbundle"),
         ("releases.capgo-server.io", "crel"),
+        ("channels.capgo-server.io", "cchannel"),
     ] {
         let crd = get_json(&kube, "default", &format!("crd/{crd}"));
         let conditions = crd["status"]["conditions"].as_array().unwrap();
@@ -80,7 +81,11 @@ fn crds_are_established_with_their_names() {
         .ok();
     assert_eq!(
         resources.lines().collect::<Vec<_>>(),
-        ["bundles.capgo-server.io", "releases.capgo-server.io"]
+        [
+            "bundles.capgo-server.io",
+            "channels.capgo-server.io",
+            "releases.capgo-server.io"
+        ]
     );
 }
 
@@ -114,6 +119,29 @@ fn examples_are_accepted_and_read_back() {
     assert_eq!(release["metadata"]["generation"], 1);
     // Status belongs to the status subresource: nothing wrote it yet.
     assert!(release.get("status").is_none(), "{release}");
+    // Settings a Channel leaves out are stored with their defaults (the schema's).
+    let production = get_json(&kube, "apps", "channel/shop-production");
+    let spec = &production["spec"];
+    assert_eq!(
+        (&spec["updatePolicy"], &spec["blockUnderNative"]),
+        (&json!("major"), &json!(true))
+    );
+    for allowed in [
+        "allowIos",
+        "allowAndroid",
+        "allowElectron",
+        "allowEmulator",
+        "allowDevice",
+        "allowDevBuild",
+        "allowProdBuild",
+        "allowDeviceSelfSet",
+    ] {
+        assert_eq!(spec[allowed], true, "{allowed}: {production}");
+    }
+    let beta = get_json(&kube, "apps", "channel/shop-beta");
+    assert_eq!(beta["spec"]["allowEmulator"], false);
+    assert_eq!(beta["spec"]["updatePolicy"], "none");
+    assert_eq!(beta["spec"]["devices"].as_array().unwrap().len(), 2);
 }
 
 /// The committed invalid manifests, and a few more, each refused by the API server with a
@@ -202,6 +230,38 @@ fn invalid_resources_are_refused_by_the_api_server() {
                 let refused: &[&str] = &["spec.builtinBundle", "should match"];
                 (refused, refused)
             }
+            // Channels: the settings that cannot work.
+            "unknown-update-policy" => {
+                let refused: &[&str] = &[
+                    "spec.updatePolicy: Unsupported value: \"minor_only\"",
+                    "supported values: \"none\", \"major\", \"minor\", \"patch\", \"version_number\"",
+                ];
+                (refused, refused)
+            }
+            "device-id-with-a-space" => {
+                let refused: &[&str] = &["spec.devices[1]", "should match"];
+                (refused, refused)
+            }
+            "too-many-devices" => {
+                let refused: &[&str] = &["spec.devices", "must have at most 1000 items"];
+                (refused, refused)
+            }
+            "builtin-channel-resource" => {
+                let refused: &[&str] = &["\"builtin\" is not a channel name"];
+                (refused, refused)
+            }
+            "channel-resource-with-a-slash" => {
+                let refused: &[&str] = &["spec.channel", "should match"];
+                (refused, refused)
+            }
+            "setting-is-a-string" => (
+                &["spec.allowAndroid in body must be of type boolean"],
+                &[".spec.allowAndroid: expected boolean"],
+            ),
+            "misspelled-setting" => (
+                &["unknown field \"spec.allowAndriod\""],
+                &[".spec.allowAndriod: field not declared in schema"],
+            ),
             other => panic!("no expectation for {other}"),
         }
     };
@@ -219,6 +279,15 @@ fn invalid_resources_are_refused_by_the_api_server() {
         json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Release",
                "metadata": {"name": name}, "spec": spec})
     };
+    let channel = |name: &str, extra: Value| {
+        let mut spec = json!({"appId": "com.example.shop", "channel": "beta"});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Channel",
+               "metadata": {"name": name}, "spec": spec})
+    };
+    let too_many: Vec<String> = (0..1001).map(|i| format!("device-{i}")).collect();
     let mut cases = documents("tests/fixtures/invalid-manifests.yaml");
     assert_eq!(cases.len(), 5);
     cases.extend([
@@ -283,6 +352,22 @@ fn invalid_resources_are_refused_by_the_api_server() {
             "bundle-name-upper-case",
             json!({"builtinBundle": "Shop_Web"}),
         ),
+        channel(
+            "unknown-update-policy",
+            json!({"updatePolicy": "minor_only"}),
+        ),
+        channel(
+            "device-id-with-a-space",
+            json!({"devices": ["qa-phone-1", "qa phone 2"]}),
+        ),
+        channel("too-many-devices", json!({ "devices": too_many })),
+        channel("builtin-channel-resource", json!({"channel": "builtin"})),
+        channel(
+            "channel-resource-with-a-slash",
+            json!({"channel": "beta/1"}),
+        ),
+        channel("setting-is-a-string", json!({"allowAndroid": "false"})),
+        channel("misspelled-setting", json!({"allowAndriod": false})),
     ]);
     for case in &cases {
         let name = case["metadata"]["name"].as_str().unwrap();
@@ -310,7 +395,14 @@ fn invalid_resources_are_refused_by_the_api_server() {
     }
     // Nothing was stored.
     let left = kube
-        .kubectl(&["get", "bundles,releases", "-n", &namespace, "-o", "name"])
+        .kubectl(&[
+            "get",
+            "bundles,releases,channels",
+            "-n",
+            &namespace,
+            "-o",
+            "name",
+        ])
         .ok();
     assert_eq!(left.trim(), "", "{left}");
 }
@@ -359,6 +451,51 @@ fn a_bundles_identity_cannot_change() {
     let stored = get_json(&kube, &namespace, "bundle/web");
     assert_eq!(stored["spec"]["versionName"], "1.0.0");
     assert_eq!(stored["spec"]["description"], "edited");
+}
+
+/// A Channel's app id and channel name key the settings and devices it manages: the API
+/// server refuses to change them, while its settings and devices may change.
+#[test]
+fn a_channels_identity_cannot_change() {
+    let Some(kube) = kube_control_plane() else {
+        return;
+    };
+    kube.install_crds();
+    let namespace = kube.fresh_namespace("immutable-channel");
+    let channel = |app: &str, channel: &str, policy: &str| {
+        json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Channel",
+               "metadata": {"name": "shop-beta"},
+               "spec": {"appId": app, "channel": channel, "updatePolicy": policy}})
+    };
+    apply(
+        &kube,
+        &namespace,
+        &channel("com.example.shop", "beta", "none"),
+    )
+    .ok();
+    apply(
+        &kube,
+        &namespace,
+        &channel("com.example.shop", "beta", "patch"),
+    )
+    .ok();
+    for (changed, message) in [
+        (
+            channel("com.example.other", "beta", "patch"),
+            "appId cannot change once set",
+        ),
+        (
+            channel("com.example.shop", "alpha", "patch"),
+            "channel cannot change once set",
+        ),
+    ] {
+        let output = apply(&kube, &namespace, &changed);
+        assert!(!output.success, "{changed} was accepted");
+        assert!(output.stderr.contains(message), "{}", output.stderr);
+    }
+    let stored = get_json(&kube, &namespace, "channel/shop-beta");
+    assert_eq!(stored["spec"]["channel"], "beta");
+    assert_eq!(stored["spec"]["updatePolicy"], "patch");
 }
 
 /// A ServiceAccount gets a real token from the TokenRequest API; RBAC refuses it until a Role
@@ -480,10 +617,8 @@ fn argo_cd_health_reads_status_from_the_api_server() {
     release["metadata"]["namespace"] = json!(ns);
     apply(&kube, ns, &release).ok();
 
-    let judge = || -> (String, String) {
-        let object = kube
-            .kubectl(&["get", "-n", ns, "release/shop-android-1-4-0", "-o", "json"])
-            .ok();
+    let judge_object = |what: &str| -> (String, String) {
+        let object = kube.kubectl(&["get", "-n", ns, what, "-o", "json"]).ok();
         let mut child = std::process::Command::new(&health)
             .arg(repo("deploy/argocd/health.lua"))
             .stdin(std::process::Stdio::piped())
@@ -504,7 +639,7 @@ fn argo_cd_health_reads_status_from_the_api_server() {
             result["message"].as_str().unwrap_or("").to_string(),
         )
     };
-    let set_status = |generation: i64, conditions: &[(&str, &str, &str)]| {
+    let set_status_of = |what: &str, generation: i64, conditions: &[(&str, &str, &str)]| {
         let conditions: Vec<Value> = conditions
             .iter()
             .map(|(kind, status, message)| {
@@ -518,13 +653,17 @@ fn argo_cd_health_reads_status_from_the_api_server() {
             "patch",
             "-n",
             ns,
-            "release/shop-android-1-4-0",
+            what,
             "--subresource=status",
             "--type=merge",
             "-p",
             &patch.to_string(),
         ])
         .ok();
+    };
+    let judge = || judge_object("release/shop-android-1-4-0");
+    let set_status = |generation: i64, conditions: &[(&str, &str, &str)]| {
+        set_status_of("release/shop-android-1-4-0", generation, conditions)
     };
 
     assert_eq!(
@@ -587,6 +726,64 @@ fn argo_cd_health_reads_status_from_the_api_server() {
     assert_eq!(
         judge(),
         ("Progressing".into(), "fetching shop-web-1-4-0".into())
+    );
+
+    // The same script serves Channels (register it for capgo-server.io_Channel too).
+    let mut channel = documents("deploy/examples/channels.yaml").remove(1);
+    channel["metadata"]["namespace"] = json!(ns);
+    apply(&kube, ns, &channel).ok();
+    let channel = "channel/shop-beta";
+    assert_eq!(judge_object(channel).0, "Progressing");
+    set_status_of(
+        channel,
+        1,
+        &[
+            (
+                "Ready",
+                "True",
+                "the channel's settings and devices are as specified",
+            ),
+            ("Reconciling", "False", ""),
+            ("Stalled", "False", ""),
+        ],
+    );
+    assert_eq!(judge_object(channel).0, "Healthy");
+    set_status_of(
+        channel,
+        1,
+        &[
+            ("Ready", "False", "converging"),
+            ("Reconciling", "True", "converging"),
+            ("Stalled", "False", ""),
+        ],
+    );
+    assert_eq!(
+        judge_object(channel),
+        ("Progressing".into(), "converging".into())
+    );
+    set_status_of(
+        channel,
+        1,
+        &[
+            (
+                "Ready",
+                "False",
+                "channel beta of com.example.shop is managed by Channel apps/other",
+            ),
+            ("Reconciling", "False", ""),
+            (
+                "Stalled",
+                "True",
+                "channel beta of com.example.shop is managed by Channel apps/other",
+            ),
+        ],
+    );
+    assert_eq!(
+        judge_object(channel),
+        (
+            "Degraded".into(),
+            "channel beta of com.example.shop is managed by Channel apps/other".into()
+        )
     );
 }
 

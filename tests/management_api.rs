@@ -767,3 +767,710 @@ async fn promotes_uploads_and_checks_at_once_leave_a_consistent_catalog() {
     assert_eq!(app.files_in("blobs").len(), 23);
     assert!(app.files_in("staging").is_empty());
 }
+
+// ----- channels, device overrides, unregistered builds -----------------------------------
+
+const OTHER_DEVICE: &str = "00000000-0000-4000-8000-000000000002";
+
+/// Release android 1.0.0 (10) with builtin 1.0.0; production serves 1.0.1, beta 1.1.0.
+/// Returns the release id.
+async fn channel_catalog(app: &TestApp) -> String {
+    let builtin = app.upload_bundle("1.0.0").await;
+    let next = app.upload_bundle("1.0.1").await;
+    let beta = app.upload_bundle("1.1.0").await;
+    let release = app.create_release(&builtin).await;
+    assert_eq!(
+        app.set_active(&release, &next, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.set_active(&release, &beta, Some("beta")).await.0,
+        StatusCode::OK
+    );
+    release
+}
+
+/// The channel `name` of `channels.list?app_id=APP_ID`.
+async fn listed_channel(app: &TestApp, name: &str) -> serde_json::Value {
+    let (status, list) = app
+        .get(&format!("/api/v1/channels.list?app_id={APP_ID}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == name)
+        .unwrap_or_else(|| panic!("no channel {name} in {list}"))
+        .clone()
+}
+
+/// Each `(path, body)` is refused with `status` and an error containing `text`.
+async fn assert_refused(app: &TestApp, cases: &[(&str, serde_json::Value, StatusCode, &str)]) {
+    for (path, body, expected_status, expected_text) in cases {
+        let (status, answer) = app.post_json(path, body.clone()).await;
+        assert_eq!(status, *expected_status, "{path} {body} -> {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(expected_text),
+            "{path} {body}: expected {expected_text:?} in {answer}"
+        );
+    }
+}
+
+/// Each GET `path` is refused with `status` and an error containing `text`.
+async fn assert_get_refused(app: &TestApp, cases: &[(&str, StatusCode, &str)]) {
+    for (path, expected_status, expected_text) in cases {
+        let (status, answer) = app.get(path).await;
+        assert_eq!(status, *expected_status, "{path} -> {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(expected_text),
+            "{path}: expected {expected_text:?} in {answer}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn channels_list_and_update_shapes() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+
+    let production = listed_channel(&app, "production").await;
+    assert_eq!(
+        production,
+        json!({
+            "app_id": APP_ID, "channel": "production", "id": production["id"], "configured": false,
+            "settings": {"allow_ios": true, "allow_android": true, "allow_electron": true,
+                         "allow_emulator": true, "allow_device": true, "allow_dev_build": true,
+                         "allow_prod_build": true, "update_policy": "none",
+                         "block_under_native": false, "allow_device_self_set": true},
+            "owner": null, "forced_devices": 0, "chosen_by_devices": 0, "updated_at": null,
+        }),
+        "defaults, as every channel had before it had settings"
+    );
+    assert!(production["id"].is_i64(), "{production}");
+    assert!(listed_channel(&app, "beta").await["id"].is_i64());
+    let (_, all) = app.get("/api/v1/channels.list").await;
+    assert_eq!(
+        all["data"].as_array().unwrap().len(),
+        2,
+        "without app_id: every known app's channels: {all}"
+    );
+
+    let (status, body) = app
+        .post_json(
+            "/api/v1/channels.update",
+            json!({"app_id": APP_ID, "channel": "production", "allow_emulator": false,
+                   "update_policy": "major"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["message"], "Channel updated successfully");
+    let shown = &body["channel"];
+    assert_eq!(shown["configured"], true);
+    assert_eq!(shown["settings"]["allow_emulator"], false);
+    assert_eq!(shown["settings"]["update_policy"], "major");
+    assert_eq!(shown["settings"]["allow_ios"], true, "fields left out keep");
+    assert!(
+        shown["updated_at"].as_str().unwrap().ends_with('Z'),
+        "{shown}"
+    );
+    // A second change keeps what the first set.
+    let (status, body) = app
+        .post_json(
+            "/api/v1/channels.update",
+            json!({"app_id": APP_ID, "channel": "production", "allow_ios": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed = listed_channel(&app, "production").await;
+    assert_eq!(listed["settings"]["allow_ios"], false);
+    assert_eq!(listed["settings"]["allow_emulator"], false);
+    assert_eq!(listed["settings"]["update_policy"], "major");
+    assert_eq!(listed["id"], production["id"], "same channel, same id");
+
+    // A channel no release assigns is created by configuring it (with a numeric id).
+    let (status, body) = app
+        .post_json(
+            "/api/v1/channels.update",
+            json!({"app_id": APP_ID, "channel": "qa"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let qa = listed_channel(&app, "qa").await;
+    assert!(qa["id"].is_i64(), "{qa}");
+    assert_eq!(qa["configured"], true);
+
+    let (_, audit) = app.get("/api/v1/audit.list").await;
+    assert!(
+        audit["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "channels.update"
+                && e["target"] == format!("channel production of {APP_ID}")),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_setting_is_seen_by_the_very_next_update_check() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let mut emulator = device_body("builtin", "8.51.14");
+    emulator["is_emulator"] = json!(true);
+    // Answered (and cached) before the change.
+    assert_eq!(app.check(&emulator).await["version"], "1.0.1");
+
+    let update = |allowed: bool| json!({"app_id": APP_ID, "channel": "production", "allow_emulator": allowed});
+    let (status, body) = app
+        .post_json("/api/v1/channels.update", update(false))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = app.check(&emulator).await;
+    assert_eq!(
+        (&answer["error"], &answer["kind"]),
+        (&json!("disable_emulator"), &json!("blocked")),
+        "{answer}"
+    );
+    assert_eq!(
+        app.check(&device_body("builtin", "8.51.14")).await["version"],
+        "1.0.1",
+        "physical devices are still served"
+    );
+
+    let (status, _) = app.post_json("/api/v1/channels.update", update(true)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.check(&emulator).await["version"], "1.0.1");
+}
+
+#[tokio::test]
+async fn channel_update_bad_input() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let update = |extra: serde_json::Value| {
+        let mut body = json!({"app_id": APP_ID, "channel": "production"});
+        for (key, value) in extra.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    };
+    let path = "/api/v1/channels.update";
+    let bad = StatusCode::BAD_REQUEST;
+    assert_refused(
+        &app,
+        &[
+            (
+                path,
+                update(json!({"alow_android": false})),
+                bad,
+                "alow_android",
+            ),
+            (
+                path,
+                update(json!({"update_policy": "sometimes"})),
+                bad,
+                "update_policy",
+            ),
+            (
+                path,
+                update(json!({"update_policy": 3})),
+                bad,
+                "update_policy",
+            ),
+            (path, update(json!({"allow_ios": "yes"})), bad, "allow_ios"),
+            (
+                path,
+                update(json!({"channel": "no spaces"})),
+                bad,
+                "channel",
+            ),
+            (path, update(json!({"channel": "builtin"})), bad, "builtin"),
+            (
+                path,
+                json!({"app_id": APP_ID, "allow_ios": false}),
+                bad,
+                "channel",
+            ),
+            (path, json!({"channel": "production"}), bad, "app_id"),
+            (
+                path,
+                update(json!({"app_id": "com example"})),
+                bad,
+                "app_id",
+            ),
+            (
+                path,
+                update(json!({"app_id": "com.unknown.app"})),
+                StatusCode::NOT_FOUND,
+                "com.unknown.app",
+            ),
+        ],
+    )
+    .await;
+    let production = listed_channel(&app, "production").await;
+    assert_eq!(
+        production["configured"], false,
+        "refused calls changed nothing"
+    );
+    assert_eq!(production["settings"]["allow_android"], true);
+    assert_get_refused(
+        &app,
+        &[("/api/v1/channels.list?app_id=com%20example", bad, "app_id")],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn channels_and_devices_managed_by_a_channel_resource_are_read_only_here() {
+    use capgo_server::catalog::DesiredChannel;
+    use capgo_server::domain::channel_policy::ChannelRules;
+    use capgo_server::domain::{ChannelName, ResourceRef};
+
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let desired = DesiredChannel {
+        app_id: APP_ID.into(),
+        channel: ChannelName::parse("beta").unwrap(),
+        rules: ChannelRules {
+            allow_ios: false,
+            ..ChannelRules::default()
+        },
+        devices: vec![OTHER_DEVICE.into()],
+        owner: ResourceRef::new("Channel", "apps", "shop-beta"),
+        adopt: false,
+    };
+    assert!(app.state.catalog.apply_channel(&desired).await.unwrap());
+
+    let beta = listed_channel(&app, "beta").await;
+    assert_eq!(beta["owner"], "Channel apps/shop-beta");
+    assert_eq!(beta["settings"]["allow_ios"], false);
+    assert_eq!(beta["forced_devices"], 1);
+    let (_, devices) = app
+        .get(&format!("/api/v1/devices.list?app_id={APP_ID}"))
+        .await;
+    assert_eq!(
+        devices["data"],
+        json!([{"app_id": APP_ID, "device_id": OTHER_DEVICE, "channel": "beta",
+                "source": "Channel apps/shop-beta", "forced": true,
+                "updated_at": devices["data"][0]["updated_at"]}])
+    );
+
+    let conflict = StatusCode::CONFLICT;
+    assert_refused(
+        &app,
+        &[
+            (
+                "/api/v1/channels.update",
+                json!({"app_id": APP_ID, "channel": "beta", "allow_ios": true}),
+                conflict,
+                "Channel apps/shop-beta",
+            ),
+            (
+                "/api/v1/devices.set-channel",
+                json!({"app_id": APP_ID, "channel": "production", "device_id": OTHER_DEVICE}),
+                conflict,
+                "Channel apps/shop-beta",
+            ),
+            (
+                "/api/v1/devices.unset-channel",
+                json!({"app_id": APP_ID, "device_ids": [OTHER_DEVICE]}),
+                conflict,
+                "Channel apps/shop-beta",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        listed_channel(&app, "beta").await["settings"]["allow_ios"],
+        false
+    );
+    let (_, after) = app
+        .get(&format!("/api/v1/devices.list?app_id={APP_ID}"))
+        .await;
+    assert_eq!(
+        after["data"], devices["data"],
+        "the refused calls changed nothing"
+    );
+    // Channels the resource does not manage stay editable.
+    let (status, body) = app
+        .post_json(
+            "/api/v1/channels.update",
+            json!({"app_id": APP_ID, "channel": "production", "allow_ios": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn devices_are_found_put_on_a_channel_listed_and_released() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let mut event = device_body("1.0.1", "8.51.14");
+    event["action"] = json!("set");
+    event["custom_id"] = json!("customer-42");
+    let (status, answer) = app.device_post("/stats", event.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    for q in ["customer-42", &DEVICE_ID.to_uppercase()] {
+        let (status, found) = app
+            .get(&format!("/api/v1/devices.find?app_id={APP_ID}&q={q}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{found}");
+        let device = &found["data"][0];
+        assert_eq!(device["device_id"], DEVICE_ID, "{q}: {found}");
+        assert_eq!(device["custom_id"], "customer-42");
+        assert_eq!(device["platform"], "android");
+        assert_eq!(device["version_name"], "1.0.1");
+        assert!(device["last_seen"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(device["override"], serde_json::Value::Null);
+    }
+    let (_, nobody) = app
+        .get(&format!("/api/v1/devices.find?app_id={APP_ID}&q=nobody"))
+        .await;
+    assert_eq!(nobody["data"], json!([]));
+
+    assert_eq!(
+        app.check(&device_body("builtin", "8.51.14")).await["version"],
+        "1.0.1"
+    );
+    let (status, body) = app
+        .post_json(
+            "/api/v1/devices.set-channel",
+            json!({"app_id": APP_ID, "channel": "beta", "device_id": DEVICE_ID}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"][0]["device_id"], DEVICE_ID);
+    assert_eq!(body["data"][0]["channel"], "beta");
+    assert_eq!(body["data"][0]["source"], "api");
+    assert_eq!(body["data"][0]["forced"], true);
+    assert_eq!(
+        app.check(&device_body("builtin", "8.51.14")).await["version"],
+        "1.1.0",
+        "the very next check follows the override"
+    );
+    let mut other = device_body("builtin", "8.51.14");
+    other["device_id"] = json!(OTHER_DEVICE);
+    assert_eq!(app.check(&other).await["version"], "1.0.1", "others stay");
+
+    let (_, found) = app
+        .get(&format!(
+            "/api/v1/devices.find?app_id={APP_ID}&q=customer-42"
+        ))
+        .await;
+    assert_eq!(found["data"][0]["override"]["channel"], "beta");
+    assert_eq!(listed_channel(&app, "beta").await["forced_devices"], 1);
+
+    // A list, with the first id again and in capitals: stored once, lowercased.
+    let (status, body) = app
+        .post_json(
+            "/api/v1/devices.set-channel",
+            json!({"app_id": APP_ID, "channel": "production",
+                   "device_ids": [OTHER_DEVICE, DEVICE_ID.to_uppercase(), DEVICE_ID]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
+    let (_, listed) = app
+        .get(&format!("/api/v1/devices.list?app_id={APP_ID}"))
+        .await;
+    let listed: Vec<(String, String)> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["device_id"].as_str().unwrap().into(),
+                o["channel"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (OTHER_DEVICE.to_string(), "production".to_string()),
+            (DEVICE_ID.to_string(), "production".to_string()),
+        ],
+        "by device id"
+    );
+
+    let (status, body) = app
+        .post_json(
+            "/api/v1/devices.unset-channel",
+            json!({"app_id": APP_ID, "device_ids": [DEVICE_ID]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["removed"], 1);
+    let (_, listed) = app
+        .get(&format!("/api/v1/devices.list?app_id={APP_ID}"))
+        .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    let (status, body) = app
+        .post_json(
+            "/api/v1/devices.unset-channel",
+            json!({"app_id": APP_ID, "device_id": DEVICE_ID}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains(DEVICE_ID),
+        "{body}"
+    );
+
+    let (_, audit) = app.get("/api/v1/audit.list").await;
+    let targets: Vec<&str> = audit["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "devices.set-channel")
+        .map(|e| e["target"].as_str().unwrap())
+        .collect();
+    assert!(
+        targets.contains(&format!("device {DEVICE_ID} of {APP_ID} -> channel beta").as_str()),
+        "{targets:?}"
+    );
+}
+
+#[tokio::test]
+async fn device_routes_bad_input() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let set = "/api/v1/devices.set-channel";
+    let unset = "/api/v1/devices.unset-channel";
+    let bad = StatusCode::BAD_REQUEST;
+    let too_many: Vec<String> = (0..1001).map(|i| format!("device-{i}")).collect();
+    assert_refused(
+        &app,
+        &[
+            (set, json!({"app_id": APP_ID, "device_id": DEVICE_ID}), bad, "channel"),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "nightly", "device_id": DEVICE_ID}),
+                bad,
+                "channel",
+            ),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "a b", "device_id": DEVICE_ID}),
+                bad,
+                "channel",
+            ),
+            (set, json!({"app_id": APP_ID, "channel": "beta"}), bad, "device_ids"),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "beta", "device_ids": []}),
+                bad,
+                "device_ids",
+            ),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "beta", "device_id": "not valid!"}),
+                bad,
+                "device_ids",
+            ),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "beta", "device_ids": too_many}),
+                bad,
+                "device_ids",
+            ),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "beta", "devices": [DEVICE_ID]}),
+                bad,
+                "devices",
+            ),
+            (
+                set,
+                json!({"app_id": APP_ID, "channel": "beta", "device_ids": DEVICE_ID}),
+                bad,
+                "device_ids",
+            ),
+            (
+                set,
+                json!({"app_id": "com example", "channel": "beta", "device_id": DEVICE_ID}),
+                bad,
+                "app_id",
+            ),
+            (
+                set,
+                json!({"app_id": "com.unknown.app", "channel": "production", "device_id": DEVICE_ID}),
+                StatusCode::NOT_FOUND,
+                "com.unknown.app",
+            ),
+            (unset, json!({"app_id": APP_ID}), bad, "device_ids"),
+            (
+                unset,
+                json!({"app_id": APP_ID, "device_id": "not valid!"}),
+                bad,
+                "device_ids",
+            ),
+            (
+                unset,
+                json!({"app_id": APP_ID, "channel": "beta", "device_id": DEVICE_ID}),
+                bad,
+                "channel",
+            ),
+            (unset, json!({"device_id": DEVICE_ID}), bad, "app_id"),
+        ],
+    )
+    .await;
+    let (_, listed) = app
+        .get(&format!("/api/v1/devices.list?app_id={APP_ID}"))
+        .await;
+    assert_eq!(listed["data"], json!([]), "refused calls stored nothing");
+
+    let long = "x".repeat(37);
+    assert_get_refused(
+        &app,
+        &[
+            ("/api/v1/devices.list", bad, "app_id"),
+            ("/api/v1/devices.list?app_id=com%20example", bad, "app_id"),
+            (&format!("/api/v1/devices.find?app_id={APP_ID}"), bad, "q"),
+            (
+                &format!("/api/v1/devices.find?app_id={APP_ID}&q="),
+                bad,
+                "q",
+            ),
+            (
+                &format!("/api/v1/devices.find?app_id={APP_ID}&q={long}"),
+                bad,
+                "q",
+            ),
+            ("/api/v1/devices.find?q=abc", bad, "app_id"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unregistered_builds_are_listed_until_registered() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let newer_build = |device_id: &str| {
+        let mut body = device_body("builtin", "8.51.14");
+        body["device_id"] = json!(device_id);
+        body["version_build"] = json!("2.0.0");
+        body["version_code"] = json!("20");
+        body
+    };
+    let answer = app.check(&newer_build(DEVICE_ID)).await;
+    assert_eq!(
+        (&answer["error"], &answer["kind"]),
+        (&json!("no_release"), &json!("blocked")),
+        "{answer}"
+    );
+    app.check(&newer_build(DEVICE_ID)).await;
+    app.check(&newer_build(OTHER_DEVICE)).await;
+
+    let (status, builds) = app.get("/api/v1/builds.unregistered").await;
+    assert_eq!(status, StatusCode::OK, "{builds}");
+    let build = &builds["data"][0];
+    assert_eq!(
+        build,
+        &json!({"platform": "android", "app_id": APP_ID, "version_name": "2.0.0",
+                "version_code": "20", "devices": 2, "checks": 3,
+                "first_seen": build["first_seen"], "last_seen": build["last_seen"]}),
+        "{builds}"
+    );
+    for time in ["first_seen", "last_seen"] {
+        assert!(build[time].as_str().unwrap().ends_with('Z'), "{build}");
+    }
+    assert_eq!(builds["data"].as_array().unwrap().len(), 1, "{builds}");
+    let (_, mine) = app
+        .get(&format!("/api/v1/builds.unregistered?app_id={APP_ID}"))
+        .await;
+    assert_eq!(mine["data"], builds["data"]);
+    let (_, others) = app
+        .get("/api/v1/builds.unregistered?app_id=com.other.app")
+        .await;
+    assert_eq!(others["data"], json!([]));
+    assert_get_refused(
+        &app,
+        &[(
+            "/api/v1/builds.unregistered?app_id=com%20example",
+            StatusCode::BAD_REQUEST,
+            "app_id",
+        )],
+    )
+    .await;
+
+    // Registering the build (what the UI's "Register this build" sends) removes it.
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    let newest = bundles["data"][0]["id"].as_str().unwrap();
+    let (status, body) = app
+        .post_json(
+            "/api/v1/releases.create",
+            json!({"platform": "android", "app_id": APP_ID, "version_name": "2.0.0",
+                   "version_code": "20", "builtin_bundle_id": newest}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, builds) = app.get("/api/v1/builds.unregistered").await;
+    assert_eq!(builds["data"], json!([]));
+    let answer = app.check(&newer_build(DEVICE_ID)).await;
+    assert_ne!(answer["error"], "no_release", "{answer}");
+}
+
+#[tokio::test]
+async fn bundles_take_a_link_and_a_minimum_native_version() {
+    let app = TestApp::new();
+    let zip = web_bundle("linked");
+    let (status, body) = app
+        .upload(&[
+            ("app_id", Part::Text(APP_ID)),
+            ("version_name", Part::Text("1.2.0")),
+            ("link", Part::Text("https://example.com/notes/1.2.0")),
+            ("min_update_version", Part::Text("1.1.0")),
+            ("bundle", Part::File(&zip)),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["bundle"]["link"], "https://example.com/notes/1.2.0");
+    assert_eq!(body["bundle"]["min_update_version"], "1.1.0");
+    let plain = app.upload_bundle("1.3.0").await;
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    let of = |id_or_version: &str| {
+        bundles["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id_or_version || b["version_name"] == id_or_version)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("1.2.0")["link"], "https://example.com/notes/1.2.0");
+    assert_eq!(of("1.2.0")["min_update_version"], "1.1.0");
+    assert_eq!(of(&plain)["link"], serde_json::Value::Null);
+    assert_eq!(of(&plain)["min_update_version"], serde_json::Value::Null);
+
+    let good = web_bundle("ok");
+    let cases = [
+        ("link", "ftp://example.com/notes", "link"),
+        ("link", "notes.html", "link"),
+        ("min_update_version", "one point two", "min_update_version"),
+        ("min_update_version", "1.2.3.4", "min_update_version"),
+    ];
+    for (field, value, expected) in cases {
+        let (status, body) = app
+            .upload(&with(
+                form(APP_ID, "9.9.9", &good),
+                (field, Part::Text(value)),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}={value}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(expected),
+            "{field}={value}: {body}"
+        );
+    }
+    let (_, bundles) = app.get("/api/v1/bundles.list").await;
+    assert_eq!(
+        bundles["data"].as_array().unwrap().len(),
+        2,
+        "refused uploads stored nothing"
+    );
+}

@@ -15,21 +15,25 @@ use kube::client::Body;
 use serde_json::{json, Value};
 
 use capgo_server::catalog::staging::Staging;
-use capgo_server::catalog::{Catalog, CatalogSettings};
+use capgo_server::catalog::{Catalog, CatalogError, CatalogSettings, ChannelRulesChange};
 use capgo_server::domain::channel::Channel;
+use capgo_server::domain::channel_policy::{ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::AppKey;
 use capgo_server::domain::net_policy::SourcePolicy;
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
+use capgo_server::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use capgo_server::domain::{
-    Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey,
+    Actor, Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey,
     ResourceRef, UnixMillis,
 };
-use capgo_server::operator::crd::{Bundle, Release};
+use capgo_server::operator::crd::{Bundle, Channel as ChannelResource, Release};
 use capgo_server::operator::fetch::SourceFetcher;
-use capgo_server::operator::{bundles, releases, Context};
+use capgo_server::operator::{bundles, channels, releases, Context};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
-use capgo_server::store::{AppKeyStore, BlobStore, CatalogStore, CatalogVersion, StoreError};
+use capgo_server::store::{
+    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, SeenDevice, StoreError, TargetingStore,
+};
 
 const NS: &str = "apps";
 
@@ -166,6 +170,82 @@ impl CatalogStore for CountingStore {
     async fn adopt_bundle(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
         self.count();
         self.inner.adopt_bundle(id, o).await
+    }
+}
+
+#[async_trait]
+impl TargetingStore for CountingStore {
+    async fn channel_settings(
+        &self,
+        app_id: Option<&str>,
+    ) -> Result<Vec<ChannelSettings>, StoreError> {
+        self.inner.channel_settings(app_id).await
+    }
+    async fn put_channel_settings(&self, settings: &ChannelSettings) -> Result<(), StoreError> {
+        self.count();
+        self.inner.put_channel_settings(settings).await
+    }
+    async fn delete_channel_settings(
+        &self,
+        app_id: &str,
+        channel: &ChannelName,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.delete_channel_settings(app_id, channel).await
+    }
+    async fn device_overrides(&self, app_id: &str) -> Result<Vec<DeviceOverride>, StoreError> {
+        self.inner.device_overrides(app_id).await
+    }
+    async fn put_device_overrides(&self, overrides: &[DeviceOverride]) -> Result<(), StoreError> {
+        self.count();
+        self.inner.put_device_overrides(overrides).await
+    }
+    async fn put_device_choice(&self, choice: &DeviceOverride) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.put_device_choice(choice).await
+    }
+    async fn delete_device_overrides(
+        &self,
+        app_id: &str,
+        device_ids: &[String],
+        source: Option<&OverrideSource>,
+    ) -> Result<u64, StoreError> {
+        self.count();
+        self.inner
+            .delete_device_overrides(app_id, device_ids, source)
+            .await
+    }
+    async fn replace_resource_overrides(
+        &self,
+        owner: &OverrideSource,
+        overrides: &[DeviceOverride],
+    ) -> Result<(), StoreError> {
+        self.count();
+        self.inner
+            .replace_resource_overrides(owner, overrides)
+            .await
+    }
+    async fn record_unregistered_builds(
+        &self,
+        sightings: &[UnregisteredBuild],
+    ) -> Result<(), StoreError> {
+        self.count();
+        self.inner.record_unregistered_builds(sightings).await
+    }
+    async fn unregistered_builds(&self) -> Result<Vec<UnregisteredBuild>, StoreError> {
+        self.inner.unregistered_builds().await
+    }
+    async fn delete_unregistered_build(&self, key: &ReleaseKey) -> Result<(), StoreError> {
+        self.count();
+        self.inner.delete_unregistered_build(key).await
+    }
+    async fn find_devices(
+        &self,
+        app_id: &str,
+        id: &str,
+        limit: usize,
+    ) -> Result<Vec<SeenDevice>, StoreError> {
+        self.inner.find_devices(app_id, id, limit).await
     }
 }
 
@@ -381,6 +461,46 @@ impl Harness {
             .await
             .map(|_| ())
             .map_err(|e| capgo_server::error::Chain(&e).to_string())
+    }
+
+    fn channel(&self, name: &str, spec: Value) -> Value {
+        json!({
+            "apiVersion": "capgo-server.io/v1alpha1", "kind": "Channel",
+            "metadata": {"name": name, "namespace": NS, "generation": 1, "uid": format!("uid-{name}"),
+                         "finalizers": ["capgo-server.io/cleanup"]},
+            "spec": spec,
+        })
+    }
+
+    async fn reconcile_channel(&self, name: &str) -> Result<(), String> {
+        let object: ChannelResource =
+            serde_json::from_value(self.api.get("channels", name)).unwrap();
+        channels::reconcile(Arc::new(object), self.ctx.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| capgo_server::error::Chain(&e).to_string())
+    }
+
+    /// The settings stored for a channel of the test app (`None`: the defaults).
+    async fn stored_settings(&self, channel: &str) -> Option<ChannelSettings> {
+        self.catalog
+            .list_channels(Some(common::APP_ID))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.settings.channel.as_str() == channel && c.configured)
+            .map(|c| c.settings)
+    }
+
+    /// Device id → (channel, who put it there) for the test app.
+    async fn overrides(&self) -> BTreeMap<String, (String, String)> {
+        self.catalog
+            .device_overrides(common::APP_ID)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.device_id, (o.channel.to_string(), o.source.to_stored())))
+            .collect()
     }
 
     async fn reconcile_release(&self, name: &str) -> Result<(), String> {
@@ -1160,5 +1280,247 @@ async fn encrypted_bundles_are_checked_with_the_apps_registered_key() {
             .bundle_by_version("com.example.fixture", version)
             .await;
         assert!(stored.unwrap().is_some(), "{version}");
+    }
+}
+
+/// A Release of the test app whose `beta` channel serves 1.0.0, so the app and its channel
+/// exist for the REST calls below.
+async fn app_with_a_beta_channel(h: &Harness) {
+    h.api.put(
+        "bundles",
+        h.bundle("web-1-0-0", "1.0.0", "web-1.0.0.zip", None),
+    );
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    h.api.put(
+        "releases",
+        h.release("shop", "web-1-0-0", json!({"beta": "web-1-0-0"})),
+    );
+    h.reconcile_release("shop").await.unwrap();
+}
+
+fn owned_by_the_resource(result: Result<impl std::fmt::Debug, CatalogError>, what: &str) {
+    match result {
+        Err(CatalogError::Owned {
+            message,
+            adoptable: false,
+        }) => assert!(
+            message.contains("Channel apps/shop-beta"),
+            "{what}: names the resource: {message}"
+        ),
+        other => panic!("{what}: refused as managed by the resource, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_channel_resource_sets_settings_and_devices_and_gives_them_back() {
+    let h = Harness::new().await;
+    app_with_a_beta_channel(&h).await;
+    let owner = OverrideSource::Resource(ResourceRef::new("Channel", NS, "shop-beta")).to_stored();
+    h.api.put(
+        "channels",
+        h.channel(
+            "shop-beta",
+            json!({"appId": common::APP_ID, "channel": "beta", "allowAndroid": false,
+                   "updatePolicy": "minor", "devices": ["QA-Phone-1", "qa-phone-2", "qa-phone-1"]}),
+        ),
+    );
+    h.reconcile_channel("shop-beta").await.unwrap();
+    assert_eq!(
+        h.condition("channels", "shop-beta", "Ready")["status"],
+        "True"
+    );
+    let status = h.api.get("channels", "shop-beta")["status"].clone();
+    assert_eq!(status["devices"], 2, "{status}");
+    assert_eq!(status["observedGeneration"], 1, "{status}");
+    let settings = h.stored_settings("beta").await.expect("settings stored");
+    assert!(!settings.rules.allow_android && settings.rules.allow_ios);
+    assert_eq!(settings.rules.update_policy, UpdatePolicy::Minor);
+    assert_eq!(
+        settings.owner.map(|o| o.to_string()).as_deref(),
+        Some("Channel apps/shop-beta")
+    );
+    assert_eq!(
+        h.overrides().await,
+        BTreeMap::from([
+            (
+                "qa-phone-1".to_string(),
+                ("beta".to_string(), owner.clone())
+            ),
+            (
+                "qa-phone-2".to_string(),
+                ("beta".to_string(), owner.clone())
+            ),
+        ])
+    );
+
+    // Again, with the status the API now holds: nothing is written anywhere.
+    let (store_writes, api_writes) = (h.store.wrote(), h.api.writes().len());
+    for _ in 0..3 {
+        h.reconcile_channel("shop-beta").await.unwrap();
+    }
+    assert_eq!(h.store.wrote(), store_writes, "no store writes");
+    assert_eq!(h.api.writes().len(), api_writes, "no API writes");
+
+    // People change it through its resource only; nothing changed.
+    let allow_android = ChannelRulesChange {
+        allow_android: Some(true),
+        ..Default::default()
+    };
+    owned_by_the_resource(
+        h.catalog
+            .configure_channel(common::APP_ID, "beta", allow_android, &Actor::Api)
+            .await,
+        "settings",
+    );
+    owned_by_the_resource(
+        h.catalog
+            .force_devices(common::APP_ID, &["QA-PHONE-1".into()], "production")
+            .await,
+        "forcing a managed device elsewhere",
+    );
+    owned_by_the_resource(
+        h.catalog
+            .release_devices(common::APP_ID, &["qa-phone-2".into()])
+            .await,
+        "releasing a managed device",
+    );
+    assert_eq!(h.store.wrote(), store_writes, "refusals write nothing");
+
+    // A device list edited in Git: exactly the new list, one status write.
+    let mut edited = h.api.get("channels", "shop-beta");
+    edited["spec"]["devices"] = json!(["qa-phone-2", "qa-phone-3"]);
+    edited["metadata"]["generation"] = json!(2);
+    h.api.put("channels", edited);
+    h.reconcile_channel("shop-beta").await.unwrap();
+    let devices: Vec<String> = h.overrides().await.into_keys().collect();
+    assert_eq!(devices, ["qa-phone-2", "qa-phone-3"]);
+    let status = h.api.get("channels", "shop-beta")["status"].clone();
+    assert_eq!(
+        (
+            status["devices"].clone(),
+            status["observedGeneration"].clone()
+        ),
+        (json!(2), json!(2)),
+        "{status}"
+    );
+
+    // Deleted: the settings go back to the defaults and the devices are free again.
+    h.mark_deleted("channels", "shop-beta");
+    h.reconcile_channel("shop-beta").await.unwrap();
+    assert_eq!(h.stored_settings("beta").await, None);
+    assert!(h.overrides().await.is_empty());
+    assert_eq!(
+        h.api.get("channels", "shop-beta")["metadata"]["finalizers"],
+        json!([])
+    );
+    h.catalog
+        .force_devices(common::APP_ID, &["qa-phone-2".into()], "beta")
+        .await
+        .expect("people may place a released device");
+}
+
+#[tokio::test]
+async fn a_channel_resource_refuses_what_it_does_not_own_and_what_cannot_work() {
+    let h = Harness::new().await;
+    app_with_a_beta_channel(&h).await;
+    let beta = |name: &str| {
+        h.channel(
+            name,
+            json!({"appId": common::APP_ID, "channel": "beta", "allowIos": false}),
+        )
+    };
+    // Configured by hand first: the resource says how to adopt, and changes nothing.
+    let by_hand = ChannelRulesChange {
+        allow_electron: Some(false),
+        ..Default::default()
+    };
+    h.catalog
+        .configure_channel(common::APP_ID, "beta", by_hand, &Actor::Api)
+        .await
+        .unwrap();
+    h.api.put("channels", beta("shop-beta"));
+    h.reconcile_channel("shop-beta").await.unwrap();
+    let stalled = h.condition("channels", "shop-beta", "Stalled");
+    assert_eq!(stalled["reason"], "AdoptionRequired", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("capgo-server.io/adopt=true"),
+        "{stalled}"
+    );
+    let settings = h.stored_settings("beta").await.unwrap();
+    assert!(settings.rules.allow_ios && !settings.rules.allow_electron);
+    assert_eq!(settings.owner, None);
+
+    // Adopted: the resource's settings, all of them (what it leaves out is the default).
+    let mut adopting = beta("shop-beta");
+    adopting["metadata"]["annotations"] = json!({"capgo-server.io/adopt": "true"});
+    h.api.put("channels", adopting);
+    h.reconcile_channel("shop-beta").await.unwrap();
+    assert_eq!(
+        h.condition("channels", "shop-beta", "Ready")["status"],
+        "True"
+    );
+    let settings = h.stored_settings("beta").await.unwrap();
+    assert!(!settings.rules.allow_ios && settings.rules.allow_electron);
+
+    // A second resource for the same channel is refused, naming the first; deleting it
+    // leaves the first one's settings alone.
+    h.api.put("channels", beta("other-beta"));
+    h.reconcile_channel("other-beta").await.unwrap();
+    let stalled = h.condition("channels", "other-beta", "Stalled");
+    assert_eq!(stalled["reason"], "ManagedElsewhere", "{stalled}");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("Channel apps/shop-beta"),
+        "{stalled}"
+    );
+    h.mark_deleted("channels", "other-beta");
+    h.reconcile_channel("other-beta").await.unwrap();
+    assert!(h.stored_settings("beta").await.is_some());
+
+    // Specs that slipped past the schema (an API server that skipped it): stalled with the
+    // field, and their deletion still completes.
+    for (name, spec, needle) in [
+        (
+            "bad-device",
+            json!({"appId": common::APP_ID, "channel": "nightly", "devices": ["qa phone"]}),
+            "spec.devices",
+        ),
+        (
+            "bad-channel",
+            json!({"appId": common::APP_ID, "channel": "builtin"}),
+            "builtin",
+        ),
+    ] {
+        h.api.put("channels", h.channel(name, spec));
+        h.reconcile_channel(name).await.unwrap();
+        let stalled = h.condition("channels", name, "Stalled");
+        assert_eq!(stalled["reason"], "InvalidSpec", "{name}: {stalled}");
+        assert!(
+            stalled["message"].as_str().unwrap().contains(needle),
+            "{name}: {stalled}"
+        );
+        h.mark_deleted("channels", name);
+        h.reconcile_channel(name).await.unwrap();
+        assert_eq!(
+            h.api.get("channels", name)["metadata"]["finalizers"],
+            json!([])
+        );
+    }
+    assert_eq!(h.stored_settings("nightly").await, None, "nothing stored");
+    let reasons: Vec<String> = h
+        .events()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for reason in ["AdoptionRequired", "ManagedElsewhere", "InvalidSpec"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "an Event for {reason}: {reasons:?}"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The operator in the real binary (`CONTROLLER_ENABLED=true`) against a real Kubernetes API
 //! server (etcd + kube-apiserver from `scripts/services start`): Bundles fetched from a
-//! loopback source become Ready, Releases reach devices, status is server-side applied by
-//! `capgo-server` alone, resyncs write nothing, deletions wait for the Releases that hold them,
-//! the chart's own RBAC is enough (and a missing rule is reported, not crash-looped on), two
+//! loopback source become Ready, Releases reach devices, Channels decide whom they serve and
+//! which devices are forced onto them (and give both back when deleted), status is server-side
+//! applied by `capgo-server` alone, resyncs write nothing, deletions wait for the Releases that
+//! hold them, the chart's own RBAC is enough (and a missing rule is reported, not crash-looped
+//! on; without access to Channels the rest still works, and Channels start once granted), two
 //! replicas elect one leader and fail over, the operator waits for a cluster that is not there
 //! yet, and the chart installs, upgrades and uninstalls.
 //!
@@ -208,6 +210,20 @@ impl Cluster {
             .unwrap_or(Value::Null)
     }
 
+    /// A Channel of the test app named `name`, with `spec` merged over its app id.
+    fn channel(name: &str, spec: Value) -> Value {
+        let mut full = json!({"appId": APP_ID});
+        full.as_object_mut()
+            .unwrap()
+            .extend(spec.as_object().unwrap().clone());
+        json!({
+            "apiVersion": "capgo-server.io/v1alpha1",
+            "kind": "Channel",
+            "metadata": {"name": name},
+            "spec": full,
+        })
+    }
+
     /// resourceVersion of every Bundle and Release.
     fn resource_versions(&self) -> BTreeMap<String, String> {
         let list = self.get("bundles,releases");
@@ -273,6 +289,32 @@ async fn device_gets(client: &Client, channel: &str) -> Value {
     let (status, answer) = client.device("/updates", &body).await;
     assert_eq!(status, 200, "{answer}");
     answer
+}
+
+/// What `/updates` answers the Android device `device_id` of the release, on the default
+/// channel.
+async fn device_with_id_gets(client: &Client, device_id: &str) -> Value {
+    let mut body = device_body("1.0.0", "8.51.14");
+    body["device_id"] = json!(device_id);
+    let (status, answer) = client.device("/updates", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// What `PUT /channel_self` (the plugin's `getChannel`) answers the device `device_id`.
+async fn channel_of(client: &Client, device_id: &str) -> Value {
+    let mut body = device_body("1.0.0", "8.51.14");
+    body["device_id"] = json!(device_id);
+    let response = client
+        .http
+        .put(format!("{}/channel_self", client.server_public))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.json().await.unwrap()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, for up to `limit`.
@@ -499,6 +541,99 @@ async fn a_used_bundle_waits_and_deletion_removes_records_objects_and_finalizers
     assert_eq!(stored(), 0, "{:?}", common::list_files(data.path()));
 }
 
+#[tokio::test]
+async fn channels_decide_whom_they_serve_and_give_it_back_when_deleted() {
+    let Some(cluster) = Cluster::new("op-channel") else {
+        return;
+    };
+    let web = Web::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = cluster.start_operator(data.path(), &cluster.kube.kubeconfig, "replica-a", &[]);
+    let client = Client::new(&server, API_KEY);
+    apply_and_wait(&cluster, &web, &server).await;
+    assert_eq!(device_gets(&client, "").await["version"], "1.0.1");
+
+    // Production stops serving Android; two testers (written as people paste them) are
+    // forced onto beta.
+    cluster.apply(&Cluster::channel(
+        "shop-production",
+        json!({"channel": "production", "allowAndroid": false}),
+    ));
+    cluster.apply(&Cluster::channel(
+        "shop-beta",
+        json!({"channel": "beta", "devices": ["QA-Phone-1", "qa-phone-2"]}),
+    ));
+    let applied = Instant::now();
+    cluster.wait_ready(&["channel/shop-production", "channel/shop-beta"], &server);
+    println!(
+        "measured: two Channels Ready {:?} after kubectl apply",
+        applied.elapsed()
+    );
+    let beta = cluster.get("channel/shop-beta");
+    assert_eq!(beta["status"]["devices"], 2, "{beta}");
+    assert_eq!(beta["status"]["observedGeneration"], 1, "{beta}");
+    assert_eq!(
+        (
+            beta["spec"]["allowIos"].clone(),
+            beta["spec"]["updatePolicy"].clone()
+        ),
+        (json!(true), json!("none")),
+        "the API server fills in the defaults: {beta}"
+    );
+
+    let refused = device_gets(&client, "").await;
+    assert_eq!(refused["error"], "disabled_platform_android", "{refused}");
+    assert_eq!(refused["kind"], "blocked", "{refused}");
+    assert_eq!(
+        channel_of(&client, "qa-phone-1").await,
+        json!({"channel": "beta", "status": "override", "allowSet": true})
+    );
+    assert_eq!(
+        device_with_id_gets(&client, "qa-phone-1").await["version"],
+        "1.0.2",
+        "served beta, which serves Android"
+    );
+
+    // What a Channel manages is changed through it, not through the REST API.
+    let managed_by = |answer: &Value, name: &str| {
+        let message = answer["message"].as_str().unwrap_or_default().to_string();
+        assert!(
+            message.contains(&format!("Channel {}/{name}", cluster.namespace)),
+            "names the resource: {answer}"
+        );
+    };
+    let (status, answer) = client
+        .manage(
+            "channels.update",
+            json!({"app_id": APP_ID, "channel": "production", "allow_android": true}),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    managed_by(&answer, "shop-production");
+    let (status, answer) = client
+        .manage(
+            "devices.set-channel",
+            json!({"app_id": APP_ID, "device_ids": ["qa-phone-1"], "channel": "production"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    managed_by(&answer, "shop-beta");
+
+    // Deleted: settings back to the defaults, the testers back on production.
+    cluster.kubectl(&["delete", "channels", "--all", "--timeout=60s"]);
+    assert_eq!(
+        cluster.get("channels")["items"],
+        json!([]),
+        "finalizers removed"
+    );
+    assert_eq!(device_gets(&client, "").await["version"], "1.0.1");
+    assert_eq!(channel_of(&client, "qa-phone-1").await["status"], "default");
+    assert_eq!(
+        device_with_id_gets(&client, "qa-phone-1").await["version"],
+        "1.0.1"
+    );
+}
+
 /// A ServiceAccount token (TokenRequest) for `account` in the cluster's namespace.
 fn token_for(cluster: &Cluster, account: &str) -> String {
     cluster
@@ -563,9 +698,6 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
             .all(|doc| doc["kind"] != "ClusterRole" && doc["kind"] != "ClusterRoleBinding"),
         "watching its namespace needs no cluster-wide permission: {rbac:?}"
     );
-    for doc in &rbac {
-        cluster.apply(doc);
-    }
     let operator_role = rbac
         .iter()
         .find(|doc| {
@@ -573,6 +705,23 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
         })
         .unwrap()
         .clone();
+    // First a Role from before Channels (as on a cluster whose CRDs or Role were not
+    // upgraded): Bundles and Releases work, and the log says Channels wait.
+    let mut before_channels = operator_role.clone();
+    for rule in before_channels["rules"].as_array_mut().unwrap() {
+        rule["resources"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|resource| !resource.as_str().unwrap().starts_with("channels"));
+    }
+    assert_ne!(before_channels, operator_role, "the chart grants Channels");
+    for doc in &rbac {
+        cluster.apply(if doc == &operator_role {
+            &before_channels
+        } else {
+            doc
+        });
+    }
     let token = token_for(&cluster, "capgo-capgo-server");
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = cluster.kubeconfig_for(dir.path(), &cluster.kube.server, &token);
@@ -583,6 +732,25 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
     let client = Client::new(&server, API_KEY);
     apply_and_wait(&cluster, &web, &server).await;
     assert_eq!(device_gets(&client, "").await["version"], "1.0.1");
+    assert!(
+        server
+            .log_text()
+            .contains("Channel resources are not reconciled"),
+        "{}",
+        server.log_text()
+    );
+    cluster.apply(&Cluster::channel(
+        "shop-beta",
+        json!({"channel": "beta", "devices": ["qa-phone-1"]}),
+    ));
+    // The chart's Role: the Channel controller starts without a restart.
+    let granted = Instant::now();
+    cluster.apply(&operator_role);
+    cluster.wait_ready(&["channel/shop-beta"], &server);
+    println!(
+        "measured: a Channel Ready {:?} after its Role rules were granted",
+        granted.elapsed()
+    );
 
     // Take away the rule that lets it add its finalizer; a new Bundle then cannot proceed,
     // and the Bundle and the log say what was denied.
@@ -591,7 +759,7 @@ async fn the_charts_namespaced_rbac_is_enough_and_a_missing_rule_is_reported() {
     let before = rules.len();
     rules.retain(|rule| {
         rule["verbs"] != json!(["patch", "update"])
-            || rule["resources"] != json!(["bundles", "releases"])
+            || rule["resources"] != json!(["bundles", "releases", "channels"])
     });
     assert_eq!(
         rules.len(),

@@ -11,8 +11,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
+use capgo_server::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::{AppKey, RsaPublicKey};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
+use capgo_server::domain::targeting::{
+    DeviceOverride, OverrideSource, UnregisteredBuild, MAX_UNREGISTERED_BUILDS,
+};
 use capgo_server::domain::{
     Bundle, BundleEncryption, ChannelName, Platform, RecordId, Release, ReleaseKey, ResourceRef,
 };
@@ -20,7 +24,9 @@ use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::mongo::MongoMetadataStore;
 use capgo_server::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
 use capgo_server::store::sqlite::SqliteMetadataStore;
-use capgo_server::store::{BlobStore, CatalogStore, MetadataStore, StoreError};
+use capgo_server::store::{
+    BlobStore, CatalogStore, MetadataStore, SeenDevice, StoreError, TargetingStore,
+};
 
 fn bundle(app_id: &str, version: &str, created_at: i64) -> Bundle {
     let id = RecordId::generate();
@@ -30,6 +36,8 @@ fn bundle(app_id: &str, version: &str, created_at: i64) -> Bundle {
         app_id: app_id.into(),
         version_name: version.into(),
         description: format!("bundle {version}"),
+        link: None,
+        min_update_version: None,
         sha256: "ab".repeat(32),
         crc32: "0badf00d".into(),
         size: 1234,
@@ -286,6 +294,11 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     deletes_racing_writes_never_leave_a_dangling_reference(store.as_ref()).await;
     access_contract(store.as_ref()).await;
     app_key_contract(store.as_ref()).await;
+    channel_settings_contract(store.as_ref()).await;
+    device_override_contract(store.as_ref()).await;
+    forced_overrides_win_races_with_device_choices(store.as_ref()).await;
+    unregistered_build_contract(store.as_ref()).await;
+    find_devices_contract(store.as_ref()).await;
 }
 
 /// One public key per app: registered, read back as registered, replaced, listed, removed.
@@ -403,6 +416,618 @@ async fn deletes_racing_writes_never_leave_a_dangling_reference(store: &dyn Meta
             .unwrap();
     }
     assert!(deleted + promoted >= 30, "every round had a winner");
+}
+
+/// The targeting revision of a store other processes share, followed across writes: every
+/// settings or override write must move it, or other replicas keep serving stale answers.
+/// SQLite reports none (its only writer clears its own cache).
+struct TargetingRevision(Option<i64>);
+
+impl TargetingRevision {
+    async fn of(store: &dyn MetadataStore) -> TargetingRevision {
+        TargetingRevision(
+            store
+                .catalog_version()
+                .await
+                .unwrap()
+                .map(|v| v.targeting_revision),
+        )
+    }
+
+    async fn assert_moved(&mut self, store: &dyn MetadataStore, write: &str) {
+        let now = TargetingRevision::of(store).await.0;
+        match (self.0, now) {
+            (Some(before), Some(after)) => assert!(
+                after > before,
+                "{write} left the targeting revision at {before}"
+            ),
+            (None, None) => {}
+            changed => panic!("{write}: the catalog version appeared or vanished: {changed:?}"),
+        }
+        self.0 = now;
+    }
+}
+
+fn channel(name: &str) -> ChannelName {
+    ChannelName::parse(name).unwrap()
+}
+
+fn settings(
+    app_id: &str,
+    name: &str,
+    rules: ChannelRules,
+    owner: Option<ResourceRef>,
+    updated_at: i64,
+) -> ChannelSettings {
+    ChannelSettings {
+        app_id: app_id.into(),
+        channel: channel(name),
+        rules,
+        owner,
+        updated_at,
+    }
+}
+
+/// Settings per (app, channel): stored as given, listed by app then channel, replaced, and
+/// forgotten; storing them creates the channel (with its numeric id) or keeps the one there.
+async fn channel_settings_contract(store: &dyn MetadataStore) {
+    let app = "com.contract.channels";
+    let mut revision = TargetingRevision::of(store).await;
+    assert!(store.channel_settings(Some(app)).await.unwrap().is_empty());
+    let strict = ChannelRules {
+        allow_android: false,
+        allow_emulator: false,
+        allow_dev_build: false,
+        update_policy: UpdatePolicy::Major,
+        block_under_native: true,
+        allow_device_self_set: false,
+        ..ChannelRules::default()
+    };
+    let beta = settings(
+        app,
+        "beta",
+        strict,
+        Some(ResourceRef::new("Channel", "apps", "beta")),
+        100,
+    );
+    store.put_channel_settings(&beta).await.unwrap();
+    revision.assert_moved(store, "storing settings").await;
+    let channels = store.channels(app).await.unwrap();
+    assert_eq!(
+        channels.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        ["beta"],
+        "settings create their channel"
+    );
+    let beta_id = channels[0].id;
+    assert_eq!(
+        store.channel_settings(Some(app)).await.unwrap(),
+        [beta.clone()],
+        "round trip"
+    );
+
+    let alpha = settings(
+        app,
+        "alpha",
+        ChannelRules {
+            allow_ios: false,
+            allow_electron: false,
+            allow_device: false,
+            allow_prod_build: false,
+            update_policy: UpdatePolicy::VersionNumber,
+            ..ChannelRules::default()
+        },
+        None,
+        110,
+    );
+    store.put_channel_settings(&alpha).await.unwrap();
+    let elsewhere = settings(
+        "com.contract.channels-2",
+        "production",
+        ChannelRules::default(),
+        None,
+        120,
+    );
+    store.put_channel_settings(&elsewhere).await.unwrap();
+    assert_eq!(
+        store.channel_settings(Some(app)).await.unwrap(),
+        [alpha.clone(), beta.clone()],
+        "by channel"
+    );
+    let of_these_apps: Vec<ChannelSettings> = store
+        .channel_settings(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.app_id.starts_with("com.contract.channels"))
+        .collect();
+    assert_eq!(
+        of_these_apps,
+        [alpha.clone(), beta.clone(), elsewhere],
+        "by app, then channel"
+    );
+
+    let replaced = settings(app, "beta", ChannelRules::default(), None, 200);
+    store.put_channel_settings(&replaced).await.unwrap();
+    revision.assert_moved(store, "replacing settings").await;
+    assert_eq!(
+        store.channel_settings(Some(app)).await.unwrap(),
+        [alpha.clone(), replaced]
+    );
+    for policy in UpdatePolicy::ALL {
+        let rules = ChannelRules {
+            update_policy: policy,
+            ..ChannelRules::default()
+        };
+        store
+            .put_channel_settings(&settings(app, "policies", rules, None, 300))
+            .await
+            .unwrap();
+        let stored = store.channel_settings(Some(app)).await.unwrap();
+        let stored = stored.iter().find(|s| s.channel.as_str() == "policies");
+        assert_eq!(stored.unwrap().rules.update_policy, policy);
+    }
+
+    assert!(store
+        .delete_channel_settings(app, &channel("beta"))
+        .await
+        .unwrap());
+    revision.assert_moved(store, "forgetting settings").await;
+    assert!(!store
+        .delete_channel_settings(app, &channel("beta"))
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_channel_settings(app, &channel("never-configured"))
+        .await
+        .unwrap());
+    let left: Vec<String> = store
+        .channel_settings(Some(app))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.channel.to_string())
+        .collect();
+    assert_eq!(left, ["alpha", "policies"]);
+    let channels = store.channels(app).await.unwrap();
+    assert_eq!(
+        channels
+            .iter()
+            .map(|c| (c.name.as_str(), c.id == beta_id))
+            .collect::<Vec<_>>(),
+        [("beta", true), ("alpha", false), ("policies", false)],
+        "channels keep their ids, in the order they were made, settings or not"
+    );
+
+    // A channel a release made keeps its id when it gets settings.
+    let made_by_release = store.channels("com.contract.app").await.unwrap();
+    let production = settings(
+        "com.contract.app",
+        "production",
+        ChannelRules::default(),
+        None,
+        400,
+    );
+    store.put_channel_settings(&production).await.unwrap();
+    assert_eq!(
+        store.channels("com.contract.app").await.unwrap(),
+        made_by_release
+    );
+}
+
+fn device_override(
+    app_id: &str,
+    device_id: &str,
+    channel_name: &str,
+    source: &OverrideSource,
+    updated_at: i64,
+) -> DeviceOverride {
+    DeviceOverride {
+        app_id: app_id.into(),
+        device_id: device_id.into(),
+        channel: channel(channel_name),
+        source: source.clone(),
+        updated_at,
+    }
+}
+
+/// One override per (app, device): forced ones put and replaced, a device's own choice that
+/// never replaces a forced one, a resource's set replaced as a whole, removals by source.
+async fn device_override_contract(store: &dyn MetadataStore) {
+    let app = "com.contract.overrides";
+    let (api, device) = (OverrideSource::Api, OverrideSource::Device);
+    let resource = OverrideSource::Resource(ResourceRef::new("Channel", "apps", "beta"));
+    let other_resource = OverrideSource::Resource(ResourceRef::new("Channel", "apps", "alpha"));
+    let o = |device_id: &str, channel_name: &str, source: &OverrideSource, at: i64| {
+        device_override(app, device_id, channel_name, source, at)
+    };
+    let mut revision = TargetingRevision::of(store).await;
+    assert!(store.device_overrides(app).await.unwrap().is_empty());
+
+    store
+        .put_device_overrides(&[o("d2", "beta", &api, 10), o("d1", "beta", &api, 10)])
+        .await
+        .unwrap();
+    revision.assert_moved(store, "forcing devices").await;
+    assert_eq!(
+        store.device_overrides(app).await.unwrap(),
+        [o("d1", "beta", &api, 10), o("d2", "beta", &api, 10)],
+        "by device id"
+    );
+
+    assert!(store
+        .put_device_choice(&o("d3", "alpha", &device, 20))
+        .await
+        .unwrap());
+    revision.assert_moved(store, "a device's choice").await;
+    assert!(store
+        .put_device_choice(&o("d3", "beta", &device, 21))
+        .await
+        .unwrap());
+    revision.assert_moved(store, "a device's next choice").await;
+    assert!(
+        !store
+            .put_device_choice(&o("d1", "alpha", &device, 22))
+            .await
+            .unwrap(),
+        "a forced override is never replaced by the device's choice"
+    );
+    assert_eq!(
+        store.device_overrides(app).await.unwrap(),
+        [
+            o("d1", "beta", &api, 10),
+            o("d2", "beta", &api, 10),
+            o("d3", "beta", &device, 21)
+        ],
+        "one record per device: the next choice replaced the first"
+    );
+    store
+        .put_device_overrides(&[o("d3", "alpha", &api, 23)])
+        .await
+        .unwrap();
+    assert!(!store
+        .put_device_choice(&o("d3", "beta", &device, 24))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.device_overrides(app).await.unwrap()[2],
+        o("d3", "alpha", &api, 23),
+        "forcing replaces the device's choice"
+    );
+    let elsewhere = device_override("com.contract.overrides-2", "d1", "beta", &api, 25);
+    store
+        .put_device_overrides(std::slice::from_ref(&elsewhere))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .device_overrides("com.contract.overrides-2")
+            .await
+            .unwrap(),
+        [elsewhere.clone()],
+        "the same device id in another app is another device"
+    );
+    assert_eq!(store.device_overrides(app).await.unwrap().len(), 3);
+
+    store
+        .replace_resource_overrides(
+            &resource,
+            &[
+                o("d4", "beta", &resource, 30),
+                o("d5", "beta", &resource, 30),
+            ],
+        )
+        .await
+        .unwrap();
+    revision.assert_moved(store, "a resource's devices").await;
+    store
+        .replace_resource_overrides(
+            &resource,
+            &[
+                o("d1", "beta", &resource, 31),
+                o("d5", "beta", &resource, 31),
+                o("d6", "beta", &resource, 31),
+            ],
+        )
+        .await
+        .unwrap();
+    revision
+        .assert_moved(store, "a resource's new devices")
+        .await;
+    assert_eq!(
+        store.device_overrides(app).await.unwrap(),
+        [
+            o("d1", "beta", &resource, 31),
+            o("d2", "beta", &api, 10),
+            o("d3", "alpha", &api, 23),
+            o("d5", "beta", &resource, 31),
+            o("d6", "beta", &resource, 31),
+        ],
+        "exactly the resource's devices: d4 released, d1 taken over, the others untouched"
+    );
+    assert!(!store
+        .put_device_choice(&o("d5", "alpha", &device, 32))
+        .await
+        .unwrap());
+    store
+        .replace_resource_overrides(&other_resource, &[o("d7", "alpha", &other_resource, 33)])
+        .await
+        .unwrap();
+    store
+        .replace_resource_overrides(&resource, &[])
+        .await
+        .unwrap();
+    revision
+        .assert_moved(store, "releasing a resource's devices")
+        .await;
+    assert_eq!(
+        store.device_overrides(app).await.unwrap(),
+        [
+            o("d2", "beta", &api, 10),
+            o("d3", "alpha", &api, 23),
+            o("d7", "alpha", &other_resource, 33),
+        ],
+        "another resource's devices stay"
+    );
+
+    assert!(store
+        .put_device_choice(&o("d8", "beta", &device, 40))
+        .await
+        .unwrap());
+    let ids = |ids: &[&str]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        store
+            .delete_device_overrides(app, &ids(&["d2", "d8"]), Some(&device))
+            .await
+            .unwrap(),
+        1,
+        "only the device's own choice"
+    );
+    revision.assert_moved(store, "forgetting a choice").await;
+    assert_eq!(
+        store
+            .delete_device_overrides(app, &ids(&["d2", "d3", "nobody"]), None)
+            .await
+            .unwrap(),
+        2
+    );
+    revision.assert_moved(store, "releasing devices").await;
+    assert_eq!(
+        store
+            .delete_device_overrides(app, &ids(&["d7"]), Some(&api))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .delete_device_overrides(app, &ids(&["d7"]), Some(&other_resource))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.device_overrides(app).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .device_overrides("com.contract.overrides-2")
+            .await
+            .unwrap(),
+        [elsewhere]
+    );
+}
+
+/// A device's choice racing a forced override of the same device: whichever runs first, the
+/// forced one is what stays (on MongoDB without transactions: see its store). And two choices
+/// of a new device at once are both choices, neither mistaken for a forced override.
+async fn forced_overrides_win_races_with_device_choices(store: &dyn MetadataStore) {
+    let app = "com.contract.override-race";
+    let resource = OverrideSource::Resource(ResourceRef::new("Channel", "apps", "race"));
+    for round in 0..20 {
+        let device_id = format!("race-{round}");
+        let choice = device_override(app, &device_id, "alpha", &OverrideSource::Device, round);
+        let source = if round % 2 == 0 {
+            OverrideSource::Api
+        } else {
+            resource.clone()
+        };
+        let forced = device_override(app, &device_id, "beta", &source, round);
+        let force = async {
+            match &source {
+                OverrideSource::Api => {
+                    store
+                        .put_device_overrides(std::slice::from_ref(&forced))
+                        .await
+                }
+                _ => {
+                    store
+                        .replace_resource_overrides(&source, std::slice::from_ref(&forced))
+                        .await
+                }
+            }
+        };
+        let (chose, forced_result) = tokio::join!(store.put_device_choice(&choice), force);
+        forced_result.unwrap();
+        let chose = chose.unwrap();
+        let stored = store.device_overrides(app).await.unwrap();
+        assert_eq!(
+            stored.iter().find(|o| o.device_id == device_id),
+            Some(&forced),
+            "round {round}: the forced override stands (the choice answered {chose})"
+        );
+    }
+    for round in 0..10 {
+        let device_id = format!("twice-{round}");
+        let choose =
+            |name: &str| device_override(app, &device_id, name, &OverrideSource::Device, 1);
+        let (alpha, beta) = (choose("alpha"), choose("beta"));
+        let (first, second) = tokio::join!(
+            store.put_device_choice(&alpha),
+            store.put_device_choice(&beta)
+        );
+        assert!(
+            first.unwrap() && second.unwrap(),
+            "round {round}: no forced override was in the way"
+        );
+        let stored = store.device_overrides(app).await.unwrap();
+        let stored = stored.iter().find(|o| o.device_id == device_id).unwrap();
+        assert!(
+            *stored == alpha || *stored == beta,
+            "round {round}: {stored:?}"
+        );
+    }
+}
+
+fn unregistered(code: &str, devices: u64, checks: u64, first: i64, last: i64) -> UnregisteredBuild {
+    UnregisteredBuild {
+        key: ReleaseKey {
+            platform: Platform::Android,
+            app_id: "com.contract.builds".into(),
+            version_name: "3.0.0".into(),
+            version_code: code.into(),
+        },
+        devices,
+        checks,
+        first_seen: first,
+        last_seen: last,
+    }
+}
+
+/// Sightings of builds without a release add up per build, are listed newest first, are
+/// forgotten by key, and never number more than the cap.
+async fn unregistered_build_contract(store: &dyn MetadataStore) {
+    assert!(store.unregistered_builds().await.unwrap().is_empty());
+    store
+        .record_unregistered_builds(&[
+            unregistered("1", 3, 5, 10, 20),
+            unregistered("2", 1, 1, 15, 30),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.unregistered_builds().await.unwrap(),
+        [
+            unregistered("2", 1, 1, 15, 30),
+            unregistered("1", 3, 5, 10, 20)
+        ],
+        "seen most recently first"
+    );
+    store
+        .record_unregistered_builds(&[unregistered("1", 2, 4, 5, 40)])
+        .await
+        .unwrap();
+    store
+        .record_unregistered_builds(&[unregistered("1", 7, 1, 50, 45)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.unregistered_builds().await.unwrap(),
+        [
+            unregistered("1", 7, 10, 5, 45),
+            unregistered("2", 1, 1, 15, 30)
+        ],
+        "checks add up, devices keep the largest count, first and last seen widen"
+    );
+    let gone = unregistered("2", 0, 0, 0, 0).key;
+    store.delete_unregistered_build(&gone).await.unwrap();
+    store.delete_unregistered_build(&gone).await.unwrap();
+    assert_eq!(
+        store.unregistered_builds().await.unwrap(),
+        [unregistered("1", 7, 10, 5, 45)]
+    );
+
+    let many: Vec<UnregisteredBuild> = (0..MAX_UNREGISTERED_BUILDS as i64)
+        .map(|i| unregistered(&format!("n{i}"), 1, 1, 1000 + i, 1000 + i))
+        .collect();
+    store.record_unregistered_builds(&many).await.unwrap();
+    store
+        .record_unregistered_builds(&[
+            unregistered("old", 1, 1, 0, 1),
+            unregistered("new", 1, 1, 9000, 9000),
+        ])
+        .await
+        .unwrap();
+    let kept = store.unregistered_builds().await.unwrap();
+    assert_eq!(kept.len(), MAX_UNREGISTERED_BUILDS, "bounded");
+    assert_eq!(kept[0].key.version_code, "new");
+    let codes: Vec<&str> = kept.iter().map(|b| b.key.version_code.as_str()).collect();
+    for dropped in ["1", "old", "n0"] {
+        assert!(
+            !codes.contains(&dropped),
+            "{dropped} was seen longest ago and should be dropped"
+        );
+    }
+    assert_eq!(kept.last().unwrap().last_seen, 1001);
+}
+
+/// Devices found by device id (compared lowercased) or custom id, each as its latest event
+/// shows it, most recently seen first.
+async fn find_devices_contract(store: &dyn MetadataStore) {
+    let app = "com.contract.devices";
+    let seen_event =
+        |device_id: &str, custom_id: Option<&str>, platform: &str, version: &str, at: i64| {
+            StatsEvent {
+                app_id: app.into(),
+                device_id: device_id.into(),
+                platform: Some(platform.into()),
+                version_name: Some(version.into()),
+                custom_id: custom_id.map(str::to_string),
+                occurred_at: at,
+                ..event("get", version)
+            }
+        };
+    let mut elsewhere = seen_event("abc-1", Some("user-7"), "ios", "9.9.9", 999);
+    elsewhere.app_id = "com.contract.devices-2".into();
+    store
+        .insert_stats(&[
+            seen_event("abc-1", Some("user-7"), "ios", "1.0.0", 100),
+            seen_event("abc-1", Some("user-7"), "ios", "1.0.1", 300),
+            seen_event("abc-2", Some("user-7"), "android", "2.0.0", 200),
+            seen_event("abc-3", None, "android", "2.0.1", 400),
+            seen_event("abc-4", Some("someone"), "ios", "2.0.1", 500),
+            elsewhere,
+        ])
+        .await
+        .unwrap();
+    let device =
+        |device_id: &str, custom_id: Option<&str>, platform: &str, version: &str, at: i64| {
+            SeenDevice {
+                device_id: device_id.into(),
+                custom_id: custom_id.map(str::to_string),
+                platform: Some(platform.into()),
+                version_name: Some(version.into()),
+                last_seen: at,
+            }
+        };
+    assert_eq!(
+        store.find_devices(app, "user-7", 10).await.unwrap(),
+        [
+            device("abc-1", Some("user-7"), "ios", "1.0.1", 300),
+            device("abc-2", Some("user-7"), "android", "2.0.0", 200),
+        ],
+        "by custom id, each device as its latest event shows it, most recently seen first"
+    );
+    assert_eq!(
+        store.find_devices(app, "user-7", 1).await.unwrap(),
+        [device("abc-1", Some("user-7"), "ios", "1.0.1", 300)],
+        "at most the limit"
+    );
+    assert_eq!(
+        store.find_devices(app, "ABC-3", 10).await.unwrap(),
+        [device("abc-3", None, "android", "2.0.1", 400)],
+        "device ids are stored lowercased"
+    );
+    assert!(
+        store
+            .find_devices(app, "USER-7", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "custom ids are exact"
+    );
+    assert!(store
+        .find_devices(app, "nobody", 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn token(name: &str, scope: Scope) -> ApiToken {
@@ -547,6 +1172,169 @@ async fn sqlite_file_meets_the_metadata_contract_and_persists() {
         })
         .count();
     assert_eq!(of_the_main_contract, 2);
+}
+
+/// The tables of the release before channel settings, as `main` created them (bundles without
+/// `link` and `min_update_version`; no settings, overrides or unregistered builds).
+const SCHEMA_BEFORE_CHANNEL_SETTINGS: &str = r#"
+CREATE TABLE IF NOT EXISTS bundles (
+    id                 TEXT PRIMARY KEY,
+    app_id             TEXT NOT NULL,
+    version_name       TEXT NOT NULL,
+    description        TEXT NOT NULL,
+    sha256             TEXT NOT NULL,
+    crc32              TEXT NOT NULL,
+    size               INTEGER NOT NULL,
+    blob_key           TEXT NOT NULL,
+    session_key        TEXT,
+    encrypted_checksum TEXT,
+    key_id             TEXT,
+    created_at         INTEGER NOT NULL,
+    owner              TEXT,
+    UNIQUE (app_id, version_name)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id                TEXT PRIMARY KEY,
+    platform          TEXT NOT NULL,
+    app_id            TEXT NOT NULL,
+    version_name      TEXT NOT NULL,
+    version_code      TEXT NOT NULL,
+    builtin_bundle_id TEXT NOT NULL REFERENCES bundles(id),
+    release_date      INTEGER,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    owner             TEXT,
+    UNIQUE (version_name, platform, app_id, version_code)
+);
+CREATE TABLE IF NOT EXISTS release_channels (
+    release_id TEXT NOT NULL REFERENCES releases(id) ON DELETE CASCADE,
+    channel    TEXT NOT NULL,
+    bundle_id  TEXT NOT NULL REFERENCES bundles(id),
+    PRIMARY KEY (release_id, channel)
+);
+CREATE INDEX IF NOT EXISTS release_channels_by_bundle ON release_channels (bundle_id);
+CREATE INDEX IF NOT EXISTS releases_by_builtin ON releases (builtin_bundle_id);
+CREATE TABLE IF NOT EXISTS channels (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id TEXT NOT NULL,
+    name   TEXT NOT NULL,
+    UNIQUE (app_id, name)
+);
+CREATE TABLE IF NOT EXISTS stats_events (
+    id               INTEGER PRIMARY KEY,
+    occurred_at      INTEGER NOT NULL,
+    app_id           TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
+    action           TEXT NOT NULL,
+    platform         TEXT,
+    version_name     TEXT,
+    old_version_name TEXT,
+    version_build    TEXT,
+    version_code     TEXT,
+    plugin_version   TEXT,
+    is_emulator      INTEGER,
+    is_prod          INTEGER,
+    custom_id        TEXT,
+    metadata         TEXT
+);
+CREATE INDEX IF NOT EXISTS stats_by_bundle ON stats_events (app_id, version_name, occurred_at);
+"#;
+
+#[tokio::test]
+async fn sqlite_brings_a_database_of_the_previous_schema_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("capgo.db");
+    let app = "com.contract.upgrade";
+    let old = bundle(app, "1.0.0", 1);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA_BEFORE_CHANNEL_SETTINGS).unwrap();
+        c.execute(
+            "INSERT INTO bundles (id, app_id, version_name, description, sha256, crc32, size, \
+             blob_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            rusqlite::params![
+                old.id.as_str(),
+                old.app_id,
+                old.version_name,
+                old.description,
+                old.sha256,
+                old.crc32,
+                old.size as i64,
+                old.blob_key,
+                old.created_at
+            ],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO channels (app_id, name) VALUES (?1, 'production'), (?1, 'beta')",
+            [app],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO stats_events (occurred_at, app_id, device_id, action, custom_id) \
+             VALUES (5, ?1, 'old-device', 'get', 'user-1')",
+            [app],
+        )
+        .unwrap();
+    }
+
+    let store = SqliteMetadataStore::open(&path).unwrap();
+    assert_eq!(
+        store.bundle(&old.id).await.unwrap(),
+        Some(old.clone()),
+        "an old bundle has no link and no minimum"
+    );
+    let mut new = bundle(app, "2.0.0", 2);
+    new.link = Some("https://example.com/notes/2.0.0".into());
+    new.min_update_version = Some("1.2.0".into());
+    store.insert_bundle(&new).await.unwrap();
+    assert_eq!(store.bundle(&new.id).await.unwrap(), Some(new.clone()));
+
+    let before: Vec<(String, i64)> = store
+        .channels(app)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name.to_string(), c.id))
+        .collect();
+    let beta = settings(app, "beta", ChannelRules::default(), None, 10);
+    store.put_channel_settings(&beta).await.unwrap();
+    assert_eq!(store.channel_settings(Some(app)).await.unwrap(), [beta]);
+    let after: Vec<(String, i64)> = store
+        .channels(app)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.name.to_string(), c.id))
+        .collect();
+    assert_eq!(after, before, "existing channels keep their ids");
+    let choice = device_override(app, "old-device", "beta", &OverrideSource::Device, 11);
+    assert!(store.put_device_choice(&choice).await.unwrap());
+    assert_eq!(store.device_overrides(app).await.unwrap(), [choice]);
+    store
+        .record_unregistered_builds(&[unregistered("7", 1, 1, 1, 1)])
+        .await
+        .unwrap();
+    assert_eq!(store.unregistered_builds().await.unwrap().len(), 1);
+    assert_eq!(
+        store.find_devices(app, "user-1", 10).await.unwrap(),
+        [SeenDevice {
+            device_id: "old-device".into(),
+            custom_id: Some("user-1".into()),
+            platform: None,
+            version_name: None,
+            last_seen: 5,
+        }],
+        "stats stored before the upgrade are found"
+    );
+    drop(store);
+
+    let reopened = SqliteMetadataStore::open(&path).unwrap();
+    assert_eq!(
+        reopened.list_bundles().await.unwrap(),
+        [new, old],
+        "opening an up-to-date database changes nothing"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The web UI in a real browser (Debian's Chromium, driven over the W3C WebDriver protocol by
 //! chromedriver) against the built binary: log in, upload bundles, create a release, promote
-//! it, see errors shown in the page, log out. Screenshots of the main pages at desktop and phone
+//! it, change channel settings, put a device on a channel, register a build devices run without
+//! a release, see errors shown in the page, log out. Screenshots of the main pages at desktop and phone
 //! width go to target/ui-screenshots/.
 
 mod common;
@@ -278,6 +279,193 @@ fn browser_tools() -> Option<(String, String)> {
     found
 }
 
+/// Polls `path` of the management API (up to 10 s) until `done` holds for its answer.
+async fn wait_for_api(client: &Client, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let answer = client.list(path).await;
+        if done(&answer) {
+            return answer;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path} never got there: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The Channels page against a server with release android 1.0.0 (10) of APP_ID, whose
+/// production channel serves 1.0.1 (`newest_bundle`, the app's newest): a channel's settings
+/// changed in its form (and the server's refusal shown there), a device found by its custom id
+/// put on a channel and released, and a native build devices run without a release registered
+/// from its row with one press on "Create release".
+async fn channels_devices_and_unregistered_builds(
+    browser: &Browser,
+    server: &ServerProcess,
+    ui: &str,
+    newest_bundle: &str,
+) {
+    let client = Client::new(server, API_KEY);
+    let mut unregistered = device_body("builtin", "8.51.14");
+    unregistered["version_build"] = json!("2.0.0");
+    unregistered["version_code"] = json!("20");
+    let (_, answer) = client.device("/updates", &unregistered).await;
+    assert_eq!(answer["error"], "no_release", "{answer}");
+    let mut event = device_body("1.0.1", "8.51.14");
+    event["action"] = json!("set");
+    event["custom_id"] = json!("customer-42");
+    assert_eq!(client.device("/stats", &event).await.0, 200);
+
+    browser.go(&format!("{ui}#/channels")).await;
+    browser
+        .wait_text("[data-channel='production']", "default settings")
+        .await;
+    let channel = |app: &Value, name: &str| {
+        app["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["channel"] == name)
+            .cloned()
+    };
+
+    // A new channel, set up before any release serves it: it stops serving Android.
+    browser.type_into("#new-channel-name", "beta").await;
+    browser.click("#new-channel").await;
+    browser.wait_text("[data-channel='beta']", "beta").await;
+    browser.click("#channel-beta-allow_android").await;
+    browser
+        .click("[data-channel-form='beta'] button[type='submit']")
+        .await;
+    wait_for_api(&client, &format!("channels.list?app_id={APP_ID}"), |list| {
+        channel(list, "beta").is_some_and(|c| c["settings"]["allow_android"] == false)
+    })
+    .await;
+
+    // The server's refusal is shown in the channel's form; then emulators are turned away.
+    browser
+        .script(
+            "const s = document.getElementById('channel-production-update_policy');
+             s.add(new Option('sometimes', 'sometimes')); s.value = 'sometimes';",
+            json!([]),
+        )
+        .await;
+    browser
+        .click("[data-channel-form='production'] button[type='submit']")
+        .await;
+    browser
+        .wait_text("[data-channel-form='production'] .error", "update_policy")
+        .await;
+    browser
+        .select("#channel-production-update_policy", "none")
+        .await;
+    browser.click("#channel-production-allow_emulator").await;
+    browser
+        .click("[data-channel-form='production'] button[type='submit']")
+        .await;
+    wait_for_api(&client, &format!("channels.list?app_id={APP_ID}"), |list| {
+        channel(list, "production").is_some_and(|c| c["settings"]["allow_emulator"] == false)
+    })
+    .await;
+    let mut emulator = device_body("builtin", "8.51.14");
+    emulator["is_emulator"] = json!(true);
+    let (_, answer) = client.device("/updates", &emulator).await;
+    assert_eq!(answer["error"], "disable_emulator", "{answer}");
+    let still_beta = browser
+        .script(
+            "return document.getElementById('channel-beta-allow_android').checked",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        still_beta, false,
+        "the other channel's form shows its saved state"
+    );
+
+    // Find the device by its custom id and put it on beta.
+    browser.type_into("#device-query", "customer-42").await;
+    browser.click("#device-find").await;
+    browser.wait_text("#device-results", DEVICE_ID).await;
+    browser.click(&format!("[data-pick='{DEVICE_ID}']")).await;
+    let listed = browser
+        .script(
+            "return document.getElementById('force-devices').value",
+            json!([]),
+        )
+        .await;
+    assert_eq!(listed, DEVICE_ID);
+    browser.select("#force-channel", "beta").await;
+    browser.click("#force-submit").await;
+    browser
+        .wait_text(&format!("[data-override='{DEVICE_ID}']"), "beta")
+        .await;
+    let (_, answer) = client
+        .device("/updates", &device_body("builtin", "8.51.14"))
+        .await;
+    assert_eq!(
+        answer["error"], "disabled_platform_android",
+        "the device is on beta, which serves no Android device: {answer}"
+    );
+    browser
+        .wait_text("[data-channel='beta']", "1 device(s) put on it")
+        .await;
+    browser.screenshots("channels").await;
+
+    // Removing the override takes a confirmation; the device is back on production.
+    browser.click(&format!("[data-unset='{DEVICE_ID}']")).await;
+    browser.wait_text("#dialog-text", "leaves channel").await;
+    browser.click("#dialog-ok").await;
+    browser
+        .wait_text("#override-rows", "No device is on a channel by override")
+        .await;
+    let (_, answer) = client
+        .device("/updates", &device_body("builtin", "8.51.14"))
+        .await;
+    assert_eq!(answer["version"], "1.0.1", "{answer}");
+
+    // The build devices run without a release, registered from its row.
+    browser.wait_text("#unregistered-rows", "2.0.0").await;
+    browser
+        .click(&format!("[data-register='android:{APP_ID}:2.0.0:20']"))
+        .await;
+    browser
+        .wait_text("#new-release-note", "Registering android")
+        .await;
+    let form = browser
+        .script(
+            "return ['new-platform', 'new-app-id', 'new-version-name', 'new-version-code', 'new-builtin']
+                 .map(id => document.getElementById(id).value)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        form,
+        json!(["android", APP_ID, "2.0.0", "20", newest_bundle])
+    );
+    // The focus moves to "Create release" once the page is on screen.
+    let started = Instant::now();
+    while browser.focused().await != "create-release" {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "focus on {}",
+            browser.focused().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    browser.screenshots("register-build").await;
+    browser.click("#create-release").await;
+    browser.wait_text("table", "2.0.0 (20)").await;
+    let builds = client.list("builds.unregistered").await;
+    assert_eq!(builds["data"], json!([]), "registered: no longer listed");
+    let (_, answer) = client.device("/updates", &unregistered).await;
+    assert_ne!(answer["error"], "no_release", "{answer}");
+    let errors = browser
+        .script("return window.__capgoErrors", json!([]))
+        .await;
+    assert_eq!(errors, json!([]), "no script errors or CSP violations");
+}
+
 #[tokio::test]
 async fn manage_releases_in_a_real_browser() {
     let Some((chromium, chromedriver)) = browser_tools() else {
@@ -422,6 +610,8 @@ async fn manage_releases_in_a_real_browser() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    channels_devices_and_unregistered_builds(&browser, &server, &ui, &id_of("1.0.1")).await;
+
     // A server-side refusal (the same store build again) is shown in the form.
     browser.type_into("#new-app-id", APP_ID).await;
     browser.type_into("#new-version-name", "1.0.0").await;
@@ -463,7 +653,7 @@ async fn manage_releases_in_a_real_browser() {
         .script("document.getElementById('nav-releases').focus()", json!([]))
         .await;
     let mut walked = vec![browser.focused().await];
-    for _ in 0..6 {
+    for _ in 0..7 {
         browser.press_tab(1).await;
         walked.push(browser.focused().await);
     }
@@ -472,6 +662,7 @@ async fn manage_releases_in_a_real_browser() {
         [
             "nav-releases",
             "nav-bundles",
+            "nav-channels",
             "nav-keys",
             "nav-tokens",
             "nav-audit",

@@ -1,15 +1,25 @@
-//! Properties of the update decision, for any bundle, device and plugin version.
+//! Properties of the update decision, for any bundle, device, plugin version and channel
+//! settings.
 
 use proptest::prelude::*;
 use sha2::Digest;
 
-use capgo_server::domain::device::DeviceInfo;
+use capgo_server::domain::channel_policy::{ChannelChoice, ChannelRules, UpdatePolicy};
+use capgo_server::domain::device::{DeviceInfo, RefusalKind};
 use capgo_server::domain::update::{decide, ChannelTarget, UpdateAnswer};
 use capgo_server::domain::{
-    Bundle, BundleEncryption, Platform, PluginVersion, RecordId, ReleaseKey,
+    Bundle, BundleEncryption, ChannelName, Platform, PluginVersion, RecordId, ReleaseKey,
 };
 
-const VERSIONS: &[&str] = &["1.0.0", "1.0.1", "2.0.0-beta.1", "builtin", "1.0.0-web"];
+const VERSIONS: &[&str] = &[
+    "1.0.0",
+    "1.0.1",
+    "2.0.0-beta.1",
+    "0.9.0",
+    "1.1.0",
+    "builtin",
+    "1.0.0-web",
+];
 
 fn plugin() -> impl Strategy<Value = Option<PluginVersion>> {
     prop_oneof![
@@ -21,7 +31,8 @@ fn plugin() -> impl Strategy<Value = Option<PluginVersion>> {
 
 prop_compose! {
     fn bundle()(bytes in proptest::collection::vec(any::<u8>(), 1..256),
-                version in proptest::sample::select(&VERSIONS[..3]),
+                version in proptest::sample::select(&VERSIONS[..5]),
+                min_update_version in proptest::option::of(proptest::sample::select(&["0.5.0", "1.0.0", "1.2.0"][..])),
                 encrypted in any::<bool>(),
                 key in proptest::option::of(proptest::sample::select(&["KEYA", "KEYB"][..]))) -> (Bundle, Vec<u8>) {
         let id = RecordId::generate();
@@ -31,6 +42,8 @@ prop_compose! {
             app_id: "com.example.app".into(),
             version_name: version.to_string(),
             description: String::new(),
+            link: None,
+            min_update_version: min_update_version.map(Into::into),
             sha256: hex::encode(sha2::Sha256::digest(&bytes)),
             crc32: format!("{:08x}", crc32fast::hash(&bytes)),
             size: bytes.len() as u64,
@@ -44,16 +57,47 @@ prop_compose! {
 
 prop_compose! {
     fn device()(version_name in proptest::sample::select(VERSIONS), plugin_version in plugin(),
-                key_id in proptest::option::of(proptest::sample::select(&["KEYA", "KEYB"][..]))) -> DeviceInfo {
+                key_id in proptest::option::of(proptest::sample::select(&["KEYA", "KEYB"][..])),
+                platform in proptest::sample::select(&[Platform::Ios, Platform::Android, Platform::Electron][..]),
+                is_emulator in proptest::option::of(any::<bool>()),
+                is_prod in proptest::option::of(any::<bool>())) -> DeviceInfo {
         DeviceInfo {
-            release: ReleaseKey { platform: Platform::Ios, app_id: "com.example.app".into(), version_name: "1.0.0".into(), version_code: "1".into() },
+            release: ReleaseKey { platform, app_id: "com.example.app".into(), version_name: "1.0.0".into(), version_code: "1".into() },
             device_id: "d".into(),
             version_name: version_name.into(),
             plugin_version,
             channel: None,
             key_id: key_id.map(Into::into),
+            is_emulator,
+            is_prod,
         }
     }
+}
+
+prop_compose! {
+    fn rules()(flags in proptest::collection::vec(any::<bool>(), 9),
+               update_policy in proptest::sample::select(&UpdatePolicy::ALL[..])) -> ChannelRules {
+        ChannelRules {
+            allow_ios: flags[0],
+            allow_android: flags[1],
+            allow_electron: flags[2],
+            allow_emulator: flags[3],
+            allow_device: flags[4],
+            allow_dev_build: flags[5],
+            allow_prod_build: flags[6],
+            update_policy,
+            block_under_native: flags[7],
+            allow_device_self_set: flags[8],
+        }
+    }
+}
+
+fn choice() -> impl Strategy<Value = ChannelChoice> {
+    proptest::sample::select(&[ChannelChoice::Default, ChannelChoice::Forced, ChannelChoice::ByDevice][..])
+}
+
+fn beta() -> ChannelName {
+    ChannelName::parse("beta").unwrap()
 }
 
 proptest! {
@@ -61,8 +105,8 @@ proptest! {
 
     #[test]
     fn answers_are_always_well_formed((bundle, bytes) in bundle(), device in device(), is_builtin in any::<bool>()) {
-        let target = ChannelTarget { url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle: bundle.clone() };
-        let answer = decide(&device, &target);
+        let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle: bundle.clone(), rules: ChannelRules::default() };
+        let answer = decide(&device, &target, ChannelChoice::Default);
         let json = serde_json::to_value(&answer).unwrap();
         match &answer {
             UpdateAnswer::Update(offer) => {
@@ -90,5 +134,39 @@ proptest! {
                 prop_assert!(json.get("kind").is_some_and(|k| k.is_string()));
             }
         }
+    }
+
+    /// Channel rules only ever take updates away: with any settings, a device gets either the
+    /// answer it would get with the defaults, or a quiet refusal (`blocked`), never `failed`.
+    #[test]
+    fn rules_only_block_quietly((bundle, _) in bundle(), device in device(), is_builtin in any::<bool>(),
+                                rules in rules(), choice in choice()) {
+        let open = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle, rules: ChannelRules::default() };
+        let ruled = ChannelTarget { rules, ..open.clone() };
+        let without = decide(&device, &open, choice);
+        let with = decide(&device, &ruled, choice);
+        if with != without {
+            let UpdateAnswer::Refused(refusal) = &with else {
+                return Err(TestCaseError::fail(format!("rules changed the answer to {with:?}")));
+            };
+            prop_assert_eq!(refusal.kind, RefusalKind::Blocked, "{:?}", refusal);
+        }
+        // A store-update refusal names the bundle the device cannot get.
+        if let UpdateAnswer::Refused(refusal) = &with {
+            if let Some(version) = &refusal.store_update {
+                prop_assert_eq!(version, &ruled.bundle.version_name);
+                prop_assert!(refusal.error.starts_with("disable_auto_update_to_"));
+            }
+        }
+    }
+
+    /// The answer depends on what a device reports about itself, never on its id: devices that
+    /// differ only in id can share one cached resolution.
+    #[test]
+    fn answers_do_not_depend_on_the_device_id((bundle, _) in bundle(), device in device(), rules in rules(),
+                                              choice in choice(), other_id in "[a-f0-9-]{1,36}") {
+        let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin: false, bundle, rules };
+        let renamed = DeviceInfo { device_id: other_id, ..device.clone() };
+        prop_assert_eq!(decide(&device, &target, choice), decide(&renamed, &target, choice));
     }
 }

@@ -185,6 +185,10 @@ function showReleases() {
   return { view, reload: async () => {
     const [releases, bundles] = await Promise.all([api("GET", "releases.list"), api("GET", "bundles.list")]);
     form.setBundles(bundles.data);
+    if (buildToRegister) {
+      form.prefill(buildToRegister, bundles.data);
+      buildToRegister = null;
+    }
     const byId = Object.fromEntries(bundles.data.map((b) => [b.id, b]));
     const name = (id) => (byId[id] ? byId[id].version_name : id);
     const grouped = {};
@@ -215,15 +219,22 @@ function showReleases() {
   } };
 }
 
-/** The "register a store build" form; `setBundles` refreshes its bundle choices in place. */
+/** A native build the Channels page asked to register ({platform, app_id, version_name,
+ * version_code}): the Releases page fills its form with it once, when its data has loaded. */
+let buildToRegister = null;
+
+/** The "register a store build" form; `setBundles` refreshes its bundle choices in place, and
+ * `prefill` fills it for one build so that one press on "Create release" registers it. */
 function createReleaseForm() {
   const error = h("p", { class: "error", role: "alert" });
+  const note = h("p", { id: "new-release-note", role: "status" });
   const field = (id, label, input) => h("div", {}, h("label", { for: id }, label), input);
   const platform = h("select", { id: "new-platform" }, ["android", "ios", "electron"].map((p) => h("option", { value: p }, p)));
   const appId = h("input", { id: "new-app-id", placeholder: "com.example.app", required: true });
   const version = h("input", { id: "new-version-name", placeholder: "1.0.0", required: true });
   const code = h("input", { id: "new-version-code", placeholder: "10", required: true });
   const builtin = h("select", { id: "new-builtin", required: true });
+  const submit = h("button", { type: "submit", id: "create-release" }, "Create release");
   const setBundles = (bundles) => {
     const chosen = builtin.value;
     builtin.replaceChildren(h("option", { value: "" }, "Choose the bundle inside the store build"),
@@ -237,13 +248,27 @@ function createReleaseForm() {
         platform: platform.value, app_id: appId.value.trim(), version_name: version.value.trim(),
         version_code: code.value.trim(), builtin_bundle_id: builtin.value,
       }), error);
-      if (done) { toast("Release created"); form.reset(); refresh(); }
+      if (done) { toast("Release created"); form.reset(); note.textContent = ""; refresh(); }
     },
   }, h("div", { class: "row" }, field("new-platform", "Platform", platform), field("new-app-id", "App id", appId),
     field("new-version-name", "Native version", version), field("new-version-code", "Build number", code),
     field("new-builtin", "Builtin bundle", builtin)),
-  h("p", {}, h("button", { type: "submit", id: "create-release" }, "Create release")), error);
-  return { section: h("section", { class: "card" }, h("h2", {}, "Register a store build"), form), setBundles };
+  note, h("p", {}, submit), error);
+  /** Fills the form for `build`, with the app's newest bundle as the builtin one. */
+  const prefill = (build, bundles) => {
+    platform.value = build.platform;
+    appId.value = build.app_id;
+    version.value = build.version_name;
+    code.value = build.version_code;
+    const newest = bundles.find((b) => b.app_id === build.app_id);
+    builtin.value = newest ? newest.id : "";
+    note.textContent = newest
+      ? `Registering ${build.platform} ${build.app_id} ${build.version_name} (${build.version_code}) with ${newest.version_name}, the app's newest bundle, as the bundle inside it: change it if the build ships another one, then press Create release.`
+      : `${build.app_id} has no bundle yet: upload the one inside this build on the Bundles page first.`;
+    // After the page is on screen (showing it moves the focus to the page).
+    setTimeout(() => { submit.scrollIntoView({ block: "center" }); submit.focus(); }, 0);
+  };
+  return { section: h("section", { class: "card" }, h("h2", {}, "Register a store build"), form), setBundles, prefill };
 }
 
 async function promoteDialog(release, channel, bundles) {
@@ -438,6 +463,226 @@ function uploadForm() {
   return h("section", { class: "card" }, h("h2", {}, "Upload a bundle"), form);
 }
 
+// ---- channels -----------------------------------------------------------------------------
+
+/** A channel's yes/no settings, grouped and worded as the form shows them. */
+const CHANNEL_CHECKS = [
+  ["Platforms it serves", [["allow_ios", "iOS"], ["allow_android", "Android"], ["allow_electron", "Electron"]]],
+  ["Devices it serves", [["allow_device", "Physical devices"], ["allow_emulator", "Emulators"]]],
+  ["Builds it serves", [["allow_prod_build", "Store (production) builds"], ["allow_dev_build", "Development builds"]]],
+  ["Who may choose it", [["allow_device_self_set", "Devices may choose this channel themselves"]]],
+];
+
+/** What `update_policy` lets a channel offer, against the device's native version. */
+const UPDATE_POLICIES = [
+  ["none", "Any bundle"],
+  ["major", "Not above the native build's major version"],
+  ["minor", "Only the native build's major.minor versions"],
+  ["patch", "Only the native build's major.minor.patch version"],
+  ["version_number", "Only bundles whose minimum native version the device has"],
+];
+
+/** Who put a device on its channel, in words. */
+function overrideSource(o) {
+  if (o.source === "api") return "this page or the API";
+  if (o.source === "device") return "the device itself (setChannel)";
+  return `Kubernetes ${o.source}`;
+}
+
+/** Overrides a Channel resource made can only be changed through it. */
+const managedByResource = (o) => o.source !== "api" && o.source !== "device";
+
+/** Device ids typed one per line, or separated by commas or spaces. */
+const deviceIds = (text) => text.split(/[\s,;]+/).filter(Boolean);
+
+/** One channel's settings as a form; read-only when a Channel resource manages them or the
+ * token may not change them. `onSaved` gets the channel as the server answers it. */
+function channelCard(channel, admin, onSaved) {
+  const name = channel.channel;
+  const id = (setting) => `channel-${name}-${setting}`;
+  const error = h("p", { class: "error", role: "alert" });
+  const policy = h("select", { id: id("update_policy"), name: "update_policy" },
+    UPDATE_POLICIES.map(([value, label]) => h("option", { value }, label)));
+  policy.value = channel.settings.update_policy;
+  const readOnly = Boolean(channel.owner) || !admin;
+  const counts = [`${channel.forced_devices} device(s) put on it`, `${channel.chosen_by_devices} chose it themselves`,
+    channel.id === null ? null : `id ${channel.id}`, channel.configured ? null : "default settings"].filter(Boolean).join(" · ");
+  const form = h("form", {
+    "data-channel-form": name,
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const change = { app_id: channel.app_id, channel: name, update_policy: policy.value };
+      for (const [, settings] of CHANNEL_CHECKS) for (const [setting] of settings) change[setting] = form.elements[setting].checked;
+      change.block_under_native = form.elements.block_under_native.checked;
+      const saved = await attempt(() => api("POST", "channels.update", change), error);
+      if (saved) { toast(`Channel ${name} saved`); onSaved(saved.channel); }
+    },
+  },
+  h("fieldset", { class: "settings", disabled: readOnly },
+    h("legend", { class: "visually-hidden" }, `Settings of channel ${name}`),
+    h("div", { class: "settings-grid" },
+      CHANNEL_CHECKS.map(([legend, settings]) => h("fieldset", {}, h("legend", {}, legend),
+        settings.map(([setting, label]) => h("label", { class: "check", for: id(setting) },
+          h("input", { type: "checkbox", id: id(setting), name: setting, checked: channel.settings[setting] }), label)))),
+      h("fieldset", {}, h("legend", {}, "Versions it offers"),
+        h("label", { for: id("update_policy") }, "Update policy"), policy,
+        h("label", { class: "check", for: id("block_under_native") },
+          h("input", { type: "checkbox", id: id("block_under_native"), name: "block_under_native", checked: channel.settings.block_under_native }),
+          "Never a bundle below the native version"))),
+    readOnly ? null : h("p", {}, h("button", { type: "submit" }, "Save"))),
+  channel.owner ? h("p", { class: "muted", "data-managed": name }, `Read-only: managed by the Kubernetes resource ${channel.owner}; change it there.`)
+    : !admin ? h("p", { class: "muted" }, "Read-only: changing settings needs a full-access token.") : null,
+  error);
+  return h("section", { class: "card", "data-channel": name },
+    h("h3", {}, name, " ", channel.owner ? h("span", { class: "badge", title: `Managed by ${channel.owner}` }, "Kubernetes") : null),
+    h("p", { class: "muted" }, counts), form);
+}
+
+function showChannels(admin) {
+  let app = "";
+  /** The cards on screen by channel, with the data each was drawn from: a card is redrawn
+   * only when its channel changed, so unsaved edits in the others stay. */
+  let cards = new Map();
+  const appSelect = h("select", { id: "channels-app" });
+  appSelect.addEventListener("change", () => { app = appSelect.value; cards = new Map(); refresh(); });
+  const channelList = h("div", { id: "channel-list" });
+
+  const newError = h("p", { class: "error", role: "alert" });
+  const newName = h("input", { id: "new-channel-name", placeholder: "beta", required: true, maxlength: 64 });
+  const newChannel = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const made = await attempt(() => api("POST", "channels.update", { app_id: app, channel: newName.value.trim() }), newError);
+      if (made) { toast(`Channel ${made.channel.channel} added`); newChannel.reset(); refresh(); }
+    },
+  }, h("div", { class: "row" }, h("div", {}, h("label", { for: "new-channel-name" }, "Add a channel (to set it up before a release serves it)"), newName),
+    h("div", {}, h("button", { type: "submit", id: "new-channel" }, "Add channel"))), newError);
+
+  const findError = h("p", { class: "error", role: "alert" });
+  const query = h("input", { id: "device-query", placeholder: "device_id or custom_id", required: true, maxlength: 36 });
+  const results = h("div", { id: "device-results", "aria-live": "polite" });
+  const forceError = h("p", { class: "error", id: "force-error", role: "alert" });
+  const forced = h("textarea", { id: "force-devices", rows: 3, required: true, placeholder: "one device id per line" });
+  const forceChannel = h("select", { id: "force-channel", required: true });
+  const findForm = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const found = await attempt(() => api("GET", `devices.find?app_id=${encodeURIComponent(app)}&q=${encodeURIComponent(query.value.trim())}`), findError);
+      if (found) showFound(found.data);
+    },
+  }, h("div", { class: "row" }, h("div", {}, h("label", { for: "device-query" }, "Find a device by device_id or custom_id"), query),
+    h("div", {}, h("button", { type: "submit", id: "device-find", class: "secondary" }, "Find"))), findError, results);
+  const showFound = (devices) => {
+    results.replaceChildren(!devices.length ? h("p", { class: "muted" }, "No device of this app reported that id.")
+      : h("div", { class: "table-wrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, ["Device", "Custom id", "Platform", "Bundle", "Last seen", "Channel", "Actions"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, devices.map((d) => h("tr", {},
+          h("td", { "data-label": "Device" }, h("code", {}, d.device_id)),
+          h("td", { "data-label": "Custom id" }, d.custom_id || h("span", { class: "muted" }, "—")),
+          h("td", { "data-label": "Platform" }, d.platform || h("span", { class: "muted" }, "—")),
+          h("td", { "data-label": "Bundle" }, d.version_name || h("span", { class: "muted" }, "—")),
+          h("td", { "data-label": "Last seen" }, d.last_seen ? formatDate(d.last_seen) : h("span", { class: "muted" }, "never sent stats")),
+          h("td", { "data-label": "Channel" }, d.override ? `${d.override.channel} (by ${overrideSource(d.override)})` : h("span", { class: "muted" }, "its own choice or the default")),
+          h("td", { "data-label": "Actions" }, admin ? h("button", { type: "button", class: "secondary", "data-pick": d.device_id, onclick: () => {
+            const ids = deviceIds(forced.value);
+            if (!ids.includes(d.device_id)) forced.value = [...ids, d.device_id].join("\n");
+            forced.focus();
+          } }, "Add to the list below") : null)))))));
+  };
+  const forceForm = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const ids = deviceIds(forced.value);
+      const done = await attempt(() => api("POST", "devices.set-channel", { app_id: app, channel: forceChannel.value, device_ids: ids }), forceError);
+      if (done) { toast(done.message); forceForm.reset(); refresh(); }
+    },
+  }, h("div", { class: "row" },
+    h("div", {}, h("label", { for: "force-devices" }, "Device ids (one per line, or separated by commas)"), forced),
+    h("div", {}, h("label", { for: "force-channel" }, "Channel"), forceChannel)),
+  h("p", {}, h("button", { type: "submit", id: "force-submit" }, "Put on channel")), forceError);
+  const overrides = h("div", { id: "override-rows" });
+
+  const builds = h("div", { id: "unregistered-rows" });
+  const view = [h("h1", {}, "Channels"),
+    h("p", { class: "muted" }, "A channel's settings apply to every native build of the app; each release chooses the bundle the channel serves. A device refused by a setting is told quietly and keeps its bundle."),
+    h("div", { class: "row" }, h("div", {}, h("label", { for: "channels-app" }, "App"), appSelect)),
+    h("h2", {}, "Settings"), channelList, admin ? h("section", { class: "card" }, newChannel) : null,
+    h("h2", {}, "Devices"),
+    h("section", { class: "card" }, h("p", { class: "muted" }, "Put devices on a channel whatever they ask for; they get its bundle at their next check."),
+      findForm, admin ? forceForm : null),
+    h("h3", {}, "Devices on a channel by override"), overrides,
+    h("h2", {}, "Native builds without a release"),
+    h("p", { class: "muted" }, "Store builds devices run that no release registers: they get no update (quietly) until one does."),
+    builds];
+
+  const drawChannels = (channels) => {
+    const next = new Map();
+    for (const channel of channels) {
+      const data = JSON.stringify(channel);
+      const kept = cards.get(channel.channel);
+      if (kept && kept.data === data) { next.set(channel.channel, kept); continue; }
+      const card = channelCard(channel, admin, () => refresh());
+      // Keep the focus on the redrawn card (its Save button) after a save.
+      if (kept && kept.card.contains(document.activeElement)) setTimeout(() => (card.querySelector("button") || card).focus(), 0);
+      next.set(channel.channel, { data, card });
+    }
+    cards = next;
+    channelList.replaceChildren(...[...cards.values()].map((c) => c.card));
+    if (!channels.length) channelList.replaceChildren(h("p", { class: "muted" }, "No app yet: register a store build on the Releases page first."));
+    const chosen = forceChannel.value;
+    forceChannel.replaceChildren(...channels.map((c) => h("option", { value: c.channel }, c.channel)));
+    if (channels.some((c) => c.channel === chosen)) forceChannel.value = chosen;
+  };
+
+  const drawOverrides = (list) => {
+    overrides.replaceChildren(!list.length ? h("p", { class: "muted" }, "No device is on a channel by override.")
+      : h("div", { class: "table-wrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, ["Device", "Channel", "Put there by", "Since", "Actions"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, list.map((o) => h("tr", { "data-override": o.device_id },
+          h("td", { "data-label": "Device" }, h("code", {}, o.device_id)),
+          h("td", { "data-label": "Channel" }, o.channel),
+          h("td", { "data-label": "Put there by" }, overrideSource(o)),
+          h("td", { "data-label": "Since" }, formatDate(o.updated_at)),
+          h("td", { "data-label": "Actions" }, managedByResource(o) ? h("span", { class: "muted" }, `Read-only: managed by ${o.source}`)
+            : admin ? h("button", { type: "button", class: "danger", "data-unset": o.device_id, onclick: () => removeOverride(o) }, "Remove") : null)))))));
+  };
+
+  const drawBuilds = (list) => {
+    builds.replaceChildren(!list.length ? h("p", { class: "muted" }, "Every native build devices asked about has a release.")
+      : h("div", { class: "table-wrap" }, h("table", {},
+        h("thead", {}, h("tr", {}, ["App", "Platform", "Native version", "Build number", "Devices", "Last seen", "Actions"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, list.map((b) => h("tr", {},
+          h("td", { "data-label": "App" }, b.app_id),
+          h("td", { "data-label": "Platform" }, b.platform),
+          h("td", { "data-label": "Native version" }, h("strong", {}, b.version_name)),
+          h("td", { "data-label": "Build number" }, b.version_code),
+          h("td", { "data-label": "Devices" }, `${b.devices} (${b.checks} checks)`),
+          h("td", { "data-label": "Last seen" }, formatDate(b.last_seen)),
+          h("td", { "data-label": "Actions" }, admin ? h("button", { type: "button", "data-register": `${b.platform}:${b.app_id}:${b.version_name}:${b.version_code}`,
+            onclick: () => { buildToRegister = b; location.hash = "#/releases"; } }, "Register this build") : null)))))));
+  };
+
+  return { view, reload: async () => {
+    const [channels, unregistered] = await Promise.all([api("GET", "channels.list"), api("GET", "builds.unregistered")]);
+    const apps = [...new Set(channels.data.map((c) => c.app_id))].sort();
+    if (!apps.includes(app)) { app = apps[0] || ""; cards = new Map(); }
+    appSelect.replaceChildren(...apps.map((a) => h("option", { value: a }, a)));
+    appSelect.value = app;
+    drawChannels(channels.data.filter((c) => c.app_id === app));
+    drawOverrides(app ? (await api("GET", `devices.list?app_id=${encodeURIComponent(app)}`)).data : []);
+    drawBuilds(unregistered.data);
+  } };
+}
+
+async function removeOverride(o) {
+  const confirmed = await confirmDialog(`Remove the override of ${o.device_id}?`,
+    `The device leaves channel "${o.channel}" at its next check, for the channel it asks for or the app's default channel.`, "Remove", true);
+  if (confirmed && await attempt(() => api("POST", "devices.unset-channel", { app_id: o.app_id, device_ids: [o.device_id] }))) {
+    toast("Override removed");
+    refresh();
+  }
+}
+
 // ---- tokens -------------------------------------------------------------------------------
 
 const SCOPES = [["read-only", "Read-only: lists and activity"], ["upload", "Upload: bundles only (for CI)"], ["full", "Full access"]];
@@ -559,7 +804,7 @@ function showAudit() {
 
 // ---- routing ------------------------------------------------------------------------------
 
-const PAGES = { releases: showReleases, bundles: showBundles, keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
+const PAGES = { releases: showReleases, bundles: showBundles, channels: () => showChannels(whoami.scope === "full"), keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
 
 /** Who is signed in ({name, scope}), from /api/v1/whoami. */
 let whoami = { name: "", scope: "" };

@@ -1,6 +1,7 @@
--- Argo CD health check for capgo-server.io Bundle and Release resources. Register it in
--- argocd-cm under resource.customizations.health.capgo-server.io_Bundle and
--- resource.customizations.health.capgo-server.io_Release (see README).
+-- Argo CD health check for capgo-server.io Bundle, Release and Channel resources. Register it
+-- in argocd-cm under resource.customizations.health.capgo-server.io_Bundle,
+-- resource.customizations.health.capgo-server.io_Release and
+-- resource.customizations.health.capgo-server.io_Channel (see README).
 local progressing = { status = "Progressing", message = "Waiting for capgo-server to reconcile" }
 if obj.status == nil or obj.status.conditions == nil then
   return progressing

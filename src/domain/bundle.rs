@@ -203,6 +203,8 @@ mod tests {
             app_id: "com.example.app".into(),
             version_name: "1.0.1".into(),
             description: String::new(),
+            link: None,
+            min_update_version: None,
             sha256: "a".repeat(64),
             crc32: "0badf00d".into(),
             size: 10,

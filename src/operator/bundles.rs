@@ -260,6 +260,8 @@ mod tests {
             app_id: "com.example.app".into(),
             version_name: "1.0.1".into(),
             description: String::new(),
+            link: None,
+            min_update_version: None,
             source: BundleSource {
                 url: url.map(Into::into),
                 bucket_key: key.map(Into::into),
@@ -301,5 +303,15 @@ mod tests {
             Some(("ab".repeat(32), "spec.sha256"))
         );
         assert_eq!(new.session_key, None);
+    }
+
+    #[test]
+    fn the_upload_carries_the_link_and_the_minimum_native_version() {
+        let mut resource = Bundle::new("web-1-0-1", spec(Some("https://cdn/x.zip"), None));
+        resource.spec.link = Some("https://example.com/notes/1.0.1".into());
+        resource.spec.min_update_version = Some("1.2.0".into());
+        let new = new_bundle_of(&resource);
+        assert_eq!(new.link.as_deref(), Some("https://example.com/notes/1.0.1"));
+        assert_eq!(new.min_update_version.as_deref(), Some("1.2.0"));
     }
 }

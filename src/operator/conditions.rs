@@ -107,6 +107,15 @@ impl WithConditions for super::crd::ReleaseStatus {
     }
 }
 
+impl WithConditions for super::crd::ChannelStatus {
+    fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

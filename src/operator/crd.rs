@@ -1,4 +1,4 @@
-//! The custom resources: `Bundle` and `Release` in `capgo-server.io/v1alpha1`. The YAML under
+//! The custom resources: `Bundle`, `Release` and `Channel` in `capgo-server.io/v1alpha1`. The YAML under
 //! `crds/` is generated from these types (`capgo-server crdgen`), and a test keeps it in sync.
 
 // kube's `printcolumn(name = …, type_ = "string", …)` repeats keys across columns by design.
@@ -22,6 +22,10 @@ const APP_ID_PATTERN: &str = r"^[A-Za-z0-9._-]+$";
 const TRIMMED_PATTERN: &str = r"^\S(.*\S)?$";
 /// A resource name in the same namespace (an RFC 1123 subdomain).
 const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// Channel names (domain::channel::ChannelName, which also refuses `builtin`).
+const CHANNEL_PATTERN: &str = r"^[A-Za-z0-9._-]{1,64}$";
+/// Device ids as people write them (domain::targeting::parse_device_id).
+const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9._-]{1,36}$";
 
 /// A condition in the Kubernetes shape (what `kubectl wait --for=condition=Ready`, kstatus and
 /// Argo CD read).
@@ -250,12 +254,124 @@ pub struct ReleaseStatus {
     pub channels: BTreeMap<String, String>,
 }
 
-/// Both CRDs as YAML documents: what `capgo-server crdgen` prints and `crds/` holds.
+/// The settings of one channel of an app, and the devices forced onto it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "capgo-server.io",
+    version = "v1alpha1",
+    kind = "Channel",
+    namespaced,
+    status = "ChannelStatus",
+    shortname = "cchannel",
+    category = "capgo",
+    doc = "A channel of a Capacitor app: which devices it serves, how far it may move them from their native version, whether devices may choose it, and the devices forced onto it.",
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.appId"),
+    printcolumn(name = "Channel", type_ = "string", json_path = ".spec.channel"),
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.updatePolicy"),
+    printcolumn(name = "Devices", type_ = "integer", json_path = ".status.devices"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSpec {
+    /// The app id, e.g. `com.example.app`. Cannot change: create another Channel.
+    #[schemars(length(min = 1, max = 255), regex(pattern = APP_ID_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("appId cannot change once set: create another Channel"))]
+    pub app_id: String,
+    /// The channel's name, e.g. `production` or `beta`. Cannot change: create another Channel.
+    #[schemars(regex(pattern = CHANNEL_PATTERN))]
+    #[x_kube(
+        validation = Rule::new("self != 'builtin'").message("\"builtin\" is not a channel name"),
+        validation = Rule::new("self == oldSelf").message("channel cannot change once set: create another Channel")
+    )]
+    pub channel: String,
+    /// Serve iOS devices (otherwise they get `disabled_platform_ios`).
+    #[serde(default = "allowed")]
+    pub allow_ios: bool,
+    /// Serve Android devices (otherwise they get `disabled_platform_android`).
+    #[serde(default = "allowed")]
+    pub allow_android: bool,
+    /// Serve Electron apps (otherwise they get `disabled_platform_electron`).
+    #[serde(default = "allowed")]
+    pub allow_electron: bool,
+    /// Serve emulators and simulators (otherwise they get `disable_emulator`).
+    #[serde(default = "allowed")]
+    pub allow_emulator: bool,
+    /// Serve physical devices (otherwise they get `disable_device`).
+    #[serde(default = "allowed")]
+    pub allow_device: bool,
+    /// Serve debug builds (otherwise they get `disable_dev_build`).
+    #[serde(default = "allowed")]
+    pub allow_dev_build: bool,
+    /// Serve store builds (otherwise they get `disable_prod_build`).
+    #[serde(default = "allowed")]
+    pub allow_prod_build: bool,
+    /// How far a bundle may be from the device's native version: `none` (any bundle),
+    /// `major`, `minor`, `patch` (not past the native build's major, minor or patch version),
+    /// or `version_number` (the bundle's `minUpdateVersion` at most the native version).
+    #[serde(default)]
+    pub update_policy: UpdatePolicySpec,
+    /// Never offer a bundle whose version is below the device's native version.
+    #[serde(default)]
+    pub block_under_native: bool,
+    /// Devices may choose this channel themselves (`setChannel`, `defaultChannel`).
+    #[serde(default = "allowed")]
+    pub allow_device_self_set: bool,
+    /// Device ids forced onto this channel, whatever they choose (compared lowercased).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(regex(pattern = DEVICE_ID_PATTERN)))]
+    pub devices: Vec<String>,
+}
+
+/// Settings are permissive unless the spec says otherwise, as for channels without a resource.
+fn allowed() -> bool {
+    true
+}
+
+/// A channel's update policy as the spec spells it (domain::channel_policy::UpdatePolicy).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePolicySpec {
+    #[default]
+    None,
+    Major,
+    Minor,
+    Patch,
+    VersionNumber,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub observed_generation: i64,
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// How many devices this resource forces onto the channel.
+    #[serde(default)]
+    #[schemars(extend("format" = "int32"))]
+    pub devices: u32,
+}
+
+/// Every CRD as YAML documents: what `capgo-server crdgen` prints and `crds/` holds.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    let bundle = serde_yaml::to_string(&Bundle::crd()).expect("a CRD serializes");
-    let release = serde_yaml::to_string(&Release::crd()).expect("a CRD serializes");
-    format!("# Generated by `capgo-server crdgen`: do not edit.\n---\n{bundle}---\n{release}")
+    let documents = [Bundle::crd(), Release::crd(), Channel::crd()]
+        .iter()
+        .map(|crd| serde_yaml::to_string(crd).expect("a CRD serializes"))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    format!("# Generated by `capgo-server crdgen`: do not edit.\n---\n{documents}")
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! The Kubernetes operator: `Bundle` and `Release` resources reconciled into the same catalog
-//! the REST API uses. It runs inside the server process, on the lease holder only.
+//! The Kubernetes operator: `Bundle`, `Release` and `Channel` resources reconciled into the
+//! same catalog the REST API uses. It runs inside the server process, on the lease holder only.
 
 pub mod bundles;
+pub mod channels;
 pub mod conditions;
 pub mod crd;
 pub mod fetch;
@@ -23,7 +24,7 @@ use conditions::Outcome;
 
 /// The field manager of every status write, and the events' reporting controller.
 pub const MANAGER: &str = "capgo-server";
-/// Finalizer on both kinds: records are removed before the resource goes.
+/// Finalizer on every kind: records are removed before the resource goes.
 pub const FINALIZER: &str = "capgo-server.io/cleanup";
 /// When to look again at a resource whose spec cannot be satisfied as written.
 pub const STALLED_RETRY: Duration = Duration::from_secs(300);
@@ -148,7 +149,7 @@ impl Context {
 
 /// Writes `status` (server-side apply, one field manager) unless the resource already has it,
 /// publishes a Warning Event when the outcome is a stall, and says when to look again. One
-/// rule for both kinds, so an unchanged resource never causes a write.
+/// rule for every kind, so an unchanged resource never causes a write.
 pub async fn apply_status<K, S>(
     ctx: &Context,
     api: &Api<K>,
@@ -329,13 +330,30 @@ impl Backoff {
 /// Lists Bundles in every watched namespace (or cluster-wide), saying in words what is wrong
 /// when that fails.
 async fn check_cluster(settings: &OperatorSettings, client: &kube::Client) -> Result<(), String> {
-    let scopes: Vec<Option<&String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().map(Some).collect()
-    };
-    for scope in scopes {
-        let api: Api<crd::Bundle> = match scope {
+    check_listable::<crd::Bundle>(
+        &settings.namespaces,
+        client,
+        "the Bundle and Release CRDs are not installed (kubectl apply --server-side -f crds/)",
+    )
+    .await
+}
+
+/// Lists `K` in every watched namespace (or cluster-wide, for none), saying in words what is
+/// wrong when that fails; `not_installed` is the words for an API server that does not serve
+/// the kind.
+async fn check_listable<K>(
+    namespaces: &[String],
+    client: &kube::Client,
+    not_installed: &str,
+) -> Result<(), String>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    for scope in scopes(namespaces) {
+        let api: Api<K> = match scope {
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
@@ -343,14 +361,12 @@ async fn check_cluster(settings: &OperatorSettings, client: &kube::Client) -> Re
         match api.list(&kube::api::ListParams::default().limit(1)).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                return Err(
-                    "the Bundle and Release CRDs are not installed (kubectl apply --server-side -f crds/)"
-                        .into(),
-                )
+                return Err(not_installed.into())
             }
             Err(kube::Error::Api(status)) if status.code == 403 => {
                 return Err(format!(
-                    "the service account may not list Bundles in {place} (check its Role and RoleBinding): {}",
+                    "the service account may not list {}s in {place} (check its Role and RoleBinding): {}",
+                    K::kind(&()),
                     status.message
                 ))
             }
@@ -363,6 +379,15 @@ async fn check_cluster(settings: &OperatorSettings, client: &kube::Client) -> Re
         }
     }
     Ok(())
+}
+
+/// The watched namespaces, or `None` once for every namespace.
+fn scopes(namespaces: &[String]) -> Vec<Option<&String>> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(Some).collect()
+    }
 }
 
 async fn build_lease(
@@ -398,23 +423,10 @@ async fn run_controllers(
     stop: tokio_util::sync::CancellationToken,
 ) {
     use kube::runtime::{watcher, Controller};
-    let apis = |namespace: Option<&String>| -> (Api<crd::Bundle>, Api<crd::Release>) {
-        match namespace {
-            Some(ns) => (
-                Api::namespaced(ctx.client.clone(), ns),
-                Api::namespaced(ctx.client.clone(), ns),
-            ),
-            None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
-        }
-    };
-    let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
-        vec![None]
-    } else {
-        namespaces.iter().map(Some).collect()
-    };
     let mut controllers = Vec::new();
-    for scope in scopes {
-        let (bundles, releases) = apis(scope);
+    for scope in scopes(&namespaces) {
+        let bundles: Api<crd::Bundle> = apis(&ctx.client, scope);
+        let releases: Api<crd::Release> = apis(&ctx.client, scope);
         let stop_bundles = stop.clone();
         controllers.push(
             Controller::new(bundles.clone(), watcher::Config::default())
@@ -442,6 +454,63 @@ async fn run_controllers(
                 .boxed(),
         );
     }
+    controllers.push(run_channel_controllers(namespaces.clone(), ctx.clone(), stop).boxed());
+    futures_util::future::join_all(controllers).await;
+}
+
+/// The API of `K` in one namespace, or in all for `None`.
+fn apis<K>(client: &kube::Client, scope: Option<&String>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Reconciles Channels once the API server serves them to the operator. The Channel CRD came
+/// later than the other two, and Helm does not upgrade CRDs: until someone applies it (or
+/// grants the operator its rules), Bundles and Releases are reconciled as before, and the
+/// operator looks again with backoff, starting the controller without a restart.
+async fn run_channel_controllers(
+    namespaces: Vec<String>,
+    ctx: Arc<Context>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use kube::runtime::{watcher, Controller};
+    let mut backoff = Backoff::new(STARTUP_RETRY_MAX);
+    while let Err(problem) = check_listable::<crd::Channel>(
+        &namespaces,
+        &ctx.client,
+        "the Channel CRD is not installed (kubectl apply --server-side -f crds/)",
+    )
+    .await
+    {
+        if backoff.retried {
+            tracing::debug!("Channels are not reconciled yet: {problem}");
+        } else {
+            tracing::warn!(
+                "Channel resources are not reconciled (Bundles and Releases are; the operator keeps checking): {problem}"
+            );
+        }
+        if !backoff.wait(&stop).await {
+            return;
+        }
+    }
+    if backoff.retried {
+        tracing::info!("Channels are served now: the Channel controller starts");
+    }
+    let controllers = scopes(&namespaces).into_iter().map(|scope| {
+        let stop = stop.clone();
+        Controller::new(
+            apis::<crd::Channel>(&ctx.client, scope),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(async move { stop.cancelled().await })
+        .run(channels::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move { log_result(result) })
+    });
     futures_util::future::join_all(controllers).await;
 }
 

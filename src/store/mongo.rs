@@ -4,9 +4,11 @@
 //! `releases`, `crc_checksum`, `builtin_bundle_id`, …). Every write that can change an
 //! `/updates` answer stamps the release document with a number from a shared counter, so
 //! replicas notice each other's changes by polling [`MetadataStore::catalog_version`]: the
-//! newest stamp (inserts and promotes) and a deletion counter, both read through an index.
+//! newest stamp (inserts and promotes) read through an index, a deletion counter, and a
+//! counter every channel-settings and device-override write bumps (see `mongo/targeting.rs`).
 
 mod app_keys;
+mod targeting;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,7 +32,8 @@ use crate::domain::{
 };
 
 const DUPLICATE_KEY: i32 = 11000;
-/// Shared counters: the stamp of answer-changing writes, release deletions, channel ids.
+/// Shared counters: the stamp of answer-changing writes, release deletions, channel ids (and
+/// [`targeting::TARGETING_COUNTER`]).
 const REVISION_COUNTER: &str = "catalog_revision";
 const DELETIONS_COUNTER: &str = "release_deletions";
 const CHANNEL_ID_COUNTER: &str = "channel_id";
@@ -64,6 +67,12 @@ struct BundleDoc {
     /// `Kind/namespace/name` of the Kubernetes resource this record was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
+    /// Absent in bundles stored before bundles had links.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
+    /// Absent in bundles stored before bundles had a minimum native version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_update_version: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,6 +218,8 @@ impl From<&Bundle> for BundleDoc {
             key_id: encryption.and_then(|e| e.key_id.clone()),
             created_at: DateTime::from_millis(b.created_at),
             owner: b.owner.as_ref().map(ResourceRef::to_stored),
+            link: b.link.clone(),
+            min_update_version: b.min_update_version.clone(),
         }
     }
 }
@@ -220,6 +231,8 @@ impl From<BundleDoc> for Bundle {
             app_id: d.app_id,
             version_name: d.version_name,
             description: d.description,
+            link: d.link,
+            min_update_version: d.min_update_version,
             sha256: d.sha256,
             crc32: d.crc_checksum,
             size: d.size as u64,
@@ -434,7 +447,7 @@ impl MongoMetadataStore {
             .create_index(plain(doc! {"at": -1, "_id": -1}))
             .await
             .map_err(map_error)?;
-        Ok(())
+        self.migrate_targeting().await
     }
 
     fn bundles(&self) -> Collection<BundleDoc> {
@@ -968,14 +981,22 @@ impl CatalogStore for MongoMetadataStore {
             .projection(doc! {"revision": 1})
             .await
             .map_err(map_error)?;
-        let deletions: Option<Document> = self
-            .counters()
-            .find_one(doc! {"_id": DELETIONS_COUNTER})
-            .await
-            .map_err(map_error)?;
+        // Both counters in one round trip (this runs every poll, on every replica).
+        let counters: Vec<Document> = all(self.counters().find(
+            doc! {"_id": {"$in": [DELETIONS_COUNTER, targeting::TARGETING_COUNTER]}},
+        ))
+        .await?;
+        let seq = |counter: &str| {
+            counters
+                .iter()
+                .find(|d| d.get_str("_id").ok() == Some(counter))
+                .and_then(|d| d.get_i64("seq").ok())
+                .unwrap_or(0)
+        };
         Ok(Some(CatalogVersion {
             newest_revision: newest.and_then(|d| d.get_i64("revision").ok()).unwrap_or(0),
-            deletions: deletions.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0),
+            deletions: seq(DELETIONS_COUNTER),
+            targeting_revision: seq(targeting::TARGETING_COUNTER),
         }))
     }
 

@@ -5,6 +5,7 @@
 //! transactions for batches, WAL for crash safety, and a file people can open with `sqlite3`.
 
 mod app_keys;
+mod targeting;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,6 +38,8 @@ CREATE TABLE IF NOT EXISTS bundles (
     key_id             TEXT,
     created_at         INTEGER NOT NULL,
     owner              TEXT,
+    link               TEXT,
+    min_update_version TEXT,
     UNIQUE (app_id, version_name)
 );
 CREATE TABLE IF NOT EXISTS releases (
@@ -109,13 +112,17 @@ const TOKEN_COLUMNS: &str = "id, name, scope, digest, created_at, created_by";
 const AUDIT_COLUMNS: &str = "id, at, actor, action, target, client_ip, status, message";
 
 const BUNDLE_COLUMNS: &str = "id, app_id, version_name, description, sha256, crc32, size, \
-    blob_key, session_key, encrypted_checksum, key_id, created_at, owner";
+    blob_key, session_key, encrypted_checksum, key_id, created_at, owner, link, min_update_version";
 const RELEASE_COLUMNS: &str = "id, platform, app_id, version_name, version_code, \
     builtin_bundle_id, release_date, created_at, updated_at, owner";
 
 /// Columns added after the first release of the schema: (table, column, declaration).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("bundles", "owner", "TEXT"), ("releases", "owner", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("bundles", "owner", "TEXT"),
+    ("releases", "owner", "TEXT"),
+    ("bundles", "link", "TEXT"),
+    ("bundles", "min_update_version", "TEXT"),
+];
 
 pub struct SqliteMetadataStore {
     /// Every write, and reads that return many rows, run here on the blocking pool.
@@ -186,6 +193,9 @@ impl SqliteMetadataStore {
                     .map_err(internal)?;
             }
         }
+        connection
+            .execute_batch(targeting::SCHEMA)
+            .map_err(internal)?;
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),
             readers: Vec::new(),
@@ -290,6 +300,8 @@ fn bundle_from_row(row: &Row<'_>) -> rusqlite::Result<Bundle> {
         app_id: row.get(1)?,
         version_name: row.get(2)?,
         description: row.get(3)?,
+        link: row.get(13)?,
+        min_update_version: row.get(14)?,
         sha256: row.get(4)?,
         crc32: row.get(5)?,
         size: row.get::<_, i64>(6)? as u64,
@@ -383,7 +395,7 @@ impl CatalogStore for SqliteMetadataStore {
             let encryption = b.encryption.as_ref();
             c.prepare_cached(&format!(
                 "INSERT INTO bundles ({BUNDLE_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ))?
             .execute(params![
                 b.id.as_str(),
@@ -399,6 +411,8 @@ impl CatalogStore for SqliteMetadataStore {
                 encryption.and_then(|e| e.key_id.as_ref()),
                 b.created_at,
                 b.owner.as_ref().map(ResourceRef::to_stored),
+                b.link,
+                b.min_update_version,
             ])?;
             Ok(())
         })

@@ -11,12 +11,14 @@ use async_trait::async_trait;
 
 use super::{
     AccessStore, AppKeyStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion,
-    MetadataStore, StoreError,
+    MetadataStore, SeenDevice, StoreError, TargetingStore,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::channel::Channel;
+use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
 use crate::domain::stats::{ActivityCount, StatsEvent};
+use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 
 async fn timed<T>(
@@ -82,6 +84,21 @@ timed_impl! { AppKeyStore for TimedMetadataStore, "metadata":
         fn put_app_key(&self, key: &AppKey) -> ();
         fn list_app_keys(&self) -> Vec<AppKey>;
         fn delete_app_key(&self, app_id: &str) -> bool;
+}
+
+timed_impl! { TargetingStore for TimedMetadataStore, "metadata":
+        fn channel_settings(&self, app_id: Option<&str>) -> Vec<ChannelSettings>;
+        fn put_channel_settings(&self, settings: &ChannelSettings) -> ();
+        fn delete_channel_settings(&self, app_id: &str, channel: &ChannelName) -> bool;
+        fn device_overrides(&self, app_id: &str) -> Vec<DeviceOverride>;
+        fn put_device_overrides(&self, overrides: &[DeviceOverride]) -> ();
+        fn put_device_choice(&self, choice: &DeviceOverride) -> bool;
+        fn delete_device_overrides(&self, app_id: &str, device_ids: &[String], source: Option<&OverrideSource>) -> u64;
+        fn replace_resource_overrides(&self, owner: &OverrideSource, overrides: &[DeviceOverride]) -> ();
+        fn record_unregistered_builds(&self, sightings: &[UnregisteredBuild]) -> ();
+        fn unregistered_builds(&self) -> Vec<UnregisteredBuild>;
+        fn delete_unregistered_build(&self, key: &ReleaseKey) -> ();
+        fn find_devices(&self, app_id: &str, id: &str, limit: usize) -> Vec<SeenDevice>;
 }
 
 timed_impl! { AccessStore for TimedMetadataStore, "metadata":

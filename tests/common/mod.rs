@@ -587,6 +587,24 @@ impl Client {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// A series of the server's Prometheus metrics, e.g.
+    /// `capgo_answer_cache_lookups_total{result="hit"}` (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.server_management))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name_and_labels))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn download(&self, url: &str) -> Vec<u8> {
         let response = self.http.get(url).send().await.unwrap();
         assert_eq!(response.status().as_u16(), 200, "{url}");
@@ -987,6 +1005,7 @@ impl KubeControlPlane {
             "--timeout=60s",
             "crd/bundles.capgo-server.io",
             "crd/releases.capgo-server.io",
+            "crd/channels.capgo-server.io",
         ])
         .ok();
     }

@@ -28,8 +28,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({ "data": data })))
 }
 
-/// Multipart form: `bundle` (the file), `app_id`, `version_name`, `description`, and for
-/// encrypted bundles `session_key`, `checksum`, `key_id`. The file streams to a staging file;
+/// Multipart form: `bundle` (the file), `app_id`, `version_name`, `description`, optionally
+/// `link` and `min_update_version`, and for encrypted bundles `session_key`, `checksum`,
+/// `key_id`. The file streams to a staging file;
 /// when `app_id` and `version_name` come before it, a duplicate is refused before the upload.
 pub async fn upload(
     State(state): State<AppState>,
@@ -80,13 +81,15 @@ async fn receive_bundle(
             "app_id" => new.app_id = read_text(field).await?,
             "version_name" => new.version_name = read_text(field).await?,
             "description" => new.description = read_text(field).await?,
+            "link" => new.link = non_empty(read_text(field).await?),
+            "min_update_version" => new.min_update_version = non_empty(read_text(field).await?),
             "session_key" => new.session_key = non_empty(read_text(field).await?),
             "checksum" => checksum = non_empty(read_text(field).await?),
             "key_id" => new.key_id = non_empty(read_text(field).await?),
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown form field {other:?}; expected bundle, app_id, version_name, \
-                     description, session_key, checksum, key_id"
+                     description, link, min_update_version, session_key, checksum, key_id"
                 )))
             }
         }

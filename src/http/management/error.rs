@@ -2,7 +2,8 @@
 //! (the seed's UI shows `error`). Internal details are logged with a trace id, never sent.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -133,4 +134,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::BadRequest(format!("invalid JSON body: {}", rejection.body_text()))
             })
     }
+}
+
+/// Query parameters, refused with the same JSON error shape as every other failure (naming
+/// the missing or malformed parameter) rather than axum's plain-text default.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<ApiQuery<T>, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+    }
+}
+
+/// An `app_id` given to a route, checked as uploads check it (so a typo is a 400 naming the
+/// field, not an unknown app).
+pub fn checked_app_id(app_id: &str) -> Result<&str, ApiError> {
+    crate::domain::names::check_app_id(app_id).map_err(|e| ApiError::BadRequest(e.0))?;
+    Ok(app_id)
 }

@@ -2,7 +2,10 @@
 
 mod audit;
 pub mod auth;
+mod builds;
 mod bundles;
+mod channels;
+mod devices;
 mod error;
 mod public_keys;
 mod releases;
@@ -48,6 +51,25 @@ pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRout
             post(releases::set_active),
         ),
         ("/api/v1/releases.delete", Admin, post(releases::delete)),
+        ("/api/v1/channels.list", Read, get(channels::list)),
+        ("/api/v1/channels.update", Admin, post(channels::update)),
+        ("/api/v1/devices.list", Read, get(devices::list)),
+        ("/api/v1/devices.find", Read, get(devices::find)),
+        (
+            "/api/v1/devices.set-channel",
+            Admin,
+            post(devices::set_channel),
+        ),
+        (
+            "/api/v1/devices.unset-channel",
+            Admin,
+            post(devices::unset_channel),
+        ),
+        (
+            "/api/v1/builds.unregistered",
+            Read,
+            get(builds::unregistered),
+        ),
         ("/api/v1/public-keys.list", Read, get(public_keys::list)),
         ("/api/v1/public-keys.set", Admin, post(public_keys::set)),
         (

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, ChannelOverview, DeviceLookup};
+use crate::domain::channel_policy::ChannelRules;
+use crate::domain::targeting::{DeviceOverride, UnregisteredBuild};
 use crate::domain::{rfc3339, Bundle, Release};
 
 #[derive(Serialize)]
@@ -13,6 +15,10 @@ pub struct BundleView {
     pub app_id: String,
     pub version_name: String,
     pub description: String,
+    /// A link about the bundle (release notes) sent to devices with it, or `null`.
+    pub link: Option<String>,
+    /// The lowest native version devices need for it on `version_number` channels, or `null`.
+    pub min_update_version: Option<String>,
     pub crc_checksum: String,
     pub public_download_url: String,
     pub created_at: String,
@@ -81,6 +87,8 @@ impl BundleView {
             app_id: bundle.app_id.clone(),
             version_name: bundle.version_name.clone(),
             description: bundle.description.clone(),
+            link: bundle.link.clone(),
+            min_update_version: bundle.min_update_version.clone(),
             crc_checksum: bundle.crc32.clone(),
             public_download_url: catalog.download_url(bundle).await?,
             created_at: rfc3339(bundle.created_at),
@@ -156,6 +164,167 @@ impl From<&Release> for ReleaseView {
                 })
                 .collect(),
             owner: release.owner.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// What a channel allows, with the names `channels.update` takes.
+#[derive(Serialize)]
+pub struct ChannelRulesView {
+    pub allow_ios: bool,
+    pub allow_android: bool,
+    pub allow_electron: bool,
+    pub allow_emulator: bool,
+    pub allow_device: bool,
+    pub allow_dev_build: bool,
+    pub allow_prod_build: bool,
+    /// `none`, `major`, `minor`, `patch` or `version_number`.
+    pub update_policy: &'static str,
+    pub block_under_native: bool,
+    pub allow_device_self_set: bool,
+}
+
+impl From<&ChannelRules> for ChannelRulesView {
+    fn from(rules: &ChannelRules) -> ChannelRulesView {
+        ChannelRulesView {
+            allow_ios: rules.allow_ios,
+            allow_android: rules.allow_android,
+            allow_electron: rules.allow_electron,
+            allow_emulator: rules.allow_emulator,
+            allow_device: rules.allow_device,
+            allow_dev_build: rules.allow_dev_build,
+            allow_prod_build: rules.allow_prod_build,
+            update_policy: rules.update_policy.as_str(),
+            block_under_native: rules.block_under_native,
+            allow_device_self_set: rules.allow_device_self_set,
+        }
+    }
+}
+
+/// A channel of an app, its settings and how many devices are on it by override.
+#[derive(Serialize)]
+pub struct ChannelView {
+    pub app_id: String,
+    pub channel: String,
+    /// The numeric id devices see in `listChannels`; `null` until a release or a setting
+    /// creates the channel.
+    pub id: Option<i64>,
+    /// Whether settings were stored; otherwise `settings` are the defaults.
+    pub configured: bool,
+    pub settings: ChannelRulesView,
+    /// The Kubernetes resource managing the settings (`Channel ns/name`), or `null`.
+    pub owner: Option<String>,
+    /// Devices forced onto it (through the API or a `Channel` resource).
+    pub forced_devices: usize,
+    /// Devices that chose it themselves (plugins that keep no channel of their own).
+    pub chosen_by_devices: usize,
+    /// When the settings last changed; `null` for defaults.
+    pub updated_at: Option<String>,
+}
+
+impl From<&ChannelOverview> for ChannelView {
+    fn from(overview: &ChannelOverview) -> ChannelView {
+        let settings = &overview.settings;
+        ChannelView {
+            app_id: settings.app_id.clone(),
+            channel: settings.channel.to_string(),
+            id: overview.id,
+            configured: overview.configured,
+            settings: ChannelRulesView::from(&settings.rules),
+            owner: settings.owner.as_ref().map(ToString::to_string),
+            forced_devices: overview.forced_devices,
+            chosen_by_devices: overview.chosen_by_devices,
+            updated_at: overview.configured.then(|| rfc3339(settings.updated_at)),
+        }
+    }
+}
+
+/// A device put on a channel.
+#[derive(Serialize)]
+pub struct DeviceOverrideView {
+    pub app_id: String,
+    pub device_id: String,
+    pub channel: String,
+    /// Who put it there: `api`, `device` (its own `setChannel`, remembered for old plugins) or
+    /// the resource (`Channel ns/name`), which alone may change it.
+    pub source: String,
+    /// Whether it wins over the device's own choice (`api` and resources).
+    pub forced: bool,
+    pub updated_at: String,
+}
+
+impl From<&DeviceOverride> for DeviceOverrideView {
+    fn from(o: &DeviceOverride) -> DeviceOverrideView {
+        use crate::domain::targeting::OverrideSource;
+        DeviceOverrideView {
+            app_id: o.app_id.clone(),
+            device_id: o.device_id.clone(),
+            channel: o.channel.to_string(),
+            source: match &o.source {
+                OverrideSource::Resource(resource) => resource.to_string(),
+                other => other.to_stored(),
+            },
+            forced: o.source.is_forced(),
+            updated_at: rfc3339(o.updated_at),
+        }
+    }
+}
+
+/// A device found by `device_id` or `custom_id`: what its stats last said, and its override.
+#[derive(Serialize)]
+pub struct DeviceLookupView {
+    pub device_id: String,
+    /// From its latest stats event; `null` when it never sent stats (it has an override).
+    pub custom_id: Option<String>,
+    pub platform: Option<String>,
+    /// The bundle it last reported running.
+    pub version_name: Option<String>,
+    pub last_seen: Option<String>,
+    /// The channel it is put on, or `null` (it follows its own choice or the default).
+    #[serde(rename = "override")]
+    pub assigned: Option<DeviceOverrideView>,
+}
+
+impl From<&DeviceLookup> for DeviceLookupView {
+    fn from(found: &DeviceLookup) -> DeviceLookupView {
+        let seen = found.seen.as_ref();
+        DeviceLookupView {
+            device_id: found.device_id.clone(),
+            custom_id: seen.and_then(|s| s.custom_id.clone()),
+            platform: seen.and_then(|s| s.platform.clone()),
+            version_name: seen.and_then(|s| s.version_name.clone()),
+            last_seen: seen.map(|s| rfc3339(s.last_seen)),
+            assigned: found.assigned.as_ref().map(DeviceOverrideView::from),
+        }
+    }
+}
+
+/// A native build devices check in with that has no release yet.
+#[derive(Serialize)]
+pub struct UnregisteredBuildView {
+    pub platform: String,
+    pub app_id: String,
+    pub version_name: String,
+    pub version_code: String,
+    /// Distinct devices seen asking (a lower bound).
+    pub devices: u64,
+    /// Update checks seen.
+    pub checks: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+impl From<&UnregisteredBuild> for UnregisteredBuildView {
+    fn from(build: &UnregisteredBuild) -> UnregisteredBuildView {
+        UnregisteredBuildView {
+            platform: build.key.platform.to_string(),
+            app_id: build.key.app_id.clone(),
+            version_name: build.key.version_name.clone(),
+            version_code: build.key.version_code.clone(),
+            devices: build.devices,
+            checks: build.checks,
+            first_seen: rfc3339(build.first_seen),
+            last_seen: rfc3339(build.last_seen),
         }
     }
 }
