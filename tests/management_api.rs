@@ -1474,3 +1474,52 @@ async fn bundles_take_a_link_and_a_minimum_native_version() {
         "refused uploads stored nothing"
     );
 }
+
+#[tokio::test]
+async fn read_only_tokens_see_channels_devices_and_builds_but_change_nothing() {
+    let app = TestApp::new();
+    channel_catalog(&app).await;
+    let (status, made) = app
+        .post_json(
+            "/api/v1/tokens.create",
+            json!({"name": "dashboard", "scope": "read-only"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{made}");
+    let token = made["token"].as_str().unwrap();
+    let reads = [
+        format!("/api/v1/channels.list?app_id={APP_ID}"),
+        format!("/api/v1/devices.list?app_id={APP_ID}"),
+        format!("/api/v1/devices.find?app_id={APP_ID}&q={DEVICE_ID}"),
+        "/api/v1/builds.unregistered".to_string(),
+    ];
+    for path in &reads {
+        let (status, body) = app.call_as(("x-api-key", token), "GET", path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(body["data"].is_array(), "{path}: {body}");
+    }
+    let writes = [
+        (
+            "/api/v1/channels.update",
+            json!({"app_id": APP_ID, "channel": "production", "allow_ios": false}),
+        ),
+        (
+            "/api/v1/devices.set-channel",
+            json!({"app_id": APP_ID, "channel": "beta", "device_id": DEVICE_ID}),
+        ),
+        (
+            "/api/v1/devices.unset-channel",
+            json!({"app_id": APP_ID, "device_id": DEVICE_ID}),
+        ),
+    ];
+    for (path, body) in writes {
+        let (status, answer) = app
+            .call_as(("x-api-key", token), "POST", path, Some(body))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+    }
+    assert_eq!(
+        listed_channel(&app, "production").await["settings"]["allow_ios"],
+        true
+    );
+}

@@ -1482,6 +1482,33 @@ async fn a_channel_resource_refuses_what_it_does_not_own_and_what_cannot_work() 
     h.reconcile_channel("other-beta").await.unwrap();
     assert!(h.stored_settings("beta").await.is_some());
 
+    // A device another resource forces is refused the same way, before anything is written.
+    let mut with_device = h.api.get("channels", "shop-beta");
+    with_device["spec"]["devices"] = json!(["qa-phone-1"]);
+    h.api.put("channels", with_device);
+    h.reconcile_channel("shop-beta").await.unwrap();
+    h.api.put(
+        "channels",
+        h.channel(
+            "shop-alpha",
+            json!({"appId": common::APP_ID, "channel": "alpha", "devices": ["QA-Phone-1"]}),
+        ),
+    );
+    h.reconcile_channel("shop-alpha").await.unwrap();
+    let stalled = h.condition("channels", "shop-alpha", "Stalled");
+    assert_eq!(stalled["reason"], "ManagedElsewhere", "{stalled}");
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("device qa-phone-1") && message.contains("Channel apps/shop-beta"),
+        "{message}"
+    );
+    assert_eq!(h.stored_settings("alpha").await, None);
+    assert_eq!(
+        h.overrides().await["qa-phone-1"].0,
+        "beta",
+        "still where its resource put it"
+    );
+
     // Specs that slipped past the schema (an API server that skipped it): stalled with the
     // field, and their deletion still completes.
     for (name, spec, needle) in [

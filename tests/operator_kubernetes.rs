@@ -224,9 +224,9 @@ impl Cluster {
         })
     }
 
-    /// resourceVersion of every Bundle and Release.
+    /// resourceVersion of every Bundle, Release and Channel.
     fn resource_versions(&self) -> BTreeMap<String, String> {
-        let list = self.get("bundles,releases");
+        let list = self.get("bundles,releases,channels");
         list["items"]
             .as_array()
             .unwrap()
@@ -581,6 +581,24 @@ async fn channels_decide_whom_they_serve_and_give_it_back_when_deleted() {
         "the API server fills in the defaults: {beta}"
     );
 
+    // A restart reconciles both again and writes nothing.
+    let before = cluster.resource_versions();
+    assert!(server.stop().success());
+    let server = cluster.start_operator(data.path(), &cluster.kube.kubeconfig, "replica-a", &[]);
+    let client = Client::new(&server, API_KEY);
+    eventually(
+        Duration::from_secs(60),
+        "the Channels reconciled after the restart",
+        || async { (reconciles(&client, "Channel").await >= 2.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        cluster.resource_versions(),
+        before,
+        "a resync of unchanged Channels changes nothing\n{}",
+        server.log_text()
+    );
+
     let refused = device_gets(&client, "").await;
     assert_eq!(refused["error"], "disabled_platform_android", "{refused}");
     assert_eq!(refused["kind"], "blocked", "{refused}");
@@ -596,7 +614,7 @@ async fn channels_decide_whom_they_serve_and_give_it_back_when_deleted() {
 
     // What a Channel manages is changed through it, not through the REST API.
     let managed_by = |answer: &Value, name: &str| {
-        let message = answer["message"].as_str().unwrap_or_default().to_string();
+        let message = answer["error"].as_str().unwrap_or_default().to_string();
         assert!(
             message.contains(&format!("Channel {}/{name}", cluster.namespace)),
             "names the resource: {answer}"

@@ -501,7 +501,7 @@ async fn channel_settings_contract(store: &dyn MetadataStore) {
     let beta_id = channels[0].id;
     assert_eq!(
         store.channel_settings(Some(app)).await.unwrap(),
-        [beta.clone()],
+        std::slice::from_ref(&beta),
         "round trip"
     );
 
@@ -703,7 +703,7 @@ async fn device_override_contract(store: &dyn MetadataStore) {
             .device_overrides("com.contract.overrides-2")
             .await
             .unwrap(),
-        [elsewhere.clone()],
+        std::slice::from_ref(&elsewhere),
         "the same device id in another app is another device"
     );
     assert_eq!(store.device_overrides(app).await.unwrap().len(), 3);
@@ -1357,6 +1357,54 @@ async fn mongodb_meets_the_metadata_contract() {
             .await
             .unwrap();
     metadata_contract(Arc::new(store)).await;
+}
+
+/// Documents an earlier release wrote: a bundle without `link` and `min_update_version`, a
+/// channel without settings. They read as before, and the channel gets settings in place.
+#[tokio::test]
+async fn mongodb_reads_what_earlier_releases_stored() {
+    let Some(services) = common::Services::get() else {
+        return;
+    };
+    let database = common::Services::fresh_database();
+    let app = "com.contract.upgrade";
+    let old = bundle(app, "1.0.0", 1_000);
+    let db = mongodb::Client::with_uri_str(&services.mongo_url)
+        .await
+        .unwrap()
+        .database(&database);
+    db.collection::<mongodb::bson::Document>("bundles")
+        .insert_one(mongodb::bson::doc! {
+            "_id": mongodb::bson::oid::ObjectId::parse_str(old.id.as_str()).unwrap(),
+            "app_id": app, "version_name": &old.version_name, "description": &old.description,
+            "sha256": &old.sha256, "crc_checksum": &old.crc32, "size": old.size as i64,
+            "blob_key": &old.blob_key,
+            "created_at": mongodb::bson::DateTime::from_millis(old.created_at),
+        })
+        .await
+        .unwrap();
+    db.collection::<mongodb::bson::Document>("channels")
+        .insert_one(mongodb::bson::doc! {"_id": 41i64, "app_id": app, "name": "beta"})
+        .await
+        .unwrap();
+
+    let store = MongoMetadataStore::connect(&services.mongo_url, &database)
+        .await
+        .unwrap();
+    assert_eq!(store.bundle(&old.id).await.unwrap(), Some(old));
+    assert!(store.channel_settings(None).await.unwrap().is_empty());
+    let beta = settings(app, "beta", ChannelRules::default(), None, 10);
+    store.put_channel_settings(&beta).await.unwrap();
+    assert_eq!(store.channel_settings(Some(app)).await.unwrap(), [beta]);
+    let channels = store.channels(app).await.unwrap();
+    assert_eq!(
+        channels
+            .iter()
+            .map(|c| (c.id, c.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(41, "beta")],
+        "the settings went into the existing channel"
+    );
 }
 
 async fn s3_store(services: &common::Services, download_urls: DownloadUrls) -> S3BlobStore {

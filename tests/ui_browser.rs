@@ -241,7 +241,13 @@ impl Browser {
         .await;
     }
 
+    /// A screenshot of the page without its toasts (they would cover what it shows).
     async fn screenshot(&self, name: &str, width: u32, height: u32) {
+        self.script(
+            "document.getElementById('toast').replaceChildren()",
+            json!([]),
+        )
+        .await;
         self.call(
             "POST",
             "/window/rect",
@@ -410,7 +416,15 @@ async fn channels_devices_and_unregistered_builds(
     browser
         .wait_text("[data-channel='beta']", "1 device(s) put on it")
         .await;
+    browser.script("window.scrollTo(0, 0)", json!([])).await;
     browser.screenshots("channels").await;
+    browser
+        .script(
+            "document.getElementById('device-results').scrollIntoView()",
+            json!([]),
+        )
+        .await;
+    browser.screenshots("channel-devices").await;
 
     // Removing the override takes a confirmation; the device is back on production.
     browser.click(&format!("[data-unset='{DEVICE_ID}']")).await;
@@ -649,6 +663,15 @@ async fn manage_releases_in_a_real_browser() {
     // Keyboard only: Tab walks the navigation in order, and Enter on a link opens its page.
     browser.go(&format!("{ui}#/releases")).await;
     browser.wait_text("h1", "Releases").await;
+    // Showing a page ends by focusing <main>: wait for that, or it takes the focus back.
+    let started = Instant::now();
+    while browser.focused().await != "main" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the page never settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     browser
         .script("document.getElementById('nav-releases').focus()", json!([]))
         .await;

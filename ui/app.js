@@ -45,9 +45,14 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** Toasts shown at once, newest last: older ones make room so controls stay visible. */
+const MAX_TOASTS = 3;
+
 function toast(message) {
   const box = h("div", {}, message);
-  document.getElementById("toast").append(box);
+  const shelf = document.getElementById("toast");
+  while (shelf.children.length >= MAX_TOASTS) shelf.firstChild.remove();
+  shelf.append(box);
   setTimeout(() => box.remove(), 5000);
 }
 
@@ -555,8 +560,8 @@ function showChannels(admin) {
       const made = await attempt(() => api("POST", "channels.update", { app_id: app, channel: newName.value.trim() }), newError);
       if (made) { toast(`Channel ${made.channel.channel} added`); newChannel.reset(); refresh(); }
     },
-  }, h("div", { class: "row" }, h("div", {}, h("label", { for: "new-channel-name" }, "Add a channel (to set it up before a release serves it)"), newName),
-    h("div", {}, h("button", { type: "submit", id: "new-channel" }, "Add channel"))), newError);
+  }, h("div", { class: "row compact" }, h("div", {}, h("label", { for: "new-channel-name" }, "Add a channel (to set it up before a release serves it)"), newName),
+    h("div", { class: "row-action" }, h("button", { type: "submit", id: "new-channel" }, "Add channel"))), newError);
 
   const findError = h("p", { class: "error", role: "alert" });
   const query = h("input", { id: "device-query", placeholder: "device_id or custom_id", required: true, maxlength: 36 });
@@ -570,8 +575,8 @@ function showChannels(admin) {
       const found = await attempt(() => api("GET", `devices.find?app_id=${encodeURIComponent(app)}&q=${encodeURIComponent(query.value.trim())}`), findError);
       if (found) showFound(found.data);
     },
-  }, h("div", { class: "row" }, h("div", {}, h("label", { for: "device-query" }, "Find a device by device_id or custom_id"), query),
-    h("div", {}, h("button", { type: "submit", id: "device-find", class: "secondary" }, "Find"))), findError, results);
+  }, h("div", { class: "row compact" }, h("div", {}, h("label", { for: "device-query" }, "Find a device by device_id or custom_id"), query),
+    h("div", { class: "row-action" }, h("button", { type: "submit", id: "device-find", class: "secondary" }, "Find"))), findError, results);
   const showFound = (devices) => {
     results.replaceChildren(!devices.length ? h("p", { class: "muted" }, "No device of this app reported that id.")
       : h("div", { class: "table-wrap" }, h("table", {},
@@ -656,7 +661,7 @@ function showChannels(admin) {
           h("td", { "data-label": "Platform" }, b.platform),
           h("td", { "data-label": "Native version" }, h("strong", {}, b.version_name)),
           h("td", { "data-label": "Build number" }, b.version_code),
-          h("td", { "data-label": "Devices" }, `${b.devices} (${b.checks} checks)`),
+          h("td", { "data-label": "Devices" }, `${b.devices} (${b.checks} update checks)`),
           h("td", { "data-label": "Last seen" }, formatDate(b.last_seen)),
           h("td", { "data-label": "Actions" }, admin ? h("button", { type: "button", "data-register": `${b.platform}:${b.app_id}:${b.version_name}:${b.version_code}`,
             onclick: () => { buildToRegister = b; location.hash = "#/releases"; } }, "Register this build") : null)))))));

@@ -185,10 +185,10 @@ impl Catalog {
             return resolution;
         };
         match self.download_url(&target.bundle).await {
-            Ok(url) => Arc::new(Resolved::Target(ChannelTarget {
+            Ok(url) => Arc::new(Resolved::Target(Box::new(ChannelTarget {
                 url,
-                ..target.clone()
-            })),
+                ..(**target).clone()
+            }))),
             Err(_) => resolution,
         }
     }
@@ -221,13 +221,13 @@ impl Catalog {
             .channel_settings_of(&key.release.app_id, &key.channel)
             .await?
             .rules;
-        Ok(Resolved::Target(ChannelTarget {
+        Ok(Resolved::Target(Box::new(ChannelTarget {
             channel: key.channel.clone(),
             url: self.download_url(&bundle).await?,
             is_builtin: bundle.id == release.builtin_bundle_id,
             bundle,
             rules,
-        }))
+        })))
     }
 
     /// Follows changes other replicas make: clears the answer cache whenever the store's

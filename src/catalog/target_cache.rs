@@ -16,7 +16,8 @@ use crate::domain::{ChannelName, ReleaseKey};
 /// What a release and channel resolve to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
-    Target(ChannelTarget),
+    /// Boxed: a target is ten times the size of a refusal.
+    Target(Box<ChannelTarget>),
     Refused(DeviceRefusal),
     /// A native build of a known app that has no release: devices get `refusal`, and the
     /// build is counted so people can register it.

@@ -256,6 +256,18 @@ impl Catalog {
             .metadata
             .device_overrides(&desired.app_id)
             .await?;
+        // A device another resource forces stays with it: two resources would otherwise take
+        // it from each other at each resync, both reporting success.
+        for held in &existing {
+            if let OverrideSource::Resource(other) = &held.source {
+                if other != &desired.owner && devices.contains(&held.device_id) {
+                    return Err(CatalogError::owned(
+                        crate::domain::ownership::OwnershipRefusal::ManagedBy(other.clone()),
+                        &format!("the channel of device {}", held.device_id),
+                    ));
+                }
+            }
+        }
         let mut written = false;
         if current.rules != desired.rules || current.owner.as_ref() != Some(&desired.owner) {
             self.metadata

@@ -3,7 +3,7 @@
 //! batches. Nothing is written per check.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use crate::domain::targeting::{UnregisteredBuild, MAX_DEVICES_COUNTED};
@@ -31,11 +31,7 @@ struct Tally {
 impl UnregisteredTally {
     /// Counts one check of `key` by `device_id`.
     pub fn note(&self, key: &ReleaseKey, device_id: &str) {
-        let device = {
-            let mut hasher = self.hasher.build_hasher();
-            device_id.hash(&mut hasher);
-            hasher.finish()
-        };
+        let device = self.hasher.hash_one(device_id);
         let now = now_millis();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !state.contains_key(key) && state.len() >= MAX_BUILDS_TALLIED {

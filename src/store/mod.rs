@@ -186,8 +186,9 @@ pub trait AppKeyStore: Send + Sync + 'static {
 
 /// Channel settings, device overrides and the native builds devices run that have no release:
 /// what decides which channel a device is on and what the channel lets it have. Part of what
-/// the catalog reads and writes; every write here changes [`CatalogVersion::targeting_revision`]
-/// on stores other processes share.
+/// the catalog reads and writes; every settings or override write that changes something moves
+/// [`CatalogVersion::targeting_revision`] on stores other processes share (unregistered builds
+/// change no answer and do not).
 #[async_trait]
 pub trait TargetingStore: Send + Sync + 'static {
     /// The settings stored for the channels of `app_id` (all apps when `None`), by app then
@@ -284,7 +285,8 @@ pub trait AccessStore: Send + Sync + 'static {
     ) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// A snapshot of the release collection that differs after any insert, promote or delete.
+/// A snapshot of what `/updates` answers from that differs after any release insert, promote or
+/// delete, and after any channel-settings or device-override write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogVersion {
     /// The newest stamp on a release (inserts and promotes).

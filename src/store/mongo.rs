@@ -392,6 +392,19 @@ pub(super) async fn open_database(
     Ok(db)
 }
 
+/// An index on `keys` that refuses a second document with the same values.
+fn unique_index(keys: Document) -> IndexModel {
+    IndexModel::builder()
+        .keys(keys)
+        .options(IndexOptions::builder().unique(true).build())
+        .build()
+}
+
+/// An index on `keys` for queries.
+fn plain_index(keys: Document) -> IndexModel {
+    IndexModel::builder().keys(keys).build()
+}
+
 impl MongoMetadataStore {
     /// Connects (checking the server answers) and creates collections and indexes.
     pub async fn connect(uri: &str, database: &str) -> Result<MongoMetadataStore, StoreError> {
@@ -404,47 +417,45 @@ impl MongoMetadataStore {
 
     /// Creates the indexes every query needs; safe to run again.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let unique = |keys: Document| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().unique(true).build())
-                .build()
-        };
-        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
         self.bundles()
             .create_indexes([
-                unique(doc! {"app_id": 1, "version_name": 1}),
-                plain(doc! {"created_at": -1}),
+                unique_index(doc! {"app_id": 1, "version_name": 1}),
+                plain_index(doc! {"created_at": -1}),
             ])
             .await
             .map_err(map_error)?;
         self.releases()
             .create_indexes([
                 // The seed's unique index: one record per native build.
-                unique(doc! {"version_name": 1, "platform": 1, "app_id": 1, "version_code": 1}),
-                plain(doc! {"builtin_bundle_id": 1}),
-                plain(doc! {"channels.bundle_id": 1}),
-                plain(doc! {"revision": -1}),
-                plain(doc! {"created_at": -1}),
+                unique_index(
+                    doc! {"version_name": 1, "platform": 1, "app_id": 1, "version_code": 1},
+                ),
+                plain_index(doc! {"builtin_bundle_id": 1}),
+                plain_index(doc! {"channels.bundle_id": 1}),
+                plain_index(doc! {"revision": -1}),
+                plain_index(doc! {"created_at": -1}),
             ])
             .await
             .map_err(map_error)?;
         self.channel_docs()
-            .create_index(unique(doc! {"app_id": 1, "name": 1}))
+            .create_index(unique_index(doc! {"app_id": 1, "name": 1}))
             .await
             .map_err(map_error)?;
         self.stats()
-            .create_index(plain(
+            .create_index(plain_index(
                 doc! {"app_id": 1, "version_name": 1, "occurred_at": 1},
             ))
             .await
             .map_err(map_error)?;
         self.api_tokens()
-            .create_indexes([unique(doc! {"name": 1}), unique(doc! {"digest": 1})])
+            .create_indexes([
+                unique_index(doc! {"name": 1}),
+                unique_index(doc! {"digest": 1}),
+            ])
             .await
             .map_err(map_error)?;
         self.audit_log()
-            .create_index(plain(doc! {"at": -1, "_id": -1}))
+            .create_index(plain_index(doc! {"at": -1, "_id": -1}))
             .await
             .map_err(map_error)?;
         self.migrate_targeting().await
@@ -982,9 +993,9 @@ impl CatalogStore for MongoMetadataStore {
             .await
             .map_err(map_error)?;
         // Both counters in one round trip (this runs every poll, on every replica).
-        let counters: Vec<Document> = all(self.counters().find(
-            doc! {"_id": {"$in": [DELETIONS_COUNTER, targeting::TARGETING_COUNTER]}},
-        ))
+        let counters: Vec<Document> = all(self
+            .counters()
+            .find(doc! {"_id": {"$in": [DELETIONS_COUNTER, targeting::TARGETING_COUNTER]}}))
         .await?;
         let seq = |counter: &str| {
             counters

@@ -12,10 +12,11 @@
 //!   `$max` and `$min` (commutative, so replicas flushing at once lose nothing), at most
 //!   [`MAX_UNREGISTERED_BUILDS`].
 //!
-//! Every settings or override write that changed something then bumps a shared counter that
-//! [`crate::store::CatalogStore::catalog_version`] reports as `targeting_revision`, so other
-//! replicas clear their answer caches. It is bumped after the write: a replica that sees the new
-//! value also sees the write.
+//! Every settings or override write (a removal: when it removed something) then bumps a shared
+//! counter that [`crate::store::CatalogStore::catalog_version`] reports as `targeting_revision`,
+//! so other replicas clear their answer caches. It is bumped after the write: a replica that
+//! sees the new value also sees the write. (A process that dies between the two leaves the
+//! change unnoticed until the next bump, as with release deletions.)
 
 use async_trait::async_trait;
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -24,7 +25,10 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 
-use super::{all, map_error, millis, MongoMetadataStore, StoreError, WRITE_ATTEMPTS};
+use super::{
+    all, map_error, millis, plain_index, unique_index, MongoMetadataStore, StoreError,
+    WRITE_ATTEMPTS,
+};
 use crate::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
 use crate::domain::targeting::{
     DeviceOverride, OverrideSource, UnregisteredBuild, MAX_UNREGISTERED_BUILDS,
@@ -227,28 +231,21 @@ impl MongoMetadataStore {
 
     /// Indexes for the collections of this module; part of [`MongoMetadataStore::migrate`].
     pub(super) async fn migrate_targeting(&self) -> Result<(), StoreError> {
-        use mongodb::options::IndexOptions;
-        use mongodb::IndexModel;
-        let unique = |keys: Document| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().unique(true).build())
-                .build()
-        };
-        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
         self.overrides()
             .create_indexes([
                 // One record per device: what keeps a device's choice from replacing a
                 // forced override (see `put_device_choice`).
-                unique(doc! {"app_id": 1, "device_id": 1}),
-                plain(doc! {"source": 1}),
+                unique_index(doc! {"app_id": 1, "device_id": 1}),
+                plain_index(doc! {"source": 1}),
             ])
             .await
             .map_err(map_error)?;
         self.unregistered()
             .create_indexes([
-                unique(doc! {"platform": 1, "app_id": 1, "version_name": 1, "version_code": 1}),
-                plain(doc! {"last_seen": -1}),
+                unique_index(
+                    doc! {"platform": 1, "app_id": 1, "version_name": 1, "version_code": 1},
+                ),
+                plain_index(doc! {"last_seen": -1}),
             ])
             .await
             .map_err(map_error)?;
@@ -256,8 +253,8 @@ impl MongoMetadataStore {
             .collection::<Document>("stats_events")
             .create_indexes([
                 // For find_devices: a device's events newest first, and devices by custom id.
-                plain(doc! {"app_id": 1, "device_id": 1, "occurred_at": -1}),
-                plain(doc! {"app_id": 1, "custom_id": 1}),
+                plain_index(doc! {"app_id": 1, "device_id": 1, "occurred_at": -1}),
+                plain_index(doc! {"app_id": 1, "custom_id": 1}),
             ])
             .await
             .map_err(map_error)?;
@@ -413,18 +410,49 @@ impl TargetingStore for MongoMetadataStore {
     }
 
     async fn put_device_choice(&self, choice: &DeviceOverride) -> Result<bool, StoreError> {
-        // MUTATION: check, then write (racy).
-        let current = self
-            .overrides()
-            .find_one(override_key(&choice.app_id, &choice.device_id))
-            .await
-            .map_err(map_error)?;
-        if current.is_some_and(|o| o.source != "device") {
-            return Ok(false);
+        let device = OverrideSource::Device.to_stored();
+        let mut filter = override_key(&choice.app_id, &choice.device_id);
+        filter.insert("source", device.as_str());
+        let update = doc! {"$set": {
+            "channel": choice.channel.as_str(),
+            "updated_at": DateTime::from_millis(choice.updated_at),
+        }};
+        for _ in 0..WRITE_ATTEMPTS {
+            // Updates the device's earlier choice, or inserts (app, device, source: device
+            // from the filter); the unique (app, device) index refuses that insert when the
+            // device has another record, so a forced override is never replaced.
+            let upserted = self
+                .overrides()
+                .update_one(filter.clone(), update.clone())
+                .upsert(true)
+                .await
+                .map_err(map_error);
+            match upserted {
+                Ok(_) => {
+                    self.targeting_changed().await?;
+                    return Ok(true);
+                }
+                Err(StoreError::Duplicate(_)) => {}
+                Err(e) => return Err(e),
+            }
+            // Either forced, or another call inserted the device's choice first (then the
+            // next attempt updates it).
+            let current = self
+                .overrides()
+                .find_one(override_key(&choice.app_id, &choice.device_id))
+                .await
+                .map_err(map_error)?;
+            if current.is_some_and(|o| o.source != device) {
+                return Ok(false);
+            }
         }
-        self.upsert_override(OverrideDoc::from(choice)).await?;
-        self.targeting_changed().await?;
-        Ok(true)
+        Err(StoreError::unavailable(
+            format!(
+                "the override of device {} of {} kept changing while being written",
+                choice.device_id, choice.app_id
+            ),
+            format!("{WRITE_ATTEMPTS} attempts"),
+        ))
     }
 
     async fn delete_device_overrides(

@@ -9,6 +9,9 @@
 //!   "one record per device" hold, and the device's own choice a single conditional upsert.
 //! - `unregistered_builds`: one row per native build, at most
 //!   [`MAX_UNREGISTERED_BUILDS`] (trimmed in the same transaction as each batch).
+//! - Two indexes on `stats_events` so finding a device by id or custom id reads that device's
+//!   events rather than the app's (each stats insert maintains them; the custom-id one only for
+//!   events that carry one).
 //!
 //! This process is the only writer of its database, so nothing here moves a catalog version:
 //! the catalog clears its own answer cache after each write.
