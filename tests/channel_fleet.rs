@@ -31,7 +31,11 @@ fn settings() -> BTreeMap<&'static str, Value> {
 }
 
 /// What each channel serves.
-const BUNDLES: [(&str, &str); 3] = [("production", "1.0.1"), ("beta", "1.1.0"), ("private", "1.2.0")];
+const BUNDLES: [(&str, &str); 3] = [
+    ("production", "1.0.1"),
+    ("beta", "1.1.0"),
+    ("private", "1.2.0"),
+];
 
 struct Device {
     id: String,
@@ -72,7 +76,12 @@ fn expected(device: &Device) -> String {
     if !device.is_emulator && !allows("allow_device") {
         return "disable_device".into();
     }
-    BUNDLES.iter().find(|(c, _)| *c == channel).unwrap().1.to_string()
+    BUNDLES
+        .iter()
+        .find(|(c, _)| *c == channel)
+        .unwrap()
+        .1
+        .to_string()
 }
 
 /// A deterministic spread of devices (a small linear congruential generator: no dependency,
@@ -80,7 +89,9 @@ fn expected(device: &Device) -> String {
 fn fleet() -> Vec<Device> {
     let mut state: u64 = 0x5eed;
     let mut next = move |n: u64| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (state >> 33) % n
     };
     (0..DEVICES)
@@ -116,7 +127,10 @@ async fn every_device_gets_what_its_channel_allows_and_the_cache_stays_per_chann
     for (channel, version) in BUNDLES {
         let (status, bundle) = client.upload(APP_ID, version, web_bundle(version)).await;
         assert_eq!(status, 200, "{bundle}");
-        bundle_ids.insert(channel, bundle["bundle"]["id"].as_str().unwrap().to_string());
+        bundle_ids.insert(
+            channel,
+            bundle["bundle"]["id"].as_str().unwrap().to_string(),
+        );
     }
     for platform in ["android", "ios", "electron"] {
         let (status, release) = client
@@ -182,9 +196,15 @@ async fn every_device_gets_what_its_channel_allows_and_the_cache_stays_per_chann
             .unwrap_or_default()
             .to_string();
         assert_eq!(
-            got, want,
+            got,
+            want,
             "device {} ({} emulator={} prod={} asks={:?} forced={:?}): {answer}",
-            device.id, device.platform, device.is_emulator, device.is_prod, device.asks, device.forced
+            device.id,
+            device.platform,
+            device.is_emulator,
+            device.is_prod,
+            device.asks,
+            device.forced
         );
         if answer.get("error").is_some() {
             assert_eq!(answer["kind"], "blocked", "{answer}");
@@ -205,7 +225,10 @@ async fn every_device_gets_what_its_channel_allows_and_the_cache_stays_per_chann
         "disable_emulator",
         "disable_device",
     ] {
-        assert!(outcomes.get(outcome).is_some_and(|n| *n > 0), "{outcome} never seen: {outcomes:?}");
+        assert!(
+            outcomes.get(outcome).is_some_and(|n| *n > 0),
+            "{outcome} never seen: {outcomes:?}"
+        );
     }
     let misses = client
         .metric("capgo_answer_cache_lookups_total{result=\"miss\"}")

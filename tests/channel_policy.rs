@@ -107,7 +107,11 @@ async fn device_rules_block_quietly_with_the_official_codes() {
         assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
         // Back to the defaults for the next case.
         configure(&app, "production", everything_allowed()).await;
-        assert_eq!(app.check(&device).await["version"], "1.0.1", "{error} reset");
+        assert_eq!(
+            app.check(&device).await["version"],
+            "1.0.1",
+            "{error} reset"
+        );
     }
     // Devices that do not say (old plugins) pass the emulator and build checks.
     configure(
@@ -210,7 +214,10 @@ async fn version_number_policy_uses_the_bundles_minimum() {
     )
     .await;
     let answer = app.check(&device_body("builtin", "8.51.14")).await;
-    assert_eq!(answer["error"], "disable_auto_update_to_metadata", "{answer}");
+    assert_eq!(
+        answer["error"], "disable_auto_update_to_metadata",
+        "{answer}"
+    );
     assert_eq!(answer["breaking"], true);
     // A minimum that is not a version is refused at upload, naming the field.
     let (status, refused) = app
@@ -336,13 +343,25 @@ async fn old_plugins_have_their_channel_remembered_until_they_unset_it() {
         json!({"channel": "beta", "status": "override", "allowSet": true})
     );
     // Another device of the same build is not affected.
-    let other = with(old.clone(), "device_id", json!("00000000-0000-4000-8000-000000000001"));
+    let other = with(
+        old.clone(),
+        "device_id",
+        json!("00000000-0000-4000-8000-000000000001"),
+    );
     assert_eq!(app.check(&other).await["version"], "1.0.1");
     // One record per device, however often it chooses.
     for _ in 0..3 {
         app.device_post("/channel_self", set.to_string()).await;
     }
-    assert_eq!(app.state.catalog.device_overrides(APP_ID).await.unwrap().len(), 1);
+    assert_eq!(
+        app.state
+            .catalog
+            .device_overrides(APP_ID)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     let delete = Request::delete("/channel_self")
         .body(Body::from(old.to_string()))
@@ -352,14 +371,26 @@ async fn old_plugins_have_their_channel_remembered_until_they_unset_it() {
         (StatusCode::OK, json!({"status": "ok"}))
     );
     assert_eq!(app.check(&old).await["version"], "1.0.1", "forgotten");
-    assert!(app.state.catalog.device_overrides(APP_ID).await.unwrap().is_empty());
+    assert!(app
+        .state
+        .catalog
+        .device_overrides(APP_ID)
+        .await
+        .unwrap()
+        .is_empty());
 
     // Current plugins keep their channel themselves: nothing is stored for them.
     let mut current = device_body("builtin", "8.51.14");
     current["channel"] = json!("beta");
     let (_, answer) = app.device_post("/channel_self", current.to_string()).await;
     assert_eq!(answer["status"], "ok");
-    assert!(app.state.catalog.device_overrides(APP_ID).await.unwrap().is_empty());
+    assert!(app
+        .state
+        .catalog
+        .device_overrides(APP_ID)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -376,7 +407,9 @@ async fn forced_devices_cannot_choose_another_channel() {
         let (_, answer) = app.device_post("/channel_self", set.to_string()).await;
         assert_eq!(answer["error"], "cannot_override", "{plugin}: {answer}");
         assert_eq!(
-            TestApp::call(&app.device, put(&device_body("builtin", plugin))).await.1,
+            TestApp::call(&app.device, put(&device_body("builtin", plugin)))
+                .await
+                .1,
             json!({"channel": "beta", "status": "override", "allowSet": true}),
             "{plugin}"
         );
@@ -389,14 +422,25 @@ async fn forced_devices_cannot_choose_another_channel() {
             .body(Body::from(device_body("builtin", plugin).to_string()))
             .unwrap();
         TestApp::call(&app.device, delete).await;
-        assert_eq!(app.state.catalog.device_overrides(APP_ID).await.unwrap().len(), 1);
+        assert_eq!(
+            app.state
+                .catalog
+                .device_overrides(APP_ID)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
     app.state
         .catalog
         .release_devices(APP_ID, &[DEVICE_ID.to_string()])
         .await
         .unwrap();
-    assert_eq!(app.check(&device_body("builtin", "8.51.14")).await["version"], "1.0.1");
+    assert_eq!(
+        app.check(&device_body("builtin", "8.51.14")).await["version"],
+        "1.0.1"
+    );
 }
 
 #[tokio::test]
@@ -447,9 +491,14 @@ async fn unregistered_builds_are_quiet_and_counted_without_a_write_per_check() {
     unknown["version_code"] = json!("11");
     for n in 0..5 {
         let device = format!("00000000-0000-4000-8000-00000000000{}", n % 3);
-        let answer = app.check(&with(unknown.clone(), "device_id", json!(device))).await;
+        let answer = app
+            .check(&with(unknown.clone(), "device_id", json!(device)))
+            .await;
         assert_eq!(answer["error"], "no_release");
-        assert_eq!(answer["kind"], "blocked", "quiet: no download_fail from 8.45.11+");
+        assert_eq!(
+            answer["kind"], "blocked",
+            "quiet: no download_fail from 8.45.11+"
+        );
     }
     // Another app's devices are not counted (anyone can send any app id).
     let stranger = with(unknown.clone(), "app_id", json!("com.stranger.app"));
@@ -478,7 +527,13 @@ async fn unregistered_builds_are_quiet_and_counted_without_a_write_per_check() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(app.state.catalog.unregistered_builds().await.unwrap().is_empty());
+    assert!(app
+        .state
+        .catalog
+        .unregistered_builds()
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(app.check(&unknown).await["kind"], "up_to_date");
 }
 
@@ -543,5 +598,49 @@ async fn channel_self_refuses_malformed_device_fields() {
         );
         assert!(answer["error"].is_string());
     }
-    assert!(app.state.catalog.device_overrides(APP_ID).await.unwrap().is_empty());
+    assert!(app
+        .state
+        .catalog
+        .device_overrides(APP_ID)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn a_channel_resource_takes_over_a_device_people_forced_only_when_it_adopts() {
+    use capgo_server::catalog::{CatalogError, DesiredChannel};
+    use capgo_server::domain::channel_policy::ChannelRules;
+    use capgo_server::domain::{ChannelName, ResourceRef};
+
+    let app = catalog().await;
+    let catalog = &app.state.catalog;
+    catalog
+        .force_devices(APP_ID, &[DEVICE_ID.to_string()], "production")
+        .await
+        .unwrap();
+    let mut desired = DesiredChannel {
+        app_id: APP_ID.into(),
+        channel: ChannelName::parse("beta").unwrap(),
+        rules: ChannelRules::default(),
+        devices: vec![DEVICE_ID.to_string()],
+        owner: ResourceRef::new("Channel", "apps", "beta"),
+        adopt: false,
+    };
+    let refused = catalog.apply_channel(&desired).await.unwrap_err();
+    assert!(
+        matches!(&refused, CatalogError::Owned { adoptable: true, message } if message.contains("adopt")),
+        "{refused}"
+    );
+    assert_eq!(
+        app.check(&device_body("builtin", "8.51.14")).await["version"],
+        "1.0.1",
+        "nothing written"
+    );
+    desired.adopt = true;
+    assert!(catalog.apply_channel(&desired).await.unwrap());
+    assert_eq!(
+        app.check(&device_body("builtin", "8.51.14")).await["version"],
+        "1.1.0"
+    );
 }

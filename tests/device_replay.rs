@@ -85,7 +85,10 @@ impl Plugin {
                 }
             }
             for key in ["major", "breaking"] {
-                if answer.get(key).is_some_and(|v| !v.is_boolean() && !v.is_null()) {
+                if answer
+                    .get(key)
+                    .is_some_and(|v| !v.is_boolean() && !v.is_null())
+                {
                     return Outcome::Broken(format!("decode_error on `{key}`"));
                 }
             }
@@ -144,7 +147,9 @@ impl Plugin {
                 || answer["error"] == "disable_auto_update_to_major"
                 || answer["message"] == "store_update_required"
         } else {
-            answer["major"] == true && answer.get("message").is_some() && answer["version"].is_string()
+            answer["major"] == true
+                && answer.get("message").is_some()
+                && answer["version"].is_string()
         };
         let kind = answer["kind"].as_str().unwrap_or("failed");
         Reactions {
@@ -351,7 +356,10 @@ async fn plugins_5_to_8_hear_store_updates_and_stay_quiet_when_blocked() {
             .await;
         let id = release["release"]["id"].as_str().unwrap();
         client
-            .manage("releases.set-active", json!({"release_id": id, "bundle_id": major}))
+            .manage(
+                "releases.set-active",
+                json!({"release_id": id, "bundle_id": major}),
+            )
             .await;
     }
     let (status, answer) = client
@@ -367,9 +375,15 @@ async fn plugins_5_to_8_hear_store_updates_and_stay_quiet_when_blocked() {
             let label = format!("{platform} {version}");
             let (status, answer) = client.device("/updates", &plugin.body(None)).await;
             assert_eq!(status, 200, "{label}");
-            let current = plugin.body(None)["version_name"].as_str().unwrap().to_string();
+            let current = plugin.body(None)["version_name"]
+                .as_str()
+                .unwrap()
+                .to_string();
             assert!(
-                !matches!(plugin.interpret(&answer, &current), Outcome::Download { .. }),
+                !matches!(
+                    plugin.interpret(&answer, &current),
+                    Outcome::Download { .. }
+                ),
                 "{label}: a major bundle must not download: {answer}"
             );
             assert_eq!(

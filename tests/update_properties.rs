@@ -93,7 +93,13 @@ prop_compose! {
 }
 
 fn choice() -> impl Strategy<Value = ChannelChoice> {
-    proptest::sample::select(&[ChannelChoice::Default, ChannelChoice::Forced, ChannelChoice::ByDevice][..])
+    proptest::sample::select(
+        &[
+            ChannelChoice::Default,
+            ChannelChoice::Forced,
+            ChannelChoice::ByDevice,
+        ][..],
+    )
 }
 
 fn beta() -> ChannelName {

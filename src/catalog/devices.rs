@@ -131,7 +131,10 @@ impl Catalog {
     /// The override that decides a device's channel, if any: forced ones always, a choice the
     /// server remembered only for plugins that keep none themselves (a device that updated
     /// its plugin follows its own choice again).
-    async fn override_for(&self, device: &DeviceInfo) -> Result<Option<FoundOverride>, CatalogError> {
+    async fn override_for(
+        &self,
+        device: &DeviceInfo,
+    ) -> Result<Option<FoundOverride>, CatalogError> {
         let overrides = self.overrides_of(&device.release.app_id).await?;
         let Some(found) = overrides.get(&device.device_id) else {
             return Ok(None);
@@ -162,11 +165,8 @@ impl Catalog {
         };
         match self.metadata.device_overrides(app_id).await {
             Ok(list) => {
-                let overrides: OverrideMap = Arc::new(
-                    list.into_iter()
-                        .map(|o| (o.device_id.clone(), o))
-                        .collect(),
-                );
+                let overrides: OverrideMap =
+                    Arc::new(list.into_iter().map(|o| (o.device_id.clone(), o)).collect());
                 self.targets
                     .store_overrides(app_id, generation, overrides.clone());
                 Ok(overrides)
@@ -203,7 +203,11 @@ impl Catalog {
                 kind: RefusalKind::Blocked,
                 store_update: None,
             };
-            let app_known = !self.metadata.channels(&key.release.app_id).await?.is_empty();
+            let app_known = !self
+                .metadata
+                .channels(&key.release.app_id)
+                .await?
+                .is_empty();
             return Ok(if app_known {
                 Resolved::Unregistered(refusal)
             } else {

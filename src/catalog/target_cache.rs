@@ -142,7 +142,10 @@ mod tests {
     }
 
     fn resolution() -> Resolution {
-        Arc::new(Resolved::Refused(DeviceRefusal::failed("no_bundle", "none")))
+        Arc::new(Resolved::Refused(DeviceRefusal::failed(
+            "no_bundle",
+            "none",
+        )))
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Catalog, CatalogError};
 use crate::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
-use crate::domain::ownership::check_may_change;
+use crate::domain::ownership::{check_may_change, OwnershipRefusal};
 use crate::domain::targeting::{
     parse_device_id, DeviceOverride, OverrideSource, UnregisteredBuild, MAX_DEVICES_PER_REQUEST,
 };
@@ -252,21 +252,24 @@ impl Catalog {
             })?;
         }
         let source = OverrideSource::Resource(desired.owner.clone());
-        let existing: Vec<DeviceOverride> = self
-            .metadata
-            .device_overrides(&desired.app_id)
-            .await?;
+        let existing: Vec<DeviceOverride> = self.metadata.device_overrides(&desired.app_id).await?;
         // A device another resource forces stays with it: two resources would otherwise take
-        // it from each other at each resync, both reporting success.
-        for held in &existing {
-            if let OverrideSource::Resource(other) = &held.source {
-                if other != &desired.owner && devices.contains(&held.device_id) {
-                    return Err(CatalogError::owned(
-                        crate::domain::ownership::OwnershipRefusal::ManagedBy(other.clone()),
-                        &format!("the channel of device {}", held.device_id),
-                    ));
+        // it from each other at each resync, both reporting success. A device people forced
+        // through the API is taken over only when the resource adopts (as for releases).
+        for held in existing.iter().filter(|o| devices.contains(&o.device_id)) {
+            let refusal = match &held.source {
+                OverrideSource::Resource(other) if other != &desired.owner => {
+                    OwnershipRefusal::ManagedBy(other.clone())
                 }
-            }
+                OverrideSource::Api if !desired.adopt => {
+                    OwnershipRefusal::NotAdopted(desired.owner.clone())
+                }
+                _ => continue,
+            };
+            return Err(CatalogError::owned(
+                refusal,
+                &format!("the channel of device {}", held.device_id),
+            ));
         }
         let mut written = false;
         if current.rules != desired.rules || current.owner.as_ref() != Some(&desired.owner) {
@@ -323,7 +326,9 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let settings = self.channel_settings_of(app_id, channel).await?;
         if settings.owner.as_ref() == Some(owner) {
-            self.metadata.delete_channel_settings(app_id, channel).await?;
+            self.metadata
+                .delete_channel_settings(app_id, channel)
+                .await?;
         }
         self.metadata
             .replace_resource_overrides(&OverrideSource::Resource(owner.clone()), &[])
@@ -333,7 +338,10 @@ impl Catalog {
     }
 
     /// The devices of an app that have an override, by device id.
-    pub async fn device_overrides(&self, app_id: &str) -> Result<Vec<DeviceOverride>, CatalogError> {
+    pub async fn device_overrides(
+        &self,
+        app_id: &str,
+    ) -> Result<Vec<DeviceOverride>, CatalogError> {
         Ok(self.metadata.device_overrides(app_id).await?)
     }
 
@@ -394,12 +402,16 @@ impl Catalog {
         Ok(removed)
     }
 
-    async fn check_not_managed(&self, app_id: &str, devices: &[String]) -> Result<(), CatalogError> {
+    async fn check_not_managed(
+        &self,
+        app_id: &str,
+        devices: &[String],
+    ) -> Result<(), CatalogError> {
         let overrides = self.metadata.device_overrides(app_id).await?;
         for o in overrides.iter().filter(|o| devices.contains(&o.device_id)) {
             if let OverrideSource::Resource(owner) = &o.source {
                 return Err(CatalogError::owned(
-                    crate::domain::ownership::OwnershipRefusal::ManagedBy(owner.clone()),
+                    OwnershipRefusal::ManagedBy(owner.clone()),
                     &format!("the channel of device {}", o.device_id),
                 ));
             }
@@ -421,7 +433,8 @@ impl Catalog {
             ));
         }
         let overrides = self.metadata.device_overrides(app_id).await?;
-        let override_of = |device_id: &str| overrides.iter().find(|o| o.device_id == device_id).cloned();
+        let override_of =
+            |device_id: &str| overrides.iter().find(|o| o.device_id == device_id).cloned();
         let mut found: Vec<DeviceLookup> = self
             .metadata
             .find_devices(app_id, id, 50)
@@ -493,7 +506,9 @@ impl Catalog {
 /// Device ids people or resources give: each checked, lowercased, without repeats.
 fn parse_device_ids(ids: &[String], field: &str) -> Result<Vec<String>, CatalogError> {
     if ids.is_empty() {
-        return Err(CatalogError::Invalid(format!("{field}: name at least one device")));
+        return Err(CatalogError::Invalid(format!(
+            "{field}: name at least one device"
+        )));
     }
     if ids.len() > MAX_DEVICES_PER_REQUEST {
         return Err(CatalogError::Invalid(format!(

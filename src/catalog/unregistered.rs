@@ -114,7 +114,11 @@ mod tests {
         let taken = tally.take();
         assert_eq!((taken[0].devices, taken[0].checks), (3, 1));
         tally.restore(&taken);
-        assert_eq!(tally.take()[0].checks, 1, "a failed flush is written next time");
+        assert_eq!(
+            tally.take()[0].checks,
+            1,
+            "a failed flush is written next time"
+        );
         tally.forget(&build(1));
         tally.note(&build(1), "d");
         assert_eq!(tally.take()[0].devices, 1);

@@ -179,12 +179,13 @@ impl ChannelRules {
             };
             return Err(blocked(
                 error,
-                format!("Channel {channel} does not serve {} devices", device.platform),
+                format!(
+                    "Channel {channel} does not serve {} devices",
+                    device.platform
+                ),
             ));
         }
-        if choice == ChannelChoice::ByDevice
-            && !channel.is_default()
-            && !self.allow_device_self_set
+        if choice == ChannelChoice::ByDevice && !channel.is_default() && !self.allow_device_self_set
         {
             return Err(blocked(
                 "cannot_update_via_private_channel",
@@ -334,13 +335,33 @@ mod tests {
         let cases = [
             (UpdatePolicy::None, "1.2.3", "9.0.0", "ok"),
             (UpdatePolicy::Major, "1.2.3", "1.9.0", "ok"),
-            (UpdatePolicy::Major, "1.2.3", "2.0.0", "disable_auto_update_to_major"),
+            (
+                UpdatePolicy::Major,
+                "1.2.3",
+                "2.0.0",
+                "disable_auto_update_to_major",
+            ),
             (UpdatePolicy::Major, "2.0.0", "1.0.0", "ok"),
             (UpdatePolicy::Minor, "1.2.3", "1.2.9", "ok"),
-            (UpdatePolicy::Minor, "1.2.3", "1.3.0", "disable_auto_update_to_minor"),
-            (UpdatePolicy::Minor, "1.2.3", "2.2.0", "disable_auto_update_to_minor"),
+            (
+                UpdatePolicy::Minor,
+                "1.2.3",
+                "1.3.0",
+                "disable_auto_update_to_minor",
+            ),
+            (
+                UpdatePolicy::Minor,
+                "1.2.3",
+                "2.2.0",
+                "disable_auto_update_to_minor",
+            ),
             (UpdatePolicy::Patch, "1.2.3", "1.2.3", "ok"),
-            (UpdatePolicy::Patch, "1.2.3", "1.2.4", "disable_auto_update_to_patch"),
+            (
+                UpdatePolicy::Patch,
+                "1.2.3",
+                "1.2.4",
+                "disable_auto_update_to_patch",
+            ),
             // Bundle names that are not versions cannot be judged.
             (UpdatePolicy::Patch, "1.2.3", "beta-3", "ok"),
             (UpdatePolicy::Major, "builtin", "2.0.0", "ok"),
@@ -389,7 +410,10 @@ mod tests {
             error_of(rules.check_bundle("1.2.0", &bundle("1.1.9", None))),
             "disable_auto_update_under_native"
         );
-        assert_eq!(error_of(rules.check_bundle("1.2.0", &bundle("1.2.0", None))), "ok");
+        assert_eq!(
+            error_of(rules.check_bundle("1.2.0", &bundle("1.2.0", None))),
+            "ok"
+        );
         let json = serde_json::to_value(
             rules
                 .check_bundle("1.2.0", &bundle("1.0.0", None))
@@ -422,15 +446,24 @@ mod tests {
             "cannot_update_via_private_channel"
         );
         assert_eq!(
-            check(device(Platform::Android, Some(false), Some(true)), ChannelChoice::Forced),
+            check(
+                device(Platform::Android, Some(false), Some(true)),
+                ChannelChoice::Forced
+            ),
             "disabled_platform_android"
         );
         assert_eq!(
-            check(device(Platform::Ios, Some(true), Some(true)), ChannelChoice::Forced),
+            check(
+                device(Platform::Ios, Some(true), Some(true)),
+                ChannelChoice::Forced
+            ),
             "disable_emulator"
         );
         assert_eq!(
-            check(device(Platform::Ios, Some(false), Some(false)), ChannelChoice::Forced),
+            check(
+                device(Platform::Ios, Some(false), Some(false)),
+                ChannelChoice::Forced
+            ),
             "disable_dev_build"
         );
         assert_eq!(

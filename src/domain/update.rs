@@ -190,7 +190,8 @@ mod tests {
 
     #[test]
     fn offers_the_channel_bundle() {
-        let answer = decide_default(&device("builtin", "8.51.14"),
+        let answer = decide_default(
+            &device("builtin", "8.51.14"),
             &target(bundle("1.0.1"), false),
         );
         let json = serde_json::to_value(&answer).unwrap();
@@ -204,7 +205,8 @@ mod tests {
 
     #[test]
     fn old_plugins_get_crc32() {
-        let answer = decide_default(&device("builtin", "6.14.0"),
+        let answer = decide_default(
+            &device("builtin", "6.14.0"),
             &target(bundle("1.0.1"), false),
         );
         assert_eq!(
@@ -252,7 +254,8 @@ mod tests {
             .unwrap(),
         );
         let mut dev = device("builtin", "8.51.14");
-        let json = serde_json::to_value(decide_default(&dev, &target(encrypted.clone(), false))).unwrap();
+        let json =
+            serde_json::to_value(decide_default(&dev, &target(encrypted.clone(), false))).unwrap();
         assert_eq!(json["checksum"], "c".repeat(512));
         assert_eq!(json["session_key"], "aXY=:a2V5");
         dev.key_id = Some("KEYB".into());

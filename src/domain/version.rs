@@ -46,7 +46,10 @@ mod tests {
     #[test]
     fn parses_leniently() {
         assert_eq!(Version::parse("8.51.14"), Some(Version::new(8, 51, 14)));
-        assert_eq!(Version::parse("v6.14.0-beta.1"), Some(Version::new(6, 14, 0)));
+        assert_eq!(
+            Version::parse("v6.14.0-beta.1"),
+            Some(Version::new(6, 14, 0))
+        );
         assert_eq!(Version::parse("7.0"), Some(Version::new(7, 0, 0)));
         assert_eq!(Version::parse("2"), Some(Version::new(2, 0, 0)));
         for not_a_version in ["builtin", "", "1.2.3.4", "1.x", "-1"] {

@@ -199,7 +199,11 @@ pub async fn unset_channel(
         Err(refusal) => return refusal_response(refusal),
     };
     if let Some(device_id) = device_id {
-        if let Err(error) = state.catalog.forget_device_choice(&app_id, &device_id).await {
+        if let Err(error) = state
+            .catalog
+            .forget_device_choice(&app_id, &device_id)
+            .await
+        {
             return unavailable(&error);
         }
     }
