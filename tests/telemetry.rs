@@ -104,12 +104,7 @@ async fn requests_are_traced_over_otlp_with_the_callers_trace_id_in_json_logs() 
     }
 
     // The request's log line is JSON and carries the same trace id.
-    let log = server.log_text();
-    let uploaded: Value = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["fields"]["message"] == "bundle uploaded")
-        .unwrap_or_else(|| panic!("no JSON 'bundle uploaded' line in:\n{log}"));
+    let uploaded = wait_for_json_line(&server, "bundle uploaded").await;
     assert_eq!(uploaded["span"]["trace_id"], trace_id, "{uploaded}");
     assert!(server.stop().success());
 }
@@ -124,16 +119,33 @@ async fn without_an_endpoint_nothing_is_exported_and_logs_still_carry_a_trace_id
     let client = Client::new(&server, API_KEY);
     let (status, _) = client.upload(APP_ID, "1.0.0", web_bundle("x")).await;
     assert_eq!(status, 200);
+    let uploaded = wait_for_json_line(&server, "bundle uploaded").await;
     let log = server.log_text();
     assert!(!log.contains("exporting traces"), "{log}");
-    let uploaded: Value = log
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["fields"]["message"] == "bundle uploaded")
-        .unwrap_or_else(|| panic!("no JSON 'bundle uploaded' line in:\n{log}"));
     let id = uploaded["span"]["trace_id"].as_str().unwrap();
     assert!(
         id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
         "{id}"
     );
+}
+
+/// The server's JSON log line with this message. The log is read from the process's stdout by
+/// another thread, so a line written just before an answer may arrive a moment after it.
+async fn wait_for_json_line(server: &ServerProcess, message: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let log = server.log_text();
+        let found = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|line| line["fields"]["message"] == message);
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no JSON {message:?} line in:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -229,6 +229,25 @@ impl Browser {
         .to_string()
     }
 
+    /// Waits until the page has shown what its address names (`<main>` no longer aria-busy).
+    async fn wait_page_shown(&self) {
+        let started = std::time::Instant::now();
+        while self
+            .script(
+                "return document.getElementById('main').hasAttribute('aria-busy')",
+                json!([]),
+            )
+            .await
+            == json!(true)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the page stayed busy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `<name>-desktop.png` and `<name>-phone.png`, then back to the desktop size.
     async fn screenshots(&self, name: &str) {
         self.screenshot(&format!("{name}-desktop"), 1280, 900).await;
@@ -663,15 +682,9 @@ async fn manage_releases_in_a_real_browser() {
     // Keyboard only: Tab walks the navigation in order, and Enter on a link opens its page.
     browser.go(&format!("{ui}#/releases")).await;
     browser.wait_text("h1", "Releases").await;
-    // Showing a page ends by focusing <main>: wait for that, or it takes the focus back.
-    let started = Instant::now();
-    while browser.focused().await != "main" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the page never settled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The page focuses <main> once its data is shown (for screen readers), and marks it
+    // aria-busy until then; wait for that, or it could take the focus back from the link.
+    browser.wait_page_shown().await;
     browser
         .script("document.getElementById('nav-releases').focus()", json!([]))
         .await;

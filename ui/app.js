@@ -836,16 +836,32 @@ function settlePath() {
   history.replaceState(null, "", `/ui/${location.search}${hash}`);
 }
 
+// Each call of route() takes a number; only the latest one moves the focus to the page and
+// ends <main>'s aria-busy, so a slow earlier call (the page load's) cannot take the focus back
+// after a later one.
+let routing = 0;
+
 async function route() {
+  const mine = ++routing;
+  main.setAttribute("aria-busy", "true");
+  try {
+    if ((await showPage()) && mine === routing) main.focus({ preventScroll: true });
+  } finally {
+    if (mine === routing) main.removeAttribute("aria-busy");
+  }
+}
+
+/** Shows the page the address names (or the sign-in form); true when a page was shown. */
+async function showPage() {
   settlePath();
   const params = new URLSearchParams(location.search);
   if (params.has("code") || params.has("error")) {
     const error = await finishSignIn(params).then(() => null, (e) => e.message);
-    if (error) return showLogin(error);
+    if (error) return showLogin(error), false;
   }
-  if (!credential()) return showLogin();
+  if (!credential()) return showLogin(), false;
   const who = await attempt(() => api("GET", "whoami"));
-  if (!who) return;
+  if (!who) return false;
   document.getElementById("nav").hidden = false;
   document.getElementById("whoami").textContent = `${who.name} (${who.scope})`;
   whoami = who;
@@ -864,7 +880,7 @@ async function route() {
     await refresh();
     if (shown.page === page) main.replaceChildren(...next.view);
   }
-  main.focus({ preventScroll: true });
+  return true;
 }
 
 document.getElementById("logout").addEventListener("click", () => {
