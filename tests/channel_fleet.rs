@@ -121,35 +121,15 @@ async fn every_device_gets_what_its_channel_allows_and_the_cache_stays_per_chann
         ],
     );
     let client = Client::new(&server, API_KEY);
-    let (_, builtin) = client.upload(APP_ID, "1.0.0", web_bundle("builtin")).await;
-    let builtin = builtin["bundle"]["id"].as_str().unwrap().to_string();
+    let builtin = client.upload_bundle("1.0.0").await;
     let mut bundle_ids = BTreeMap::new();
     for (channel, version) in BUNDLES {
-        let (status, bundle) = client.upload(APP_ID, version, web_bundle(version)).await;
-        assert_eq!(status, 200, "{bundle}");
-        bundle_ids.insert(
-            channel,
-            bundle["bundle"]["id"].as_str().unwrap().to_string(),
-        );
+        bundle_ids.insert(channel, client.upload_bundle(version).await);
     }
     for platform in ["android", "ios", "electron"] {
-        let (status, release) = client
-            .manage(
-                "releases.create",
-                json!({"platform": platform, "app_id": APP_ID, "version_name": "1.0.0",
-                       "version_code": "10", "builtin_bundle_id": builtin}),
-            )
-            .await;
-        assert_eq!(status, 200, "{release}");
-        let id = release["release"]["id"].as_str().unwrap();
+        let release = client.create_release(platform, &builtin).await;
         for (channel, bundle) in &bundle_ids {
-            let (status, body) = client
-                .manage(
-                    "releases.set-active",
-                    json!({"release_id": id, "bundle_id": bundle, "channel": channel}),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
+            client.set_active(&release, bundle, channel).await;
         }
     }
     for (channel, change) in settings() {

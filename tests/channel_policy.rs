@@ -229,7 +229,7 @@ async fn version_number_policy_uses_the_bundles_minimum() {
         ])
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(refused["message"]
+    assert!(refused["error"]
         .as_str()
         .unwrap()
         .contains("min_update_version"));
@@ -575,7 +575,7 @@ async fn link_and_comment_reach_plugins_that_read_them() {
         ])
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(refused["message"].as_str().unwrap().contains("link"));
+    assert!(refused["error"].as_str().unwrap().contains("link"));
 }
 
 #[tokio::test]

@@ -227,17 +227,8 @@ async fn plugins_5_to_8_update_verify_and_revert() {
     let next = next["bundle"]["id"].as_str().unwrap().to_string();
     let mut releases = Vec::new();
     for platform in ["android", "ios"] {
-        let (status, release) = client
-            .manage("releases.create", json!({"platform": platform, "app_id": APP_ID, "version_name": "1.0.0", "version_code": "10", "builtin_bundle_id": builtin}))
-            .await;
-        assert_eq!(status, 200, "{release}");
-        let id = release["release"]["id"].as_str().unwrap().to_string();
-        client
-            .manage(
-                "releases.set-active",
-                json!({"release_id": id, "bundle_id": next}),
-            )
-            .await;
+        let id = client.create_release(platform, &builtin).await;
+        client.set_active(&id, &next, "production").await;
         releases.push(id);
     }
 
@@ -346,21 +337,11 @@ async fn plugins_5_to_8_hear_store_updates_and_stay_quiet_when_blocked() {
         ],
     );
     let client = Client::new(&server, API_KEY);
-    let (_, builtin) = client.upload(APP_ID, "1.0.0", web_bundle("builtin")).await;
-    let builtin = builtin["bundle"]["id"].as_str().unwrap().to_string();
-    let (_, major) = client.upload(APP_ID, "2.0.0", web_bundle("major")).await;
-    let major = major["bundle"]["id"].as_str().unwrap().to_string();
+    let builtin = client.upload_bundle("1.0.0").await;
+    let major = client.upload_bundle("2.0.0").await;
     for platform in ["android", "ios"] {
-        let (_, release) = client
-            .manage("releases.create", json!({"platform": platform, "app_id": APP_ID, "version_name": "1.0.0", "version_code": "10", "builtin_bundle_id": builtin}))
-            .await;
-        let id = release["release"]["id"].as_str().unwrap();
-        client
-            .manage(
-                "releases.set-active",
-                json!({"release_id": id, "bundle_id": major}),
-            )
-            .await;
+        let id = client.create_release(platform, &builtin).await;
+        client.set_active(&id, &major, "production").await;
     }
     let (status, answer) = client
         .manage(

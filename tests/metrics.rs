@@ -118,7 +118,7 @@ async fn metrics_parse_and_move_with_traffic() {
     client
         .device("/updates", &device_body("builtin", "8.51.14"))
         .await; // up to date (hit)
-    client.device("/updates", &unknown).await; // failed
+    client.device("/updates", &unknown).await; // blocked: a build without a release
     let events = json!([{"app_id": APP_ID, "device_id": DEVICE_ID, "action": "set"}, {"app_id": APP_ID, "device_id": DEVICE_ID, "action": "download_complete"}]);
     client.device("/stats", &events).await;
     for _ in 0..3 {
@@ -134,7 +134,7 @@ async fn metrics_parse_and_move_with_traffic() {
         3.0
     );
     assert_eq!(
-        value(&after, "capgo_update_answers_total{kind=\"failed\"}"),
+        value(&after, "capgo_update_answers_total{kind=\"blocked\"}"),
         1.0
     );
     assert!(

@@ -333,30 +333,12 @@ where
     }
 }
 
-/// A counter of the server's Prometheus metrics (0 when absent).
-async fn metric(client: &Client, name_and_labels: &str) -> f64 {
-    let text = client
-        .http
-        .get(format!("{}/metrics", client.server_management))
-        .header("x-api-key", API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name_and_labels))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn reconciles(client: &Client, kind: &str) -> f64 {
-    metric(
-        client,
-        &format!("capgo_reconcile_duration_seconds_count{{kind=\"{kind}\",result=\"success\"}}"),
-    )
-    .await
+    client
+        .metric(&format!(
+            "capgo_reconcile_duration_seconds_count{{kind=\"{kind}\",result=\"success\"}}"
+        ))
+        .await
 }
 
 /// Applies three Bundles and a Release, waits until all are Ready, and returns how long the

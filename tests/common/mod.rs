@@ -587,6 +587,37 @@ impl Client {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
+    /// Uploads a valid bundle of `APP_ID` and returns its id.
+    pub async fn upload_bundle(&self, version: &str) -> String {
+        let (status, body) = self.upload(APP_ID, version, web_bundle(version)).await;
+        assert_eq!(status, 200, "{body}");
+        body["bundle"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Creates the `platform` 1.0.0 (10) release of `APP_ID` with `builtin` and returns its id.
+    pub async fn create_release(&self, platform: &str, builtin: &str) -> String {
+        let (status, body) = self
+            .manage(
+                "releases.create",
+                json!({"platform": platform, "app_id": APP_ID, "version_name": "1.0.0",
+                       "version_code": "10", "builtin_bundle_id": builtin}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["release"]["id"].as_str().unwrap().to_string()
+    }
+
+    /// Points `channel` of a release at a bundle.
+    pub async fn set_active(&self, release: &str, bundle: &str, channel: &str) {
+        let (status, body) = self
+            .manage(
+                "releases.set-active",
+                json!({"release_id": release, "bundle_id": bundle, "channel": channel}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// A series of the server's Prometheus metrics, e.g.
     /// `capgo_answer_cache_lookups_total{result="hit"}` (0 when absent).
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
