@@ -155,13 +155,12 @@ impl Catalog {
         }))
     }
 
-    /// An app's overrides (cached with the answers). When the store is unreachable the last
-    /// known ones are used, or none: devices then follow their own choice.
+    /// An app's overrides (cached until the next write). When the store is unreachable and
+    /// they are not known, there are none: devices then follow their own choice.
     pub(super) async fn overrides_of(&self, app_id: &str) -> Result<OverrideMap, CatalogError> {
-        let (last_known, generation) = match self.targets.overrides(app_id) {
-            Lookup::Fresh(overrides) => return Ok(overrides),
-            Lookup::Stale(overrides, generation) => (Some(overrides), generation),
-            Lookup::Missing(generation) => (None, generation),
+        let generation = match self.targets.overrides(app_id) {
+            Ok(overrides) => return Ok(overrides),
+            Err(generation) => generation,
         };
         match self.metadata.device_overrides(app_id).await {
             Ok(list) => {
@@ -172,8 +171,8 @@ impl Catalog {
                 Ok(overrides)
             }
             Err(error @ StoreError::Unavailable { .. }) => {
-                tracing::warn!(error = %Chain(&error), app_id, "storage unavailable: using the last known device overrides");
-                Ok(last_known.unwrap_or_default())
+                tracing::warn!(error = %Chain(&error), app_id, "storage unavailable: devices follow their own channel until it is back");
+                Ok(OverrideMap::default())
             }
             Err(e) => Err(e.into()),
         }

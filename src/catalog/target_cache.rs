@@ -33,9 +33,9 @@ pub type OverrideMap = Arc<HashMap<String, DeviceOverride>>;
 const MAX_ENTRIES: usize = 100_000;
 
 /// What the cache knows about a key. The generation goes back to [`TargetCache::store`].
-pub enum Lookup<T = Resolution> {
-    Fresh(T),
-    Stale(T, u64),
+pub enum Lookup {
+    Fresh(Resolution),
+    Stale(Resolution, u64),
     Missing(u64),
 }
 
@@ -55,7 +55,10 @@ struct CacheState {
     /// Bumped by every invalidation, so a lookup that raced a write cannot store a stale answer.
     generation: u64,
     entries: HashMap<TargetKey, (Instant, Resolution)>,
-    overrides: HashMap<String, (Instant, OverrideMap)>,
+    /// Not expired by CACHE_RESULT_DURATION: every override write clears them, here and (through
+    /// the catalog version) on other replicas, so they are never stale; a check that misses
+    /// the answer cache then costs no extra read.
+    overrides: HashMap<String, OverrideMap>,
 }
 
 impl TargetCache {
@@ -74,25 +77,39 @@ impl TargetCache {
     /// Stores a resolution computed at `generation`, unless a write happened since.
     pub fn store(&self, key: TargetKey, generation: u64, resolution: Resolution) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if state.generation == generation {
-            insert_bounded(&mut state.entries, key, resolution);
+        if state.generation != generation {
+            return;
         }
+        // Keys come from devices (any app id, any build): past the bound the map starts over.
+        if state.entries.len() >= MAX_ENTRIES {
+            state.entries.clear();
+        }
+        state.entries.insert(key, (Instant::now(), resolution));
     }
 
-    pub fn overrides(&self, app_id: &str) -> Lookup<OverrideMap> {
+    /// An app's overrides, if known since the last write.
+    pub fn overrides(&self, app_id: &str) -> Result<OverrideMap, u64> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        self.lookup(state.overrides.get(app_id), state.generation)
+        state
+            .overrides
+            .get(app_id)
+            .cloned()
+            .ok_or(state.generation)
     }
 
     /// Stores an app's overrides read at `generation`, unless a write happened since.
     pub fn store_overrides(&self, app_id: &str, generation: u64, overrides: OverrideMap) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-        if state.generation == generation {
-            insert_bounded(&mut state.overrides, app_id.to_string(), overrides);
+        if state.generation != generation {
+            return;
         }
+        if state.overrides.len() >= MAX_ENTRIES {
+            state.overrides.clear();
+        }
+        state.overrides.insert(app_id.to_string(), overrides);
     }
 
-    fn lookup<T: Clone>(&self, entry: Option<&(Instant, T)>, generation: u64) -> Lookup<T> {
+    fn lookup(&self, entry: Option<&(Instant, Resolution)>, generation: u64) -> Lookup {
         match entry {
             Some((stored_at, value)) if stored_at.elapsed() < self.ttl => {
                 Lookup::Fresh(value.clone())
@@ -108,19 +125,6 @@ impl TargetCache {
         state.entries.clear();
         state.overrides.clear();
     }
-}
-
-/// Keys come from devices (any app id, any build): past [`MAX_ENTRIES`] the map starts over,
-/// so unknown keys cannot grow it forever.
-fn insert_bounded<K: std::hash::Hash + Eq, T>(
-    map: &mut HashMap<K, (Instant, T)>,
-    key: K,
-    value: T,
-) {
-    if map.len() >= MAX_ENTRIES {
-        map.clear();
-    }
-    map.insert(key, (Instant::now(), value));
 }
 
 #[cfg(test)]
@@ -162,15 +166,15 @@ mod tests {
 
     #[test]
     fn overrides_are_cleared_with_the_answers() {
-        let cache = TargetCache::new(Duration::from_secs(60));
-        let Lookup::Missing(generation) = cache.overrides("a") else {
+        let cache = TargetCache::new(Duration::ZERO);
+        let Err(generation) = cache.overrides("a") else {
             panic!("empty cache")
         };
         cache.store_overrides("a", generation, OverrideMap::default());
-        assert!(matches!(cache.overrides("a"), Lookup::Fresh(_)));
-        assert!(matches!(cache.overrides("b"), Lookup::Missing(_)));
+        assert!(cache.overrides("a").is_ok(), "kept whatever the answers' duration");
+        assert!(cache.overrides("b").is_err());
         cache.invalidate();
-        assert!(matches!(cache.overrides("a"), Lookup::Missing(_)));
+        assert_eq!(cache.overrides("a").err(), Some(generation + 1));
     }
 
     #[test]
