@@ -90,11 +90,7 @@ impl TargetCache {
     /// An app's overrides, if known since the last write.
     pub fn overrides(&self, app_id: &str) -> Result<OverrideMap, u64> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state
-            .overrides
-            .get(app_id)
-            .cloned()
-            .ok_or(state.generation)
+        state.overrides.get(app_id).cloned().ok_or(state.generation)
     }
 
     /// Stores an app's overrides read at `generation`, unless a write happened since.
@@ -171,7 +167,10 @@ mod tests {
             panic!("empty cache")
         };
         cache.store_overrides("a", generation, OverrideMap::default());
-        assert!(cache.overrides("a").is_ok(), "kept whatever the answers' duration");
+        assert!(
+            cache.overrides("a").is_ok(),
+            "kept whatever the answers' duration"
+        );
         assert!(cache.overrides("b").is_err());
         cache.invalidate();
         assert_eq!(cache.overrides("a").err(), Some(generation + 1));
