@@ -26,6 +26,9 @@ pub enum Resolved {
 
 pub type Resolution = Arc<Resolved>;
 
+/// How long an app's overrides are used without a write clearing them.
+const OVERRIDES_MAX_AGE: Duration = Duration::from_secs(300);
+
 /// An app's device overrides by device id (only devices that have one).
 pub type OverrideMap = Arc<HashMap<String, DeviceOverride>>;
 
@@ -56,9 +59,10 @@ struct CacheState {
     generation: u64,
     entries: HashMap<TargetKey, (Instant, Resolution)>,
     /// Not expired by CACHE_RESULT_DURATION: every override write clears them, here and (through
-    /// the catalog version) on other replicas, so they are never stale; a check that misses
-    /// the answer cache then costs no extra read.
-    overrides: HashMap<String, OverrideMap>,
+    /// the catalog version) on other replicas, so a check that misses the answer cache costs no
+    /// extra read. Read again after [`OVERRIDES_MAX_AGE`] all the same, in case another
+    /// replica died between its write and announcing it.
+    overrides: HashMap<String, (Instant, OverrideMap)>,
 }
 
 impl TargetCache {
@@ -87,10 +91,16 @@ impl TargetCache {
         state.entries.insert(key, (Instant::now(), resolution));
     }
 
-    /// An app's overrides, if known since the last write.
+    /// An app's overrides, if read since the last write and within [`OVERRIDES_MAX_AGE`]; else
+    /// the generation to store them at.
     pub fn overrides(&self, app_id: &str) -> Result<OverrideMap, u64> {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        state.overrides.get(app_id).cloned().ok_or(state.generation)
+        match state.overrides.get(app_id) {
+            Some((read_at, overrides)) if read_at.elapsed() < OVERRIDES_MAX_AGE => {
+                Ok(overrides.clone())
+            }
+            _ => Err(state.generation),
+        }
     }
 
     /// Stores an app's overrides read at `generation`, unless a write happened since.
@@ -102,7 +112,9 @@ impl TargetCache {
         if state.overrides.len() >= MAX_ENTRIES {
             state.overrides.clear();
         }
-        state.overrides.insert(app_id.to_string(), overrides);
+        state
+            .overrides
+            .insert(app_id.to_string(), (Instant::now(), overrides));
     }
 
     fn lookup(&self, entry: Option<&(Instant, Resolution)>, generation: u64) -> Lookup {
