@@ -13,6 +13,7 @@ pub mod ownership;
 pub mod platform;
 pub mod plugin_version;
 pub mod release;
+pub mod rollout;
 pub mod seed;
 pub mod stats;
 pub mod targeting;
