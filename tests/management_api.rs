@@ -1523,3 +1523,84 @@ async fn read_only_tokens_see_channels_devices_and_builds_but_change_nothing() {
         true
     );
 }
+
+#[tokio::test]
+async fn bundle_details_change_in_place_and_reach_the_next_check() {
+    let app = TestApp::new();
+    let builtin = app.upload_bundle("1.0.0").await;
+    let next = app.upload_bundle("1.0.1").await;
+    let release = app.create_release(&builtin).await;
+    app.set_active(&release, &next, None).await;
+    let device = device_body("builtin", "8.51.14");
+    assert!(app.check(&device).await.get("link").is_none());
+
+    let (status, body) = app
+        .post_json(
+            "/api/v1/bundles.update",
+            json!({"bundle_id": next, "description": "Faster checkout",
+                   "link": "https://example.com/1.0.1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["bundle"]["link"], "https://example.com/1.0.1");
+    let answer = app.check(&device).await;
+    assert_eq!(
+        answer["link"], "https://example.com/1.0.1",
+        "seen by the next check"
+    );
+    assert_eq!(answer["comment"], "Faster checkout");
+
+    // `null` clears, a field left out keeps its value.
+    let (status, body) = app
+        .post_json(
+            "/api/v1/bundles.update",
+            json!({"bundle_id": next, "link": null}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["bundle"]["link"].is_null(), "{body}");
+    assert_eq!(body["bundle"]["description"], "Faster checkout");
+    assert!(app.check(&device).await.get("link").is_none());
+
+    for (request, names) in [
+        (
+            json!({"bundle_id": next, "link": "ftp://example.com"}),
+            "link",
+        ),
+        (
+            json!({"bundle_id": next, "min_update_version": "soon"}),
+            "min_update_version",
+        ),
+        (
+            json!({"bundle_id": next, "description": "x".repeat(5000)}),
+            "description",
+        ),
+        (
+            json!({"bundle_id": next, "version_name": "2.0.0"}),
+            "version_name",
+        ),
+    ] {
+        let (status, body) = app.post_json("/api/v1/bundles.update", request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{names}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(names), "{body}");
+    }
+    let (status, _) = app
+        .post_json(
+            "/api/v1/bundles.update",
+            json!({"bundle_id": "0123456789abcdef01234567", "description": "x"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, body) = app.get("/api/v1/bundles.list").await;
+    let stored = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == next.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        stored["description"], "Faster checkout",
+        "refusals changed nothing"
+    );
+}

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use capgo_server::catalog::staging::Staging;
 use capgo_server::catalog::{Catalog, CatalogError, CatalogSettings, ChannelRulesChange};
+use capgo_server::domain::bundle::BundleDetails;
 use capgo_server::domain::channel::Channel;
 use capgo_server::domain::channel_policy::{ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::AppKey;
@@ -88,6 +89,14 @@ impl CatalogStore for CountingStore {
     }
     async fn list_bundles(&self) -> Result<Vec<BundleRecord>, StoreError> {
         self.inner.list_bundles().await
+    }
+    async fn update_bundle_details(
+        &self,
+        id: &RecordId,
+        details: &BundleDetails,
+    ) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.update_bundle_details(id, details).await
     }
     async fn delete_bundle(&self, id: &RecordId) -> Result<bool, StoreError> {
         self.count();
@@ -1550,4 +1559,48 @@ async fn a_channel_resource_refuses_what_it_does_not_own_and_what_cannot_work() 
             "an Event for {reason}: {reasons:?}"
         );
     }
+}
+
+/// A Bundle's description, link and minimum native version follow its spec (its bytes and
+/// names never change): one store write per change, none when unchanged, and a bad value in
+/// the spec stalls the Bundle and changes nothing.
+#[tokio::test]
+async fn a_bundles_details_follow_its_spec() {
+    let h = Harness::new().await;
+    h.api.put(
+        "bundles",
+        h.bundle("web-1-0-0", "1.0.0", "web-1.0.0.zip", None),
+    );
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    let bundle_id = h.api.get("bundles", "web-1-0-0")["status"]["bundleId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let writes = h.store.wrote();
+
+    let mut edited = h.api.get("bundles", "web-1-0-0");
+    edited["spec"]["description"] = json!("Faster checkout");
+    edited["spec"]["minUpdateVersion"] = json!("1.2.0");
+    edited["metadata"]["generation"] = json!(2);
+    h.api.put("bundles", edited.clone());
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    let record = h.catalog.bundle(&bundle_id).await.unwrap();
+    assert_eq!(record.description, "Faster checkout");
+    assert_eq!(record.min_update_version.as_deref(), Some("1.2.0"));
+    assert_eq!(h.store.wrote(), writes + 1);
+    h.reconcile_bundle("web-1-0-0").await.unwrap();
+    assert_eq!(h.store.wrote(), writes + 1, "unchanged: no write");
+
+    // A spec the schema lets through but the catalog refuses: Stalled, record unchanged.
+    edited["spec"]["link"] = json!("http://");
+    edited["metadata"]["generation"] = json!(3);
+    h.api.put("bundles", edited);
+    let _ = h.reconcile_bundle("web-1-0-0").await;
+    let ready = h.condition("bundles", "web-1-0-0", "Ready");
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert!(
+        ready["message"].as_str().unwrap().contains("link"),
+        "{ready}"
+    );
+    assert_eq!(h.catalog.bundle(&bundle_id).await.unwrap().link, None);
 }

@@ -291,6 +291,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     assert!(keys.contains(&first.blob_key));
 
     adoption_contract(store.as_ref()).await;
+    bundle_details_contract(store.as_ref()).await;
     deletes_racing_writes_never_leave_a_dangling_reference(store.as_ref()).await;
     access_contract(store.as_ref()).await;
     app_key_contract(store.as_ref()).await;
@@ -365,6 +366,48 @@ async fn adoption_contract(store: &dyn MetadataStore) {
         store.bundle(&builtin.id).await.unwrap().unwrap().owner,
         Some(bundle_owner)
     );
+}
+
+/// A bundle's description, link and minimum change in place, and can be cleared; nothing else
+/// of the record moves.
+async fn bundle_details_contract(store: &dyn MetadataStore) {
+    use capgo_server::domain::bundle::BundleDetails;
+    let stored = bundle("com.contract.details", "1.0.0", 1);
+    store.insert_bundle(&stored).await.unwrap();
+    let details = BundleDetails {
+        description: "Faster checkout".into(),
+        link: Some("https://example.com/notes".into()),
+        min_update_version: Some("1.2.0".into()),
+    };
+    assert!(store
+        .update_bundle_details(&stored.id, &details)
+        .await
+        .unwrap());
+    let read = store.bundle(&stored.id).await.unwrap().unwrap();
+    assert_eq!(read.details(), details);
+    assert_eq!(
+        Bundle {
+            description: stored.description.clone(),
+            link: stored.link.clone(),
+            min_update_version: stored.min_update_version.clone(),
+            ..read
+        },
+        stored,
+        "only the details changed"
+    );
+    let cleared = BundleDetails::default();
+    assert!(store
+        .update_bundle_details(&stored.id, &cleared)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.bundle(&stored.id).await.unwrap().unwrap().details(),
+        cleared
+    );
+    assert!(!store
+        .update_bundle_details(&RecordId::generate(), &details)
+        .await
+        .unwrap());
 }
 
 /// Deleting a bundle while another caller points a release at it: one of them loses, and
@@ -1169,6 +1212,7 @@ async fn sqlite_file_meets_the_metadata_contract_and_persists() {
         .filter(|b| {
             !b.app_id.starts_with("com.contract.adopt")
                 && !b.app_id.starts_with("com.contract.race")
+                && !b.app_id.starts_with("com.contract.details")
         })
         .count();
     assert_eq!(of_the_main_contract, 2);

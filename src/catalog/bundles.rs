@@ -9,16 +9,13 @@ use futures_util::{Stream, StreamExt};
 
 use super::staging::StagedBlob;
 use super::{zip_check, Catalog, CatalogError};
-use crate::domain::bundle::{check_import_key, check_link, check_min_update_version};
+use crate::domain::bundle::{check_import_key, BundleDetails};
 use crate::domain::names::{check_app_id, check_bundle_version};
 use crate::domain::ownership::check_may_change;
 use crate::domain::{
     now_millis, Actor, Bundle, BundleEncryption, RecordId, Release, ResourceRef, UnixMillis,
 };
 use crate::store::StoreError;
-
-/// Longest bundle description.
-const MAX_DESCRIPTION: usize = 4096;
 
 /// A bundle upload's fields, before the bytes are checked.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +36,25 @@ pub struct NewBundle {
     pub key_id: Option<String>,
     /// Set when the operator creates the bundle for a Kubernetes `Bundle`.
     pub owner: Option<ResourceRef>,
+}
+
+impl NewBundle {
+    pub fn details(&self) -> BundleDetails {
+        BundleDetails {
+            description: self.description.clone(),
+            link: self.link.clone(),
+            min_update_version: self.min_update_version.clone(),
+        }
+    }
+}
+
+/// A change to a stored bundle's details: `None` keeps a field; `Some(None)` clears a link or
+/// a minimum.
+#[derive(Debug, Clone, Default)]
+pub struct BundleDetailsChange {
+    pub description: Option<String>,
+    pub link: Option<Option<String>>,
+    pub min_update_version: Option<Option<String>>,
 }
 
 /// A checksum the caller expects the uploaded bytes to have: a SHA-256 (64 hex characters)
@@ -98,12 +114,7 @@ impl Catalog {
     pub async fn check_new_bundle(&self, new: &NewBundle) -> Result<(), CatalogError> {
         check_app_id(&new.app_id)?;
         check_bundle_version(&new.version_name)?;
-        if let Some(link) = &new.link {
-            check_link(link)?;
-        }
-        if let Some(minimum) = &new.min_update_version {
-            check_min_update_version(minimum)?;
-        }
+        new.details().check()?;
         if self
             .metadata
             .bundle_by_version(&new.app_id, &new.version_name)
@@ -184,11 +195,6 @@ impl Catalog {
         staged: StagedBlob,
     ) -> Result<Bundle, CatalogError> {
         self.check_new_bundle(&new).await?;
-        if new.description.len() > MAX_DESCRIPTION {
-            return Err(CatalogError::Invalid(format!(
-                "description is longer than {MAX_DESCRIPTION} characters"
-            )));
-        }
         if staged.size == 0 {
             return Err(CatalogError::Invalid("the bundle file is empty".into()));
         }
@@ -299,7 +305,61 @@ impl Catalog {
             tracing::info!(bundle = %record.id, %resource, "bundle adopted by its resource");
             record.owner = Some(resource.clone());
         }
+        // Details may change in the resource's spec: the record follows.
+        let wanted = new.details();
+        if record.details() != wanted {
+            self.write_details(&mut record, wanted).await?;
+        }
         Ok(Some(record))
+    }
+
+    /// Changes what people and devices read about a bundle (description, link, minimum native
+    /// version); its bytes and names never change. Refused for a bundle a resource manages.
+    pub async fn update_bundle_details(
+        &self,
+        id: &str,
+        change: BundleDetailsChange,
+        actor: &Actor,
+    ) -> Result<Bundle, CatalogError> {
+        let mut bundle = self.bundle(id).await?;
+        check_may_change(bundle.owner.as_ref(), actor)
+            .map_err(|refusal| CatalogError::owned(refusal, &describe(&bundle)))?;
+        let mut details = bundle.details();
+        if let Some(description) = change.description {
+            details.description = description;
+        }
+        if let Some(link) = change.link {
+            details.link = link;
+        }
+        if let Some(minimum) = change.min_update_version {
+            details.min_update_version = minimum;
+        }
+        self.write_details(&mut bundle, details).await?;
+        Ok(bundle)
+    }
+
+    async fn write_details(
+        &self,
+        bundle: &mut Bundle,
+        details: BundleDetails,
+    ) -> Result<(), CatalogError> {
+        details.check()?;
+        if !self
+            .metadata
+            .update_bundle_details(&bundle.id, &details)
+            .await?
+        {
+            return Err(CatalogError::NotFound(format!(
+                "{} was deleted meanwhile",
+                describe(bundle)
+            )));
+        }
+        // Answers carry the link and description, and `version_number` reads the minimum.
+        self.targets.invalidate();
+        bundle.description = details.description;
+        bundle.link = details.link;
+        bundle.min_update_version = details.min_update_version;
+        Ok(())
     }
 
     /// Deletes a bundle no release uses, then its stored bytes.

@@ -17,7 +17,7 @@ pub mod zip_check;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bundles::{BundleDownload, ExpectedChecksum, NewBundle, SourceError};
+pub use bundles::{BundleDetailsChange, BundleDownload, ExpectedChecksum, NewBundle, SourceError};
 pub use devices::{BundleActivity, ChannelChange, DailyActivity, DeviceChannel, DeviceTarget};
 pub use error::CatalogError;
 pub use imports::{ImportedBundle, ImportedRelease};

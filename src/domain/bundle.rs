@@ -114,6 +114,46 @@ impl BundleEncryption {
     }
 }
 
+/// What may change on a stored bundle: what people and devices read about it. Its bytes, app,
+/// version name and checksums never change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BundleDetails {
+    pub description: String,
+    pub link: Option<String>,
+    pub min_update_version: Option<String>,
+}
+
+/// Longest bundle description.
+pub const MAX_DESCRIPTION: usize = 4096;
+
+impl BundleDetails {
+    /// The one check of every path that sets them (uploads, resources, updates).
+    pub fn check(&self) -> Result<(), InvalidInput> {
+        if self.description.len() > MAX_DESCRIPTION {
+            return Err(InvalidInput(format!(
+                "description is longer than {MAX_DESCRIPTION} characters"
+            )));
+        }
+        if let Some(link) = &self.link {
+            check_link(link)?;
+        }
+        if let Some(minimum) = &self.min_update_version {
+            check_min_update_version(minimum)?;
+        }
+        Ok(())
+    }
+}
+
+impl Bundle {
+    pub fn details(&self) -> BundleDetails {
+        BundleDetails {
+            description: self.description.clone(),
+            link: self.link.clone(),
+            min_update_version: self.min_update_version.clone(),
+        }
+    }
+}
+
 /// Longest bundle link.
 const MAX_LINK_LEN: usize = 512;
 

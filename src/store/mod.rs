@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
+use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
@@ -99,6 +100,12 @@ pub trait CatalogStore: AppKeyStore + TargetingStore + Send + Sync + 'static {
     ) -> Result<Option<Bundle>, StoreError>;
     /// Newest first.
     async fn list_bundles(&self) -> Result<Vec<Bundle>, StoreError>;
+    /// Replaces a bundle's description, link and minimum native version; `false` when absent.
+    async fn update_bundle_details(
+        &self,
+        id: &RecordId,
+        details: &BundleDetails,
+    ) -> Result<bool, StoreError>;
     /// Fails with `Reference` while a release refers to the bundle, or while a write that
     /// names it is under way (so a release never points at a deleted bundle, on every back
     /// end: see the MongoDB store for how without transactions). `false` when absent.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
+use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::stats::{day_of, ActivityCount, StatsEvent};
 use crate::domain::{
@@ -1017,6 +1018,27 @@ impl CatalogStore for MongoMetadataStore {
 
     async fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {
         self.adopt("bundles", id, owner).await
+    }
+
+    async fn update_bundle_details(
+        &self,
+        id: &RecordId,
+        details: &BundleDetails,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .db
+            .collection::<Document>("bundles")
+            .update_one(
+                doc! {"_id": oid(id)},
+                doc! {"$set": {
+                    "description": &details.description,
+                    "link": details.link.as_deref(),
+                    "min_update_version": details.min_update_version.as_deref(),
+                }},
+            )
+            .await
+            .map_err(map_error)?;
+        Ok(result.matched_count > 0)
     }
 }
 

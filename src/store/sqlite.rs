@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
 use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
+use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::{
@@ -415,6 +416,28 @@ impl CatalogStore for SqliteMetadataStore {
                 b.min_update_version,
             ])?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn update_bundle_details(
+        &self,
+        id: &RecordId,
+        details: &BundleDetails,
+    ) -> Result<bool, StoreError> {
+        let (id, details) = (id.clone(), details.clone());
+        self.run(move |c| {
+            c.prepare_cached(
+                "UPDATE bundles SET description = ?2, link = ?3, min_update_version = ?4 \
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id.as_str(),
+                details.description,
+                details.link,
+                details.min_update_version,
+            ])
+            .map(|n| n > 0)
         })
         .await
     }

@@ -14,6 +14,7 @@ use super::{
     MetadataStore, SeenDevice, StoreError, TargetingStore,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
+use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
@@ -60,6 +61,7 @@ timed_impl! { CatalogStore for TimedMetadataStore, "metadata":
         fn bundle(&self, id: &RecordId) -> Option<Bundle>;
         fn bundle_by_version(&self, app_id: &str, version_name: &str) -> Option<Bundle>;
         fn list_bundles(&self) -> Vec<Bundle>;
+        fn update_bundle_details(&self, id: &RecordId, details: &BundleDetails) -> bool;
         fn delete_bundle(&self, id: &RecordId) -> bool;
         fn insert_release(&self, release: &Release) -> ();
         fn release(&self, id: &RecordId) -> Option<Release>;

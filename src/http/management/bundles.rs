@@ -11,7 +11,7 @@ use super::audit::Audited;
 use super::error::ApiJson;
 use super::views::BundleView;
 use super::ApiError;
-use crate::catalog::{ExpectedChecksum, NewBundle, SourceError};
+use crate::catalog::{BundleDetailsChange, ExpectedChecksum, NewBundle, SourceError};
 use crate::domain::{rfc3339, Actor};
 use crate::http::AppState;
 
@@ -171,6 +171,44 @@ pub async fn delete(
     }
     .await;
     Audited(format!("bundle {}", request.bundle_id), result)
+}
+
+/// `POST /api/v1/bundles.update`: fields left out keep their value; `null` clears a link or a
+/// minimum.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBundleRequest {
+    bundle_id: String,
+    description: Option<String>,
+    #[serde(default, deserialize_with = "super::error::present")]
+    link: Option<Option<String>>,
+    #[serde(default, deserialize_with = "super::error::present")]
+    min_update_version: Option<Option<String>>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<UpdateBundleRequest>,
+) -> Audited<Json<Value>> {
+    let target = format!("bundle {}", request.bundle_id);
+    let result = async {
+        let change = BundleDetailsChange {
+            description: request.description,
+            link: request.link,
+            min_update_version: request.min_update_version,
+        };
+        let bundle = state
+            .catalog
+            .update_bundle_details(&request.bundle_id, change, &Actor::Api)
+            .await?;
+        let releases = state.catalog.list_releases().await?;
+        Ok(Json(json!({
+            "message": "Bundle updated successfully",
+            "bundle": BundleView::new(&bundle, &releases, &state.catalog).await?,
+        })))
+    }
+    .await;
+    Audited(target, result)
 }
 
 #[derive(Deserialize)]

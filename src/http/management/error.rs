@@ -157,3 +157,13 @@ pub fn checked_app_id(app_id: &str) -> Result<&str, ApiError> {
     crate::domain::names::check_app_id(app_id).map_err(|e| ApiError::BadRequest(e.0))?;
     Ok(app_id)
 }
+
+/// For `#[serde(default, deserialize_with = "present")]`: a field that is in the body, even as
+/// `null` (`Some(None)`), as opposed to absent (`None`).
+pub(super) fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}

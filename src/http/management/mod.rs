@@ -40,6 +40,7 @@ pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRout
             Upload,
             post(bundles::upload).layer(DefaultBodyLimit::max(upload_limit)),
         ),
+        ("/api/v1/bundles.update", Admin, post(bundles::update)),
         ("/api/v1/bundles.delete", Admin, post(bundles::delete)),
         ("/api/v1/bundles.activity", Read, get(bundles::activity)),
         ("/api/v1/releases.list", Read, get(releases::list)),

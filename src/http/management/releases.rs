@@ -68,17 +68,8 @@ pub struct UpdateReleaseRequest {
     release_id: String,
     /// Absent: the date is kept, as the seed did (its web client always sends it, scripts may
     /// not). `null`: the date is cleared (the seed could not clear it). Else RFC 3339.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::error::present")]
     release_date: Option<Option<String>>,
-}
-
-/// A field that is in the body, even as `null` (`Some(None)`), as opposed to absent (`None`).
-fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(deserializer).map(Some)
 }
 
 pub async fn update(
