@@ -332,7 +332,7 @@ impl Catalog {
                 .is_some_and(|o| o.source == OverrideSource::Device && &o.channel == channel);
             if !unchanged {
                 let stored = self.metadata.put_device_choice(&choice).await?;
-                self.targets.invalidate();
+                self.targets.invalidate_overrides(app_id);
                 if !stored {
                     // Forced by someone else a moment ago.
                     let forced = self.overrides_of(app_id).await?;
@@ -381,7 +381,7 @@ impl Catalog {
             )
             .await?;
         if removed > 0 {
-            self.targets.invalidate();
+            self.targets.invalidate_overrides(app_id);
         }
         Ok(())
     }

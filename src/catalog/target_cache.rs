@@ -127,6 +127,14 @@ impl TargetCache {
         }
     }
 
+    /// Forgets one app's overrides (a device changed its own choice): the answers stay, as
+    /// they do not depend on who is on a channel. In-flight reads started before are not kept.
+    pub fn invalidate_overrides(&self, app_id: &str) {
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        state.generation += 1;
+        state.overrides.remove(app_id);
+    }
+
     pub fn invalidate(&self) {
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         state.generation += 1;
@@ -186,6 +194,29 @@ mod tests {
         assert!(cache.overrides("b").is_err());
         cache.invalidate();
         assert_eq!(cache.overrides("a").err(), Some(generation + 1));
+    }
+
+    #[test]
+    fn one_apps_overrides_can_be_forgotten_alone() {
+        let cache = TargetCache::new(Duration::from_secs(60));
+        let Lookup::Missing(generation) = cache.get(&key()) else {
+            panic!("empty cache")
+        };
+        cache.store(key(), generation, resolution());
+        cache.store_overrides("a", generation, OverrideMap::default());
+        cache.store_overrides("b", generation, OverrideMap::default());
+        cache.invalidate_overrides("a");
+        assert!(cache.overrides("a").is_err());
+        assert!(cache.overrides("b").is_ok(), "other apps keep theirs");
+        assert!(
+            matches!(cache.get(&key()), Lookup::Fresh(_)),
+            "answers stay"
+        );
+        cache.store_overrides("a", generation, OverrideMap::default());
+        assert!(
+            cache.overrides("a").is_err(),
+            "a read that raced the change is not kept"
+        );
     }
 
     #[test]
