@@ -14,6 +14,12 @@ platforms x 20 native releases with 3 channels each, and drives it with wrk:
                   (embedded store: rows of its stats table)
   upload          one 500 MiB bundle through bundles.upload, against `cp` of the same file on
                   the same disk, with the server's peak RSS
+  updates-devices the 100,000 devices of updates-100k with the answer cache on (the default)
+  updates-rollout the same while every release's production channel is in a staged rollout at
+                  50% (half the devices get the canary): no lower a ratio to the ceiling than
+                  updates-devices
+  soak            60 s of updates-rollout at 80% of its peak rate, with stats from canary
+                  devices flowing beside it: p99 and the server's RSS per 10 s window
 
 Every throughput figure is the median of --runs runs, ceiling and server runs interleaved. The
 same scenarios run on MongoDB + S3 with --backends external (scripts/services start first).
@@ -388,6 +394,103 @@ def throughput(binary, ceiling_binary, backend, data_dir, args, report):
     server.stop()
 
 
+def start_rollouts(server):
+    """A 1.3.0 bundle per app, and a rollout to it on the production channel of every release,
+    held at 50% (a day per step, no device reports failures)."""
+    started = time.time()
+    connection = server.connection(True)
+    canaries = {app: upload(server, app_id(app), "1.3.0", small_zip(f"{app}-1.3.0"), connection)
+                for app in range(APPS)}
+    status, body = server.request("GET", "/api/v1/releases.list", management=True,
+                                  connection=connection)
+    assert status == 200, body
+    releases = json.loads(body)["data"]
+    for release in releases:
+        app = int(release["app_id"][len("com.bench.app"):])
+        status, body = server.request("POST", "/api/v1/rollouts.start", {
+            "release_id": release["id"], "bundle_id": canaries[app], "steps": [50, 100],
+            "interval": "24h", "min_devices": 100000,
+        }, management=True, connection=connection)
+        assert status == 200, body
+    connection.close()
+    log(f"started {len(releases)} rollouts in {time.time() - started:.1f}s")
+
+
+def lua_canary_stats():
+    """Batches of 200 `set` events for 1.3.0 from the 100,000 devices, one app per batch."""
+    return r"""
+local counter = 0
+request = function()
+  counter = counter + 1
+  local events = {}
+  for n = 1, 200 do
+    local i = (counter * 200 + n) % %DEVICES%
+    events[n] = string.format(
+      '{"app_id":"com.bench.app%d","device_id":"00000000-0000-4000-8000-%012d",'
+      .. '"action":"set","version_name":"1.3.0","platform":"android"}', i % %APPS%, i)
+  end
+  return wrk.format("POST", "/stats", {["Content-Type"] = "application/json"},
+                    "[" .. table.concat(events, ",") .. "]")
+end
+delay = function() return 50 end
+""".replace("%DEVICES%", str(DEVICES)).replace("%APPS%", str(APPS)) + LUA_DONE
+
+
+def lua_devices_paced(interval_ms):
+    return lua_devices() + f"delay = function() return {interval_ms} end\n"
+
+
+def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
+    """Checks from 100k devices with the cache on, without and then during rollouts; then the
+    soak."""
+    env = backend_env(backend)
+    answer_file = os.path.join(data_dir, "answer.json")
+    server = Server(binary, data_dir, env)
+    against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-devices",
+                    "ceiling-devices", args, report)
+    start_rollouts(server)
+    against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-rollout",
+                    "ceiling-rollout", args, report)
+
+    # The soak: 80% of the peak during rollouts, in six 10 s windows back to back, with a
+    # stats stream from canary devices beside it.
+    target = report["updates-rollout"]["rps"] * 0.8
+    interval_ms = 10
+    connections = max(16, round(target * interval_ms / 1000))
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua_canary_stats())
+    stats = subprocess.Popen(
+        ["wrk", "-t", "1", "-c", "2", "-d", "62s", "--timeout", "10s", "-s", script.name,
+         f"http://127.0.0.1:{server.device_port}"], stdout=subprocess.PIPE, text=True)
+    windows = []
+    for _ in range(6):
+        result = wrk(server.device_port, lua_devices_paced(interval_ms), 10, connections)
+        result["rss_mib"] = current_rss_mib(server.process.pid)
+        windows.append(result)
+        log(f"  soak window: {result['rps']:.0f}/s p99 {result['p99_us'] / 1000:.2f} ms "
+            f"RSS {result['rss_mib']:.1f} MiB")
+    stats_out = stats.communicate()[0]
+    os.unlink(script.name)
+    stats_line = next(l for l in stats_out.splitlines() if l.startswith("BENCH "))
+    stats_result = json.loads(stats_line[len("BENCH "):])
+    report["soak"] = {
+        "target_rps": target,
+        "windows": [{"rps": w["rps"], "p99_ms": w["p99_us"] / 1000, "rss_mib": w["rss_mib"],
+                     "errors": w["errors"] + w["non2xx"]} for w in windows],
+        "stats_events_per_s": stats_result["requests"] * 200 / (stats_result["duration_us"] / 1e6),
+        "stats_errors": stats_result["errors"] + stats_result["non2xx"],
+    }
+    server.stop()
+
+
+def current_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def big_zip(path, size):
     """A valid bundle of `size` bytes of incompressible data, stored (not deflated)."""
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
@@ -452,7 +555,9 @@ def print_report(results):
         print("|---|---|---|---|---|---|---|---|")
         for name, ceiling in (("ceiling", None), ("updates-hit", "ceiling"),
                               ("latency-half", None), ("ceiling-100k", None),
-                              ("updates-100k", "ceiling-100k")):
+                              ("updates-100k", "ceiling-100k"), ("ceiling-devices", None),
+                              ("updates-devices", "ceiling-devices"),
+                              ("ceiling-rollout", None), ("updates-rollout", "ceiling-rollout")):
             r = report.get(name)
             if not r:
                 continue
@@ -468,6 +573,13 @@ def print_report(results):
             print(f"\nstats: {s['events_per_s']:.0f} events/s in batches of 200 "
                   f"(p99 {s['p99_ms']:.2f} ms); acknowledged {s['events_acknowledged']}, "
                   f"stored {s['events_stored']}")
+        soak = report.get("soak")
+        if soak:
+            print(f"soak at {soak['target_rps']:.0f}/s (80% of updates-rollout) with "
+                  f"{soak['stats_events_per_s']:.0f} canary stats events/s beside it:")
+            for n, w in enumerate(soak["windows"]):
+                print(f"  {n * 10}-{n * 10 + 10} s: {w['rps']:.0f}/s, p99 {w['p99_ms']:.2f} ms, "
+                      f"RSS {w['rss_mib']:.1f} MiB, errors {w['errors']}")
         u = report.get("upload")
         if u:
             print(f"upload {u['size_mib']} MiB: {u['upload_mib_per_s']:.0f} MiB/s vs cp "
@@ -483,6 +595,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--upload-mib", type=int, default=500)
+    parser.add_argument("--only", default="",
+                        help="comma-separated parts to run: throughput, rollout, upload (all by default)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk (scripts/bench installs it)")
@@ -500,8 +614,14 @@ def main():
         with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "target")) as work:
             data_dir = os.path.join(work, "data")
             os.makedirs(data_dir)
-            throughput(binary, ceiling_binary, backend, data_dir, args, report)
-            upload_benchmark(binary, backend, data_dir, work, args, report)
+            parts = set(filter(None, args.only.split(","))) or {"throughput", "rollout", "upload"}
+            # The rollout part reuses the catalog and the answer file the throughput part made.
+            if parts & {"throughput", "rollout"}:
+                throughput(binary, ceiling_binary, backend, data_dir, args, report)
+            if "rollout" in parts:
+                rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report)
+            if "upload" in parts:
+                upload_benchmark(binary, backend, data_dir, work, args, report)
     os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
     with open(os.path.join(ROOT, "target", "bench", "results.json"), "w") as f:
         json.dump(results, f, indent=2)

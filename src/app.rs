@@ -273,6 +273,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
                 .await
         }
     });
+    tokio::spawn({
+        let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
+        // Unique per process, readable in logs: the host (the pod name on Kubernetes) and an id.
+        let holder = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "capgo-server".into()),
+            crate::domain::RecordId::generate()
+        );
+        async move { catalog.run_rollout_background(holder, shutdown).await }
+    });
     if config.controller_enabled {
         start_operator(&config, catalog.clone(), shutdown.clone()).await;
     }

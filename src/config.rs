@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::domain::duration::parse_go_duration;
+
 use ipnet::IpNet;
 
 use crate::domain::net_policy::{HostPattern, SourcePolicy};
@@ -561,48 +563,6 @@ fn parse_trusted_proxies(value: &str) -> Result<Vec<IpNet>, String> {
                 .map_err(|_| format!("`{entry}` is neither an IP address nor a CIDR range"))
         })
         .collect()
-}
-
-/// Parses a Go `time.ParseDuration` string: a sequence of decimal numbers with units
-/// `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, such as `10m`, `1s`, `1h30m` or `1.5h`.
-pub fn parse_go_duration(value: &str) -> Result<Duration, String> {
-    const UNITS: &[(&str, f64)] = &[
-        ("ns", 1e-9),
-        ("us", 1e-6),
-        ("µs", 1e-6),
-        ("ms", 1e-3),
-        ("s", 1.0),
-        ("m", 60.0),
-        ("h", 3600.0),
-    ];
-    let bad = || format!("expected a Go duration such as `10m`, `1s` or `1h30m`, got `{value}`");
-    if value == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = value;
-    let mut seconds = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let number: f64 = rest[..number_len].parse().map_err(|_| bad())?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        let scale = UNITS
-            .iter()
-            .find(|(name, _)| *name == unit)
-            .map(|(_, scale)| *scale)
-            .ok_or_else(bad)?;
-        seconds += number * scale;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
 /// Parses a byte size: a whole number with an optional `KiB`, `MiB`, `GiB` (or `KB`, `MB`,

@@ -70,6 +70,7 @@ pub struct Metrics {
     rate_limited: AtomicU64,
     auth_failures: AtomicU64,
     stats_events: AtomicU64,
+    canary_marks_dropped: AtomicU64,
     /// (kind, result) → duration.
     reconciles: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     /// (store, operation, result) → duration.
@@ -140,6 +141,12 @@ impl Metrics {
 
     pub fn stats_events(&self, count: usize) {
         self.stats_events.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// Rollout health signals not recorded because a bound was reached.
+    pub fn canary_marks_dropped(&self, count: u64) {
+        self.canary_marks_dropped
+            .fetch_add(count, Ordering::Relaxed);
     }
 
     pub fn reconcile(&self, kind: &'static str, succeeded: bool, took: Duration) {
@@ -252,6 +259,12 @@ impl Metrics {
                 "capgo_stats_events_total",
                 "Device stats events stored.",
                 &self.stats_events,
+            ),
+            (
+                "capgo_rollout_signals_dropped_total",
+                "Rollout health signals not recorded: a rollout's followed devices or the \
+                 pending batch were at their bound.",
+                &self.canary_marks_dropped,
             ),
         ] {
             family(&mut out, name, "counter", help);

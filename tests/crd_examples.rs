@@ -163,3 +163,111 @@ fn invalid_manifests_are_rejected_by_the_schema() {
         );
     }
 }
+
+/// The example Release asks for the rollout plan its comment describes.
+#[test]
+fn the_example_release_stages_production_as_it_says() {
+    use capgo_server::domain::rollout::ALL_DEVICES;
+    let release: crd::Release =
+        serde_json::from_value(documents("deploy/examples/release.yaml").remove(0)).unwrap();
+    assert_eq!(
+        release.spec.rollouts.keys().collect::<Vec<_>>(),
+        ["production"],
+        "beta switches at once"
+    );
+    let plan = release.spec.rollouts["production"]
+        .to_domain()
+        .plan()
+        .unwrap();
+    assert_eq!(plan.steps, [1_000, 5_000, ALL_DEVICES]);
+    assert_eq!(plan.interval, std::time::Duration::from_secs(30 * 60));
+    assert_eq!((plan.max_failure_rate, plan.min_devices), (0.05, 50));
+}
+
+/// A Release with `rollouts` as given and a production channel.
+fn release_with_rollouts(rollouts: Value) -> Value {
+    serde_json::json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Release",
+                       "metadata": {"name": "shop"},
+                       "spec": {"platform": "ios", "appId": "com.example.shop",
+                                "versionName": "1.4.0", "versionCode": "140",
+                                "builtinBundle": "shop-web-1-4-0",
+                                "channels": {"production": "shop-web-1-4-1"},
+                                "rollouts": rollouts}})
+}
+
+/// What the OpenAPI part of the schema refuses in rollout plans (the API server's CEL rules,
+/// growing steps and duration bounds among them, are tested in tests/kubernetes_e2e.rs).
+#[test]
+fn rollout_plans_that_cannot_work_are_rejected_by_the_schema() {
+    let validator = &validators()["Release"];
+    for valid in [
+        serde_json::json!({}),
+        serde_json::json!({"production": {}}),
+        serde_json::json!({"production": {"steps": [0.5, 50, 100], "interval": "1h30m",
+                                          "window": "1.5h", "maxFailureRate": 0,
+                                          "minDevices": 100_000}}),
+    ] {
+        let errors: Vec<String> = validator
+            .iter_errors(&release_with_rollouts(valid.clone()))
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{valid}: {errors:?}");
+    }
+    let steps: Vec<u32> = (1..=21).collect();
+    for (what, rollouts) in [
+        ("no steps", serde_json::json!({"production": {"steps": []}})),
+        (
+            "21 steps",
+            serde_json::json!({"production": {"steps": steps}}),
+        ),
+        (
+            "a step above 100",
+            serde_json::json!({"production": {"steps": [50, 101]}}),
+        ),
+        (
+            "steps as a string",
+            serde_json::json!({"production": {"steps": "5,100"}}),
+        ),
+        (
+            "an interval in words",
+            serde_json::json!({"production": {"interval": "10 minutes"}}),
+        ),
+        (
+            "an interval without a unit",
+            serde_json::json!({"production": {"interval": "600"}}),
+        ),
+        (
+            "a window as a number",
+            serde_json::json!({"production": {"window": 3600}}),
+        ),
+        (
+            "a failure rate above 1",
+            serde_json::json!({"production": {"maxFailureRate": 1.5}}),
+        ),
+        (
+            "a negative failure rate",
+            serde_json::json!({"production": {"maxFailureRate": -0.1}}),
+        ),
+        (
+            "too many devices",
+            serde_json::json!({"production": {"minDevices": 100_001}}),
+        ),
+        (
+            "negative devices",
+            serde_json::json!({"production": {"minDevices": -1}}),
+        ),
+        (
+            "fractional devices",
+            serde_json::json!({"production": {"minDevices": 2.5}}),
+        ),
+        (
+            "a plan that is a list",
+            serde_json::json!({"production": [50, 100]}),
+        ),
+    ] {
+        assert!(
+            !validator.is_valid(&release_with_rollouts(rollouts)),
+            "{what} should be rejected"
+        );
+    }
+}

@@ -147,7 +147,7 @@ fn examples_are_accepted_and_read_back() {
 /// The committed invalid manifests, and a few more, each refused by the API server with a
 /// message naming the field, whether sent as a create (`kubectl apply`, Argo CD's default) or
 /// as a server-side apply (whose type errors read differently). This pins what the schema
-/// enforces today; rules it lacks (one of url/bucketKey, patterns) are issue 15's.
+/// enforces: types, patterns and CEL across fields, and rollout plans that cannot work.
 #[test]
 fn invalid_resources_are_refused_by_the_api_server() {
     let Some(kube) = kube_control_plane() else {
@@ -262,6 +262,70 @@ fn invalid_resources_are_refused_by_the_api_server() {
                 &["unknown field \"spec.allowAndriod\""],
                 &[".spec.allowAndriod: field not declared in schema"],
             ),
+            // Releases: rollout plans that cannot work (issue 17).
+            "rollout-steps-shrinking" | "rollout-steps-short-of-100" => {
+                let refused: &[&str] = &[
+                    "spec.rollouts[production].steps",
+                    "steps must grow at every step, and the last one must be 100",
+                ];
+                (refused, refused)
+            }
+            "rollout-step-of-zero" => {
+                let refused: &[&str] = &["steps are percents from 0.01 to 100"];
+                (refused, refused)
+            }
+            "rollout-step-above-100" => {
+                let refused: &[&str] = &[
+                    "spec.rollouts.production.steps[1]",
+                    "should be less than or equal to 100",
+                ];
+                (refused, refused)
+            }
+            "rollout-with-21-steps" => {
+                let refused: &[&str] = &[
+                    "spec.rollouts.production.steps",
+                    "must have at most 20 items",
+                ];
+                (refused, refused)
+            }
+            "rollout-interval-in-words" => {
+                let refused: &[&str] = &["spec.rollouts.production.interval", "should match"];
+                (refused, refused)
+            }
+            "rollout-interval-under-a-second" => {
+                let refused: &[&str] = &["interval must be at least 1s and at most 720h"];
+                (refused, refused)
+            }
+            "rollout-window-over-30-days" => {
+                let refused: &[&str] = &["window must be at least 1s and at most 720h"];
+                (refused, refused)
+            }
+            "rollout-failure-rate-above-1" => {
+                let refused: &[&str] = &[
+                    "spec.rollouts.production.maxFailureRate",
+                    "should be less than or equal to 1",
+                ];
+                (refused, refused)
+            }
+            "rollout-min-devices-too-high" => {
+                let refused: &[&str] = &[
+                    "spec.rollouts.production.minDevices",
+                    "should be less than or equal to 100000",
+                ];
+                (refused, refused)
+            }
+            "rollout-of-an-unlisted-channel" => {
+                let refused: &[&str] = &["every channel in rollouts must be a channel in channels"];
+                (refused, refused)
+            }
+            "rollout-of-builtin" => {
+                let refused: &[&str] = &["spec.rollouts", "channel names are 1 to 64 letters"];
+                (refused, refused)
+            }
+            "rollout-misspelled-field" => (
+                &["unknown field \"spec.rollouts.production.stepz\""],
+                &[".spec.rollouts.production.stepz: field not declared in schema"],
+            ),
             other => panic!("no expectation for {other}"),
         }
     };
@@ -287,7 +351,14 @@ fn invalid_resources_are_refused_by_the_api_server() {
         json!({"apiVersion": "capgo-server.io/v1alpha1", "kind": "Channel",
                "metadata": {"name": name}, "spec": spec})
     };
+    let rollout = |name: &str, rollouts: Value| {
+        release(
+            name,
+            json!({"channels": {"production": "shop-web-1-4-1"}, "rollouts": rollouts}),
+        )
+    };
     let too_many: Vec<String> = (0..1001).map(|i| format!("device-{i}")).collect();
+    let too_many_steps: Vec<u32> = (1..=20).chain([100]).collect();
     let mut cases = documents("tests/fixtures/invalid-manifests.yaml");
     assert_eq!(cases.len(), 5);
     cases.extend([
@@ -368,6 +439,52 @@ fn invalid_resources_are_refused_by_the_api_server() {
         ),
         channel("setting-is-a-string", json!({"allowAndroid": "false"})),
         channel("misspelled-setting", json!({"allowAndriod": false})),
+        rollout(
+            "rollout-steps-shrinking",
+            json!({"production": {"steps": [50, 25, 100]}}),
+        ),
+        rollout(
+            "rollout-steps-short-of-100",
+            json!({"production": {"steps": [5, 50]}}),
+        ),
+        rollout(
+            "rollout-step-of-zero",
+            json!({"production": {"steps": [0, 100]}}),
+        ),
+        rollout(
+            "rollout-step-above-100",
+            json!({"production": {"steps": [5, 150]}}),
+        ),
+        rollout(
+            "rollout-with-21-steps",
+            json!({"production": {"steps": too_many_steps}}),
+        ),
+        rollout(
+            "rollout-interval-in-words",
+            json!({"production": {"interval": "10 minutes"}}),
+        ),
+        rollout(
+            "rollout-interval-under-a-second",
+            json!({"production": {"interval": "500ms"}}),
+        ),
+        rollout(
+            "rollout-window-over-30-days",
+            json!({"production": {"window": "800h"}}),
+        ),
+        rollout(
+            "rollout-failure-rate-above-1",
+            json!({"production": {"maxFailureRate": 1.5}}),
+        ),
+        rollout(
+            "rollout-min-devices-too-high",
+            json!({"production": {"minDevices": 100_001}}),
+        ),
+        rollout("rollout-of-an-unlisted-channel", json!({"beta": {}})),
+        rollout("rollout-of-builtin", json!({"builtin": {}})),
+        rollout(
+            "rollout-misspelled-field",
+            json!({"production": {"stepz": [100]}}),
+        ),
     ]);
     for case in &cases {
         let name = case["metadata"]["name"].as_str().unwrap();
@@ -810,5 +927,5 @@ fn argo_cd_health_cases_pass_in_argo_cds_lua_vm() {
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("6 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
 }

@@ -614,6 +614,7 @@ async fn records_owned_by_kubernetes_resources_are_read_only_here() {
             RecordId::parse(&next, "id").unwrap(),
         )]
         .into(),
+        rollouts: Default::default(),
         owner: owner.clone(),
         adopt: false,
     };
@@ -664,6 +665,136 @@ async fn records_owned_by_kubernetes_resources_are_read_only_here() {
     assert_eq!(
         still.channels, desired.channels,
         "the refused calls changed nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_resource_with_a_rollout_plan_rolls_out_its_changes_instead_of_switching() {
+    use capgo_server::catalog::{DesiredRelease, RolloutAction};
+    use capgo_server::domain::rollout::RolloutSpec;
+    use capgo_server::domain::{ChannelName, Platform, RecordId, ReleaseKey, ResourceRef};
+
+    let app = TestApp::new();
+    let id = |text: &str| RecordId::parse(text, "id").unwrap();
+    let builtin = id(&app.upload_bundle("1.0.0").await);
+    let stable = id(&app.upload_bundle("1.0.1").await);
+    let canary = id(&app.upload_bundle("1.1.0").await);
+    let other = id(&app.upload_bundle("1.2.0").await);
+    let production = ChannelName::default_channel();
+    let plan = RolloutSpec {
+        steps: Some(vec![50.0, 100.0]),
+        ..Default::default()
+    }
+    .plan()
+    .unwrap();
+    let desired = |bundle: &RecordId, with_plan: bool| DesiredRelease {
+        key: ReleaseKey {
+            platform: Platform::Android,
+            app_id: APP_ID.into(),
+            version_name: "3.0.0".into(),
+            version_code: "30".into(),
+        },
+        builtin_bundle_id: builtin.clone(),
+        channels: [(production.clone(), bundle.clone())].into(),
+        rollouts: if with_plan {
+            [(production.clone(), plan.clone())].into()
+        } else {
+            Default::default()
+        },
+        owner: ResourceRef::new("Release", "apps", "shop"),
+        adopt: false,
+    };
+    let catalog = &app.state.catalog;
+    let (record, _) = catalog
+        .apply_release(&desired(&stable, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        record.channels[&production], stable,
+        "a new record is assigned at once"
+    );
+    let rollout = || async {
+        catalog
+            .rollout(&record.id, &production)
+            .await
+            .unwrap()
+            .expect("a rollout")
+    };
+
+    // Git names the canary: a rollout starts, the channel keeps its bundle.
+    let (changed, written) = catalog
+        .apply_release(&desired(&canary, true))
+        .await
+        .unwrap();
+    assert!(written);
+    assert_eq!(changed.channels[&production], stable);
+    let started = rollout().await;
+    assert_eq!(
+        (&started.stable_bundle_id, &started.canary_bundle_id),
+        (&stable, &canary)
+    );
+    assert_eq!(
+        started.owner,
+        Some(ResourceRef::new("Release", "apps", "shop"))
+    );
+    let (_, written) = catalog
+        .apply_release(&desired(&canary, true))
+        .await
+        .unwrap();
+    assert!(
+        !written,
+        "an unchanged resource writes nothing during its rollout"
+    );
+    let (status, answer) = app
+        .post_json(
+            "/api/v1/rollouts.start",
+            json!({"release_id": record.id.as_str(), "bundle_id": other.as_str()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+
+    // Git names another bundle mid-rollout: the rollout is replaced.
+    catalog.apply_release(&desired(&other, true)).await.unwrap();
+    let replaced = rollout().await;
+    assert_ne!(replaced.id, started.id);
+    assert_eq!(replaced.canary_bundle_id, other);
+
+    // Rolled back (here by hand): not started again for the same bundle.
+    catalog
+        .act_on_rollout(
+            record.id.as_str(),
+            &production,
+            RolloutAction::Abort,
+            "test",
+        )
+        .await
+        .unwrap();
+    let (kept, written) = catalog.apply_release(&desired(&other, true)).await.unwrap();
+    assert!(!written, "a rolled-back canary is not retried");
+    assert_eq!(kept.channels[&production], stable);
+    assert_eq!(rollout().await.id, replaced.id);
+
+    // Another bundle starts a new rollout; dropping the plan switches at once and ends it.
+    catalog
+        .apply_release(&desired(&canary, true))
+        .await
+        .unwrap();
+    assert!(rollout().await.progress.phase.is_active());
+    let (switched, _) = catalog
+        .apply_release(&desired(&canary, false))
+        .await
+        .unwrap();
+    assert_eq!(switched.channels[&production], canary);
+    let ended = rollout().await;
+    assert_eq!(ended.progress.phase.as_str(), "rolled_back");
+    assert!(
+        ended
+            .progress
+            .phase
+            .reason()
+            .unwrap()
+            .contains("Release apps/shop"),
+        "{ended:?}"
     );
 }
 

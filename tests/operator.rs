@@ -21,6 +21,7 @@ use capgo_server::domain::channel::Channel;
 use capgo_server::domain::channel_policy::{ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::AppKey;
 use capgo_server::domain::net_policy::SourcePolicy;
+use capgo_server::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
 use capgo_server::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use capgo_server::domain::{
@@ -33,7 +34,8 @@ use capgo_server::operator::{bundles, channels, releases, Context};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
 use capgo_server::store::{
-    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, SeenDevice, StoreError, TargetingStore,
+    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, RolloutStore, SeenDevice, StoreError,
+    TargetingStore,
 };
 
 const NS: &str = "apps";
@@ -179,6 +181,54 @@ impl CatalogStore for CountingStore {
     async fn adopt_bundle(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
         self.count();
         self.inner.adopt_bundle(id, o).await
+    }
+}
+
+#[async_trait]
+impl RolloutStore for CountingStore {
+    async fn insert_rollout(&self, rollout: &Rollout) -> Result<(), StoreError> {
+        self.count();
+        self.inner.insert_rollout(rollout).await
+    }
+    async fn rollout(
+        &self,
+        release_id: &RecordId,
+        channel: &ChannelName,
+    ) -> Result<Option<Rollout>, StoreError> {
+        self.inner.rollout(release_id, channel).await
+    }
+    async fn list_rollouts(&self, active_only: bool) -> Result<Vec<Rollout>, StoreError> {
+        self.inner.list_rollouts(active_only).await
+    }
+    async fn update_rollout(&self, rollout: &Rollout) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.update_rollout(rollout).await
+    }
+    async fn complete_rollout(&self, rollout: &Rollout) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.complete_rollout(rollout).await
+    }
+    async fn record_canary_marks(&self, marks: &[CanaryMark]) -> Result<(), StoreError> {
+        self.inner.record_canary_marks(marks).await
+    }
+    async fn canary_health(
+        &self,
+        rollout_id: &RecordId,
+        since: UnixMillis,
+        crash_after_set: std::time::Duration,
+    ) -> Result<CanaryHealth, StoreError> {
+        self.inner
+            .canary_health(rollout_id, since, crash_after_set)
+            .await
+    }
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        self.inner.acquire_lease(name, holder, ttl, now).await
     }
 }
 

@@ -1094,3 +1094,573 @@ fn the_chart_installs_upgrades_and_uninstalls_keeping_the_volume() {
         assert_eq!(kept, volumes, "{file}: only the volume claim stays");
     }
 }
+
+/// The settings of servers whose simulated fleet checks in from one address: no per-IP limits.
+fn unlimited() -> Vec<(String, String)> {
+    [
+        ("LIMIT_REQUEST_PER_MINUTE", "0"),
+        ("STATS_EVENTS_PER_MINUTE", "0"),
+        ("MAX_CONNECTIONS_PER_IP", "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The Release of [`release`] serving `production` on production, whose production changes
+/// roll out with `plan`.
+fn release_with_rollout(production: &str, plan: Value) -> Value {
+    let mut release = release(&[("production", production)]);
+    release["spec"]["rollouts"] = json!({ "production": plan });
+    release
+}
+
+/// A few hundred devices: enough to see a 50% step within ±15% (five standard deviations).
+const FLEET: usize = 400;
+
+fn fleet() -> Vec<String> {
+    (0..FLEET)
+        .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
+        .collect()
+}
+
+/// What `/updates` offers each device of `ids` running the bundle `running`: the version, or
+/// `""` for no update.
+async fn offers(client: &Client, ids: &[String], running: &str) -> BTreeMap<String, String> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(ids.iter().cloned())
+        .map(|id| async move {
+            let mut body = device_body(running, "8.51.14");
+            body["device_id"] = json!(id);
+            let (status, answer) = client.device("/updates", &body).await;
+            assert_eq!(status, 200, "{answer}");
+            let offered = answer["version"]
+                .as_str()
+                .filter(|_| answer.get("error").is_none())
+                .unwrap_or_default()
+                .to_string();
+            (id, offered)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// The devices `offers` offered `version`.
+fn offered(offers: &BTreeMap<String, String>, version: &str) -> Vec<String> {
+    offers
+        .iter()
+        .filter(|(_, offered)| *offered == version)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Each of `ids` reports `action` about `version` on `/stats`, as the plugin does.
+async fn report(client: &Client, ids: &[String], action: &str, version: &str) {
+    for chunk in ids.chunks(200) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|id| {
+                json!({"app_id": APP_ID, "device_id": id, "action": action,
+                       "version_name": version, "platform": "android"})
+            })
+            .collect();
+        let (status, answer) = client.device("/stats", &Value::Array(events)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+}
+
+/// `status.rollouts.production` of the Release, once `done` holds for it.
+async fn rollout_status(
+    cluster: &Cluster,
+    server: &ServerProcess,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let status = cluster.get("release/shop")["status"].clone();
+        if done(&status["rollouts"]["production"]) {
+            return status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}: {status}\nserver log:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The production rollout as the REST API shows it (the driver's own view, without the
+/// operator's delay).
+async fn rest_rollout(client: &Client, release_id: &str) -> Value {
+    let list = client
+        .list(&format!("rollouts.list?release_id={release_id}"))
+        .await;
+    list["data"][0].clone()
+}
+
+/// A hand move on the production rollout, through the REST API.
+async fn act(client: &Client, route: &str, release_id: &str) {
+    let (status, answer) = client
+        .manage(route, json!({"release_id": release_id}))
+        .await;
+    assert_eq!(status, 200, "{route}: {answer}");
+}
+
+/// The rollout Events of the Release `shop`: (type, reason, note, repeated).
+fn rollout_events(cluster: &Cluster) -> Vec<(String, String, String, bool)> {
+    let events = cluster.get("events.events.k8s.io");
+    let mut found: Vec<(String, String, String, bool)> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["regarding"]["kind"] == "Release"
+                && e["regarding"]["name"] == "shop"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("Rollout")
+        })
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+                e["note"].as_str().unwrap_or_default().to_string(),
+                !e["series"].is_null(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// The reasons of `events`, sorted.
+fn reasons(events: &[(String, String, String, bool)]) -> Vec<&str> {
+    let mut reasons: Vec<&str> = events.iter().map(|(_, r, _, _)| r.as_str()).collect();
+    reasons.sort();
+    reasons
+}
+
+/// Argo CD's verdict on the Release: deploy/argocd/health.lua run in Argo CD's Lua VM on the
+/// object as the API server returns it.
+struct ArgoHealth {
+    runner: String,
+}
+
+impl ArgoHealth {
+    fn get() -> Option<ArgoHealth> {
+        let runner =
+            common::service_var("CAPGO_TEST_ARGOCD_HEALTH", "Argo CD health-check runner")?;
+        Some(ArgoHealth { runner })
+    }
+
+    /// (status, message) of `what`.
+    fn of(&self, cluster: &Cluster, what: &str) -> (String, String) {
+        let object = cluster.kubectl(&["get", what, "-o", "json"]);
+        let mut child = std::process::Command::new(&self.runner)
+            .arg(repo("deploy/argocd/health.lua"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), object.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        let verdict: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (
+            verdict["status"].as_str().unwrap().to_string(),
+            verdict["message"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+}
+
+/// The condition `type_` of a Release `status`.
+fn condition_in(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Git changes production's bundle of a Release with a rollout plan: the operator's status
+/// follows the rollout the catalog starts (Progressing, Suspended while paused through the API,
+/// then Ready serving the canary), devices in the canary's share get it over real HTTP, and an
+/// Event marks every transition, once.
+#[tokio::test]
+async fn a_release_rolls_a_changed_bundle_out_in_steps() {
+    let Some(cluster) = Cluster::new("op-rollout") else {
+        return;
+    };
+    let argo = ArgoHealth::get();
+    let web = Web::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = cluster.start_operator(
+        data.path(),
+        &cluster.kube.kubeconfig,
+        "replica-a",
+        &unlimited(),
+    );
+    let client = Client::new(&server, API_KEY);
+    // Step 2's interval leaves time to pause it through the API once step 1 advanced.
+    cluster.apply(&release_with_rollout(
+        "1.0.1",
+        json!({"steps": [50, 100], "interval": "2s", "minDevices": 5, "maxFailureRate": 0.5}),
+    ));
+    for version in VERSIONS {
+        cluster.apply(&web.bundle(version));
+    }
+    cluster.wait_ready(&["bundle/web-1-0-1", "bundle/web-1-0-2"], &server);
+    cluster.wait_ready(&["release/shop"], &server);
+    let status = cluster.get("release/shop")["status"].clone();
+    assert!(
+        status.get("rollouts").is_none(),
+        "a new record takes its channels at once: {status}"
+    );
+    let release_id = status["releaseId"].as_str().unwrap().to_string();
+    let ids = fleet();
+    assert_eq!(
+        offered(&offers(&client, &ids, "1.0.0").await, "1.0.1").len(),
+        FLEET
+    );
+
+    let patched = Instant::now();
+    cluster.kubectl(&[
+        "patch",
+        "release/shop",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"channels":{"production":"web-1-0-2"}}}"#,
+    ]);
+    let status = rollout_status(&cluster, &server, "the rollout in status", |r| {
+        r["phase"] == "Progressing"
+    })
+    .await;
+    println!(
+        "measured: kubectl patch to a Progressing rollout in status in {:?}",
+        patched.elapsed()
+    );
+    let rollout = &status["rollouts"]["production"];
+    assert_eq!(
+        (
+            &rollout["step"],
+            &rollout["steps"],
+            &rollout["percent"],
+            &rollout["stable"],
+            &rollout["canary"]
+        ),
+        (
+            &json!(1),
+            &json!([50, 100]),
+            &json!(50),
+            &json!("1.0.1"),
+            &json!("1.0.2")
+        ),
+        "{status}"
+    );
+    assert!(rollout["nextStepAt"].is_string(), "{rollout}");
+    assert_eq!(
+        status["channels"]["production"], "1.0.1",
+        "stable, until it completes"
+    );
+    assert_eq!(status["serving"], "production=1.0.1 (50% on 1.0.2)");
+    assert_eq!(status["observedGeneration"], 2);
+    let ready = condition_in(&status, "Ready");
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("RolloutProgressing"))
+    );
+    assert_eq!(condition_in(&status, "Reconciling")["status"], "True");
+    assert_eq!(condition_in(&status, "Stalled")["status"], "False");
+    if let Some(argo) = &argo {
+        let (health, message) = argo.of(&cluster, "release/shop");
+        assert_eq!(health, "Progressing", "{message}");
+        assert!(message.contains("50% of devices on 1.0.2"), "{message}");
+    }
+
+    // About half of the devices get the canary; the others stay where they are.
+    let step_one = offers(&client, &ids, "1.0.1").await;
+    let canary = offered(&step_one, "1.0.2");
+    let share = canary.len() as f64 / FLEET as f64;
+    assert!(
+        (0.35..=0.65).contains(&share),
+        "{share} of devices in a 50% step"
+    );
+    assert!(
+        step_one.values().all(|v| v.is_empty() || v == "1.0.2"),
+        "{step_one:?}"
+    );
+
+    // They install it: the step advances; paused at once through the API, it holds there.
+    report(&client, &canary, "set", "1.0.2").await;
+    let started = Instant::now();
+    while rest_rollout(&client, &release_id).await["step"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "step 1 never advanced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    act(&client, "rollouts.pause", &release_id).await;
+    let status = rollout_status(&cluster, &server, "the paused rollout", |r| {
+        r["phase"] == "Paused"
+    })
+    .await;
+    let rollout = &status["rollouts"]["production"];
+    assert_eq!(
+        (&rollout["step"], &rollout["percent"]),
+        (&json!(2), &json!(100)),
+        "{status}"
+    );
+    assert!(rollout.get("nextStepAt").is_none(), "{rollout}");
+    let reconciling = condition_in(&status, "Reconciling");
+    assert_eq!(
+        (&reconciling["status"], &reconciling["reason"]),
+        (&json!("True"), &json!("RolloutPaused"))
+    );
+    if let Some(argo) = &argo {
+        let (health, message) = argo.of(&cluster, "release/shop");
+        assert_eq!(health, "Suspended", "{message}");
+    }
+    let everyone = offers(&client, &ids, "1.0.1").await;
+    assert_eq!(
+        offered(&everyone, "1.0.2").len(),
+        FLEET,
+        "the 100% step reaches every device"
+    );
+
+    // Resumed, it completes: the channel serves the canary and the Release is Ready.
+    act(&client, "rollouts.resume", &release_id).await;
+    let status = rollout_status(&cluster, &server, "the completed rollout", |r| {
+        r["phase"] == "Done"
+    })
+    .await;
+    cluster.wait_ready(&["release/shop"], &server);
+    assert_eq!(status["channels"]["production"], "1.0.2", "{status}");
+    assert_eq!(status["serving"], "production=1.0.2");
+    assert!(
+        status["rollouts"]["production"]["finishedAt"].is_string(),
+        "{status}"
+    );
+    if let Some(argo) = &argo {
+        assert_eq!(argo.of(&cluster, "release/shop").0, "Healthy");
+    }
+    assert_eq!(
+        offered(&offers(&client, &ids, "1.0.1").await, "1.0.2").len(),
+        FLEET
+    );
+
+    // One Normal Event per transition, none repeated.
+    let events = eventually(
+        Duration::from_secs(10),
+        "the completion's Event",
+        || async {
+            let events = rollout_events(&cluster);
+            events
+                .iter()
+                .any(|(_, reason, _, _)| reason == "RolloutCompleted")
+                .then_some(events)
+        },
+    )
+    .await;
+    assert_eq!(
+        reasons(&events),
+        [
+            "RolloutCompleted",
+            "RolloutPaused",
+            "RolloutResumed",
+            "RolloutStarted",
+            "RolloutStepAdvanced"
+        ],
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(type_, _, _, repeated)| type_ == "Normal" && !repeated),
+        "{events:?}"
+    );
+    let started_note = &events.iter().find(|e| e.1 == "RolloutStarted").unwrap().2;
+    assert!(
+        started_note.contains("production: rolling out 1.0.2 (from 1.0.1) in steps of 50%, 100%"),
+        "{started_note}"
+    );
+
+    // Nothing under way: the Release is no longer polled, and nothing more is written.
+    let before = cluster.resource_versions();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(cluster.resource_versions(), before, "{}", server.log_text());
+}
+
+/// Canary devices report failures: the rollout rolls back by itself, every device gets the
+/// stable bundle again, and the Release is Degraded for Argo CD (Stalled, reason RolledBack)
+/// with a Warning Event, not retried, not announced again after a restart, until Git names
+/// another bundle for the channel.
+#[tokio::test]
+async fn failing_canary_devices_roll_a_release_back_and_degrade_it() {
+    let Some(cluster) = Cluster::new("op-rollback") else {
+        return;
+    };
+    let argo = ArgoHealth::get();
+    let web = Web::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = cluster.start_operator(
+        data.path(),
+        &cluster.kube.kubeconfig,
+        "replica-a",
+        &unlimited(),
+    );
+    let client = Client::new(&server, API_KEY);
+    cluster.apply(&release_with_rollout(
+        "1.0.1",
+        json!({"steps": [50, 100], "interval": "1s", "minDevices": 5, "maxFailureRate": 0.2}),
+    ));
+    for version in VERSIONS {
+        cluster.apply(&web.bundle(version));
+    }
+    cluster.wait_ready(&["bundle/web-1-0-1", "bundle/web-1-0-2"], &server);
+    cluster.wait_ready(&["release/shop"], &server);
+    cluster.kubectl(&[
+        "patch",
+        "release/shop",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"channels":{"production":"web-1-0-2"}}}"#,
+    ]);
+    let status = rollout_status(&cluster, &server, "the rollout in status", |r| {
+        r["phase"] == "Progressing"
+    })
+    .await;
+    let rollout_id = status["rollouts"]["production"]["id"].clone();
+    let ids = fleet();
+    let canary = offered(&offers(&client, &ids, "1.0.1").await, "1.0.2");
+    assert!(canary.len() > FLEET / 4, "{} of {FLEET}", canary.len());
+
+    // Every canary device fails to apply it.
+    let reported = Instant::now();
+    report(&client, &canary, "update_fail", "1.0.2").await;
+    let status = rollout_status(&cluster, &server, "the roll-back in status", |r| {
+        r["phase"] == "RolledBack"
+    })
+    .await;
+    println!(
+        "measured: failures reported to a RolledBack status in {:?}",
+        reported.elapsed()
+    );
+    let rollout = &status["rollouts"]["production"];
+    let reason = rollout["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("devices failed on the canary"), "{rollout}");
+    assert!(rollout["failed"].as_u64().unwrap() >= 5, "{rollout}");
+    assert_eq!(rollout["failureRate"], 1.0, "{rollout}");
+    assert_eq!(status["channels"]["production"], "1.0.1", "{status}");
+    assert_eq!(status["serving"], "production=1.0.1");
+    let stalled = condition_in(&status, "Stalled");
+    assert_eq!(
+        (&stalled["status"], &stalled["reason"]),
+        (&json!("True"), &json!("RolledBack"))
+    );
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("production: rolled back from 1.0.2 to 1.0.1")
+            && message.contains(&reason),
+        "{message}"
+    );
+    assert_eq!(condition_in(&status, "Ready")["status"], "False");
+    assert_eq!(condition_in(&status, "Reconciling")["status"], "False");
+    if let Some(argo) = &argo {
+        assert_eq!(
+            argo.of(&cluster, "release/shop"),
+            ("Degraded".to_string(), message.to_string())
+        );
+    }
+
+    // Every device gets stable again: those that took the canary are sent back.
+    let sent_back = offers(&client, &canary, "1.0.2").await;
+    assert!(sent_back.values().all(|v| v == "1.0.1"), "{sent_back:?}");
+    let on_stable = offers(&client, &ids, "1.0.1").await;
+    assert!(on_stable.values().all(String::is_empty), "{on_stable:?}");
+
+    // One Warning Event with the reason, and no second Stalled Event beside it.
+    let events = eventually(Duration::from_secs(10), "the roll-back's Event", || async {
+        let events = rollout_events(&cluster);
+        events
+            .iter()
+            .any(|(_, reason, _, _)| reason == "RolloutRolledBack")
+            .then_some(events)
+    })
+    .await;
+    assert_eq!(
+        reasons(&events),
+        ["RolloutRolledBack", "RolloutStarted"],
+        "{events:?}"
+    );
+    let (type_, _, note, _) = events.iter().find(|e| e.1 == "RolloutRolledBack").unwrap();
+    assert_eq!(type_, "Warning");
+    assert!(
+        note.contains(&reason) && note.contains("back on 1.0.1"),
+        "{note}"
+    );
+    let all_events = cluster.get("events.events.k8s.io");
+    assert!(
+        !all_events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "RolledBack"),
+        "{all_events}"
+    );
+
+    // The spec still names 1.0.2: no new rollout toward it, and a restart announces nothing
+    // again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = cluster.get("release/shop")["status"].clone();
+    assert_eq!(again["rollouts"]["production"]["id"], rollout_id, "{again}");
+    assert_eq!(again["rollouts"]["production"]["phase"], "RolledBack");
+    let before = cluster.resource_versions();
+    assert!(server.stop().success());
+    let server = cluster.start_operator(
+        data.path(),
+        &cluster.kube.kubeconfig,
+        "replica-a",
+        &unlimited(),
+    );
+    let client = Client::new(&server, API_KEY);
+    eventually(
+        Duration::from_secs(60),
+        "a resync after the restart",
+        || async { (reconciles(&client, "Release").await >= 1.0).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.resource_versions(), before, "{}", server.log_text());
+    assert_eq!(rollout_events(&cluster), events, "nothing announced again");
+
+    // Git names another bundle (stable again): Ready and Healthy.
+    cluster.kubectl(&[
+        "patch",
+        "release/shop",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"channels":{"production":"web-1-0-1"}}}"#,
+    ]);
+    let ready = eventually(Duration::from_secs(60), "Ready on stable", || async {
+        let status = cluster.get("release/shop")["status"].clone();
+        (status["observedGeneration"] == 3 && condition_in(&status, "Ready")["status"] == "True")
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(
+        condition_in(&ready, "Stalled")["status"],
+        "False",
+        "{ready}"
+    );
+    assert_eq!(
+        ready["rollouts"]["production"]["phase"], "RolledBack",
+        "kept as history"
+    );
+    if let Some(argo) = &argo {
+        assert_eq!(argo.of(&cluster, "release/shop").0, "Healthy");
+    }
+}

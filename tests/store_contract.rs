@@ -13,6 +13,10 @@ use futures_util::StreamExt;
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
 use capgo_server::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::{AppKey, RsaPublicKey};
+use capgo_server::domain::rollout::{
+    new_salt, CanaryHealth, CanaryMark, CanarySignal, Rollout, RolloutPhase, RolloutPlan,
+    RolloutProgress,
+};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
 use capgo_server::domain::targeting::{
     DeviceOverride, OverrideSource, UnregisteredBuild, MAX_UNREGISTERED_BUILDS,
@@ -25,7 +29,7 @@ use capgo_server::store::mongo::MongoMetadataStore;
 use capgo_server::store::s3::{DownloadUrls, S3BlobStore, S3Settings};
 use capgo_server::store::sqlite::SqliteMetadataStore;
 use capgo_server::store::{
-    BlobStore, CatalogStore, MetadataStore, SeenDevice, StoreError, TargetingStore,
+    BlobStore, CatalogStore, CatalogVersion, MetadataStore, SeenDevice, StoreError, TargetingStore,
 };
 
 fn bundle(app_id: &str, version: &str, created_at: i64) -> Bundle {
@@ -300,6 +304,9 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     forced_overrides_win_races_with_device_choices(store.as_ref()).await;
     unregistered_build_contract(store.as_ref()).await;
     find_devices_contract(store.as_ref()).await;
+    rollout_contract(store.as_ref()).await;
+    canary_health_contract(store.as_ref()).await;
+    lease_contract(store.as_ref()).await;
 }
 
 /// One public key per app: registered, read back as registered, replaced, listed, removed.
@@ -461,33 +468,69 @@ async fn deletes_racing_writes_never_leave_a_dangling_reference(store: &dyn Meta
     assert!(deleted + promoted >= 30, "every round had a winner");
 }
 
-/// The targeting revision of a store other processes share, followed across writes: every
-/// settings or override write must move it, or other replicas keep serving stale answers.
-/// SQLite reports none (its only writer clears its own cache).
-struct TargetingRevision(Option<i64>);
+/// One revision of the catalog version of a store other processes share, followed across
+/// writes: every write that changes an answer must move it, or other replicas keep serving
+/// stale answers. SQLite reports none (its only writer clears its own cache).
+struct CatalogRevision {
+    name: &'static str,
+    of: fn(&CatalogVersion) -> i64,
+    seen: Option<i64>,
+}
 
-impl TargetingRevision {
-    async fn of(store: &dyn MetadataStore) -> TargetingRevision {
-        TargetingRevision(
-            store
-                .catalog_version()
-                .await
-                .unwrap()
-                .map(|v| v.targeting_revision),
-        )
+impl CatalogRevision {
+    /// Moved by channel-settings and device-override writes.
+    async fn targeting(store: &dyn MetadataStore) -> CatalogRevision {
+        CatalogRevision::follow(store, "targeting", |v| v.targeting_revision).await
+    }
+
+    /// Moved by rollout starts and steps.
+    async fn rollouts(store: &dyn MetadataStore) -> CatalogRevision {
+        CatalogRevision::follow(store, "rollout", |v| v.rollout_revision).await
+    }
+
+    async fn follow(
+        store: &dyn MetadataStore,
+        name: &'static str,
+        of: fn(&CatalogVersion) -> i64,
+    ) -> CatalogRevision {
+        let mut revision = CatalogRevision {
+            name,
+            of,
+            seen: None,
+        };
+        revision.seen = revision.read(store).await;
+        revision
+    }
+
+    async fn read(&self, store: &dyn MetadataStore) -> Option<i64> {
+        store
+            .catalog_version()
+            .await
+            .unwrap()
+            .map(|v| (self.of)(&v))
     }
 
     async fn assert_moved(&mut self, store: &dyn MetadataStore, write: &str) {
-        let now = TargetingRevision::of(store).await.0;
-        match (self.0, now) {
+        let now = self.read(store).await;
+        match (self.seen, now) {
             (Some(before), Some(after)) => assert!(
                 after > before,
-                "{write} left the targeting revision at {before}"
+                "{write} left the {} revision at {before}",
+                self.name
             ),
             (None, None) => {}
             changed => panic!("{write}: the catalog version appeared or vanished: {changed:?}"),
         }
-        self.0 = now;
+        self.seen = now;
+    }
+
+    async fn assert_unchanged(&self, store: &dyn MetadataStore, write: &str) {
+        assert_eq!(
+            self.read(store).await,
+            self.seen,
+            "{write} moved the {} revision",
+            self.name
+        );
     }
 }
 
@@ -515,7 +558,7 @@ fn settings(
 /// forgotten; storing them creates the channel (with its numeric id) or keeps the one there.
 async fn channel_settings_contract(store: &dyn MetadataStore) {
     let app = "com.contract.channels";
-    let mut revision = TargetingRevision::of(store).await;
+    let mut revision = CatalogRevision::targeting(store).await;
     assert!(store.channel_settings(Some(app)).await.unwrap().is_empty());
     let strict = ChannelRules {
         allow_android: false,
@@ -683,7 +726,7 @@ async fn device_override_contract(store: &dyn MetadataStore) {
     let o = |device_id: &str, channel_name: &str, source: &OverrideSource, at: i64| {
         device_override(app, device_id, channel_name, source, at)
     };
-    let mut revision = TargetingRevision::of(store).await;
+    let mut revision = CatalogRevision::targeting(store).await;
     assert!(store.device_overrides(app).await.unwrap().is_empty());
 
     store
@@ -1073,6 +1116,437 @@ async fn find_devices_contract(store: &dyn MetadataStore) {
         .is_empty());
 }
 
+/// A release of `app` whose production channel serves its stable bundle, and a canary bundle:
+/// `(release, stable, canary)`.
+async fn rollout_release(store: &dyn MetadataStore, app: &str) -> (Release, Bundle, Bundle) {
+    let stable = bundle(app, "1.0.0", 1);
+    let canary = bundle(app, "1.1.0", 2);
+    store.insert_bundle(&stable).await.unwrap();
+    store.insert_bundle(&canary).await.unwrap();
+    let mut r = release(&stable, "300");
+    r.channels
+        .insert(ChannelName::default_channel(), stable.id.clone());
+    store.insert_release(&r).await.unwrap();
+    (r, stable, canary)
+}
+
+/// A rollout of a release's channel from `stable` to `canary`, just started.
+fn new_rollout(
+    r: &Release,
+    channel: &ChannelName,
+    stable: &Bundle,
+    canary: &Bundle,
+    started_at: i64,
+) -> Rollout {
+    Rollout {
+        id: RecordId::generate(),
+        release_id: r.id.clone(),
+        app_id: r.key.app_id.clone(),
+        channel: channel.clone(),
+        stable_bundle_id: stable.id.clone(),
+        canary_bundle_id: canary.id.clone(),
+        plan: RolloutPlan::new(
+            &[5.0, 50.0, 100.0],
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            0.05,
+            20,
+        )
+        .unwrap(),
+        progress: RolloutProgress {
+            phase: RolloutPhase::Progressing,
+            step: 0,
+            step_started_at: started_at,
+        },
+        salt: new_salt(),
+        health: CanaryHealth::default(),
+        started_by: "contract".into(),
+        owner: Some(ResourceRef::new("Release", "apps", "shop-ios")),
+        started_at,
+        updated_at: started_at,
+        finished_at: None,
+        revision: 1,
+    }
+}
+
+fn canary_mark(
+    rollout_id: &RecordId,
+    device_key: i64,
+    signal: CanarySignal,
+    at: i64,
+) -> CanaryMark {
+    CanaryMark {
+        rollout_id: rollout_id.clone(),
+        device_key,
+        signal,
+        at,
+    }
+}
+
+/// The crash rule of the contract: a crash this soon after installing is a failure.
+const CRASH_AFTER_SET: Duration = Duration::from_secs(600);
+
+/// One rollout per (release, channel): an active one refuses a second, a finished one makes way
+/// (with its health records); writes are compare-and-swap on the revision; completing points
+/// the channel at the canary; every start or step moves the rollout revision, health alone does
+/// not; rollouts and their health records go with their release.
+async fn rollout_contract(store: &dyn MetadataStore) {
+    let app = "com.contract.rollouts";
+    let (r, stable, canary) = rollout_release(store, app).await;
+    let (production, beta) = (ChannelName::default_channel(), channel("beta"));
+    let rollouts_of_app = |active_only: bool| async move {
+        store
+            .list_rollouts(active_only)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|listed| listed.app_id == app)
+            .collect::<Vec<_>>()
+    };
+    let mut revision = CatalogRevision::rollouts(store).await;
+
+    let started = new_rollout(&r, &production, &stable, &canary, 1_000);
+    store.insert_rollout(&started).await.unwrap();
+    revision.assert_moved(store, "starting a rollout").await;
+    assert_eq!(
+        store.rollout(&r.id, &production).await.unwrap(),
+        Some(started.clone()),
+        "round trip"
+    );
+    assert_eq!(store.rollout(&r.id, &beta).await.unwrap(), None);
+    let second = new_rollout(&r, &production, &stable, &canary, 1_100);
+    assert!(
+        matches!(
+            store.insert_rollout(&second).await,
+            Err(StoreError::Duplicate(_))
+        ),
+        "one active rollout per channel"
+    );
+    let mut orphan = new_rollout(&r, &production, &stable, &canary, 1_100);
+    orphan.release_id = RecordId::generate();
+    assert!(
+        matches!(
+            store.insert_rollout(&orphan).await,
+            Err(StoreError::Reference(_))
+        ),
+        "the release must exist"
+    );
+    assert_eq!(
+        store
+            .rollout(&orphan.release_id, &production)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.rollout(&r.id, &production).await.unwrap(),
+        Some(started.clone()),
+        "refused starts change nothing"
+    );
+    revision.assert_unchanged(store, "refused starts").await;
+    let on_beta = new_rollout(&r, &beta, &stable, &canary, 2_000);
+    store.insert_rollout(&on_beta).await.unwrap();
+    revision
+        .assert_moved(store, "starting another channel's rollout")
+        .await;
+
+    // Every write names the revision it read: the first of two writers wins, the other is told.
+    let paused = started.moved(
+        RolloutProgress {
+            phase: RolloutPhase::Paused,
+            ..started.progress.clone()
+        },
+        1_500,
+    );
+    assert!(store.update_rollout(&paused).await.unwrap());
+    revision.assert_moved(store, "pausing").await;
+    assert!(
+        !store.update_rollout(&paused).await.unwrap(),
+        "the same revision is written once"
+    );
+    let stale = started.moved(
+        RolloutProgress {
+            step: 1,
+            ..started.progress.clone()
+        },
+        1_600,
+    );
+    assert!(
+        !store.update_rollout(&stale).await.unwrap(),
+        "a write from a stale read loses"
+    );
+    let mut absent = paused.moved(paused.progress.clone(), 1_600);
+    absent.id = RecordId::generate();
+    assert!(!store.update_rollout(&absent).await.unwrap());
+    assert_eq!(
+        store.rollout(&r.id, &production).await.unwrap(),
+        Some(paused.clone()),
+        "losing writes change nothing"
+    );
+    revision.assert_unchanged(store, "losing writes").await;
+    let measured = Rollout {
+        health: CanaryHealth {
+            devices: 40,
+            failed: 1,
+        },
+        updated_at: 1_700,
+        revision: paused.revision + 1,
+        ..paused.clone()
+    };
+    assert!(store.update_rollout(&measured).await.unwrap());
+    revision.assert_unchanged(store, "a health update").await;
+    let resumed = measured.moved(
+        RolloutProgress {
+            phase: RolloutPhase::Progressing,
+            step: 1,
+            step_started_at: 1_800,
+        },
+        1_800,
+    );
+    assert!(store.update_rollout(&resumed).await.unwrap());
+    revision.assert_moved(store, "a step").await;
+    assert_eq!(
+        store.rollout(&r.id, &production).await.unwrap(),
+        Some(resumed.clone())
+    );
+    let rolled_back = on_beta.moved(
+        RolloutProgress {
+            phase: RolloutPhase::RolledBack {
+                reason: "3 of 20 devices failed on the canary".into(),
+            },
+            ..on_beta.progress.clone()
+        },
+        2_500,
+    );
+    assert!(store.update_rollout(&rolled_back).await.unwrap());
+    revision.assert_moved(store, "rolling back").await;
+    assert_eq!(
+        rollouts_of_app(false).await,
+        [rolled_back.clone(), resumed.clone()],
+        "newest first, finished ones kept"
+    );
+    assert_eq!(
+        rollouts_of_app(true).await,
+        vec![resumed.clone()],
+        "active ones"
+    );
+
+    // A new start replaces the finished rollout of the channel, and its health records.
+    store
+        .record_canary_marks(&[
+            canary_mark(&rolled_back.id, 1, CanarySignal::Answered, 2_100),
+            canary_mark(&rolled_back.id, 1, CanarySignal::Installed, 2_200),
+        ])
+        .await
+        .unwrap();
+    let health_of = |rollout: &Rollout| {
+        let id = rollout.id.clone();
+        async move { store.canary_health(&id, 0, CRASH_AFTER_SET).await.unwrap() }
+    };
+    assert_eq!(
+        health_of(&rolled_back).await,
+        CanaryHealth {
+            devices: 1,
+            failed: 0
+        }
+    );
+    let restarted = new_rollout(&r, &beta, &stable, &canary, 3_000);
+    store.insert_rollout(&restarted).await.unwrap();
+    revision
+        .assert_moved(store, "restarting a finished rollout")
+        .await;
+    assert_eq!(
+        store.rollout(&r.id, &beta).await.unwrap(),
+        Some(restarted.clone())
+    );
+    assert_eq!(
+        health_of(&rolled_back).await,
+        CanaryHealth::default(),
+        "the replaced rollout's health records are gone"
+    );
+
+    // Completing points the channel at the canary, once.
+    let done = resumed.moved(
+        RolloutProgress {
+            phase: RolloutPhase::Done,
+            step: 2,
+            step_started_at: 1_800,
+        },
+        4_000,
+    );
+    assert!(store.complete_rollout(&done).await.unwrap());
+    revision.assert_moved(store, "completing").await;
+    let completed = store.release_by_key(&r.key).await.unwrap().unwrap();
+    assert_eq!(
+        completed.bundle_for(&production),
+        &canary.id,
+        "the channel serves the canary"
+    );
+    assert_eq!(completed.updated_at, 4_000);
+    assert_eq!(
+        store.rollout(&r.id, &production).await.unwrap(),
+        Some(done.clone())
+    );
+    assert!(
+        !store.complete_rollout(&done).await.unwrap(),
+        "completed once"
+    );
+    assert_eq!(
+        store.repair_completions().await.unwrap(),
+        0,
+        "no completion was interrupted"
+    );
+
+    // Rollouts and their health records go with their release.
+    store
+        .record_canary_marks(&[
+            canary_mark(&restarted.id, 1, CanarySignal::Answered, 3_100),
+            canary_mark(&restarted.id, 1, CanarySignal::Installed, 3_200),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(health_of(&restarted).await.devices, 1);
+    assert!(store.delete_release(&r.id).await.unwrap());
+    assert!(rollouts_of_app(false).await.is_empty());
+    assert_eq!(
+        health_of(&restarted).await,
+        CanaryHealth::default(),
+        "the deleted rollout's health records are gone"
+    );
+}
+
+/// Health records merged from marks in any order and batch (the latest time of each signal),
+/// and the health they give: devices answered with the canary that installed it or failed
+/// since `since`; of them, those that failed since then, or crashed since then within
+/// `crash_after_set` after installing.
+async fn canary_health_contract(store: &dyn MetadataStore) {
+    use CanarySignal::{Answered, Crashed, Failed, Installed};
+    const MINUTE: i64 = 60_000;
+    let (r, stable, canary) = rollout_release(store, "com.contract.rollouts-health").await;
+    let started = new_rollout(&r, &ChannelName::default_channel(), &stable, &canary, 0);
+    store.insert_rollout(&started).await.unwrap();
+    let since = 100 * MINUTE;
+    let mark = |device_key: i64, signal: CanarySignal, at: i64| {
+        canary_mark(&started.id, device_key, signal, at)
+    };
+    store
+        .record_canary_marks(&[
+            // Healthy, and reported twice: one device.
+            mark(1, Answered, since - 5 * MINUTE),
+            mark(1, Installed, since + MINUTE),
+            mark(1, Answered, since + MINUTE),
+            mark(1, Installed, since + 2 * MINUTE),
+            // Crashed a minute after installing: failed.
+            mark(2, Answered, since),
+            mark(2, Installed, since + MINUTE),
+            mark(2, Crashed, since + 2 * MINUTE),
+            // Crashed twenty minutes after installing: the app's own business.
+            mark(3, Answered, since),
+            mark(3, Installed, since + MINUTE),
+            mark(3, Crashed, since + 21 * MINUTE),
+            // Never answered with the canary: not counted, whatever it reports.
+            mark(4, Installed, since + MINUTE),
+            mark(4, Failed, since + 2 * MINUTE),
+            // Installed and failed before `since`.
+            mark(5, Answered, since - 10 * MINUTE),
+            mark(5, Installed, since - 9 * MINUTE),
+            mark(5, Failed, since - MINUTE),
+            // Failed to download: failed.
+            mark(6, Answered, since),
+            mark(6, Failed, since + 3 * MINUTE),
+            // Crashed before installing (on the bundle it had): not the canary's failure.
+            mark(7, Answered, since),
+            mark(7, Crashed, since + MINUTE),
+            mark(7, Installed, since + 2 * MINUTE),
+            // Installed before `since`, crashed long after: neither a failure nor a report.
+            mark(9, Answered, since - 6 * MINUTE),
+            mark(9, Installed, since - 5 * MINUTE),
+            mark(9, Crashed, since + 30 * MINUTE),
+        ])
+        .await
+        .unwrap();
+    // Another replica's batch, flushed late: device 2's older install does not replace the
+    // later one (its crash still comes a minute after installing), and marks of a rollout that
+    // does not exist are dropped.
+    let unknown = RecordId::generate();
+    store
+        .record_canary_marks(&[
+            mark(2, Installed, since - 30 * MINUTE),
+            mark(2, Answered, since - 30 * MINUTE),
+            canary_mark(&unknown, 8, Answered, since),
+            canary_mark(&unknown, 8, Installed, since + MINUTE),
+        ])
+        .await
+        .unwrap();
+    let health = |since: i64, crash_after_set: Duration| {
+        store.canary_health(&started.id, since, crash_after_set)
+    };
+    assert_eq!(
+        health(since, CRASH_AFTER_SET).await.unwrap(),
+        CanaryHealth {
+            devices: 5,
+            failed: 2
+        },
+        "devices 1, 2, 3, 6 and 7; 2 and 6 failed"
+    );
+    assert_eq!(
+        health(since, Duration::from_secs(25 * 60)).await.unwrap(),
+        CanaryHealth {
+            devices: 5,
+            failed: 3
+        },
+        "a longer crash rule makes device 3's crash a failure"
+    );
+    assert_eq!(
+        health(since - 20 * MINUTE, CRASH_AFTER_SET).await.unwrap(),
+        CanaryHealth {
+            devices: 7,
+            failed: 3
+        },
+        "an earlier start counts devices 5 and 9"
+    );
+    assert_eq!(
+        health(since + 30 * MINUTE, CRASH_AFTER_SET).await.unwrap(),
+        CanaryHealth::default(),
+        "nothing reported since"
+    );
+    assert_eq!(
+        store
+            .canary_health(&unknown, 0, CRASH_AFTER_SET)
+            .await
+            .unwrap(),
+        CanaryHealth::default(),
+        "marks of an unknown rollout are dropped"
+    );
+}
+
+/// The lease that picks the process driving rollouts: one holder until it expires, renewed by
+/// its holder.
+async fn lease_contract(store: &dyn MetadataStore) {
+    let ttl = Duration::from_secs(30);
+    let lease =
+        |holder: &'static str, now: i64| store.acquire_lease("rollout-driver", holder, ttl, now);
+    assert!(
+        lease("a", 1_000).await.unwrap(),
+        "the first holder takes it"
+    );
+    assert!(!lease("b", 2_000).await.unwrap(), "taken while it runs");
+    assert!(lease("a", 20_000).await.unwrap(), "renewed by its holder");
+    assert!(
+        !lease("b", 40_000).await.unwrap(),
+        "the renewal runs until 50 s"
+    );
+    assert!(lease("b", 50_001).await.unwrap(), "taken once expired");
+    assert!(!lease("a", 50_002).await.unwrap(), "and lost by its holder");
+    assert!(
+        store
+            .acquire_lease("another-lease", "a", ttl, 50_003)
+            .await
+            .unwrap(),
+        "each name is a lease of its own"
+    );
+}
+
 fn token(name: &str, scope: Scope) -> ApiToken {
     ApiToken {
         id: RecordId::generate(),
@@ -1213,6 +1687,7 @@ async fn sqlite_file_meets_the_metadata_contract_and_persists() {
             !b.app_id.starts_with("com.contract.adopt")
                 && !b.app_id.starts_with("com.contract.race")
                 && !b.app_id.starts_with("com.contract.details")
+                && !b.app_id.starts_with("com.contract.rollouts")
         })
         .count();
     assert_eq!(of_the_main_contract, 2);
@@ -1449,6 +1924,73 @@ async fn mongodb_reads_what_earlier_releases_stored() {
         [(41, "beta")],
         "the settings went into the existing channel"
     );
+}
+
+/// A completion interrupted between writing the rollout done and pointing the channel at the
+/// canary (MongoDB has no transaction for the two): the mark it leaves makes the next repair
+/// finish it, once.
+#[tokio::test]
+async fn mongodb_repairs_an_interrupted_completion() {
+    let Some(services) = common::Services::get() else {
+        return;
+    };
+    let database = common::Services::fresh_database();
+    let connected = MongoMetadataStore::connect(&services.mongo_url, &database)
+        .await
+        .unwrap();
+    let store: &dyn MetadataStore = &connected;
+    let (r, stable, canary) = rollout_release(store, "com.contract.rollouts-repair").await;
+    let production = ChannelName::default_channel();
+    let started = new_rollout(&r, &production, &stable, &canary, 1_000);
+    store.insert_rollout(&started).await.unwrap();
+    let done = started.moved(
+        RolloutProgress {
+            phase: RolloutPhase::Done,
+            step: 2,
+            step_started_at: 1_000,
+        },
+        2_000,
+    );
+    // What `complete_rollout` leaves when its process dies after its first write.
+    assert!(store.update_rollout(&done).await.unwrap());
+    mongodb::Client::with_uri_str(&services.mongo_url)
+        .await
+        .unwrap()
+        .database(&database)
+        .collection::<mongodb::bson::Document>("rollouts")
+        .update_one(
+            mongodb::bson::doc! {
+                "_id": mongodb::bson::oid::ObjectId::parse_str(done.id.as_str()).unwrap(),
+            },
+            mongodb::bson::doc! {"$set": {"switching": true}},
+        )
+        .await
+        .unwrap();
+    let serving = || async {
+        store
+            .release(&r.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bundle_for(&production)
+            .clone()
+    };
+    assert_eq!(serving().await, stable.id, "interrupted");
+    let mut revision = CatalogRevision::rollouts(store).await;
+
+    assert_eq!(store.repair_completions().await.unwrap(), 1);
+    assert_eq!(
+        serving().await,
+        canary.id,
+        "the repair pointed the channel at the canary"
+    );
+    revision.assert_moved(store, "repairing a completion").await;
+    assert_eq!(
+        store.repair_completions().await.unwrap(),
+        0,
+        "repaired once"
+    );
+    assert_eq!(store.rollout(&r.id, &production).await.unwrap(), Some(done));
 }
 
 async fn s3_store(services: &common::Services, download_urls: DownloadUrls) -> S3BlobStore {

@@ -1,8 +1,8 @@
 //! The web UI in a real browser (Debian's Chromium, driven over the W3C WebDriver protocol by
 //! chromedriver) against the built binary: log in, upload bundles, create a release, promote
 //! it, change channel settings, put a device on a channel, register a build devices run without
-//! a release, see errors shown in the page, log out. Screenshots of the main pages at desktop and phone
-//! width go to target/ui-screenshots/.
+//! a release, see errors shown in the page, log out; run a staged rollout from the Releases page.
+//! Screenshots of the main pages at desktop and phone width go to target/ui-screenshots/.
 
 mod common;
 
@@ -149,10 +149,15 @@ impl Browser {
             .await
             != json!(true)
         {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "no element {css:?}"
-            );
+            if started.elapsed() > Duration::from_secs(10) {
+                let page = self
+                    .script(
+                        "return [document.body.innerText, window.__capgoErrors]",
+                        json!([]),
+                    )
+                    .await;
+                panic!("no element {css:?}; the page reads, with its script errors: {page}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let found = self
@@ -252,6 +257,31 @@ impl Browser {
     async fn screenshots(&self, name: &str) {
         self.screenshot(&format!("{name}-desktop"), 1280, 900).await;
         self.screenshot(&format!("{name}-phone"), 390, 844).await;
+        self.call(
+            "POST",
+            "/window/rect",
+            json!({"width": 1280, "height": 900}),
+        )
+        .await;
+    }
+
+    /// Like `screenshots`, with the element `css` scrolled into view at each width.
+    async fn screenshots_of(&self, name: &str, css: &str) {
+        for (size, width, height) in [("desktop", 1280, 900), ("phone", 390, 844)] {
+            self.call(
+                "POST",
+                "/window/rect",
+                json!({"width": width, "height": height}),
+            )
+            .await;
+            self.script(
+                "document.querySelector(arguments[0]).scrollIntoView({block: 'center'})",
+                json!([css]),
+            )
+            .await;
+            self.screenshot(&format!("{name}-{size}"), width, height)
+                .await;
+        }
         self.call(
             "POST",
             "/window/rect",
@@ -875,5 +905,407 @@ async fn sign_in_with_oidc_in_a_real_browser() {
     assert_eq!(errors, json!([]), "no script errors or CSP violations");
     browser.click("#logout").await;
     browser.wait_text("h1", "Log in").await;
+    browser.call("DELETE", "", Value::Null).await;
+}
+
+/// What `/updates` offers each device of `ids` while it runs `running`: the version, or `""`
+/// when it is told to stay.
+async fn offers(client: &Client, ids: &[String], running: &str) -> Vec<(String, String)> {
+    let mut offered = Vec::new();
+    for id in ids {
+        let mut body = device_body(running, "8.51.14");
+        body["device_id"] = json!(id);
+        let (status, answer) = client.device("/updates", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let version = answer["version"]
+            .as_str()
+            .filter(|_| answer.get("error").is_none())
+            .unwrap_or_default();
+        offered.push((id.clone(), version.to_string()));
+    }
+    offered
+}
+
+/// The devices of `offered` that were offered `version`.
+fn offered(offered: &[(String, String)], version: &str) -> Vec<String> {
+    offered
+        .iter()
+        .filter(|(_, v)| v == version)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+/// Each device of `ids` reports `action` about `version`.
+async fn report(client: &Client, ids: &[String], action: &str, version: &str) {
+    let events: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"app_id": APP_ID, "device_id": id, "action": action, "version_name": version, "platform": "android"}))
+        .collect();
+    let (status, answer) = client.device("/stats", &Value::Array(events)).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Opens the promote dialog of `release`'s production channel and fills it for a staged rollout
+/// of `bundle` with `plan`: [steps, interval, failure gate in percent, min devices]; waits until
+/// the dialog explains it with `explained` (the caller presses "Start rollout").
+async fn fill_rollout_form(
+    browser: &Browser,
+    release: &str,
+    bundle: &str,
+    plan: [&str; 4],
+    explained: &str,
+) {
+    browser
+        .click(&format!("[data-promote='{release}:production']"))
+        .await;
+    browser.select("#promote-bundle", bundle).await;
+    browser.click("#promote-staged").await;
+    for (field, value) in [
+        "#rollout-steps",
+        "#rollout-interval",
+        "#rollout-gate",
+        "#rollout-min-devices",
+    ]
+    .into_iter()
+    .zip(plan)
+    {
+        browser.type_into(field, value).await;
+    }
+    browser.wait_text("#promote-explain", explained).await;
+    browser.wait_text("#promote-confirm", "Start rollout").await;
+}
+
+/// Presses one of a rollout's buttons and accepts its confirmation once it says `says`.
+async fn move_rollout_in_page(browser: &Browser, release: &str, action: &str, says: &str) {
+    browser
+        .click(&format!(
+            "[data-rollout-action='{release}:production:{action}']"
+        ))
+        .await;
+    browser.wait_text("#dialog-text", says).await;
+    browser.click("#dialog-ok").await;
+}
+
+/// A staged rollout run from the Releases page, against a release whose production channel
+/// serves 1.0.1: started from the promote dialog with a one-second interval; its step, share
+/// and the canary's health shown (and kept up to date by the page itself) as devices report;
+/// paused and resumed; aborted after a confirmation, every device back on 1.0.1 and the reason
+/// shown; started again and left to finish by itself as healthy devices report; then another
+/// one promoted by hand. Each move is checked on the page and in the API.
+#[tokio::test]
+async fn stage_a_rollout_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    // The simulated devices all come from one address.
+    let server = start_with_public_url(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("LIMIT_REQUEST_PER_MINUTE", "0"),
+            ("STATS_EVENTS_PER_MINUTE", "0"),
+        ],
+    );
+    let client = Client::new(&server, API_KEY);
+    let builtin = client.upload_bundle("1.0.0").await;
+    let stable = client.upload_bundle("1.0.1").await;
+    let canary = client.upload_bundle("1.1.0").await;
+    let release = client.create_release("android", &builtin).await;
+    client.set_active(&release, &stable, "production").await;
+    let rollout_path = format!("rollouts.list?release_id={release}");
+    let phase_is = |phase: &'static str| move |list: &Value| list["data"][0]["phase"] == phase;
+    let panel = format!("[data-rollout='{release}:production']");
+    let fleet: Vec<String> = (0..100)
+        .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
+        .collect();
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    let ui = format!("{}/ui/", server.management_url);
+    browser.go(&ui).await;
+    browser.type_into("#api-key", API_KEY).await;
+    browser.click("#login").await;
+    browser.wait_text("h1", "Releases").await;
+    browser.wait_page_shown().await;
+
+    // Started from the promote dialog: the page shows the first step, waiting for devices.
+    fill_rollout_form(
+        &browser,
+        &release,
+        &canary,
+        ["20, 50, 100", "1s", "20", "5"],
+        "move from 1.0.1 to 1.1.0 in steps of 20% → 50% → 100% of devices, one step every 1s \
+         while at most 20% of the devices that report fail (and at least 5 have reported); \
+         past the gate every device goes back to 1.0.1",
+    )
+    .await;
+    browser.screenshot("rollout-start-desktop", 1280, 900).await;
+    browser.click("#promote-confirm").await;
+    let started = wait_for_api(&client, &rollout_path, phase_is("progressing")).await;
+    let rollout = &started["data"][0];
+    assert_eq!(
+        (
+            &rollout["canary_bundle_id"],
+            &rollout["stable_bundle_id"],
+            &rollout["steps"],
+            &rollout["interval"],
+            &rollout["max_failure_rate"],
+            &rollout["min_devices"],
+            &rollout["percent"],
+        ),
+        (
+            &json!(canary),
+            &json!(stable),
+            &json!([20.0, 50.0, 100.0]),
+            &json!("1s"),
+            &json!(0.2),
+            &json!(5),
+            &json!(20.0)
+        ),
+        "the plan typed into the page: {rollout}"
+    );
+    browser.wait_text(&panel, "Progressing").await;
+    browser
+        .wait_text(&panel, "20% of devices get 1.1.0 (step 1 of 3)")
+        .await;
+    browser
+        .wait_text(&panel, "0 device(s) reported on 1.1.0, 0 failed")
+        .await;
+    browser.wait_text(&panel, "5 more must report").await;
+    browser
+        .wait_text(&panel, "Next: 50% of devices get 1.1.0")
+        .await;
+    let bar = browser
+        .script(
+            "const b = document.querySelector(arguments[0] + ' [role=progressbar]');
+             return [b.getAttribute('aria-valuenow'), b.querySelectorAll('.rollout-tick').length,
+                     document.querySelector(arguments[0] + ' [aria-current=step]').textContent]",
+            json!([panel]),
+        )
+        .await;
+    assert_eq!(
+        bar,
+        json!(["20", 2, "20%"]),
+        "the bar: share, marks of the steps before 100%, the current step"
+    );
+    browser
+        .wait_text(&format!("[data-release='{release}']"), "production: 1.0.1")
+        .await;
+    let change_offered = browser
+        .script(
+            "return document.querySelector(`[data-promote='${arguments[0]}:production']`) !== null",
+            json!([release]),
+        )
+        .await;
+    assert_eq!(
+        change_offered, false,
+        "no direct change of a channel during its rollout"
+    );
+
+    // Paused: the confirmation says what stays as it is. The server answers late here, so the
+    // buttons are seen disabled while the call runs; the focus is on the rollout afterwards.
+    browser
+        .script(
+            "const send = window.fetch;
+             window.fetch = (url, ...rest) => String(url).includes('rollouts.pause')
+               ? new Promise((wake) => setTimeout(wake, 1500)).then(() => send(url, ...rest))
+               : send(url, ...rest);",
+            json!([]),
+        )
+        .await;
+    move_rollout_in_page(&browser, &release, "pause", "No step is taken").await;
+    // The dialog's close event comes a moment after the click: look until the buttons change.
+    let waiting = Instant::now();
+    loop {
+        let seen = browser
+            .script(
+                "return [[...document.querySelectorAll(arguments[0] + ' button')].map(b => b.disabled),
+                         document.querySelector(arguments[0] + ' .badge').textContent]",
+                json!([panel]),
+            )
+            .await;
+        if seen[0] == json!([true, true, true]) {
+            assert_eq!(seen[1], "Progressing", "disabled while the call runs");
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "every button of the rollout is disabled while its call runs: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    browser
+        .wait_text(&format!("{panel} .badge"), "Paused")
+        .await;
+    let after = browser
+        .script(
+            "return [...document.querySelectorAll(arguments[0] + ' button')].map(b => b.disabled)
+                 .concat(document.activeElement.dataset.rollout || document.activeElement.outerHTML)",
+            json!([panel]),
+        )
+        .await;
+    assert_eq!(
+        after,
+        json!([false, false, false, format!("{release}:production")]),
+        "the buttons back, the focus on the rollout"
+    );
+    browser
+        .wait_text(&panel, "the gate is not checked until it is resumed")
+        .await;
+    wait_for_api(&client, &rollout_path, phase_is("paused")).await;
+
+    // Devices report while it is paused: three of the canary's (two installs, one failure),
+    // fewer than the five a verdict needs; the page shows it without being reloaded.
+    let first_offers = offers(&client, &fleet, "1.0.1").await;
+    let in_canary = offered(&first_offers, "1.1.0");
+    assert!(
+        (5..=40).contains(&in_canary.len()),
+        "about 20% of 100 devices get the canary: {}",
+        in_canary.len()
+    );
+    report(&client, &in_canary[..2], "set", "1.1.0").await;
+    report(&client, &in_canary[2..3], "download_fail", "1.1.0").await;
+    browser
+        .wait_text(
+            &panel,
+            "3 device(s) reported on 1.1.0, 1 failed (33.33%; the gate is 20%)",
+        )
+        .await;
+    browser.wait_text(&panel, "2 more must report").await;
+    let seen = wait_for_api(&client, &rollout_path, |list| {
+        list["data"][0]["devices"] == 3
+    })
+    .await;
+    assert_eq!(seen["data"][0]["failed"], 1, "{seen}");
+    browser.screenshots_of("rollout", &panel).await;
+
+    // Resumed: the step runs again, and without five devices it stays there.
+    move_rollout_in_page(
+        &browser,
+        &release,
+        "resume",
+        "this step runs its whole 1s again",
+    )
+    .await;
+    browser
+        .wait_text(&format!("{panel} .badge"), "Progressing")
+        .await;
+    wait_for_api(&client, &rollout_path, phase_is("progressing")).await;
+
+    // Aborted: every device goes back to 1.0.1, and the page says why it rolled back.
+    move_rollout_in_page(
+        &browser,
+        &release,
+        "abort",
+        "Every device on channel production of android 1.0.0 (10) goes back to bundle 1.0.1",
+    )
+    .await;
+    browser
+        .wait_text(&format!("{panel} .badge"), "Rolled back")
+        .await;
+    browser
+        .wait_text(
+            &format!("{panel} [data-rollout-reason]"),
+            "aborted by management-token",
+        )
+        .await;
+    browser
+        .wait_text(&panel, "Every device on channel production gets 1.0.1")
+        .await;
+    let aborted = wait_for_api(&client, &rollout_path, phase_is("rolled_back")).await;
+    assert!(
+        aborted["data"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("aborted by")),
+        "{aborted}"
+    );
+    let back = offers(&client, &in_canary, "1.1.0").await;
+    assert_eq!(
+        offered(&back, "1.0.1").len(),
+        in_canary.len(),
+        "every canary device is told to go back to 1.0.1: {back:?}"
+    );
+    browser.screenshots_of("rollout-rolled-back", &panel).await;
+
+    // A refusal is shown as the page shows errors: the channel already serves 1.0.1.
+    browser
+        .click(&format!("[data-promote='{release}:production']"))
+        .await;
+    browser.select("#promote-bundle", &stable).await;
+    browser.click("#promote-staged").await;
+    browser.click("#promote-confirm").await;
+    browser.wait_text("#toast", "already serves").await;
+
+    // Started again, and healthy devices take it through every step by themselves.
+    fill_rollout_form(
+        &browser,
+        &release,
+        &canary,
+        ["50, 100", "1s", "20", "5"],
+        "in steps of 50% → 100% of devices",
+    )
+    .await;
+    browser.click("#promote-confirm").await;
+    browser
+        .wait_text(&panel, "50% of devices get 1.1.0 (step 1 of 2)")
+        .await;
+    let second_offers = offers(&client, &fleet, "1.0.1").await;
+    let in_canary = offered(&second_offers, "1.1.0");
+    assert!(in_canary.len() >= 5, "{}", in_canary.len());
+    report(&client, &in_canary, "set", "1.1.0").await;
+    browser.wait_text(&format!("{panel} .badge"), "Done").await;
+    browser
+        .wait_text(&panel, "channel production serves 1.1.0 to every device")
+        .await;
+    browser
+        .wait_text(&format!("[data-release='{release}']"), "production: 1.1.0")
+        .await;
+    let done = client.list(&rollout_path).await;
+    assert_eq!(
+        (&done["data"][0]["phase"], &done["data"][0]["percent"]),
+        (&json!("done"), &json!(100.0)),
+        "{done}"
+    );
+    let releases = client.list("releases.list").await;
+    assert_eq!(releases["data"][0]["channels"]["production"], canary);
+
+    // Promoted by hand: 1.2.0 reaches every device at once, whatever the plan.
+    let next = client.upload_bundle("1.2.0").await;
+    browser.call("POST", "/refresh", json!({})).await;
+    browser.wait_page_shown().await;
+    fill_rollout_form(
+        &browser,
+        &release,
+        &next,
+        ["10, 100", "1h", "5", "10"],
+        "move from 1.1.0 to 1.2.0",
+    )
+    .await;
+    browser.click("#promote-confirm").await;
+    browser
+        .wait_text(&panel, "10% of devices get 1.2.0 (step 1 of 2)")
+        .await;
+    move_rollout_in_page(
+        &browser,
+        &release,
+        "promote",
+        "Every device on channel production of android 1.0.0 (10) gets bundle 1.2.0",
+    )
+    .await;
+    browser
+        .wait_text(&panel, "channel production serves 1.2.0 to every device")
+        .await;
+    wait_for_api(&client, &rollout_path, phase_is("done")).await;
+    let releases = client.list("releases.list").await;
+    assert_eq!(releases["data"][0]["channels"]["production"], next);
+    let (_, answer) = client
+        .device("/updates", &device_body("1.1.0", "8.51.14"))
+        .await;
+    assert_eq!(answer["version"], "1.2.0", "{answer}");
+
+    let errors = browser
+        .script("return window.__capgoErrors", json!([]))
+        .await;
+    assert_eq!(errors, json!([]), "no script errors or CSP violations");
     browser.call("DELETE", "", Value::Null).await;
 }

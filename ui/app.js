@@ -111,6 +111,33 @@ function confirmDialog(title, text, confirmLabel, danger) {
   });
 }
 
+/** Where the focus is inside `container`, as CSS selectors that find the same control once it
+ * is drawn again (its id, else its data-* attributes), then the focusable part (tabindex) that
+ * holds it; null when the focus is elsewhere. */
+function focusMark(container) {
+  const focused = document.activeElement;
+  if (!focused || focused === container || !container.contains(focused)) return null;
+  const selectorOf = (el) => el.id ? `#${CSS.escape(el.id)}` : [...el.attributes].filter((a) => a.name.startsWith("data-"))
+    .map((a) => `[${a.name}="${CSS.escape(a.value)}"]`).join("");
+  const region = focused.parentElement.closest("[tabindex]");
+  return [selectorOf(focused), region && container.contains(region) ? selectorOf(region) : ""].filter(Boolean);
+}
+
+/** Puts the focus back where `mark` says, unless it is still (or again) inside `container`. */
+function focusBack(container, mark) {
+  if (!mark || (document.activeElement !== document.body && container.contains(document.activeElement))) return;
+  const again = mark.map((css) => container.querySelector(css)).find(Boolean);
+  if (again) again.focus({ preventScroll: true });
+}
+
+/** Redraws `container` with `draw`, keeping the focus where it was: a keyboard user is not
+ * thrown back to the top of the page when it redraws on its own. */
+function keepingFocus(container, draw) {
+  const mark = focusMark(container);
+  draw();
+  focusBack(container, mark);
+}
+
 // ---- login --------------------------------------------------------------------------------
 
 function showLogin(message) {
@@ -183,45 +210,74 @@ async function finishSignIn(params) {
 /** What a channel serves, in words: the server decides, the page only says it. */
 const BECAUSE = { assigned: "", production: " (follows production)", builtin: " (builtin)" };
 
-function showReleases() {
+function showReleases(admin) {
   const form = createReleaseForm();
   const groups = h("div", { id: "release-groups" });
   const view = [h("h1", {}, "Releases"), form.section, groups];
-  return { view, reload: async () => {
+  // Polls and changes can overlap: only the latest load draws, and only what changed, so a
+  // poll neither flickers the page nor closes a list someone has open.
+  let loads = 0;
+  let drawn = "";
+  const reload = async () => {
+    const mine = ++loads;
     const [releases, bundles] = await Promise.all([api("GET", "releases.list"), api("GET", "bundles.list")]);
-    form.setBundles(bundles.data);
+    if (mine !== loads) return;
+    const snapshot = JSON.stringify([releases.data, bundles.data]);
+    if (snapshot !== drawn) {
+      drawn = snapshot;
+      form.setBundles(bundles.data);
+      keepingFocus(groups, () => groups.replaceChildren(...releaseGroups(releases.data, bundles.data, admin)));
+    }
     if (buildToRegister) {
       form.prefill(buildToRegister, bundles.data);
       buildToRegister = null;
     }
-    const byId = Object.fromEntries(bundles.data.map((b) => [b.id, b]));
-    const name = (id) => (byId[id] ? byId[id].version_name : id);
-    const grouped = {};
-    for (const r of releases.data) (grouped[`${r.app_id} · ${r.platform}`] ||= []).push(r);
-    const content = [];
-    if (!releases.data.length) content.push(h("p", { class: "muted" }, "No releases yet: register a store build above."));
-    for (const [group, items] of Object.entries(grouped).sort()) {
-      const rows = items.map((r) => {
-        const owned = r.owner ? h("span", { class: "badge", title: `Managed by the Kubernetes resource ${r.owner}: change it there` }, "Kubernetes") : null;
-        return h("tr", { "data-release": r.id },
-          h("td", { "data-label": "Native version" }, `${r.version_name} (${r.version_code})`, " ", owned),
-          h("td", { "data-label": "Builtin" }, name(r.builtin_bundle_id)),
-          h("td", { "data-label": "Channels" }, Object.entries(r.serving).map(([channel, serving]) =>
-            h("div", { class: "channel" }, h("strong", {}, channel + ":"), " ", name(serving.bundle_id) + BECAUSE[serving.because],
-              r.owner ? null : h("button", { type: "button", class: "secondary", "data-promote": `${r.id}:${channel}`,
-                onclick: () => promoteDialog(r, channel, bundles.data) }, "Change")))),
-          h("td", { "data-label": "Released" }, formatDate(r.release_date) || h("span", { class: "muted" }, "—"), " ",
-            r.owner ? null : h("button", { type: "button", class: "link", "data-release-date": r.id, onclick: () => releaseDateDialog(r) }, "Edit")),
-          h("td", { "data-label": "Actions" }, r.owner ? h("span", { class: "muted" }, `Read-only: managed by ${r.owner}`) : [
-            h("button", { type: "button", class: "secondary", onclick: () => promoteDialog(r, "", bundles.data) }, "Add channel"), " ",
-            h("button", { type: "button", class: "danger", onclick: () => deleteRelease(r) }, "Delete")]));
-      });
-      content.push(h("h2", {}, group), h("div", { class: "table-wrap" }, h("table", {},
-        h("thead", {}, h("tr", {}, ["Native version", "Builtin", "Channels", "Released", "Actions"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, rows))));
-    }
-    groups.replaceChildren(...content);
-  } };
+    pollWhile(releases.data.some((r) => Object.values(r.rollouts).some(isActive)), reload);
+  };
+  return { view, reload };
+}
+
+/** The releases table of each app and platform. */
+function releaseGroups(releases, bundles, admin) {
+  const byId = Object.fromEntries(bundles.map((b) => [b.id, b]));
+  const name = (id) => (byId[id] ? byId[id].version_name : id);
+  const grouped = {};
+  for (const r of releases) (grouped[`${r.app_id} · ${r.platform}`] ||= []).push(r);
+  const content = [];
+  if (!releases.length) content.push(h("p", { class: "muted" }, "No releases yet: register a store build above."));
+  for (const [group, items] of Object.entries(grouped).sort()) {
+    content.push(h("h2", {}, group), h("div", { class: "table-wrap" }, h("table", {},
+      h("thead", {}, h("tr", {}, ["Native version", "Builtin", "Channels", "Released", "Actions"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, items.flatMap((r) => releaseRows(r, bundles, name, admin))))));
+  }
+  return content;
+}
+
+/** A release's row, and below it a row with the staged rollouts of its channels. */
+function releaseRows(r, bundles, name, admin) {
+  const owned = r.owner ? h("span", { class: "badge", title: `Managed by the Kubernetes resource ${r.owner}: change it there` }, "Kubernetes") : null;
+  const channelLine = ([channel, serving]) => {
+    const key = `${r.id}:${channel}`;
+    const rollout = r.rollouts[channel] && isActive(r.rollouts[channel]) ? r.rollouts[channel] : null;
+    return h("div", { class: "channel" }, h("strong", {}, channel + ":"), " ", name(serving.bundle_id) + BECAUSE[serving.because],
+      rollout ? h("span", { class: "badge", title: "Staged rollout: see below" }, `${formatPercent(rollout.percent)} on ${name(rollout.canary_bundle_id)}`) : null,
+      // During a rollout the channel changes through it (the server refuses a direct change).
+      r.owner || rollout ? null : h("button", { type: "button", class: "secondary", "data-promote": key, "data-channel-key": key, disabled: channelCalls.has(key),
+        onclick: (e) => promoteDialog(r, channel, bundles, e.currentTarget) }, "Change"));
+  };
+  const row = h("tr", { "data-release": r.id },
+    h("td", { "data-label": "Native version" }, `${r.version_name} (${r.version_code})`, " ", owned),
+    h("td", { "data-label": "Builtin" }, name(r.builtin_bundle_id)),
+    h("td", { "data-label": "Channels" }, Object.entries(r.serving).map(channelLine)),
+    h("td", { "data-label": "Released" }, formatDate(r.release_date) || h("span", { class: "muted" }, "—"), " ",
+      r.owner ? null : h("button", { type: "button", class: "link", "data-release-date": r.id, onclick: () => releaseDateDialog(r) }, "Edit")),
+    h("td", { "data-label": "Actions" }, r.owner ? h("span", { class: "muted" }, `Read-only: managed by ${r.owner}`) : [
+      h("button", { type: "button", class: "secondary", "data-add-channel": r.id, onclick: (e) => promoteDialog(r, "", bundles, e.currentTarget) }, "Add channel"), " ",
+      h("button", { type: "button", class: "danger", onclick: () => deleteRelease(r) }, "Delete")]));
+  const rollouts = Object.values(r.rollouts);
+  if (!rollouts.length) return [row];
+  return [row, h("tr", { class: "rollouts", "data-rollouts-of": r.id },
+    h("td", { colspan: 5 }, rollouts.map((rollout) => rolloutPanel(r, rollout, name, admin))))];
 }
 
 /** A native build the Channels page asked to register ({platform, app_id, version_name,
@@ -276,36 +332,57 @@ function createReleaseForm() {
   return { section: h("section", { class: "card" }, h("h2", {}, "Register a store build"), form), setBundles, prefill };
 }
 
-async function promoteDialog(release, channel, bundles) {
+/** Chooses what a channel serves: at once (releases.set-active), or as a staged rollout that
+ * moves devices over step by step while they stay healthy (rollouts.start). `opener` is the
+ * button that opened it, disabled while the call runs. */
+async function promoteDialog(release, channel, bundles, opener) {
   const dialog = document.getElementById("dialog");
   const form = document.getElementById("dialog-form");
   const candidates = bundles.filter((b) => b.app_id === release.app_id);
+  const versionOf = (id) => (candidates.find((b) => b.id === id) || { version_name: id }).version_name;
   const channelInput = h("input", { id: "promote-channel", value: channel || "", placeholder: "production", required: true });
   const bundle = h("select", { id: "promote-bundle" }, candidates.map((b) =>
     h("option", { value: b.id }, b.id === release.builtin_bundle_id ? `${b.version_name} (builtin: roll back)` : b.version_name)));
+  const staged = h("input", { type: "checkbox", id: "promote-staged" });
+  const plan = rolloutPlanFields();
   const explain = h("p", { id: "promote-explain" });
+  const confirm = h("button", { value: "ok", id: "promote-confirm", type: "submit" }, "Confirm");
+  const channelName = () => channelInput.value.trim() || "production";
+  // A channel without a bundle of its own follows production.
+  const servedNow = () => versionOf((release.serving[channelName()] || release.serving.production).bundle_id);
   const describe = () => {
     const chosen = candidates.find((b) => b.id === bundle.value);
-    const who = `Devices of ${release.platform} ${release.app_id} ${release.version_name} (${release.version_code}) on channel "${channelInput.value || "production"}"`;
-    explain.textContent = !chosen ? "" : chosen.id === release.builtin_bundle_id
-      ? `${who} go back to the bundle inside the app (${chosen.version_name}) at their next check.`
-      : `${who} will download ${chosen.version_name} at their next check.`;
+    const who = `Devices of ${release.platform} ${release.app_id} ${release.version_name} (${release.version_code}) on channel "${channelName()}"`;
+    confirm.textContent = staged.checked ? "Start rollout" : "Confirm";
+    if (!chosen) explain.textContent = "";
+    else if (staged.checked) explain.textContent = `${who} move from ${servedNow()} to ${chosen.version_name} ${plan.describe()}; past the gate every device goes back to ${servedNow()}.`;
+    else if (chosen.id === release.builtin_bundle_id) explain.textContent = `${who} go back to the bundle inside the app (${chosen.version_name}) at their next check.`;
+    else explain.textContent = `${who} will download ${chosen.version_name} at their next check.`;
   };
-  bundle.addEventListener("change", describe);
-  channelInput.addEventListener("input", describe);
+  staged.addEventListener("change", () => { plan.show(staged.checked); describe(); });
+  for (const input of [bundle, channelInput, plan.fieldset]) input.addEventListener(input === bundle ? "change" : "input", describe);
   describe();
   form.replaceChildren(h("h2", {}, "Choose what a channel serves"),
     h("label", { for: "promote-channel" }, "Channel"), channelInput,
-    h("label", { for: "promote-bundle" }, "Bundle"), bundle, explain,
-    h("menu", {}, h("button", { value: "cancel", class: "secondary", type: "submit", formnovalidate: true }, "Cancel"),
-      h("button", { value: "ok", id: "promote-confirm", type: "submit" }, "Confirm")));
+    h("label", { for: "promote-bundle" }, "Bundle"), bundle,
+    h("label", { class: "check", for: "promote-staged" }, staged, "Staged rollout: a share of devices at a time, stopped if they fail"),
+    plan.fieldset, explain,
+    h("menu", {}, h("button", { value: "cancel", class: "secondary", type: "submit", formnovalidate: true }, "Cancel"), confirm));
   dialog.returnValue = "";
   dialog.showModal();
   dialog.addEventListener("close", async () => {
     if (dialog.returnValue !== "ok") return;
-    const done = await attempt(() => api("POST", "releases.set-active",
-      { release_id: release.id, bundle_id: bundle.value, channel: channelInput.value.trim() || "production" }));
-    if (done) { toast("Channel updated"); refresh(); }
+    const target = { release_id: release.id, bundle_id: bundle.value, channel: channelName() };
+    const startsRollout = staged.checked;
+    if (opener) opener.disabled = true;
+    const done = await changingChannel(`${release.id}:${target.channel}`, () => attempt(() => startsRollout
+      ? api("POST", "rollouts.start", { ...target, ...plan.request() })
+      : api("POST", "releases.set-active", target)));
+    if (opener) opener.disabled = false;
+    if (done) {
+      toast(startsRollout ? `Rollout of ${versionOf(target.bundle_id)} started on ${target.channel}` : "Channel updated");
+      refresh();
+    }
   }, { once: true });
 }
 
@@ -335,6 +412,205 @@ async function deleteRelease(release) {
     `Devices of ${release.platform} ${release.app_id} ${release.version_name} (${release.version_code}) will stop getting updates.`, "Delete", true);
   if (!confirmed) return;
   if (await attempt(() => api("POST", "releases.delete", { release_id: release.id }))) { toast("Release deleted"); refresh(); }
+}
+
+// ---- staged rollouts ----------------------------------------------------------------------
+
+/** A rollout's phase, in words. */
+const ROLLOUT_PHASES = { progressing: "Progressing", paused: "Paused", rolled_back: "Rolled back", done: "Done" };
+
+/** What the start form shows and sends unless changed: the server's defaults (rollouts.start). */
+const ROLLOUT_DEFAULTS = { steps: "10, 50, 100", interval: "10m", failurePercent: 5, minDevices: 10 };
+
+/** How often the Releases page looks again while a rollout there is progressing or paused. */
+const ROLLOUT_POLL_MS = 2000;
+
+/** Progressing or paused: part of the channel's devices get the canary. */
+const isActive = (rollout) => rollout.phase === "progressing" || rollout.phase === "paused";
+
+/** 12.5 → "12.5%", 50 → "50%". */
+const formatPercent = (percent) => `${Number(percent.toFixed(2))}%`;
+
+/** Steps as typed: percentages separated by commas or spaces. */
+const parseSteps = (text) => text.split(/[\s,;]+/).filter(Boolean).map(Number);
+
+let pollTimer = null;
+
+/** Loads the page again in a few seconds if `active`, while `reload`'s page is the one shown
+ * and the tab is visible (a hidden tab polls again when it is shown). */
+function pollWhile(active, reload) {
+  clearTimeout(pollTimer);
+  if (!active) return;
+  const tick = () => {
+    if (shown.reload !== reload) return;
+    if (document.hidden) document.addEventListener("visibilitychange", tick, { once: true });
+    else refresh();
+  };
+  pollTimer = setTimeout(tick, ROLLOUT_POLL_MS);
+}
+
+/** Calls that change a release's channel, by "release id:channel": the buttons of that channel
+ * (marked data-channel-key) stay disabled until the call is answered, redrawn ones included. */
+const channelCalls = new Set();
+
+async function changingChannel(key, call) {
+  const buttons = (disabled) => {
+    for (const b of document.querySelectorAll(`[data-channel-key="${CSS.escape(key)}"]`)) b.disabled = disabled;
+  };
+  // A focused button loses the focus when it is disabled: it comes back afterwards.
+  const mark = focusMark(main);
+  channelCalls.add(key);
+  buttons(true);
+  try {
+    return await call();
+  } finally {
+    channelCalls.delete(key);
+    buttons(false);
+    focusBack(main, mark);
+  }
+}
+
+/** The plan fields of the start form, with the defaults filled in; hidden and disabled (so not
+ * validated) until "Staged rollout" is ticked. */
+function rolloutPlanFields() {
+  const field = (id, label, input, hint) => h("div", {}, h("label", { for: id }, label), input,
+    hint ? h("small", { class: "muted", id: `${id}-hint` }, hint) : null);
+  const steps = h("input", { id: "rollout-steps", value: ROLLOUT_DEFAULTS.steps, required: true, "aria-describedby": "rollout-steps-hint",
+    pattern: "\\s*\\d+(\\.\\d+)?([\\s,;]+\\d+(\\.\\d+)?)*\\s*", title: "Percentages separated by commas, growing, the last one 100" });
+  const interval = h("input", { id: "rollout-interval", value: ROLLOUT_DEFAULTS.interval, required: true, "aria-describedby": "rollout-interval-hint",
+    pattern: "\\s*(\\d+(\\.\\d+)?(ms|s|m|h))+\\s*", title: "A duration such as 30s, 10m or 1h30m" });
+  const gate = h("input", { id: "rollout-gate", type: "number", min: 0, max: 100, step: "any", value: ROLLOUT_DEFAULTS.failurePercent, required: true });
+  const minDevices = h("input", { id: "rollout-min-devices", type: "number", min: 0, step: 1, value: ROLLOUT_DEFAULTS.minDevices, required: true,
+    "aria-describedby": "rollout-min-devices-hint" });
+  const fieldset = h("fieldset", { id: "rollout-plan", hidden: true, disabled: true }, h("legend", {}, "Rollout plan"),
+    h("div", { class: "row" },
+      field("rollout-steps", "Steps (% of devices)", steps, "The last one is 100."),
+      field("rollout-interval", "Time at each step", interval, "At least 1s."),
+      field("rollout-gate", "Failure gate (%)", gate),
+      field("rollout-min-devices", "Devices before a step", minDevices, "Canary devices that must report first.")));
+  return {
+    fieldset,
+    show: (on) => { fieldset.hidden = !on; fieldset.disabled = !on; },
+    /** The plan in words, for the confirmation. */
+    describe: () => `in steps of ${parseSteps(steps.value).map(formatPercent).join(" → ")} of devices, one step every ${interval.value.trim()}` +
+      ` while at most ${gate.value}% of the devices that report fail (and at least ${minDevices.value} have reported)`,
+    /** The plan as rollouts.start takes it. */
+    request: () => ({ steps: parseSteps(steps.value), interval: interval.value.trim(),
+      max_failure_rate: Number(gate.value) / 100, min_devices: Number(minDevices.value) }),
+  };
+}
+
+/** One channel's staged rollout: where it is, how healthy the canary is, and (while it runs)
+ * the hand controls. A release a Kubernetes resource manages shows them too: pausing or
+ * aborting is an operational move, allowed to anyone who may manage releases. */
+function rolloutPanel(release, rollout, name, admin) {
+  const stable = name(rollout.stable_bundle_id);
+  const canary = name(rollout.canary_bundle_id);
+  const headingId = `rollout-${rollout.id}-title`;
+  return h("section", { class: "rollout", id: `rollout-${rollout.id}`, "data-rollout": `${release.id}:${rollout.channel}`,
+    "data-phase": rollout.phase, tabindex: -1, "aria-labelledby": headingId },
+  h("h3", { id: headingId }, `Staged rollout of ${canary} on ${rollout.channel} `,
+    h("span", { class: "badge phase" }, ROLLOUT_PHASES[rollout.phase] || rollout.phase)),
+  rolloutProgress(rollout, canary),
+  rolloutHealth(rollout, canary),
+  rolloutOutlook(rollout, stable, canary),
+  h("p", { class: "muted" }, `Started by ${rollout.started_by} on ${formatDate(rollout.started_at)}, from ${stable}; ` +
+    `every ${rollout.interval} while healthy, health over the last ${rollout.window}.`,
+  rollout.owner ? ` Managed by ${rollout.owner}: its plan changes there.` : ""),
+  isActive(rollout) ? rolloutControls(release, rollout, stable, canary, admin) : null);
+}
+
+/** The share of devices on the canary as a bar with the steps marked, and the steps listed. */
+function rolloutProgress(rollout, canary) {
+  const last = rollout.steps.length - 1;
+  const fill = h("div", { class: "rollout-fill" });
+  fill.style.width = `${rollout.percent}%`;
+  const ticks = rollout.steps.slice(0, last).map((percent) => {
+    const tick = h("span", { class: "rollout-tick" });
+    tick.style.left = `${percent}%`;
+    return tick;
+  });
+  const where = rollout.phase === "rolled_back" ? `stopped at step ${rollout.step + 1} of ${rollout.steps.length}`
+    : rollout.phase === "done" ? "every step done" : `step ${rollout.step + 1} of ${rollout.steps.length}`;
+  const summary = `${formatPercent(rollout.percent)} of devices get ${canary} (${where})`;
+  return h("div", {},
+    h("p", { class: "rollout-share" }, summary),
+    h("div", { class: "rollout-bar", role: "progressbar", "aria-label": `Devices on ${canary}`, "aria-valuemin": 0, "aria-valuemax": 100,
+      "aria-valuenow": rollout.percent, "aria-valuetext": summary }, fill, ticks),
+    h("ol", { class: "rollout-steps", "aria-label": "Steps" }, rollout.steps.map((percent, i) =>
+      h("li", { class: i <= rollout.step && rollout.phase !== "rolled_back" ? "reached" : "",
+        "aria-current": isActive(rollout) && i === rollout.step ? "step" : false }, formatPercent(percent)))));
+}
+
+/** Devices that reported on the canary against the gate; red once it is past the gate. */
+function rolloutHealth(rollout, canary) {
+  const needed = Math.max(1, rollout.min_devices);
+  const judged = rollout.devices >= needed;
+  const failing = judged && rollout.failure_rate > rollout.max_failure_rate;
+  const counts = `${rollout.devices} device(s) reported on ${canary}, ${rollout.failed} failed ` +
+    `(${formatPercent(rollout.failure_rate * 100)}; the gate is ${formatPercent(rollout.max_failure_rate * 100)})`;
+  return h("p", { class: failing ? "rollout-health error" : "rollout-health" },
+    isActive(rollout) ? "Health: " : "Health when it ended: ", counts,
+    judged || !isActive(rollout) ? "" : h("span", { class: "muted" }, ` · ${needed - rollout.devices} more must report before a step (at least ${rollout.min_devices})`));
+}
+
+/** What comes next, or how it ended. */
+function rolloutOutlook(rollout, stable, canary) {
+  const channel = `channel ${rollout.channel}`;
+  switch (rollout.phase) {
+    case "progressing": {
+      const next = rollout.step + 1 < rollout.steps.length
+        ? `${formatPercent(rollout.steps[rollout.step + 1])} of devices get ${canary}`
+        : `${canary} becomes the bundle of ${channel} for every device`;
+      return h("p", { class: "rollout-next" }, `Next: ${next}, not before ${formatDate(rollout.next_step_at)}, ` +
+        `once at least ${Math.max(1, rollout.min_devices)} device(s) have reported and while at most ${formatPercent(rollout.max_failure_rate * 100)} fail.`);
+    }
+    case "paused":
+      return h("p", { class: "rollout-next" }, `Paused: no step is taken and the gate is not checked until it is resumed; ` +
+        `the ${formatPercent(rollout.percent)} of devices on ${canary} keep it.`);
+    case "rolled_back":
+      return h("p", { class: "rollout-next" }, `Rolled back on ${formatDate(rollout.finished_at)}: `,
+        h("strong", { class: "error", "data-rollout-reason": "" }, rollout.reason || "no reason recorded"),
+        `. Every device on ${channel} gets ${stable}.`);
+    default:
+      return h("p", { class: "rollout-next" }, `Done on ${formatDate(rollout.finished_at)}: ${channel} serves ${canary} to every device.`);
+  }
+}
+
+/** What each hand move does, as its confirmation says it. */
+const ROLLOUT_MOVES = {
+  pause: (on, stable, canary, r) => ({ title: `Pause the rollout of ${canary}?`, label: "Pause", done: "Rollout paused",
+    text: `No step is taken, and the failure gate is not checked, until it is resumed. The ${formatPercent(r.percent)} of devices on ${on} that get ${canary} keep it; the others stay on ${stable}.` }),
+  resume: (on, stable, canary, r) => ({ title: `Resume the rollout of ${canary}?`, label: "Resume", done: "Rollout resumed",
+    text: `It goes on at ${formatPercent(r.percent)} of devices on ${on}: this step runs its whole ${r.interval} again, healthy, before the next one.` }),
+  abort: (on, stable, canary) => ({ title: `Abort the rollout of ${canary}?`, label: "Abort rollout", danger: true, done: `Rollout aborted: back to ${stable}`,
+    text: `Every device on ${on} goes back to bundle ${stable} at its next check. The rollout ends; start a new one to try ${canary} again.` }),
+  promote: (on, stable, canary) => ({ title: `Promote ${canary} now?`, label: "Promote now", danger: true, done: `${canary} promoted to every device`,
+    text: `Every device on ${on} gets bundle ${canary} at its next check, whatever its health so far, and ${canary} becomes the channel's bundle. The rollout ends.` }),
+};
+
+function rolloutControls(release, rollout, stable, canary, admin) {
+  if (!admin) return h("p", { class: "muted" }, "Pausing, resuming, aborting or promoting a rollout needs a full-access token.");
+  const key = `${release.id}:${rollout.channel}`;
+  const button = (action, label, style) => h("button", { type: "button", class: style, "data-rollout-action": `${key}:${action}`,
+    "data-channel-key": key, disabled: channelCalls.has(key), onclick: () => moveRollout(release, rollout, action, stable, canary) }, label);
+  return h("p", { class: "rollout-controls" },
+    rollout.phase === "paused" ? button("resume", "Resume", "") : button("pause", "Pause", "secondary"), " ",
+    button("promote", "Promote now", "secondary"), " ",
+    button("abort", "Abort", "danger"));
+}
+
+/** Pauses, resumes, aborts or promotes a rollout once its confirmation is accepted. */
+async function moveRollout(release, rollout, action, stable, canary) {
+  const on = `channel ${rollout.channel} of ${release.platform} ${release.version_name} (${release.version_code})`;
+  const move = ROLLOUT_MOVES[action](on, stable, canary, rollout);
+  if (!(await confirmDialog(move.title, move.text, move.label, move.danger))) return;
+  await changingChannel(`${release.id}:${rollout.channel}`, async () => {
+    const done = await attempt(() => api("POST", `rollouts.${action}`, { release_id: release.id, channel: rollout.channel }));
+    if (done) toast(move.done);
+    // After a refusal too: the rollout may have moved on by itself meanwhile.
+    await refresh();
+  });
 }
 
 // ---- bundles ------------------------------------------------------------------------------
@@ -809,7 +1085,7 @@ function showAudit() {
 
 // ---- routing ------------------------------------------------------------------------------
 
-const PAGES = { releases: showReleases, bundles: showBundles, channels: () => showChannels(whoami.scope === "full"), keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
+const PAGES = { releases: () => showReleases(whoami.scope === "full"), bundles: showBundles, channels: () => showChannels(whoami.scope === "full"), keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
 
 /** Who is signed in ({name, scope}), from /api/v1/whoami. */
 let whoami = { name: "", scope: "" };

@@ -2,6 +2,9 @@
 -- in argocd-cm under resource.customizations.health.capgo-server.io_Bundle,
 -- resource.customizations.health.capgo-server.io_Release and
 -- resource.customizations.health.capgo-server.io_Channel (see README).
+-- A Release's staged rollout shows as Argo Rollouts' canaries do: Progressing while it advances,
+-- Suspended while a person paused it, Degraded after it rolled back (Stalled, reason RolledBack)
+-- until the spec names another bundle.
 local progressing = { status = "Progressing", message = "Waiting for capgo-server to reconcile" }
 if obj.status == nil or obj.status.conditions == nil then
   return progressing
@@ -13,6 +16,7 @@ if generation ~= nil and (observed == nil or observed < generation) then
   return progressing
 end
 local ready = nil
+local reconciling = nil
 for _, condition in ipairs(obj.status.conditions) do
   local current = generation == nil or condition.observedGeneration == nil or condition.observedGeneration >= generation
   if current and condition.type == "Stalled" and condition.status == "True" then
@@ -21,6 +25,12 @@ for _, condition in ipairs(obj.status.conditions) do
   if current and condition.type == "Ready" then
     ready = condition
   end
+  if current and condition.type == "Reconciling" and condition.status == "True" then
+    reconciling = condition
+  end
+end
+if reconciling ~= nil and reconciling.reason == "RolloutPaused" then
+  return { status = "Suspended", message = reconciling.message }
 end
 if ready ~= nil and ready.status == "True" then
   return { status = "Healthy", message = ready.message }

@@ -371,6 +371,14 @@ impl Catalog {
         if !users.is_empty() {
             return Err(bundle_in_use(&bundle, &users));
         }
+        if let Some(rollout) = self.active_rollout_of_bundle(&bundle.id).await? {
+            return Err(CatalogError::InUse(format!(
+                "{} is the canary of the rollout of channel {} (release {}); abort or promote it first",
+                describe(&bundle),
+                rollout.channel,
+                rollout.release_id
+            )));
+        }
         match self.metadata.delete_bundle(&bundle.id).await {
             Ok(_) => {}
             // A release started using it between our check and the delete, or a write that

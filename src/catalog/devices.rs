@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::target_cache::{Lookup, OverrideMap, Resolution, Resolved, TargetKey};
+use super::target_cache::{Canary, Lookup, OverrideMap, Resolution, Resolved, Served, TargetKey};
 use super::{Catalog, CatalogError};
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::{ChannelChoice, ChannelRules, DeviceTraits};
 use crate::domain::device::{DeviceInfo, DeviceRefusal, RefusalKind};
+use crate::domain::rollout;
 use crate::domain::stats::{self, StatsEvent};
 use crate::domain::targeting::{DeviceOverride, OverrideSource};
 use crate::domain::update::{decide, ChannelTarget, UpdateAnswer};
-use crate::domain::{now_millis, Bundle, ChannelName, UnixMillis};
+use crate::domain::{now_millis, Bundle, ChannelName, Release, UnixMillis};
 use crate::error::Chain;
 use crate::store::StoreError;
 
@@ -46,13 +47,21 @@ pub struct DailyActivity {
 pub struct DeviceTarget {
     pub resolution: Resolution,
     pub choice: ChannelChoice,
+    /// The device is in the canary of the channel's rollout.
+    pub in_canary: bool,
 }
 
 impl DeviceTarget {
     /// The answer the device gets.
     pub fn answer(&self, device: &DeviceInfo) -> UpdateAnswer {
         match self.resolution.as_ref() {
-            Resolved::Target(target) => decide(device, target, self.choice),
+            Resolved::Target(served) => {
+                let target = match &served.canary {
+                    Some(canary) if self.in_canary => &canary.target,
+                    _ => &served.stable,
+                };
+                decide(device, target, self.choice)
+            }
             Resolved::Refused(refusal) | Resolved::Unregistered(refusal) => {
                 UpdateAnswer::refused(refusal.clone())
             }
@@ -97,10 +106,28 @@ impl Catalog {
             channel,
         };
         let resolution = self.resolve(key).await?;
-        if matches!(resolution.as_ref(), Resolved::Unregistered(_)) {
-            self.unregistered.note(&device.release, &device.device_id);
+        let mut in_canary = false;
+        match resolution.as_ref() {
+            Resolved::Unregistered(_) => {
+                self.unregistered.note(&device.release, &device.device_id);
+            }
+            Resolved::Target(served) => {
+                if let Some(canary) = &served.canary {
+                    let drawn = rollout::draw(&canary.salt, &device.device_id);
+                    in_canary = drawn.bucket < canary.share;
+                    if in_canary {
+                        self.canaries
+                            .answered(&canary.rollout_id, drawn.key, now_millis());
+                    }
+                }
+            }
+            Resolved::Refused(_) => {}
         }
-        Ok(DeviceTarget { resolution, choice })
+        Ok(DeviceTarget {
+            resolution,
+            choice,
+            in_canary,
+        })
     }
 
     async fn resolve(&self, key: TargetKey) -> Result<Resolution, CatalogError> {
@@ -178,18 +205,24 @@ impl Catalog {
         }
     }
 
-    /// Re-signs the download URL of an old resolution (presigned URLs expire); signing is local.
+    /// Re-signs the download URLs of an old resolution (presigned URLs expire); signing is
+    /// local.
     async fn with_fresh_url(&self, resolution: Resolution) -> Resolution {
-        let Resolved::Target(target) = resolution.as_ref() else {
+        let Resolved::Target(served) = resolution.as_ref() else {
             return resolution;
         };
-        match self.download_url(&target.bundle).await {
-            Ok(url) => Arc::new(Resolved::Target(Box::new(ChannelTarget {
-                url,
-                ..(**target).clone()
-            }))),
-            Err(_) => resolution,
+        let mut fresh = (**served).clone();
+        let Ok(url) = self.download_url(&fresh.stable.bundle).await else {
+            return resolution;
+        };
+        fresh.stable.url = url;
+        if let Some(canary) = &mut fresh.canary {
+            let Ok(url) = self.download_url(&canary.target.bundle).await else {
+                return resolution;
+            };
+            canary.target.url = url;
         }
+        Arc::new(Resolved::Target(Box::new(fresh)))
     }
 
     async fn load_target(&self, key: &TargetKey) -> Result<Resolved, CatalogError> {
@@ -224,13 +257,51 @@ impl Catalog {
             .channel_settings_of(&key.release.app_id, &key.channel)
             .await?
             .rules;
-        Ok(Resolved::Target(Box::new(ChannelTarget {
-            channel: key.channel.clone(),
-            url: self.download_url(&bundle).await?,
-            is_builtin: bundle.id == release.builtin_bundle_id,
-            bundle,
-            rules,
+        let canary = self.canary_of(&release, &key.channel, &rules).await?;
+        Ok(Resolved::Target(Box::new(Served {
+            stable: ChannelTarget {
+                channel: key.channel.clone(),
+                url: self.download_url(&bundle).await?,
+                is_builtin: bundle.id == release.builtin_bundle_id,
+                bundle,
+                rules,
+            },
+            canary,
         })))
+    }
+
+    /// The canary a channel serves part of its devices, while a rollout of it is active and its
+    /// bundle exists.
+    async fn canary_of(
+        &self,
+        release: &Release,
+        channel: &ChannelName,
+        rules: &ChannelRules,
+    ) -> Result<Option<Canary>, CatalogError> {
+        let Some(rollout) = self
+            .metadata
+            .rollout(&release.id, channel)
+            .await?
+            .filter(|r| r.progress.phase.is_active())
+        else {
+            return Ok(None);
+        };
+        let Some(bundle) = self.metadata.bundle(&rollout.canary_bundle_id).await? else {
+            tracing::warn!(rollout = %rollout.id, "the canary bundle of a rollout is missing; its devices get the stable bundle");
+            return Ok(None);
+        };
+        Ok(Some(Canary {
+            share: rollout.share(),
+            rollout_id: rollout.id,
+            salt: rollout.salt,
+            target: ChannelTarget {
+                channel: channel.clone(),
+                url: self.download_url(&bundle).await?,
+                is_builtin: bundle.id == release.builtin_bundle_id,
+                bundle,
+                rules: rules.clone(),
+            },
+        }))
     }
 
     /// Follows changes other replicas make: clears the answer cache whenever the store's
@@ -390,7 +461,9 @@ impl Catalog {
         if events.is_empty() {
             return Ok(());
         }
-        Ok(self.metadata.insert_stats(events).await?)
+        self.metadata.insert_stats(events).await?;
+        self.canaries.reported(events);
+        Ok(())
     }
 
     /// What devices reported about one bundle over the last `days` days: totals per action,

@@ -4,10 +4,12 @@
 
 mod app_keys;
 mod bundles;
+mod canary_tally;
 mod devices;
 mod error;
 mod imports;
 mod releases;
+mod rollouts;
 pub mod staging;
 pub mod target_cache;
 mod targeting;
@@ -22,9 +24,11 @@ pub use devices::{BundleActivity, ChannelChange, DailyActivity, DeviceChannel, D
 pub use error::CatalogError;
 pub use imports::{ImportedBundle, ImportedRelease};
 pub use releases::{DesiredRelease, NewRelease};
+pub use rollouts::{NewRollout, RolloutAction, DRIVER_LEASE_TTL, ROLLOUT_TICK};
 pub use targeting::{ChannelOverview, ChannelRulesChange, DesiredChannel, DeviceLookup};
 
 use crate::store::{BlobStore, CatalogStore};
+use canary_tally::CanaryTally;
 use staging::Staging;
 use target_cache::TargetCache;
 use unregistered::UnregisteredTally;
@@ -48,6 +52,7 @@ pub struct Catalog {
     blobs: Arc<dyn BlobStore>,
     targets: TargetCache,
     unregistered: UnregisteredTally,
+    canaries: CanaryTally,
     staging: Staging,
     max_bundle_size: u64,
     import_prefix: String,
@@ -64,6 +69,7 @@ impl Catalog {
             blobs,
             targets: TargetCache::new(settings.cache_duration),
             unregistered: UnregisteredTally::default(),
+            canaries: CanaryTally::default(),
             staging: settings.staging,
             max_bundle_size: settings.max_bundle_size,
             import_prefix: settings.import_prefix,

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Catalog, CatalogError};
+use super::{Catalog, CatalogError, NewRollout, RolloutAction};
 use crate::domain::names::{check_app_id, check_native_version};
 use crate::domain::ownership::check_may_change;
+use crate::domain::rollout::{RolloutPhase, RolloutPlan};
 use crate::domain::{
     now_millis, Actor, ChannelName, Platform, RecordId, Release, ReleaseKey, ResourceRef,
     UnixMillis,
@@ -22,11 +23,13 @@ pub struct NewRelease {
 }
 
 /// What a Kubernetes `Release` asks for: the record the operator converges to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DesiredRelease {
     pub key: ReleaseKey,
     pub builtin_bundle_id: RecordId,
     pub channels: BTreeMap<ChannelName, RecordId>,
+    /// Channels whose bundle changes go through a staged rollout, with its plan.
+    pub rollouts: BTreeMap<ChannelName, RolloutPlan>,
     pub owner: ResourceRef,
     /// The resource asks to take over a record made through the API (its adopt annotation).
     pub adopt: bool,
@@ -169,6 +172,7 @@ impl Catalog {
         let bundle = self
             .bundle_for_app(bundle_id, "bundle_id", &release.key.app_id)
             .await?;
+        self.check_no_active_rollout(&release, &channel).await?;
         let updated = self
             .metadata
             .set_channel_bundle(&release.id, &channel, &bundle.id, now_millis())
@@ -206,6 +210,10 @@ impl Catalog {
     /// (builtin bundle and every channel, in one write). A record made through the API is only
     /// taken over when the resource adopts it. Returns whether anything was written, so an
     /// unchanged resource costs no write.
+    ///
+    /// A channel with a rollout plan does not switch: the change starts a rollout from what the
+    /// channel serves to the new bundle, and the channel keeps serving its bundle until the
+    /// rollout completes (see [`Catalog::plan_rollouts`]).
     pub async fn apply_release(
         &self,
         desired: &DesiredRelease,
@@ -244,15 +252,16 @@ impl Catalog {
             tracing::info!(release = %existing.id, owner = %desired.owner, "release adopted by its resource");
             written = true;
         }
+        let plan = self.plan_rollouts(&existing, desired).await?;
         if existing.builtin_bundle_id != desired.builtin_bundle_id
-            || existing.channels != desired.channels
+            || existing.channels != plan.assignments
         {
             let replaced = self
                 .metadata
                 .replace_release_assignments(
                     &existing.id,
                     &desired.builtin_bundle_id,
-                    &desired.channels,
+                    &plan.assignments,
                     now_millis(),
                 )
                 .await;
@@ -270,11 +279,121 @@ impl Catalog {
             self.targets.invalidate();
             written = true;
         }
+        let actor = desired.actor();
+        let started_by = desired.owner.to_string();
+        for (channel, reason) in plan.aborts {
+            match self
+                .act_on_rollout(
+                    existing.id.as_str(),
+                    &channel,
+                    RolloutAction::Abort,
+                    &reason,
+                )
+                .await
+            {
+                Ok(_) | Err(CatalogError::NotFound(_)) => written = true,
+                Err(e) => return Err(e),
+            }
+        }
+        for (channel, canary, plan) in plan.starts {
+            let new = NewRollout {
+                channel,
+                bundle_id: canary.to_string(),
+                plan,
+            };
+            self.start_rollout(existing.id.as_str(), new, &actor, &started_by)
+                .await?;
+            written = true;
+        }
         if !written {
             return Ok((existing, false));
         }
         let updated = self.release(existing.id.as_str()).await?;
         Ok((updated, true))
+    }
+}
+
+/// What converging a release to its resource does to its channels with rollouts.
+struct RolloutPlanning {
+    /// The channels' bundles to write: the resource's, except channels that keep what they
+    /// serve while a rollout runs (or after one rolled back).
+    assignments: BTreeMap<ChannelName, RecordId>,
+    /// Active rollouts to stop, with who stops them and why.
+    aborts: Vec<(ChannelName, String)>,
+    /// Rollouts to start: channel, canary, plan.
+    starts: Vec<(ChannelName, RecordId, RolloutPlan)>,
+}
+
+impl Catalog {
+    /// Decides, per channel, between switching at once and a rollout:
+    /// - a channel with a plan whose bundle changes starts a rollout (stable: what it serves);
+    /// - while that rollout runs toward the same bundle, nothing changes;
+    /// - a rollout that rolled back toward the same bundle is not started again: the channel
+    ///   stays on stable until the resource names another bundle;
+    /// - a rollout whose channel now names another bundle, or no longer has a plan, is aborted
+    ///   (and the channel then follows the resource as usual).
+    async fn plan_rollouts(
+        &self,
+        existing: &Release,
+        desired: &DesiredRelease,
+    ) -> Result<RolloutPlanning, CatalogError> {
+        let mut planning = RolloutPlanning {
+            assignments: desired.channels.clone(),
+            aborts: Vec::new(),
+            starts: Vec::new(),
+        };
+        let keep_current = |assignments: &mut BTreeMap<ChannelName, RecordId>, channel| {
+            match existing.channels.get(channel) {
+                Some(current) => assignments.insert(channel.clone(), current.clone()),
+                None => assignments.remove(channel),
+            };
+        };
+        let stored = self.metadata.list_rollouts(false).await?;
+        let rollouts: BTreeMap<&ChannelName, _> = stored
+            .iter()
+            .filter(|r| r.release_id == existing.id)
+            .map(|r| (&r.channel, r))
+            .collect();
+        for (channel, rollout) in &rollouts {
+            if !rollout.progress.phase.is_active() {
+                continue;
+            }
+            let wanted = desired.channels.get(*channel);
+            let reason = if !desired.rollouts.contains_key(*channel) {
+                "it no longer asks for a staged rollout of this channel"
+            } else if wanted != Some(&rollout.canary_bundle_id) {
+                "it now names another bundle for this channel"
+            } else {
+                continue;
+            };
+            planning
+                .aborts
+                .push(((*channel).clone(), format!("{}: {reason}", desired.owner)));
+        }
+        for (channel, plan) in &desired.rollouts {
+            let Some(wanted) = desired.channels.get(channel) else {
+                continue;
+            };
+            let current = existing.bundle_for(channel);
+            if wanted == current {
+                continue;
+            }
+            keep_current(&mut planning.assignments, channel);
+            let aborted = planning.aborts.iter().any(|(c, _)| c == channel);
+            match rollouts.get(channel) {
+                Some(r) if r.canary_bundle_id == *wanted && !aborted => {
+                    // Running toward it, or rolled back from it (stays on stable until the
+                    // resource names another bundle), or done (the channel already switched).
+                    if r.progress.phase == RolloutPhase::Done {
+                        planning.assignments.insert(channel.clone(), wanted.clone());
+                    }
+                }
+                _ => planning
+                    .starts
+                    .push((channel.clone(), wanted.clone(), plan.clone())),
+            }
+        }
+        Ok(planning)
     }
 }
 

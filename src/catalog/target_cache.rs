@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use crate::domain::device::DeviceRefusal;
 use crate::domain::targeting::DeviceOverride;
 use crate::domain::update::ChannelTarget;
-use crate::domain::{ChannelName, ReleaseKey};
+use crate::domain::{ChannelName, RecordId, ReleaseKey};
 
 /// What a release and channel resolve to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolved {
     /// Boxed: a target is ten times the size of a refusal.
-    Target(Box<ChannelTarget>),
+    Target(Box<Served>),
     Refused(DeviceRefusal),
     /// A native build of a known app that has no release: devices get `refusal`, and the
     /// build is counted so people can register it.
@@ -25,6 +25,25 @@ pub enum Resolved {
 }
 
 pub type Resolution = Arc<Resolved>;
+
+/// What a channel serves: its bundle, and during a rollout the canary for part of the devices.
+/// One entry holds both, so a check during a rollout costs the same lookups as any other plus
+/// one hash of the device id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    pub stable: ChannelTarget,
+    pub canary: Option<Canary>,
+}
+
+/// The canary of an active rollout, as the device path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canary {
+    pub rollout_id: RecordId,
+    pub salt: String,
+    /// Devices whose bucket is below this get the canary (basis points).
+    pub share: u32,
+    pub target: ChannelTarget,
+}
 
 /// How long an app's overrides are used without a write clearing them.
 const OVERRIDES_MAX_AGE: Duration = Duration::from_secs(300);

@@ -83,6 +83,18 @@ pub fn conditions_for(
     .collect()
 }
 
+/// The reason and message of `outcome` when it is a stall that `previous` did not show (no
+/// `Stalled=True` condition with the same reason and message): what deserves an Event.
+pub fn new_stall<'a>(previous: &[Condition], outcome: &'a Outcome) -> Option<(&'a str, &'a str)> {
+    let Outcome::Stalled { reason, message } = outcome else {
+        return None;
+    };
+    let known = previous.iter().any(|c| {
+        c.type_ == "Stalled" && c.status == "True" && c.reason == *reason && c.message == *message
+    });
+    (!known).then_some((reason.as_str(), message.as_str()))
+}
+
 /// A status that carries the three conditions, so rules about conditions serve every kind.
 pub trait WithConditions: Default + Clone {
     fn conditions(&self) -> &[Condition];
@@ -159,6 +171,29 @@ mod tests {
             "t3",
         );
         assert_eq!(find(&progressing, "Reconciling").status, "True");
+    }
+
+    #[test]
+    fn a_stall_is_new_until_the_conditions_show_it() {
+        let stalled = Outcome::Stalled {
+            reason: "BundleNotFound".into(),
+            message: "no Bundle web-2".into(),
+        };
+        assert_eq!(
+            new_stall(&[], &stalled),
+            Some(("BundleNotFound", "no Bundle web-2"))
+        );
+        let shown = conditions_for(&stalled, 1, &[], "t1");
+        assert_eq!(new_stall(&shown, &stalled), None);
+        let other = Outcome::Stalled {
+            reason: "BundleNotFound".into(),
+            message: "no Bundle web-3".into(),
+        };
+        assert!(new_stall(&shown, &other).is_some(), "another message");
+        let ready = Outcome::Ready {
+            message: "serving".into(),
+        };
+        assert_eq!(new_stall(&[], &ready), None);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::rollout;
+
 pub const GROUP: &str = "capgo-server.io";
 
 // What the API server checks before anything is stored, so `kubectl apply` and Argo CD refuse
@@ -26,6 +28,26 @@ const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]
 const CHANNEL_PATTERN: &str = r"^[A-Za-z0-9._-]{1,64}$";
 /// Device ids as people write them (domain::targeting::parse_device_id).
 const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9._-]{1,36}$";
+/// Go durations (`10m`, `1s`, `1h30m`, `1.5h`), as domain::duration::parse_go_duration reads
+/// them (a macro, so the CEL rule below can quote the same pattern).
+macro_rules! go_duration_pattern {
+    () => {
+        r"^(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|ms|s|m|h))+$"
+    };
+}
+const GO_DURATION_PATTERN: &str = go_duration_pattern!();
+/// What domain::rollout::RolloutPlan accepts for its durations (MIN_INTERVAL to MAX_DURATION),
+/// checked only on what the pattern accepts, so a wrong string gets the pattern's message alone.
+const DURATION_BOUNDS_RULE: &str = concat!(
+    "!self.matches('",
+    go_duration_pattern!(),
+    "') || (duration(self) >= duration('1s') && duration(self) <= duration('720h'))"
+);
+/// The keys of a map by channel: channel names (domain::channel::ChannelName).
+const CHANNEL_KEYS_RULE: &str =
+    "self.all(channel, channel.matches('^[A-Za-z0-9._-]{1,64}$') && channel != 'builtin')";
+const CHANNEL_KEYS_MESSAGE: &str =
+    "channel names are 1 to 64 letters, digits, '.', '_' or '-', and not \"builtin\"";
 
 /// A condition in the Kubernetes shape (what `kubectl wait --for=condition=Ready`, kstatus and
 /// Argo CD read).
@@ -187,6 +209,7 @@ pub struct BundleStatus {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rollouts) || self.rollouts.all(channel, channel in self.channels)").message("every channel in rollouts must be a channel in channels: rollouts.<channel> stages the changes of channels.<channel>"))]
 pub struct ReleaseSpec {
     pub platform: PlatformSpec,
     #[schemars(length(min = 1, max = 255), regex(pattern = APP_ID_PATTERN))]
@@ -206,6 +229,12 @@ pub struct ReleaseSpec {
     #[serde(default)]
     #[schemars(schema_with = "channels_schema")]
     pub channels: BTreeMap<String, String>,
+    /// Channel → how a new bundle named for it in `channels` reaches its devices: in steps
+    /// (a growing share of devices), each held for `interval` while devices stay healthy,
+    /// rolled back by itself when too many fail. A channel left out switches at once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "rollouts_schema")]
+    pub rollouts: BTreeMap<String, ChannelRolloutSpec>,
 }
 
 /// Channel names as domain::channel::ChannelName accepts them, Bundle names as resource names.
@@ -220,10 +249,78 @@ fn channels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "pattern": NAME_PATTERN,
         },
         "x-kubernetes-validations": [{
-            "rule": "self.all(channel, channel.matches('^[A-Za-z0-9._-]{1,64}$') && channel != 'builtin')",
-            "message": "channel names are 1 to 64 letters, digits, '.', '_' or '-', and not \"builtin\"",
+            "rule": CHANNEL_KEYS_RULE,
+            "message": CHANNEL_KEYS_MESSAGE,
         }],
     })
+}
+
+/// Channel names as keys, each a rollout plan.
+fn rollouts_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let plan = generator.subschema_for::<ChannelRolloutSpec>();
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": plan,
+        "x-kubernetes-validations": [{
+            "rule": CHANNEL_KEYS_RULE,
+            "message": CHANNEL_KEYS_MESSAGE,
+        }],
+    })
+}
+
+/// How a new bundle reaches a channel's devices, step by step; a field left out takes its
+/// default. The operator checks the plan again (domain::rollout::RolloutSpec::plan).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelRolloutSpec {
+    /// The percent of the channel's devices that get the new bundle at each step: growing,
+    /// the last one 100. Default `[10, 50, 100]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = rollout::MAX_STEPS), inner(range(max = 100)))]
+    // A CEL rule, not `minimum`: the API server compares an integer value with an integer
+    // minimum (`0` passes `minimum: 0.01`).
+    #[x_kube(
+        validation = Rule::new("self.all(step, step >= 0.01)").message("steps are percents from 0.01 to 100"),
+        validation = Rule::new("size(self) == 0 || (self.all(step, self.exists_one(other, other == step)) && self.isSorted() && self[size(self) - 1] == 100.0)").message("steps must grow at every step, and the last one must be 100")
+    )]
+    pub steps: Option<Vec<f64>>,
+    /// How long each step must run, healthy, before the next one (a Go duration, at least
+    /// `1s`). Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = GO_DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(DURATION_BOUNDS_RULE).message("interval must be at least 1s and at most 720h (30 days)"))]
+    pub interval: Option<String>,
+    /// Health counts what devices reported over this much time (a Go duration, at least
+    /// `1s`), and never from before the rollout started. Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = GO_DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(DURATION_BOUNDS_RULE).message("window must be at least 1s and at most 720h (30 days)"))]
+    pub window: Option<String>,
+    /// The share of the new bundle's devices that may fail (a failed download or install, or
+    /// a crash soon after switching), from 0 to 1, before every device goes back to the
+    /// previous bundle. Default `0.05`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
+    pub max_failure_rate: Option<f64>,
+    /// Devices that must have reported on the new bundle before a step advances (or the
+    /// failure rate may roll it back). Default `10`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = rollout::MAX_TRACKED_DEVICES), extend("format" = "int64"))]
+    pub min_devices: Option<u64>,
+}
+
+impl ChannelRolloutSpec {
+    /// The plan as the domain reads it.
+    pub fn to_domain(&self) -> rollout::RolloutSpec {
+        rollout::RolloutSpec {
+            steps: self.steps.clone(),
+            interval: self.interval.clone(),
+            window: self.window.clone(),
+            max_failure_rate: self.max_failure_rate,
+            min_devices: self.min_devices,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -249,9 +346,66 @@ pub struct ReleaseStatus {
     /// What devices get now, e.g. `production=1.4.1 beta=1.5.0-rc1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving: Option<String>,
-    /// Channel → bundle version name devices of that channel get.
+    /// Channel → bundle version name devices of that channel get (during a rollout, the
+    /// stable bundle: devices in the canary get the canary).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub channels: BTreeMap<String, String>,
+    /// Channel → its staged rollout: the one under way, or the last one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rollouts: BTreeMap<String, ChannelRolloutStatus>,
+}
+
+/// Where a channel's staged rollout is, as capgo-server's driver moved it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelRolloutStatus {
+    /// The rollout's id in capgo-server (the REST API's `rollouts` routes).
+    pub id: String,
+    pub phase: RolloutPhaseStatus,
+    /// The current step, from 1.
+    #[schemars(extend("format" = "int32"))]
+    pub step: u32,
+    /// The plan's steps, in percent of the channel's devices.
+    pub steps: Vec<f64>,
+    /// The percent of the channel's devices that get the canary now.
+    pub percent: f64,
+    /// Canary devices that reported (installed or failed) within the window, as last counted.
+    #[schemars(extend("format" = "int64"))]
+    pub devices: u64,
+    /// Of those, devices that failed.
+    #[schemars(extend("format" = "int64"))]
+    pub failed: u64,
+    /// `failed / devices`, from 0 to 1.
+    pub failure_rate: f64,
+    /// The bundle version the channel served when the rollout started.
+    pub stable: String,
+    /// The bundle version being rolled out.
+    pub canary: String,
+    /// Why it rolled back: the health numbers against the gate, or who aborted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub started_at: String,
+    /// When the current step may advance if the canary stays healthy (while progressing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub next_step_at: Option<String>,
+    /// When it completed or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub finished_at: Option<String>,
+}
+
+/// `Progressing` (a growing share of devices gets the canary), `Paused` (stopped by a person
+/// at its step), `RolledBack` (every device back on stable) or `Done` (the canary became the
+/// channel's bundle).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RolloutPhaseStatus {
+    Progressing,
+    Paused,
+    RolledBack,
+    Done,
 }
 
 /// The settings of one channel of an app, and the devices forced onto it.

@@ -8,6 +8,7 @@ pub mod crd;
 pub mod fetch;
 pub mod leader;
 pub mod releases;
+pub mod rollouts;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::domain::ownership::ADOPT_ANNOTATION;
 use crate::domain::Actor;
 use crate::error::Chain;
 use conditions::Outcome;
+use crd::Condition;
 
 /// The field manager of every status write, and the events' reporting controller.
 pub const MANAGER: &str = "capgo-server";
@@ -134,11 +136,26 @@ impl Context {
     where
         K: Resource<DynamicType = ()>,
     {
+        self.publish_action(object, type_, reason, "Reconcile", note)
+            .await
+    }
+
+    /// [`Context::publish`] for an `action` other than reconciling (a rollout moving).
+    pub async fn publish_action<K>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+    ) where
+        K: Resource<DynamicType = ()>,
+    {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note.chars().take(1000).collect()),
-            action: "Reconcile".into(),
+            action: action.into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
@@ -148,7 +165,7 @@ impl Context {
 }
 
 /// Writes `status` (server-side apply, one field manager) unless the resource already has it,
-/// publishes a Warning Event when the outcome is a stall, and says when to look again. One
+/// publishes a Warning Event when the outcome is a new stall, and says when to look again. One
 /// rule for every kind, so an unchanged resource never causes a write.
 pub async fn apply_status<K, S>(
     ctx: &Context,
@@ -160,29 +177,61 @@ pub async fn apply_status<K, S>(
 ) -> Result<kube::runtime::controller::Action, OperatorError>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: conditions::WithConditions + serde::Serialize + PartialEq,
+{
+    if write_status(api, object, current, &status).await? {
+        let previous = current.map(|c| c.conditions()).unwrap_or_default();
+        announce_stall(ctx, object, previous, outcome).await;
+    }
+    Ok(next_look(outcome))
+}
+
+/// Writes `status` with server-side apply under [`MANAGER`], unless the resource already has
+/// it; says whether it wrote.
+pub async fn write_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, OperatorError>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: serde::Serialize + PartialEq,
 {
-    use conditions::Outcome;
-    use kube::runtime::controller::Action;
-    if current != Some(&status) {
-        let patch = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": K::kind(&()),
-            "status": status,
-        });
-        let params = kube::api::PatchParams::apply(MANAGER).force();
-        api.patch_status(&object.name_any(), &params, &kube::api::Patch::Apply(patch))
-            .await?;
-        if let Outcome::Stalled { reason, message } = outcome {
-            ctx.publish(object, EventType::Warning, reason, message)
-                .await;
-        }
+    if current == Some(status) {
+        return Ok(false);
     }
-    Ok(match outcome {
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let params = kube::api::PatchParams::apply(MANAGER).force();
+    api.patch_status(&object.name_any(), &params, &kube::api::Patch::Apply(patch))
+        .await?;
+    Ok(true)
+}
+
+/// Publishes a Warning Event for a stall the `previous` conditions did not show yet (a
+/// resource that stays stalled is not announced again at every status write).
+pub async fn announce_stall<K>(ctx: &Context, object: &K, previous: &[Condition], outcome: &Outcome)
+where
+    K: Resource<DynamicType = ()>,
+{
+    if let Some((reason, message)) = conditions::new_stall(previous, outcome) {
+        ctx.publish(object, EventType::Warning, reason, message)
+            .await;
+    }
+}
+
+/// When to look again at a resource after `outcome`.
+pub fn next_look(outcome: &Outcome) -> kube::runtime::controller::Action {
+    use kube::runtime::controller::Action;
+    match outcome {
         Outcome::Ready { .. } => Action::await_change(),
         Outcome::Progressing { .. } => Action::requeue(WAITING_RETRY),
         Outcome::Stalled { .. } => Action::requeue(STALLED_RETRY),
-    })
+    }
 }
 
 /// After the API server refused the operator a request (RBAC), says so on the resource: a

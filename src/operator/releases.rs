@@ -1,21 +1,25 @@
 //! The `Release` controller: resolve the Bundles a Release names, converge the release record
 //! to the spec, and report what each channel serves.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 
+use kube::runtime::events::EventType;
+
 use super::conditions::{conditions_for, Outcome};
-use super::crd::{Bundle, PlatformSpec, Release, ReleaseSpec, ReleaseStatus};
+use super::crd::{Bundle, ChannelRolloutStatus, PlatformSpec, Release, ReleaseSpec, ReleaseStatus};
+use super::rollouts::{self, ChannelRollout};
 use super::{
-    actor_of, apply_status, display_name, now_rfc3339, report_denial, with_finalizer, Context,
-    Failure, OperatorError,
+    actor_of, announce_stall, display_name, next_look, now_rfc3339, report_denial, with_finalizer,
+    write_status, Context, Failure, OperatorError,
 };
 use crate::catalog::{CatalogError, DesiredRelease};
 use crate::domain::names::{check_app_id, check_native_version};
+use crate::domain::rollout::Rollout;
 use crate::domain::{
     Actor, ChannelName, Platform, RecordId, Release as ReleaseRecord, ReleaseKey, ResourceRef,
 };
@@ -95,6 +99,21 @@ pub fn desired_release(
             ChannelName::parse(channel).map_err(|e| invalid(format!("channels: {}", e.0)))?;
         channels.insert(channel, resolve(bundle)?);
     }
+    let mut rollouts = BTreeMap::new();
+    for (channel, plan) in &spec.rollouts {
+        let name =
+            ChannelName::parse(channel).map_err(|e| invalid(format!("rollouts: {}", e.0)))?;
+        if !spec.channels.contains_key(channel) {
+            return Err(invalid(format!(
+                "rollouts.{channel}: not a channel in channels (rollouts.<channel> stages the changes of channels.<channel>)"
+            )));
+        }
+        let plan = plan
+            .to_domain()
+            .plan()
+            .map_err(|e| invalid(format!("rollouts.{channel}.{}", e.0)))?;
+        rollouts.insert(name, plan);
+    }
     Ok(DesiredRelease {
         key: ReleaseKey {
             platform: match spec.platform {
@@ -108,6 +127,7 @@ pub fn desired_release(
         },
         builtin_bundle_id: resolve(&spec.builtin_bundle)?,
         channels,
+        rollouts,
         owner: owner_of(release),
         adopt: matches!(
             actor_of(release, owner_of(release)),
@@ -206,15 +226,16 @@ async fn apply(
     api: &Api<Release>,
 ) -> Result<Action, OperatorError> {
     let bundles = resolve_bundles(release, ctx).await?;
-    let converged = match desired_release(release, &bundles) {
-        Ok(desired) => converge(release, &desired, ctx).await,
+    let desired = desired_release(release, &bundles);
+    let converged = match &desired {
+        Ok(desired) => converge(release, desired, ctx).await,
         Err(Blocked::Spec { reason, message }) => Err(Failure::Stalled(Outcome::Stalled {
-            reason: reason.into(),
-            message,
+            reason: (*reason).into(),
+            message: message.clone(),
         })),
         Err(Blocked::Waiting(message)) => Err(Failure::Stalled(Outcome::Progressing {
             reason: "WaitingForBundle".into(),
-            message,
+            message: message.clone(),
         })),
     };
     let previous = release.status.clone().unwrap_or_default();
@@ -228,23 +249,26 @@ async fn apply(
         Err(Failure::Stalled(outcome)) => (None, outcome),
         Err(Failure::Retry(error)) => return Err(error),
     };
-    let generation = release.metadata.generation.unwrap_or_default();
-    // What devices get now: from the record when it matches the spec, else as last reported.
-    let channels = match &record {
-        Some(record) => {
-            let versions = bundles
-                .values()
-                .filter_map(|b| match b {
-                    BundleRef::Ready { id, version_name } => {
-                        Some((id.clone(), version_name.clone()))
-                    }
-                    _ => None,
-                })
-                .collect();
-            serving(record, &versions)
-        }
-        None => previous.channels.clone(),
+    let observed = observe(
+        ctx,
+        release,
+        &bundles,
+        desired.as_ref().ok().zip(record.as_ref()),
+        &previous,
+    )
+    .await?;
+    // Rollouts only refine a Release whose spec is applied: a spec problem comes first.
+    let outcome = match outcome {
+        Outcome::Ready { .. } => rollouts::outcome(&observed.rollouts).unwrap_or(outcome),
+        other => other,
     };
+    let generation = release.metadata.generation.unwrap_or_default();
+    let rollout_statuses: BTreeMap<String, ChannelRolloutStatus> = observed
+        .rollouts
+        .iter()
+        .map(|r| (r.channel.clone(), r.status.clone()))
+        .collect();
+    let channels = observed.channels;
     let status = ReleaseStatus {
         observed_generation: generation,
         conditions: conditions_for(&outcome, generation, &previous.conditions, &now_rfc3339()),
@@ -255,13 +279,153 @@ async fn apply(
         serving: (!channels.is_empty()).then(|| {
             channels
                 .iter()
-                .map(|(c, v)| format!("{c}={v}"))
+                .map(|(c, v)| rollouts::serving_entry(c, v, rollout_statuses.get(c)))
                 .collect::<Vec<_>>()
                 .join(" ")
         }),
         channels,
+        rollouts: rollout_statuses,
     };
-    apply_status(ctx, api, release, release.status.as_ref(), status, &outcome).await
+    if write_status(api, release, release.status.as_ref(), &status).await? {
+        // A rollback is announced by its transition below, with the rollout's own words.
+        if !matches!(&outcome, Outcome::Stalled { reason, .. } if reason == rollouts::ROLLED_BACK) {
+            announce_stall(ctx, release, &previous.conditions, &outcome).await;
+        }
+        announce_rollouts(ctx, release, &previous.rollouts, &status.rollouts).await;
+    }
+    Ok(if observed.rollouts.iter().any(ChannelRollout::is_active) {
+        Action::requeue(rollouts::ROLLOUT_POLL)
+    } else {
+        next_look(&outcome)
+    })
+}
+
+/// What a Release's status reports besides its conditions.
+struct Observed {
+    /// Channel → the version its devices get.
+    channels: BTreeMap<String, String>,
+    rollouts: Vec<ChannelRollout>,
+}
+
+/// What each channel serves and how its rollout goes, from the record `applied` converged to
+/// (with the spec it was converged to) or, when the spec could not be applied, from the
+/// status as last reported and the record it names.
+async fn observe(
+    ctx: &Context,
+    release: &Release,
+    bundles: &BTreeMap<String, BundleRef>,
+    applied: Option<(&DesiredRelease, &ReleaseRecord)>,
+    previous: &ReleaseStatus,
+) -> Result<Observed, OperatorError> {
+    let record = applied.map(|(_, record)| record);
+    let record_id = record.map(|r| r.id.clone()).or_else(|| {
+        let previous_id = previous.release_id.as_deref()?;
+        RecordId::parse(previous_id, "release id").ok()
+    });
+    let rollouts = match &record_id {
+        Some(id) => rollouts_of(ctx, id, release, record, previous).await?,
+        None => Vec::new(),
+    };
+    // Collected first: a lazy iterator held across the await would make the future not Send.
+    let mut shown: Vec<&RecordId> = rollouts
+        .iter()
+        .flat_map(|r| [&r.stable_bundle_id, &r.canary_bundle_id])
+        .collect();
+    shown.extend(
+        record
+            .into_iter()
+            .flat_map(ReleaseRecord::referenced_bundles),
+    );
+    let versions = bundle_versions(ctx, bundles, shown).await?;
+    Ok(Observed {
+        channels: match record {
+            Some(record) => serving(record, &versions),
+            None => previous.channels.clone(),
+        },
+        rollouts: rollouts
+            .iter()
+            .map(|r| ChannelRollout::new(r, &versions, applied))
+            .collect(),
+    })
+}
+
+/// The rollout of each channel of the record that may have one: the channels it serves, those
+/// the spec plans rollouts for, and those the status showed one for.
+async fn rollouts_of(
+    ctx: &Context,
+    record_id: &RecordId,
+    release: &Release,
+    record: Option<&ReleaseRecord>,
+    previous: &ReleaseStatus,
+) -> Result<Vec<Rollout>, OperatorError> {
+    let mut channels: BTreeSet<ChannelName> = record
+        .map(|r| r.channels.keys().cloned().collect())
+        .unwrap_or_default();
+    let named = release.spec.rollouts.keys().chain(previous.rollouts.keys());
+    channels.extend(named.filter_map(|c| ChannelName::parse(c).ok()));
+    let mut rollouts = Vec::new();
+    for channel in &channels {
+        if let Some(rollout) = ctx.catalog.rollout(record_id, channel).await? {
+            rollouts.push(rollout);
+        }
+    }
+    Ok(rollouts)
+}
+
+/// Publishes an Event for every rollout transition from `previous` to `current`.
+async fn announce_rollouts(
+    ctx: &Context,
+    release: &Release,
+    previous: &BTreeMap<String, ChannelRolloutStatus>,
+    current: &BTreeMap<String, ChannelRolloutStatus>,
+) {
+    for (channel, now) in current {
+        for event in rollouts::transitions(channel, previous.get(channel), now) {
+            let type_ = if event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            tracing::info!(
+                release = display_name(release),
+                channel,
+                reason = event.reason,
+                "{}",
+                event.note
+            );
+            ctx.publish_action(release, type_, event.reason, "Rollout", &event.note)
+                .await;
+        }
+    }
+}
+
+/// Version names of `ids`: from the Bundles the spec names, else from the catalog (a bundle the
+/// spec no longer names, such as a rollout's stable one); a bundle gone shows as its id.
+async fn bundle_versions<'a>(
+    ctx: &Context,
+    named: &BTreeMap<String, BundleRef>,
+    ids: impl IntoIterator<Item = &'a RecordId>,
+) -> Result<BTreeMap<RecordId, String>, OperatorError> {
+    let mut versions: BTreeMap<RecordId, String> = named
+        .values()
+        .filter_map(|b| match b {
+            BundleRef::Ready { id, version_name } => Some((id.clone(), version_name.clone())),
+            _ => None,
+        })
+        .collect();
+    for id in ids {
+        if versions.contains_key(id) {
+            continue;
+        }
+        match ctx.catalog.bundle(id.as_str()).await {
+            Ok(bundle) => {
+                versions.insert(id.clone(), bundle.version_name);
+            }
+            Err(CatalogError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(versions)
 }
 
 /// Converges the record to `desired`, removing the one made for an earlier native version.
@@ -343,6 +507,7 @@ mod tests {
                     .iter()
                     .map(|(c, b)| (c.to_string(), b.to_string()))
                     .collect(),
+                rollouts: BTreeMap::new(),
             },
         );
         release.metadata.namespace = Some("apps".into());
@@ -429,6 +594,76 @@ mod tests {
         )]));
         let bundles = BTreeMap::from([("web-1-4-0".to_string(), ready("1.4.0"))]);
         assert!(desired_release(&spec, &bundles).unwrap().adopt);
+    }
+
+    #[test]
+    fn rollout_plans_come_from_the_spec_with_the_domains_defaults() {
+        use crate::operator::crd::ChannelRolloutSpec;
+        let mut spec = release(&[("production", "web-1-4-0")]);
+        spec.spec.rollouts.insert(
+            "production".into(),
+            ChannelRolloutSpec {
+                steps: Some(vec![25.0, 100.0]),
+                interval: Some("1m30s".into()),
+                ..ChannelRolloutSpec::default()
+            },
+        );
+        let bundles = BTreeMap::from([("web-1-4-0".to_string(), ready("1.4.0"))]);
+        let desired = desired_release(&spec, &bundles).unwrap();
+        let plan = &desired.rollouts[&ChannelName::parse("production").unwrap()];
+        assert_eq!(plan.steps, [2_500, 10_000]);
+        assert_eq!(plan.interval, std::time::Duration::from_secs(90));
+        assert_eq!(
+            plan,
+            &crate::domain::rollout::RolloutSpec {
+                steps: Some(vec![25.0, 100.0]),
+                interval: Some("1m30s".into()),
+                ..Default::default()
+            }
+            .plan()
+            .unwrap(),
+            "what the spec leaves out, the domain fills in"
+        );
+
+        for (channel, plan, field) in [
+            (
+                "production",
+                ChannelRolloutSpec {
+                    steps: Some(vec![50.0, 25.0, 100.0]),
+                    ..Default::default()
+                },
+                "rollouts.production.steps",
+            ),
+            (
+                "production",
+                ChannelRolloutSpec {
+                    interval: Some("soon".into()),
+                    ..Default::default()
+                },
+                "rollouts.production.interval",
+            ),
+            (
+                "production",
+                ChannelRolloutSpec {
+                    max_failure_rate: Some(2.0),
+                    ..Default::default()
+                },
+                "rollouts.production.maxFailureRate",
+            ),
+            (
+                "prodution",
+                ChannelRolloutSpec::default(),
+                "rollouts.prodution",
+            ),
+        ] {
+            let mut bad = release(&[("production", "web-1-4-0")]);
+            bad.spec.rollouts.insert(channel.into(), plan);
+            let Err(Blocked::Spec { reason, message }) = desired_release(&bad, &bundles) else {
+                panic!("{field} accepted")
+            };
+            assert_eq!(reason, "InvalidSpec");
+            assert!(message.starts_with(field), "{message}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
+use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
@@ -89,7 +90,9 @@ impl<T: CatalogStore + AccessStore> MetadataStore for T {}
 
 /// Bundles, releases, channels and device stats: what the catalog reads and writes.
 #[async_trait]
-pub trait CatalogStore: AppKeyStore + TargetingStore + Send + Sync + 'static {
+pub trait CatalogStore:
+    AppKeyStore + TargetingStore + RolloutStore + Send + Sync + 'static
+{
     /// Fails with `Duplicate` when the app already has a bundle of that version name.
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError>;
     async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError>;
@@ -261,6 +264,63 @@ pub trait TargetingStore: Send + Sync + 'static {
     ) -> Result<Vec<SeenDevice>, StoreError>;
 }
 
+/// Staged rollouts, their devices' health records, and the lease that lets one process drive
+/// them. Part of what the catalog reads and writes. Inserting a rollout and every write that
+/// changes its phase or step moves [`CatalogVersion::rollout_revision`] on stores other
+/// processes share (health updates change no answer and do not).
+#[async_trait]
+pub trait RolloutStore: Send + Sync + 'static {
+    /// Starts a rollout. A finished rollout of the same release and channel is replaced, with
+    /// its health records; `Duplicate` when an active one (progressing or paused) exists;
+    /// `Reference` when the release does not exist.
+    async fn insert_rollout(&self, rollout: &Rollout) -> Result<(), StoreError>;
+    /// The rollout of a release's channel (active or the last finished one).
+    async fn rollout(
+        &self,
+        release_id: &RecordId,
+        channel: &ChannelName,
+    ) -> Result<Option<Rollout>, StoreError>;
+    /// Every stored rollout (active and the last finished one per release and channel), newest
+    /// first; only active ones when `active_only`.
+    async fn list_rollouts(&self, active_only: bool) -> Result<Vec<Rollout>, StoreError>;
+    /// Replaces the rollout if its stored revision is `rollout.revision - 1`; `false` when
+    /// another write came first (or it is gone). The revision is the only concurrency control:
+    /// a step is applied once however many processes try.
+    async fn update_rollout(&self, rollout: &Rollout) -> Result<bool, StoreError>;
+    /// [`RolloutStore::update_rollout`] to a finished rollout whose canary won, and points the
+    /// channel at the canary: atomically where the store can. MongoDB writes the rollout first,
+    /// marked, then the channel, then clears the mark; [`RolloutStore::repair_completions`]
+    /// finishes a completion a crash interrupted.
+    async fn complete_rollout(&self, rollout: &Rollout) -> Result<bool, StoreError>;
+    /// Finishes completions a crash interrupted (see above); how many. Nothing to do on stores
+    /// that complete atomically.
+    async fn repair_completions(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    /// Adds devices' signals to rollouts' health records (one record per rollout and device,
+    /// merged: the latest time of each signal is kept). Marks of rollouts that no longer exist
+    /// are dropped.
+    async fn record_canary_marks(&self, marks: &[CanaryMark]) -> Result<(), StoreError>;
+    /// A rollout's health since `since`: devices that were answered with the canary and
+    /// installed it or failed since then; of them, those that failed, or crashed within
+    /// `crash_after_set` after installing.
+    async fn canary_health(
+        &self,
+        rollout_id: &RecordId,
+        since: UnixMillis,
+        crash_after_set: Duration,
+    ) -> Result<CanaryHealth, StoreError>;
+    /// Takes or renews the named lease for `holder` until `now + ttl`; `false` while another
+    /// holder's lease runs.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: UnixMillis,
+    ) -> Result<bool, StoreError>;
+}
+
 /// A device as its stats show it (for finding devices to put on a channel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenDevice {
@@ -293,7 +353,8 @@ pub trait AccessStore: Send + Sync + 'static {
 }
 
 /// A snapshot of what `/updates` answers from that differs after any release insert, promote or
-/// delete, and after any channel-settings or device-override write.
+/// delete, after any channel-settings or device-override write, and after any rollout start
+/// or step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogVersion {
     /// The newest stamp on a release (inserts and promotes).
@@ -302,6 +363,8 @@ pub struct CatalogVersion {
     pub deletions: i64,
     /// The stamp of the last channel-settings or device-override write.
     pub targeting_revision: i64,
+    /// The stamp of the last rollout start or step.
+    pub rollout_revision: i64,
 }
 
 /// A stored object, as listed for the orphan sweep.

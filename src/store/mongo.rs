@@ -4,10 +4,12 @@
 //! `releases`, `crc_checksum`, `builtin_bundle_id`, …). Every write that can change an
 //! `/updates` answer stamps the release document with a number from a shared counter, so
 //! replicas notice each other's changes by polling [`MetadataStore::catalog_version`]: the
-//! newest stamp (inserts and promotes) read through an index, a deletion counter, and a
-//! counter every channel-settings and device-override write bumps (see `mongo/targeting.rs`).
+//! newest stamp (inserts and promotes) read through an index, a deletion counter, a counter
+//! every channel-settings and device-override write bumps (see `mongo/targeting.rs`), and one
+//! every rollout start or step bumps (see `mongo/rollouts.rs`).
 
 mod app_keys;
+mod rollouts;
 mod targeting;
 
 use std::collections::BTreeMap;
@@ -34,7 +36,7 @@ use crate::domain::{
 
 const DUPLICATE_KEY: i32 = 11000;
 /// Shared counters: the stamp of answer-changing writes, release deletions, channel ids (and
-/// [`targeting::TARGETING_COUNTER`]).
+/// [`targeting::TARGETING_COUNTER`], [`rollouts::ROLLOUT_COUNTER`]).
 const REVISION_COUNTER: &str = "catalog_revision";
 const DELETIONS_COUNTER: &str = "release_deletions";
 const CHANNEL_ID_COUNTER: &str = "channel_id";
@@ -459,7 +461,8 @@ impl MongoMetadataStore {
             .create_index(plain_index(doc! {"at": -1, "_id": -1}))
             .await
             .map_err(map_error)?;
-        self.migrate_targeting().await
+        self.migrate_targeting().await?;
+        self.migrate_rollouts().await
     }
 
     fn bundles(&self) -> Collection<BundleDoc> {
@@ -893,6 +896,8 @@ impl CatalogStore for MongoMetadataStore {
             // Counted after the delete: a replica that sees the new count also sees the delete.
             self.next(DELETIONS_COUNTER).await?;
         }
+        // Also when the release was gone already: an interrupted earlier delete left them.
+        self.delete_release_rollouts(id).await?;
         Ok(result.deleted_count > 0)
     }
 
@@ -993,10 +998,12 @@ impl CatalogStore for MongoMetadataStore {
             .projection(doc! {"revision": 1})
             .await
             .map_err(map_error)?;
-        // Both counters in one round trip (this runs every poll, on every replica).
-        let counters: Vec<Document> = all(self
-            .counters()
-            .find(doc! {"_id": {"$in": [DELETIONS_COUNTER, targeting::TARGETING_COUNTER]}}))
+        // Every counter in one round trip (this runs every poll, on every replica).
+        let counters: Vec<Document> = all(self.counters().find(doc! {"_id": {"$in": [
+            DELETIONS_COUNTER,
+            targeting::TARGETING_COUNTER,
+            rollouts::ROLLOUT_COUNTER,
+        ]}}))
         .await?;
         let seq = |counter: &str| {
             counters
@@ -1009,6 +1016,7 @@ impl CatalogStore for MongoMetadataStore {
             newest_revision: newest.and_then(|d| d.get_i64("revision").ok()).unwrap_or(0),
             deletions: seq(DELETIONS_COUNTER),
             targeting_revision: seq(targeting::TARGETING_COUNTER),
+            rollout_revision: seq(rollouts::ROLLOUT_COUNTER),
         }))
     }
 

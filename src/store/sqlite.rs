@@ -5,6 +5,7 @@
 //! transactions for batches, WAL for crash safety, and a file people can open with `sqlite3`.
 
 mod app_keys;
+mod rollouts;
 mod targeting;
 
 use std::collections::BTreeMap;
@@ -196,6 +197,9 @@ impl SqliteMetadataStore {
         }
         connection
             .execute_batch(targeting::SCHEMA)
+            .map_err(internal)?;
+        connection
+            .execute_batch(rollouts::SCHEMA)
             .map_err(internal)?;
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),

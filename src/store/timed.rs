@@ -11,13 +11,14 @@ use async_trait::async_trait;
 
 use super::{
     AccessStore, AppKeyStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion,
-    MetadataStore, SeenDevice, StoreError, TargetingStore,
+    MetadataStore, RolloutStore, SeenDevice, StoreError, TargetingStore,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
+use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
@@ -101,6 +102,18 @@ timed_impl! { TargetingStore for TimedMetadataStore, "metadata":
         fn unregistered_builds(&self) -> Vec<UnregisteredBuild>;
         fn delete_unregistered_build(&self, key: &ReleaseKey) -> ();
         fn find_devices(&self, app_id: &str, id: &str, limit: usize) -> Vec<SeenDevice>;
+}
+
+timed_impl! { RolloutStore for TimedMetadataStore, "metadata":
+        fn insert_rollout(&self, rollout: &Rollout) -> ();
+        fn rollout(&self, release_id: &RecordId, channel: &ChannelName) -> Option<Rollout>;
+        fn list_rollouts(&self, active_only: bool) -> Vec<Rollout>;
+        fn update_rollout(&self, rollout: &Rollout) -> bool;
+        fn complete_rollout(&self, rollout: &Rollout) -> bool;
+        fn repair_completions(&self) -> usize;
+        fn record_canary_marks(&self, marks: &[CanaryMark]) -> ();
+        fn canary_health(&self, rollout_id: &RecordId, since: UnixMillis, crash_after_set: Duration) -> CanaryHealth;
+        fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration, now: UnixMillis) -> bool;
 }
 
 timed_impl! { AccessStore for TimedMetadataStore, "metadata":

@@ -6,9 +6,19 @@ local function health(obj)
   return chunk()
 end
 
-local function condition(type_, status, generation, message)
-  return { type = type_, status = status, reason = "R", message = message or "",
+local function condition(type_, status, generation, message, reason)
+  return { type = type_, status = status, reason = reason or "R", message = message or "",
            lastTransitionTime = "2026-11-27T10:00:00Z", observedGeneration = generation }
+end
+
+-- A Release's conditions while its rollouts are in `reason` (what the operator writes).
+local function rollout(generation, reason, message)
+  local stalled = reason == "RolledBack"
+  return {
+    condition("Ready", "False", generation, message, reason),
+    condition("Reconciling", stalled and "False" or "True", generation, stalled and "" or message, reason),
+    condition("Stalled", stalled and "True" or "False", generation, stalled and message or "", reason),
+  }
 end
 
 local function object(generation, observed, conditions)
@@ -25,6 +35,14 @@ local cases = {
   { "old stalled condition on a new spec", object(5, 5, { condition("Ready", "False", 5, "waiting for Bundle web-3"), condition("Stalled", "True", 4, "old") }),
     "Progressing", "waiting for Bundle web-3" },
   { "reconciling", object(1, 1, { condition("Ready", "False", 1), condition("Reconciling", "True", 1) }), "Progressing" },
+  { "rollout advancing", object(2, 2, rollout(2, "RolloutProgressing", "production: rolling out, 50% of devices on 1.0.2")),
+    "Progressing", "production: rolling out, 50% of devices on 1.0.2" },
+  { "rollout paused", object(2, 2, rollout(2, "RolloutPaused", "production: paused at 50% of devices on 1.0.2")),
+    "Suspended", "production: paused at 50% of devices on 1.0.2" },
+  { "rolled back", object(2, 2, rollout(2, "RolledBack", "production: rolled back from 1.0.2 to 1.0.1")),
+    "Degraded", "production: rolled back from 1.0.2 to 1.0.1" },
+  { "paused status from an older generation", object(3, 3, { condition("Ready", "False", 3, "waiting for Bundle web-3"),
+      condition("Reconciling", "True", 2, "paused", "RolloutPaused") }), "Progressing", "waiting for Bundle web-3" },
 }
 
 local passed, failed = 0, 0

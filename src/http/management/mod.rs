@@ -9,6 +9,7 @@ mod devices;
 mod error;
 mod public_keys;
 mod releases;
+mod rollouts;
 mod tokens;
 mod views;
 
@@ -52,6 +53,12 @@ pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRout
             post(releases::set_active),
         ),
         ("/api/v1/releases.delete", Admin, post(releases::delete)),
+        ("/api/v1/rollouts.list", Read, get(rollouts::list)),
+        ("/api/v1/rollouts.start", Admin, post(rollouts::start)),
+        ("/api/v1/rollouts.pause", Admin, post(rollouts::pause)),
+        ("/api/v1/rollouts.resume", Admin, post(rollouts::resume)),
+        ("/api/v1/rollouts.abort", Admin, post(rollouts::abort)),
+        ("/api/v1/rollouts.promote", Admin, post(rollouts::promote)),
         ("/api/v1/channels.list", Read, get(channels::list)),
         ("/api/v1/channels.update", Admin, post(channels::update)),
         ("/api/v1/devices.list", Read, get(devices::list)),

@@ -19,9 +19,24 @@ fn release_answer(message: &str, release: &Release) -> Json<Value> {
     Json(json!({ "message": message, "release": ReleaseView::from(release) }))
 }
 
+/// [`release_answer`] with the release's rollouts, for a release that still exists.
+async fn release_answer_with_rollouts(
+    state: &AppState,
+    message: &str,
+    release: &Release,
+) -> Result<Json<Value>, ApiError> {
+    let rollouts = state.catalog.list_rollouts().await?;
+    let view = ReleaseView::with_rollouts(release, &rollouts);
+    Ok(Json(json!({ "message": message, "release": view })))
+}
+
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let releases = state.catalog.list_releases().await?;
-    let data: Vec<ReleaseView> = releases.iter().map(ReleaseView::from).collect();
+    let rollouts = state.catalog.list_rollouts().await?;
+    let data: Vec<ReleaseView> = releases
+        .iter()
+        .map(|release| ReleaseView::with_rollouts(release, &rollouts))
+        .collect();
     Ok(Json(json!({ "data": data })))
 }
 
@@ -94,7 +109,8 @@ async fn update_release(
 ) -> Result<Json<Value>, ApiError> {
     let Some(release_date) = request.release_date else {
         let release = state.catalog.release(&request.release_id).await?;
-        return Ok(release_answer("Release updated successfully", &release));
+        return release_answer_with_rollouts(&state, "Release updated successfully", &release)
+            .await;
     };
     let release_date = release_date
         .as_deref()
@@ -112,7 +128,7 @@ async fn update_release(
         .catalog
         .set_release_date(&request.release_id, release_date, &Actor::Api)
         .await?;
-    Ok(release_answer("Release updated successfully", &release))
+    release_answer_with_rollouts(&state, "Release updated successfully", &release).await
 }
 
 #[derive(Deserialize)]
@@ -153,7 +169,7 @@ async fn set_active_bundle(
         )
         .await?;
     tracing::info!(release = %release.id, bundle = request.bundle_id, channel = ?request.channel, "active bundle set");
-    Ok(release_answer("Release updated successfully", &release))
+    release_answer_with_rollouts(&state, "Release updated successfully", &release).await
 }
 
 #[derive(Deserialize)]

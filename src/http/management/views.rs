@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, CatalogError, ChannelOverview, DeviceLookup};
 use crate::domain::channel_policy::ChannelRules;
+use crate::domain::duration::format_go_duration;
+use crate::domain::rollout::{Rollout, RolloutPhase};
 use crate::domain::targeting::{DeviceOverride, UnregisteredBuild};
 use crate::domain::{rfc3339, Bundle, Release};
 
@@ -132,6 +134,92 @@ pub struct ReleaseView {
     pub serving: BTreeMap<String, ServingView>,
     /// The Kubernetes resource managing this record (`Release ns/name`), or `null`.
     pub owner: Option<String>,
+    /// The rollout of each channel that has one (active, or the last finished one).
+    pub rollouts: BTreeMap<String, RolloutView>,
+}
+
+impl ReleaseView {
+    /// The view with the rollouts of this release among `rollouts`.
+    pub fn with_rollouts(release: &Release, rollouts: &[Rollout]) -> ReleaseView {
+        let mut view = ReleaseView::from(release);
+        view.rollouts = rollouts
+            .iter()
+            .filter(|r| r.release_id == release.id)
+            .map(|r| (r.channel.to_string(), RolloutView::from(r)))
+            .collect();
+        view
+    }
+}
+
+/// A staged rollout, with the names `rollouts.start` takes.
+#[derive(Serialize)]
+pub struct RolloutView {
+    pub id: String,
+    pub release_id: String,
+    pub app_id: String,
+    pub channel: String,
+    pub stable_bundle_id: String,
+    pub canary_bundle_id: String,
+    /// `progressing`, `paused`, `rolled_back` or `done`.
+    pub phase: &'static str,
+    /// Why it rolled back (the health numbers, or who aborted it).
+    pub reason: Option<String>,
+    /// The plan's steps, in percent.
+    pub steps: Vec<f64>,
+    /// Index into `steps` of the current step.
+    pub step: usize,
+    /// The share of devices getting the canary now, in percent.
+    pub percent: f64,
+    pub interval: String,
+    pub window: String,
+    pub max_failure_rate: f64,
+    pub min_devices: u64,
+    /// Canary devices that reported (installed or failed) within the window, as last seen.
+    pub devices: u64,
+    pub failed: u64,
+    pub failure_rate: f64,
+    pub started_by: String,
+    pub owner: Option<String>,
+    pub started_at: String,
+    pub step_started_at: String,
+    /// When the current step may advance, if healthy (progressing rollouts only).
+    pub next_step_at: Option<String>,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+impl From<&Rollout> for RolloutView {
+    fn from(r: &Rollout) -> RolloutView {
+        let interval = i64::try_from(r.plan.interval.as_millis()).unwrap_or(i64::MAX);
+        RolloutView {
+            id: r.id.to_string(),
+            release_id: r.release_id.to_string(),
+            app_id: r.app_id.clone(),
+            channel: r.channel.to_string(),
+            stable_bundle_id: r.stable_bundle_id.to_string(),
+            canary_bundle_id: r.canary_bundle_id.to_string(),
+            phase: r.progress.phase.as_str(),
+            reason: r.progress.phase.reason().map(str::to_string),
+            steps: r.plan.percents(),
+            step: r.progress.step,
+            percent: f64::from(r.share()) / 100.0,
+            interval: format_go_duration(r.plan.interval),
+            window: format_go_duration(r.plan.window),
+            max_failure_rate: r.plan.max_failure_rate,
+            min_devices: r.plan.min_devices,
+            devices: r.health.devices,
+            failed: r.health.failed,
+            failure_rate: r.health.failure_rate(),
+            started_by: r.started_by.clone(),
+            owner: r.owner.as_ref().map(ToString::to_string),
+            started_at: rfc3339(r.started_at),
+            step_started_at: rfc3339(r.progress.step_started_at),
+            next_step_at: (r.progress.phase == RolloutPhase::Progressing)
+                .then(|| rfc3339(r.progress.step_started_at.saturating_add(interval))),
+            updated_at: rfc3339(r.updated_at),
+            finished_at: r.finished_at.map(rfc3339),
+        }
+    }
 }
 
 impl From<&Release> for ReleaseView {
@@ -164,6 +252,7 @@ impl From<&Release> for ReleaseView {
                 })
                 .collect(),
             owner: release.owner.as_ref().map(ToString::to_string),
+            rollouts: BTreeMap::new(),
         }
     }
 }
