@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use common::{
-    device_body, kube_control_plane, sha256_hex, web_bundle, Client, KubeControlPlane,
+    device_body, kube_control_plane, offered, sha256_hex, web_bundle, Client, KubeControlPlane,
     ServerProcess, API_KEY, APP_ID,
 };
 
@@ -1115,6 +1115,45 @@ fn release_with_rollout(production: &str, plan: Value) -> Value {
     release
 }
 
+/// The operator on its own namespace with the `shop` Release serving 1.0.1 on production,
+/// whose production changes roll out with `plan`, and its Bundles, all Ready.
+struct RolloutSetup {
+    cluster: Cluster,
+    server: ServerProcess,
+    client: Client,
+    /// Kept alive: the Bundles' source and the server's data.
+    _web: Web,
+    _data: tempfile::TempDir,
+}
+
+impl RolloutSetup {
+    fn start(namespace: &str, plan: Value) -> Option<RolloutSetup> {
+        let cluster = Cluster::new(namespace)?;
+        let web = Web::start();
+        let data = tempfile::tempdir().unwrap();
+        let server = cluster.start_operator(
+            data.path(),
+            &cluster.kube.kubeconfig,
+            "replica-a",
+            &unlimited(),
+        );
+        let client = Client::new(&server, API_KEY);
+        cluster.apply(&release_with_rollout("1.0.1", plan));
+        for version in VERSIONS {
+            cluster.apply(&web.bundle(version));
+        }
+        cluster.wait_ready(&["bundle/web-1-0-1", "bundle/web-1-0-2"], &server);
+        cluster.wait_ready(&["release/shop"], &server);
+        Some(RolloutSetup {
+            cluster,
+            server,
+            client,
+            _web: web,
+            _data: data,
+        })
+    }
+}
+
 /// A few hundred devices: enough to see a 50% step within ±15% (five standard deviations).
 const FLEET: usize = 400;
 
@@ -1122,52 +1161,6 @@ fn fleet() -> Vec<String> {
     (0..FLEET)
         .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
         .collect()
-}
-
-/// What `/updates` offers each device of `ids` running the bundle `running`: the version, or
-/// `""` for no update.
-async fn offers(client: &Client, ids: &[String], running: &str) -> BTreeMap<String, String> {
-    use futures_util::StreamExt;
-    futures_util::stream::iter(ids.iter().cloned())
-        .map(|id| async move {
-            let mut body = device_body(running, "8.51.14");
-            body["device_id"] = json!(id);
-            let (status, answer) = client.device("/updates", &body).await;
-            assert_eq!(status, 200, "{answer}");
-            let offered = answer["version"]
-                .as_str()
-                .filter(|_| answer.get("error").is_none())
-                .unwrap_or_default()
-                .to_string();
-            (id, offered)
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await
-}
-
-/// The devices `offers` offered `version`.
-fn offered(offers: &BTreeMap<String, String>, version: &str) -> Vec<String> {
-    offers
-        .iter()
-        .filter(|(_, offered)| *offered == version)
-        .map(|(id, _)| id.clone())
-        .collect()
-}
-
-/// Each of `ids` reports `action` about `version` on `/stats`, as the plugin does.
-async fn report(client: &Client, ids: &[String], action: &str, version: &str) {
-    for chunk in ids.chunks(200) {
-        let events: Vec<Value> = chunk
-            .iter()
-            .map(|id| {
-                json!({"app_id": APP_ID, "device_id": id, "action": action,
-                       "version_name": version, "platform": "android"})
-            })
-            .collect();
-        let (status, answer) = client.device("/stats", &Value::Array(events)).await;
-        assert_eq!(status, 200, "{answer}");
-    }
 }
 
 /// `status.rollouts.production` of the Release, once `done` holds for it.
@@ -1291,29 +1284,21 @@ fn condition_in(status: &Value, type_: &str) -> Value {
 /// Event marks every transition, once.
 #[tokio::test]
 async fn a_release_rolls_a_changed_bundle_out_in_steps() {
-    let Some(cluster) = Cluster::new("op-rollout") else {
+    let argo = ArgoHealth::get();
+    // Step 2's interval leaves time to pause it through the API once step 1 advanced.
+    let plan =
+        json!({"steps": [50, 100], "interval": "2s", "minDevices": 5, "maxFailureRate": 0.5});
+    // Every field bound: the source and the data folder live as long as the test.
+    let Some(RolloutSetup {
+        cluster,
+        server,
+        client,
+        _web,
+        _data,
+    }) = RolloutSetup::start("op-rollout", plan)
+    else {
         return;
     };
-    let argo = ArgoHealth::get();
-    let web = Web::start();
-    let data = tempfile::tempdir().unwrap();
-    let server = cluster.start_operator(
-        data.path(),
-        &cluster.kube.kubeconfig,
-        "replica-a",
-        &unlimited(),
-    );
-    let client = Client::new(&server, API_KEY);
-    // Step 2's interval leaves time to pause it through the API once step 1 advanced.
-    cluster.apply(&release_with_rollout(
-        "1.0.1",
-        json!({"steps": [50, 100], "interval": "2s", "minDevices": 5, "maxFailureRate": 0.5}),
-    ));
-    for version in VERSIONS {
-        cluster.apply(&web.bundle(version));
-    }
-    cluster.wait_ready(&["bundle/web-1-0-1", "bundle/web-1-0-2"], &server);
-    cluster.wait_ready(&["release/shop"], &server);
     let status = cluster.get("release/shop")["status"].clone();
     assert!(
         status.get("rollouts").is_none(),
@@ -1322,7 +1307,7 @@ async fn a_release_rolls_a_changed_bundle_out_in_steps() {
     let release_id = status["releaseId"].as_str().unwrap().to_string();
     let ids = fleet();
     assert_eq!(
-        offered(&offers(&client, &ids, "1.0.0").await, "1.0.1").len(),
+        offered(&client.offers(&ids, "1.0.0").await, "1.0.1").len(),
         FLEET
     );
 
@@ -1381,7 +1366,7 @@ async fn a_release_rolls_a_changed_bundle_out_in_steps() {
     }
 
     // About half of the devices get the canary; the others stay where they are.
-    let step_one = offers(&client, &ids, "1.0.1").await;
+    let step_one = client.offers(&ids, "1.0.1").await;
     let canary = offered(&step_one, "1.0.2");
     let share = canary.len() as f64 / FLEET as f64;
     assert!(
@@ -1394,7 +1379,7 @@ async fn a_release_rolls_a_changed_bundle_out_in_steps() {
     );
 
     // They install it: the step advances; paused at once through the API, it holds there.
-    report(&client, &canary, "set", "1.0.2").await;
+    client.report_all(&canary, "set", "1.0.2").await;
     let started = Instant::now();
     while rest_rollout(&client, &release_id).await["step"] != 1 {
         assert!(
@@ -1424,7 +1409,7 @@ async fn a_release_rolls_a_changed_bundle_out_in_steps() {
         let (health, message) = argo.of(&cluster, "release/shop");
         assert_eq!(health, "Suspended", "{message}");
     }
-    let everyone = offers(&client, &ids, "1.0.1").await;
+    let everyone = client.offers(&ids, "1.0.1").await;
     assert_eq!(
         offered(&everyone, "1.0.2").len(),
         FLEET,
@@ -1448,7 +1433,7 @@ async fn a_release_rolls_a_changed_bundle_out_in_steps() {
         assert_eq!(argo.of(&cluster, "release/shop").0, "Healthy");
     }
     assert_eq!(
-        offered(&offers(&client, &ids, "1.0.1").await, "1.0.2").len(),
+        offered(&client.offers(&ids, "1.0.1").await, "1.0.2").len(),
         FLEET
     );
 
@@ -1500,28 +1485,19 @@ async fn a_release_rolls_a_changed_bundle_out_in_steps() {
 /// another bundle for the channel.
 #[tokio::test]
 async fn failing_canary_devices_roll_a_release_back_and_degrade_it() {
-    let Some(cluster) = Cluster::new("op-rollback") else {
+    let argo = ArgoHealth::get();
+    let plan =
+        json!({"steps": [50, 100], "interval": "1s", "minDevices": 5, "maxFailureRate": 0.2});
+    let Some(RolloutSetup {
+        cluster,
+        server,
+        client,
+        _web,
+        _data: data,
+    }) = RolloutSetup::start("op-rollback", plan)
+    else {
         return;
     };
-    let argo = ArgoHealth::get();
-    let web = Web::start();
-    let data = tempfile::tempdir().unwrap();
-    let server = cluster.start_operator(
-        data.path(),
-        &cluster.kube.kubeconfig,
-        "replica-a",
-        &unlimited(),
-    );
-    let client = Client::new(&server, API_KEY);
-    cluster.apply(&release_with_rollout(
-        "1.0.1",
-        json!({"steps": [50, 100], "interval": "1s", "minDevices": 5, "maxFailureRate": 0.2}),
-    ));
-    for version in VERSIONS {
-        cluster.apply(&web.bundle(version));
-    }
-    cluster.wait_ready(&["bundle/web-1-0-1", "bundle/web-1-0-2"], &server);
-    cluster.wait_ready(&["release/shop"], &server);
     cluster.kubectl(&[
         "patch",
         "release/shop",
@@ -1535,12 +1511,12 @@ async fn failing_canary_devices_roll_a_release_back_and_degrade_it() {
     .await;
     let rollout_id = status["rollouts"]["production"]["id"].clone();
     let ids = fleet();
-    let canary = offered(&offers(&client, &ids, "1.0.1").await, "1.0.2");
+    let canary = offered(&client.offers(&ids, "1.0.1").await, "1.0.2");
     assert!(canary.len() > FLEET / 4, "{} of {FLEET}", canary.len());
 
     // Every canary device fails to apply it.
     let reported = Instant::now();
-    report(&client, &canary, "update_fail", "1.0.2").await;
+    client.report_all(&canary, "update_fail", "1.0.2").await;
     let status = rollout_status(&cluster, &server, "the roll-back in status", |r| {
         r["phase"] == "RolledBack"
     })
@@ -1577,9 +1553,9 @@ async fn failing_canary_devices_roll_a_release_back_and_degrade_it() {
     }
 
     // Every device gets stable again: those that took the canary are sent back.
-    let sent_back = offers(&client, &canary, "1.0.2").await;
+    let sent_back = client.offers(&canary, "1.0.2").await;
     assert!(sent_back.values().all(|v| v == "1.0.1"), "{sent_back:?}");
-    let on_stable = offers(&client, &ids, "1.0.1").await;
+    let on_stable = client.offers(&ids, "1.0.1").await;
     assert!(on_stable.values().all(String::is_empty), "{on_stable:?}");
 
     // One Warning Event with the reason, and no second Stalled Event beside it.

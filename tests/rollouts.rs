@@ -8,14 +8,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures_util::{stream, StreamExt};
 use serde_json::{json, Value};
 
 /// Enough devices that a step's share lands within 2% of its target (the standard deviation at
 /// 50% is 0.56%).
 const FLEET: usize = 8000;
-/// Requests in flight at once from the simulated fleet.
-const IN_FLIGHT: usize = 32;
 
 fn device_id(n: usize) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
@@ -39,55 +36,6 @@ async fn catalog(client: &Client) -> (String, String, String) {
     let release = client.create_release("android", &builtin).await;
     client.set_active(&release, &stable, "production").await;
     (release, stable, canary)
-}
-
-/// What each device of `ids` is told by `/updates` while it runs `running`: the version
-/// offered, or `""` when none.
-async fn check_in(client: &Client, ids: &[String], running: &str) -> BTreeMap<String, String> {
-    stream::iter(ids.iter().cloned())
-        .map(|id| async move {
-            let body = json!({
-                "platform": "android", "device_id": id, "app_id": APP_ID,
-                "version_name": running, "version_build": "1.0.0", "version_code": "10",
-                "version_os": "14", "plugin_version": "8.51.14", "is_emulator": false,
-                "is_prod": true, "custom_id": "", "defaultChannel": "",
-            });
-            let (status, answer) = client.device("/updates", &body).await;
-            assert_eq!(status, 200, "{answer}");
-            let offered = answer["version"]
-                .as_str()
-                .filter(|_| answer.get("error").is_none())
-                .unwrap_or_default()
-                .to_string();
-            (id, offered)
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .collect()
-        .await
-}
-
-/// Posts one stats event per device, in batches of 200 (as plugins queue them).
-async fn report(client: &Client, events: &[(String, &str, &str)]) {
-    let bodies: Vec<Value> = events
-        .chunks(200)
-        .map(|chunk| {
-            Value::Array(
-                chunk
-                    .iter()
-                    .map(|(id, action, version)| {
-                        json!({"app_id": APP_ID, "device_id": id, "action": action,
-                               "version_name": version, "platform": "android"})
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
-    stream::iter(bodies)
-        .for_each_concurrent(4, |body| async move {
-            let (status, answer) = client.device("/stats", &body).await;
-            assert_eq!(status, 200, "{answer}");
-        })
-        .await;
 }
 
 async fn rollout_of(client: &Client, release: &str) -> Value {
@@ -128,6 +76,19 @@ async fn start(client: &Client, release: &str, canary: &str, plan: Value) -> Val
     answer["rollout"].clone()
 }
 
+/// The driver's moves in `log()` ("rollout moved" lines) once at least `expected` are there (a
+/// line reaches the test a moment after the store shows its move) and two driver ticks passed
+/// without more.
+async fn moves_in(log: impl Fn() -> String, expected: usize) -> usize {
+    let count = || log().matches("rollout moved").count();
+    let started = Instant::now();
+    while count() < expected && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    count()
+}
+
 /// A hand move on the production rollout of `release`, which must succeed.
 async fn manage(client: &Client, route: &str, release: &str) -> Value {
     let (status, answer) = client.manage(route, json!({"release_id": release})).await;
@@ -136,11 +97,7 @@ async fn manage(client: &Client, route: &str, release: &str) -> Value {
 }
 
 fn in_canary(offers: &BTreeMap<String, String>) -> BTreeSet<String> {
-    offers
-        .iter()
-        .filter(|(_, offered)| *offered == "1.1.0")
-        .map(|(id, _)| id.clone())
-        .collect()
+    offered(offers, "1.1.0").into_iter().collect()
 }
 
 /// Checks the share of the fleet offered the canary against the step's percent, and that
@@ -183,7 +140,7 @@ async fn a_healthy_canary_advances_step_by_step_to_every_device() {
         // Held while the fleet is measured (health counts since the start, so a step may
         // advance as soon as its interval is over); resuming runs the interval again.
         manage(&client, "rollouts.pause", &release).await;
-        let offers = check_in(&client, &ids, "1.0.1").await;
+        let offers = client.offers(&ids, "1.0.1").await;
         let canary_devices = assert_share(&offers, percent);
         assert!(
             previous.is_subset(&canary_devices),
@@ -196,7 +153,7 @@ async fn a_healthy_canary_advances_step_by_step_to_every_device() {
             .iter()
             .map(|id| (id.clone(), "set", "1.1.0"))
             .collect();
-        report(&client, &installs).await;
+        client.report(&installs).await;
         manage(&client, "rollouts.resume", &release).await;
         previous = canary_devices;
         let rollout = wait_for(
@@ -220,11 +177,10 @@ async fn a_healthy_canary_advances_step_by_step_to_every_device() {
     // The canary is now the channel's bundle: devices still on stable are all offered it.
     let releases = client.list("releases.list").await;
     assert_eq!(releases["data"][0]["channels"]["production"], canary);
-    let offers = check_in(&client, &ids[..500], "1.0.1").await;
+    let offers = client.offers(&ids[..500], "1.0.1").await;
     assert!(offers.values().all(|v| v == "1.1.0"));
-    let log = server.log_text();
     assert_eq!(
-        log.matches("rollout moved").count(),
+        moves_in(|| server.log_text(), 3).await,
         3,
         "two steps and the completion, each once"
     );
@@ -251,13 +207,13 @@ async fn failures_above_the_gate_roll_back_every_device_and_forged_reports_do_no
     let strangers: Vec<_> = (FLEET..FLEET + 2000)
         .map(|n| (device_id(n), "update_fail", "1.1.0"))
         .collect();
-    report(&client, &strangers).await;
+    client.report(&strangers).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let untouched = rollout_of(&client, &release).await;
     assert_eq!(untouched["phase"], "progressing", "{untouched}");
     assert_eq!(untouched["devices"], 0, "{untouched}");
 
-    let offers = check_in(&client, &ids, "1.0.1").await;
+    let offers = client.offers(&ids, "1.0.1").await;
     let canary_devices: Vec<String> = assert_share(&offers, 20.0).into_iter().collect();
     // A third of the canary fails to apply it; one device repeating its failure counts once.
     let mut events = Vec::new();
@@ -269,7 +225,7 @@ async fn failures_above_the_gate_roll_back_every_device_and_forged_reports_do_no
         events.push((canary_devices[0].clone(), "update_fail", "1.1.0"));
     }
     let reported_at = Instant::now();
-    report(&client, &events).await;
+    client.report(&events).await;
     let rolled_back = wait_for(
         &client,
         &release,
@@ -300,9 +256,9 @@ async fn failures_above_the_gate_roll_back_every_device_and_forged_reports_do_no
         "{rolled_back}"
     );
     // Every device gets stable again: those that installed the canary are sent back.
-    let on_canary = check_in(&client, &canary_devices, "1.1.0").await;
+    let on_canary = client.offers(&canary_devices, "1.1.0").await;
     assert!(on_canary.values().all(|v| v == "1.0.1"), "{on_canary:?}");
-    let on_stable = check_in(&client, &ids, "1.0.1").await;
+    let on_stable = client.offers(&ids, "1.0.1").await;
     assert!(on_stable.values().all(String::is_empty));
     let releases = client.list("releases.list").await;
     assert_ne!(releases["data"][0]["channels"]["production"], canary);
@@ -327,17 +283,19 @@ async fn a_restart_mid_rollout_continues_where_it_was() {
         json!({"steps": [10, 50, 100], "interval": "2s", "min_devices": 5}),
     )
     .await;
-    let offers = check_in(&client, &ids, "1.0.1").await;
+    let offers = client.offers(&ids, "1.0.1").await;
     let first = in_canary(&offers);
     let installs: Vec<_> = first
         .iter()
         .map(|id| (id.clone(), "set", "1.1.0"))
         .collect();
-    report(&client, &installs).await;
+    client.report(&installs).await;
     wait_for(&client, &release, Duration::from_secs(30), "step 2", |r| {
         r["step"] == 1
     })
     .await;
+    // The move's log line reaches us a moment after the store shows it.
+    moves_in(|| server.log_text(), 1).await;
     // Killed, not stopped: nothing gets a chance to tidy up.
     let mut server = server;
     server.child.kill().unwrap();
@@ -350,7 +308,7 @@ async fn a_restart_mid_rollout_continues_where_it_was() {
     let resumed = rollout_of(&client, &release).await;
     assert_eq!(resumed["step"], 1, "{resumed}");
     assert_eq!(resumed["phase"], "progressing", "{resumed}");
-    let offers = check_in(&client, &ids, "1.0.1").await;
+    let offers = client.offers(&ids, "1.0.1").await;
     let second = assert_share(&offers, 50.0);
     assert!(
         first.is_subset(&second),
@@ -360,7 +318,7 @@ async fn a_restart_mid_rollout_continues_where_it_was() {
         .iter()
         .map(|id| (id.clone(), "set", "1.1.0"))
         .collect();
-    report(&client, &installs).await;
+    client.report(&installs).await;
     let done = wait_for(
         &client,
         &release,
@@ -371,18 +329,16 @@ async fn a_restart_mid_rollout_continues_where_it_was() {
     )
     .await;
     assert_eq!(done["step"], 2);
-    let log = format!("{before_restart}\n{}", server.log_text());
-    for step in ["step=1", "step=2"] {
-        let moves = log
-            .lines()
-            .filter(|l| l.contains("rollout moved") && l.contains(step))
-            .count();
-        assert!(moves >= 1, "{step} was taken: {log}");
-    }
+    let log = || format!("{before_restart}\n{}", server.log_text());
     assert_eq!(
-        log.matches("rollout moved").count(),
+        moves_in(log, 3).await,
         3,
-        "no step skipped or taken twice across the restart"
+        "no step skipped or taken twice across the restart: {}",
+        log()
+    );
+    assert!(
+        before_restart.contains("rollout moved") && server.log_text().contains("rollout moved"),
+        "the first process took step 2, the second the rest"
     );
     server.stop();
 }
@@ -459,12 +415,12 @@ async fn people_pause_resume_promote_and_abort_and_bad_requests_are_refused() {
     assert_eq!(paused["rollout"]["phase"], "paused");
     // Healthy devices and time do not move a paused rollout.
     let ids: Vec<String> = (0..400).map(device_id).collect();
-    let offers = check_in(&client, &ids, "1.0.1").await;
+    let offers = client.offers(&ids, "1.0.1").await;
     let installs: Vec<_> = in_canary(&offers)
         .into_iter()
         .map(|id| (id, "set", "1.1.0"))
         .collect();
-    report(&client, &installs).await;
+    client.report(&installs).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let still = rollout_of(&client, &release).await;
     assert_eq!(
@@ -499,7 +455,7 @@ async fn people_pause_resume_promote_and_abort_and_bad_requests_are_refused() {
             .contains("aborted by"),
         "{aborted}"
     );
-    let offers = check_in(&client, &ids, "1.1.0").await;
+    let offers = client.offers(&ids, "1.1.0").await;
     assert!(
         offers.values().all(String::is_empty),
         "every device stays on the channel's bundle"
@@ -531,12 +487,12 @@ async fn with_two_replicas_one_drives_and_the_other_takes_over() {
     .await;
     // Devices check in on one replica and report on the other.
     let ids: Vec<String> = (0..1000).map(device_id).collect();
-    let offers = check_in(&client_b, &ids, "1.0.1").await;
+    let offers = client_b.offers(&ids, "1.0.1").await;
     let installs: Vec<_> = in_canary(&offers)
         .into_iter()
         .map(|id| (id, "set", "1.1.0"))
         .collect();
-    report(&client_a, &installs).await;
+    client_a.report(&installs).await;
     wait_for(
         &client_b,
         &release,
@@ -560,7 +516,7 @@ async fn with_two_replicas_one_drives_and_the_other_takes_over() {
     } else {
         (b, a, client_a)
     };
-    let moves_before = leader.log_text().matches("rollout moved").count();
+    let moves_before = moves_in(|| leader.log_text(), 1).await;
     assert_eq!(
         follower.log_text().matches("rollout moved").count(),
         0,
@@ -572,12 +528,12 @@ async fn with_two_replicas_one_drives_and_the_other_takes_over() {
     let killed_at = Instant::now();
     manage(&follower_client, "rollouts.resume", &release).await;
 
-    let offers = check_in(&follower_client, &ids, "1.0.1").await;
+    let offers = follower_client.offers(&ids, "1.0.1").await;
     let installs: Vec<_> = in_canary(&offers)
         .into_iter()
         .map(|id| (id, "set", "1.1.0"))
         .collect();
-    report(&follower_client, &installs).await;
+    follower_client.report(&installs).await;
     let done = wait_for(
         &follower_client,
         &release,
@@ -592,7 +548,7 @@ async fn with_two_replicas_one_drives_and_the_other_takes_over() {
     );
     assert_eq!(done["step"], 2);
     assert_eq!(
-        moves_before + follower.log_text().matches("rollout moved").count(),
+        moves_before + moves_in(|| follower.log_text(), 3 - moves_before).await,
         3,
         "each step once across both replicas"
     );

@@ -275,22 +275,7 @@ mod tests {
     }
 
     fn event(device: &str, action: &str, version: &str) -> StatsEvent {
-        StatsEvent {
-            app_id: "com.example.app".into(),
-            device_id: device.into(),
-            action: action.into(),
-            platform: None,
-            version_name: Some(version.into()),
-            old_version_name: None,
-            version_build: None,
-            version_code: None,
-            plugin_version: None,
-            is_emulator: None,
-            is_prod: None,
-            custom_id: None,
-            metadata: None,
-            occurred_at: 5,
-        }
+        StatsEvent::example(device, action, version)
     }
 
     #[test]

@@ -594,22 +594,7 @@ mod tests {
 
     #[test]
     fn stats_actions_map_to_canary_signals() {
-        let event = |action: &str, version: &str| StatsEvent {
-            app_id: "a".into(),
-            device_id: "d".into(),
-            action: action.into(),
-            platform: None,
-            version_name: Some(version.into()),
-            old_version_name: None,
-            version_build: None,
-            version_code: None,
-            plugin_version: None,
-            is_emulator: None,
-            is_prod: None,
-            custom_id: None,
-            metadata: None,
-            occurred_at: 0,
-        };
+        let event = |action: &str, version: &str| StatsEvent::example("d", action, version);
         for (action, signal) in [
             ("set", Some(CanarySignal::Installed)),
             ("update_fail", Some(CanarySignal::Failed)),

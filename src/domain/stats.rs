@@ -28,6 +28,29 @@ pub struct StatsEvent {
     pub occurred_at: UnixMillis,
 }
 
+#[cfg(test)]
+impl StatsEvent {
+    /// An event of `com.example.app` with only what tests look at.
+    pub(crate) fn example(device_id: &str, action: &str, version_name: &str) -> StatsEvent {
+        StatsEvent {
+            app_id: "com.example.app".into(),
+            device_id: device_id.into(),
+            action: action.into(),
+            platform: None,
+            version_name: Some(version_name.into()),
+            old_version_name: None,
+            version_build: None,
+            version_code: None,
+            plugin_version: None,
+            is_emulator: None,
+            is_prod: None,
+            custom_id: None,
+            metadata: None,
+            occurred_at: 0,
+        }
+    }
+}
+
 /// Milliseconds in a day: activity is counted per UTC day.
 pub const DAY_MILLIS: UnixMillis = 86_400_000;
 

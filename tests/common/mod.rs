@@ -105,6 +105,15 @@ pub fn device_body(version_name: &str, plugin_version: &str) -> Value {
     })
 }
 
+/// The devices of `offers` ([`Client::offers`]) offered `version`.
+pub fn offered(offers: &std::collections::BTreeMap<String, String>, version: &str) -> Vec<String> {
+    offers
+        .iter()
+        .filter(|(_, offered)| *offered == version)
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 /// One part of a multipart form.
 #[derive(Clone, Copy, Debug)]
 pub enum Part<'a> {
@@ -616,6 +625,62 @@ impl Client {
             )
             .await;
         assert_eq!(status, 200, "{body}");
+    }
+
+    /// What `/updates` offers each device of `ids` running the bundle `running` (an Android
+    /// plugin 8 body, [`device_body`]): the version, or `""` for no update.
+    pub async fn offers(
+        &self,
+        ids: &[String],
+        running: &str,
+    ) -> std::collections::BTreeMap<String, String> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ids.iter().cloned())
+            .map(|id| async move {
+                let mut body = device_body(running, "8.51.14");
+                body["device_id"] = json!(id);
+                let (status, answer) = self.device("/updates", &body).await;
+                assert_eq!(status, 200, "{answer}");
+                let offered = answer["version"]
+                    .as_str()
+                    .filter(|_| answer.get("error").is_none())
+                    .unwrap_or_default()
+                    .to_string();
+                (id, offered)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await
+    }
+
+    /// Posts `/stats` events, each `(device id, action, version name)`, in batches of 200 as
+    /// plugins queue them.
+    pub async fn report(&self, events: &[(String, &str, &str)]) {
+        use futures_util::StreamExt;
+        let batches: Vec<Value> = events
+            .chunks(200)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|(id, action, version)| {
+                        json!({"app_id": APP_ID, "device_id": id, "action": action,
+                               "version_name": version, "platform": "android"})
+                    })
+                    .collect()
+            })
+            .collect();
+        futures_util::stream::iter(batches)
+            .for_each_concurrent(4, |batch| async move {
+                let (status, answer) = self.device("/stats", &batch).await;
+                assert_eq!(status, 200, "{answer}");
+            })
+            .await;
+    }
+
+    /// Each of `ids` reports `action` about `version` ([`Client::report`]).
+    pub async fn report_all(&self, ids: &[String], action: &str, version: &str) {
+        let events: Vec<_> = ids.iter().map(|id| (id.clone(), action, version)).collect();
+        self.report(&events).await;
     }
 
     /// A series of the server's Prometheus metrics, e.g.
