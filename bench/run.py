@@ -457,6 +457,12 @@ def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
     target = report["updates-rollout"]["rps"] * 0.8
     interval_ms = 10
     connections = max(16, round(target * interval_ms / 1000))
+    # Each connection also waits for its answers: a short run measures the rate these
+    # connections reach, and their number is scaled to the target (at most twice over).
+    for _ in range(2):
+        reached = wrk(server.device_port, lua_devices_paced(interval_ms), 5, connections)["rps"]
+        connections = min(1000, max(16, round(connections * target / reached)))
+    log(f"  soak: {connections} connections for {target:.0f}/s")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua_canary_stats())
     stats = subprocess.Popen(
@@ -475,6 +481,7 @@ def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
     stats_result = json.loads(stats_line[len("BENCH "):])
     report["soak"] = {
         "target_rps": target,
+        "connections": connections,
         "windows": [{"rps": w["rps"], "p99_ms": w["p99_us"] / 1000, "rss_mib": w["rss_mib"],
                      "errors": w["errors"] + w["non2xx"]} for w in windows],
         "stats_events_per_s": stats_result["requests"] * 200 / (stats_result["duration_us"] / 1e6),

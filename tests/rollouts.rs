@@ -76,17 +76,23 @@ async fn start(client: &Client, release: &str, canary: &str, plan: Value) -> Val
     answer["rollout"].clone()
 }
 
-/// The driver's moves in `log()` ("rollout moved" lines) once at least `expected` are there (a
-/// line reaches the test a moment after the store shows its move) and two driver ticks passed
-/// without more.
-async fn moves_in(log: impl Fn() -> String, expected: usize) -> usize {
-    let count = || log().matches("rollout moved").count();
+/// Waits until `log()` shows at least `expected` driver moves ("rollout moved" lines: one
+/// reaches the test a moment after the store shows its move), for up to 10 s.
+async fn wait_for_moves(log: &impl Fn() -> String, expected: usize) {
     let started = Instant::now();
-    while count() < expected && started.elapsed() < Duration::from_secs(10) {
+    while log().matches("rollout moved").count() < expected
+        && started.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The driver's moves in `log()` once at least `expected` are there and two driver ticks
+/// passed without more.
+async fn moves_in(log: impl Fn() -> String, expected: usize) -> usize {
+    wait_for_moves(&log, expected).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    count()
+    log().matches("rollout moved").count()
 }
 
 /// A hand move on the production rollout of `release`, which must succeed.
@@ -280,7 +286,8 @@ async fn a_restart_mid_rollout_continues_where_it_was() {
         &client,
         &release,
         &canary,
-        json!({"steps": [10, 50, 100], "interval": "2s", "min_devices": 5}),
+        // Long enough that step 2 is still running when the process is killed.
+        json!({"steps": [10, 50, 100], "interval": "5s", "min_devices": 5}),
     )
     .await;
     let offers = client.offers(&ids, "1.0.1").await;
@@ -294,8 +301,7 @@ async fn a_restart_mid_rollout_continues_where_it_was() {
         r["step"] == 1
     })
     .await;
-    // The move's log line reaches us a moment after the store shows it.
-    moves_in(|| server.log_text(), 1).await;
+    wait_for_moves(&|| server.log_text(), 1).await;
     // Killed, not stopped: nothing gets a chance to tidy up.
     let mut server = server;
     server.child.kill().unwrap();
