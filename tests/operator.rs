@@ -221,6 +221,13 @@ impl RolloutStore for CountingStore {
             .canary_health(rollout_id, since, crash_after_set)
             .await
     }
+    async fn active_canary_health(
+        &self,
+        now: UnixMillis,
+        crash_after_set: std::time::Duration,
+    ) -> Result<Vec<(RecordId, CanaryHealth)>, StoreError> {
+        self.inner.active_canary_health(now, crash_after_set).await
+    }
     async fn acquire_lease(
         &self,
         name: &str,

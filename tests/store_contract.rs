@@ -1510,6 +1510,21 @@ async fn canary_health_contract(store: &dyn MetadataStore) {
         CanaryHealth::default(),
         "nothing reported since"
     );
+    // All active rollouts at once, each from its own window: an hour before `now` here.
+    let all = store
+        .active_canary_health(since + 60 * MINUTE, CRASH_AFTER_SET)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter()
+            .find(|(id, _)| id == &started.id)
+            .map(|(_, health)| *health),
+        Some(CanaryHealth {
+            devices: 5,
+            failed: 2
+        }),
+        "the same counts as one rollout's health: {all:?}"
+    );
     assert_eq!(
         store
             .canary_health(&unknown, 0, CRASH_AFTER_SET)

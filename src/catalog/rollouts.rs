@@ -215,17 +215,20 @@ impl Catalog {
     /// canaries are active.
     async fn rollouts_changed(&self) {
         self.targets.invalidate();
-        if let Err(error) = self.refresh_active_canaries().await {
+        let refreshed = match self.metadata.list_rollouts(true).await {
+            Ok(active) => self.refresh_active_canaries(&active).await,
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = refreshed {
             tracing::warn!(error = %Chain(&error), "cannot read the active rollouts; the tally catches up within a second");
         }
     }
 
     /// Tells the canary tally which rollouts are active (and which version each canary is).
-    async fn refresh_active_canaries(&self) -> Result<(), CatalogError> {
-        let active = self.metadata.list_rollouts(true).await?;
+    async fn refresh_active_canaries(&self, active: &[Rollout]) -> Result<(), CatalogError> {
         let known = self.canaries.canary_versions();
         let mut versions = HashMap::new();
-        for rollout in &active {
+        for rollout in active {
             let version = match known.get(&rollout.id).cloned() {
                 Some(version) => Some(version),
                 None => self
@@ -238,7 +241,7 @@ impl Catalog {
                 versions.insert(rollout.id.clone(), version);
             }
         }
-        self.canaries.set_active(&active, &versions);
+        self.canaries.set_active(active, &versions);
         Ok(())
     }
 
@@ -281,7 +284,8 @@ impl Catalog {
         while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
             let result = async {
                 self.flush_canary_tally().await?;
-                self.refresh_active_canaries().await?;
+                let active = self.metadata.list_rollouts(true).await?;
+                self.refresh_active_canaries(&active).await?;
                 let leading = self
                     .metadata
                     .acquire_lease(DRIVER_LEASE, &holder, DRIVER_LEASE_TTL, now_millis())
@@ -291,7 +295,7 @@ impl Catalog {
                     driving = leading;
                 }
                 if leading {
-                    self.drive_rollouts(now_millis()).await?;
+                    self.drive_rollouts(active, now_millis()).await?;
                 }
                 Ok::<(), CatalogError>(())
             }
@@ -328,16 +332,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// One pass of the driver over every progressing rollout: health, then the decision,
-    /// each written with compare-and-swap (a rollout another process moved meanwhile is left
-    /// for the next pass).
-    pub async fn drive_rollouts(&self, now: UnixMillis) -> Result<(), CatalogError> {
+    /// One pass of the driver over the `active` rollouts: health (one store call for all),
+    /// then each decision, written with compare-and-swap (a rollout another process moved
+    /// meanwhile is left for the next pass).
+    async fn drive_rollouts(
+        &self,
+        active: Vec<Rollout>,
+        now: UnixMillis,
+    ) -> Result<(), CatalogError> {
         self.metadata.repair_completions().await?;
-        for rollout in self.metadata.list_rollouts(true).await? {
-            let health = self
-                .metadata
-                .canary_health(&rollout.id, rollout.health_since(now), CRASH_AFTER_SET)
-                .await?;
+        let healths: HashMap<RecordId, CanaryHealth> = self
+            .metadata
+            .active_canary_health(now, CRASH_AFTER_SET)
+            .await?
+            .into_iter()
+            .collect();
+        for rollout in active {
+            let health = healths.get(&rollout.id).copied().unwrap_or_default();
             let decision = rollout.progress.decide(&rollout.plan, health, now);
             let observed = Rollout {
                 health,

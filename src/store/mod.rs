@@ -310,6 +310,24 @@ pub trait RolloutStore: Send + Sync + 'static {
         since: UnixMillis,
         crash_after_set: Duration,
     ) -> Result<CanaryHealth, StoreError>;
+    /// [`RolloutStore::canary_health`] of every active rollout in one call, each since
+    /// [`Rollout::health_since`] at `now`, by rollout id (rollouts without a record are left
+    /// out: nothing reported). Stores that can group it in one query do.
+    async fn active_canary_health(
+        &self,
+        now: UnixMillis,
+        crash_after_set: Duration,
+    ) -> Result<Vec<(RecordId, CanaryHealth)>, StoreError> {
+        let mut health = Vec::new();
+        for rollout in self.list_rollouts(true).await? {
+            let since = rollout.health_since(now);
+            let counted = self
+                .canary_health(&rollout.id, since, crash_after_set)
+                .await?;
+            health.push((rollout.id, counted));
+        }
+        Ok(health)
+    }
     /// Takes or renews the named lease for `holder` until `now + ttl`; `false` while another
     /// holder's lease runs.
     async fn acquire_lease(

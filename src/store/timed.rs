@@ -113,6 +113,7 @@ timed_impl! { RolloutStore for TimedMetadataStore, "metadata":
         fn repair_completions(&self) -> usize;
         fn record_canary_marks(&self, marks: &[CanaryMark]) -> ();
         fn canary_health(&self, rollout_id: &RecordId, since: UnixMillis, crash_after_set: Duration) -> CanaryHealth;
+        fn active_canary_health(&self, now: UnixMillis, crash_after_set: Duration) -> Vec<(RecordId, CanaryHealth)>;
         fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration, now: UnixMillis) -> bool;
 }
 

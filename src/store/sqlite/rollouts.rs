@@ -365,6 +365,42 @@ impl RolloutStore for SqliteMetadataStore {
         .await
     }
 
+    async fn active_canary_health(
+        &self,
+        now: UnixMillis,
+        crash_after_set: Duration,
+    ) -> Result<Vec<(RecordId, CanaryHealth)>, StoreError> {
+        let crash_after_set = millis(crash_after_set);
+        self.read(move |c| {
+            // The same rules as `canary_health`, for every active rollout at once, each from
+            // its own start of the window.
+            c.prepare_cached(
+                "SELECT rollout_id, count(*), coalesce(sum(failed), 0) FROM ( \
+                     SELECT d.rollout_id AS rollout_id, \
+                            (d.failed_at >= s.since) OR (d.crashed_at >= s.since \
+                             AND d.crashed_at >= d.installed_at \
+                             AND d.crashed_at - d.installed_at <= ?2) AS failed, \
+                            d.installed_at >= s.since AS installed \
+                     FROM (SELECT id, max(started_at, ?1 - window_ms) AS since FROM rollouts \
+                           WHERE phase IN ('progressing', 'paused')) AS s \
+                     JOIN rollout_devices AS d ON d.rollout_id = s.id \
+                     WHERE d.answered_at IS NOT NULL \
+                 ) WHERE installed OR failed GROUP BY rollout_id",
+            )?
+            .query_map(params![now, crash_after_set], |row| {
+                Ok((
+                    RecordId::from_stored(row.get(0)?),
+                    CanaryHealth {
+                        devices: row.get::<_, i64>(1)?.max(0) as u64,
+                        failed: row.get::<_, i64>(2)?.max(0) as u64,
+                    },
+                ))
+            })?
+            .collect()
+        })
+        .await
+    }
+
     async fn acquire_lease(
         &self,
         name: &str,
