@@ -25,6 +25,8 @@ const DRIVER_LEASE: &str = "rollout-driver";
 pub const DRIVER_LEASE_TTL: Duration = Duration::from_secs(15);
 /// How often the driver looks at rollouts, and the tally writes its batch.
 pub const ROLLOUT_TICK: Duration = Duration::from_secs(1);
+/// The shortest time between two writes of a rollout's shown health (milliseconds).
+const HEALTH_WRITE_EVERY: UnixMillis = 5_000;
 
 /// A rollout to start: what people send (steps in percent, durations as Go durations).
 #[derive(Debug, Clone)]
@@ -356,7 +358,11 @@ impl Catalog {
             };
             let progress = match &decision {
                 RolloutDecision::Wait => {
-                    if health != rollout.health {
+                    // Shown to people only (decisions use fresh counts): written when it
+                    // changed, at most every few seconds, so a busy fleet costs no write per
+                    // rollout per tick.
+                    let stale = now.saturating_sub(rollout.updated_at) >= HEALTH_WRITE_EVERY;
+                    if health != rollout.health && stale {
                         let updated = Rollout {
                             updated_at: now,
                             revision: rollout.revision + 1,
