@@ -448,13 +448,20 @@ def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
     server = Server(binary, data_dir, env)
     against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-devices",
                     "ceiling-devices", args, report)
+    # The same soak without rollouts: its baseline (the stats it posts name a bundle no
+    # rollout has yet).
+    soak(server, report["updates-devices"]["rps"] * 0.8, "soak-baseline", report)
     start_rollouts(server)
     against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-rollout",
                     "ceiling-rollout", args, report)
 
-    # The soak: 80% of the peak during rollouts, in six 10 s windows back to back, with a
-    # stats stream from canary devices beside it.
-    target = report["updates-rollout"]["rps"] * 0.8
+    soak(server, report["updates-rollout"]["rps"] * 0.8, "soak", report)
+    server.stop()
+
+
+def soak(server, target, name, report):
+    """60 s at `target` requests/s from the 100k devices, in six 10 s windows back to back,
+    with a stream of canary `set` stats beside it: p99 and RSS per window."""
     interval_ms = 10
     connections = max(16, round(target * interval_ms / 1000))
     # Each connection also waits for its answers: a short run measures the rate these
@@ -479,7 +486,7 @@ def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
     os.unlink(script.name)
     stats_line = next(l for l in stats_out.splitlines() if l.startswith("BENCH "))
     stats_result = json.loads(stats_line[len("BENCH "):])
-    report["soak"] = {
+    report[name] = {
         "target_rps": target,
         "connections": connections,
         "windows": [{"rps": w["rps"], "p99_ms": w["p99_us"] / 1000, "rss_mib": w["rss_mib"],
@@ -487,7 +494,6 @@ def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
         "stats_events_per_s": stats_result["requests"] * 200 / (stats_result["duration_us"] / 1e6),
         "stats_errors": stats_result["errors"] + stats_result["non2xx"],
     }
-    server.stop()
 
 
 def current_rss_mib(pid):
@@ -580,10 +586,12 @@ def print_report(results):
             print(f"\nstats: {s['events_per_s']:.0f} events/s in batches of 200 "
                   f"(p99 {s['p99_ms']:.2f} ms); acknowledged {s['events_acknowledged']}, "
                   f"stored {s['events_stored']}")
-        soak = report.get("soak")
-        if soak:
-            print(f"soak at {soak['target_rps']:.0f}/s (80% of updates-rollout) with "
-                  f"{soak['stats_events_per_s']:.0f} canary stats events/s beside it:")
+        for soak_name in ("soak-baseline", "soak"):
+            soak = report.get(soak_name)
+            if not soak:
+                continue
+            print(f"{soak_name} at {soak['target_rps']:.0f}/s (80% of the peak) with "
+                  f"{soak['stats_events_per_s']:.0f} stats events/s beside it:")
             for n, w in enumerate(soak["windows"]):
                 print(f"  {n * 10}-{n * 10 + 10} s: {w['rps']:.0f}/s, p99 {w['p99_ms']:.2f} ms, "
                       f"RSS {w['rss_mib']:.1f} MiB, errors {w['errors']}")
