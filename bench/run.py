@@ -417,7 +417,9 @@ def start_rollouts(server):
 
 
 def lua_canary_stats():
-    """Batches of 200 `set` events for 1.3.0 from the 100,000 devices, one app per batch."""
+    """Batches of 200 `set` events for 1.3.0 from the 100,000 devices, each with its own app,
+    platform and native build as lua_devices() spreads them (plugins send them with every
+    event)."""
     return r"""
 local counter = 0
 request = function()
@@ -425,15 +427,19 @@ request = function()
   local events = {}
   for n = 1, 200 do
     local i = (counter * 200 + n) % %DEVICES%
+    local platform = (math.floor(i / %APPS%) % 2 == 0) and "android" or "ios"
+    local release = math.floor(i / (%APPS% * 2)) % %RELEASES%
     events[n] = string.format(
       '{"app_id":"com.bench.app%d","device_id":"00000000-0000-4000-8000-%012d",'
-      .. '"action":"set","version_name":"1.3.0","platform":"android"}', i % %APPS%, i)
+      .. '"action":"set","version_name":"1.3.0","platform":"%s","version_build":"1.%d.0",'
+      .. '"version_code":"%d"}', i % %APPS%, i, platform, release, release + 1)
   end
   return wrk.format("POST", "/stats", {["Content-Type"] = "application/json"},
                     "[" .. table.concat(events, ",") .. "]")
 end
 delay = function() return 50 end
-""".replace("%DEVICES%", str(DEVICES)).replace("%APPS%", str(APPS)) + LUA_DONE
+""".replace("%DEVICES%", str(DEVICES)).replace("%APPS%", str(APPS)).replace(
+        "%RELEASES%", str(RELEASES)) + LUA_DONE
 
 
 def lua_devices_paced(interval_ms):

@@ -14,20 +14,48 @@ use crate::domain::rollout::{
     draw, event_version, CanaryMark, CanarySignal, Rollout, MAX_TRACKED_DEVICES,
 };
 use crate::domain::stats::StatsEvent;
-use crate::domain::{RecordId, UnixMillis};
+use crate::domain::{RecordId, ReleaseKey, UnixMillis};
 
 /// Marks waiting for the next write, at most.
 pub const MAX_PENDING_MARKS: usize = 200_000;
 /// Devices followed across every rollout, at most (about 40 MB).
 pub const MAX_FOLLOWED_DEVICES: usize = 1_000_000;
 
+/// What the tally needs to know about a rollout besides its record: its canary's version name
+/// and its release's native build (read once per rollout: neither ever changes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanaryFacts {
+    pub version: String,
+    pub release: ReleaseKey,
+}
+
 /// An active rollout as the stats path needs it.
 #[derive(Debug, Clone)]
 struct ActiveCanary {
     rollout_id: RecordId,
-    canary_version: String,
+    facts: CanaryFacts,
     salt: String,
     share: u32,
+}
+
+impl ActiveCanary {
+    /// Whether `event` can be about this rollout: it names the canary, and, when it says which
+    /// native build sent it (plugins send `platform`, `version_build`, `version_code`), that
+    /// build is the rollout's release. Devices of other releases are never hashed for it.
+    fn concerns(&self, event: &StatsEvent, version: &str) -> bool {
+        if self.facts.version != version {
+            return false;
+        }
+        let release = &self.facts.release;
+        match (&event.platform, &event.version_build, &event.version_code) {
+            (Some(platform), Some(build), Some(code)) => {
+                release.platform.as_str() == platform
+                    && &release.version_name == build
+                    && &release.version_code == code
+            }
+            _ => true,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -76,11 +104,12 @@ impl CanarySignal {
 impl CanaryTally {
     /// Replaces the active rollouts the stats path looks for; forgets the devices of rollouts
     /// that are no longer active.
-    /// `canary_versions` maps rollout ids to their canary's version name.
-    pub fn set_active(&self, rollouts: &[Rollout], canary_versions: &HashMap<RecordId, String>) {
+    /// `facts` holds what the tally knows of each rollout, by rollout id (rollouts without are
+    /// left out).
+    pub fn set_active(&self, rollouts: &[Rollout], facts: &HashMap<RecordId, CanaryFacts>) {
         let mut by_app: HashMap<String, Vec<ActiveCanary>> = HashMap::new();
         for rollout in rollouts.iter().filter(|r| r.progress.phase.is_active()) {
-            let Some(version) = canary_versions.get(&rollout.id) else {
+            let Some(facts) = facts.get(&rollout.id) else {
                 continue;
             };
             by_app
@@ -88,7 +117,7 @@ impl CanaryTally {
                 .or_default()
                 .push(ActiveCanary {
                     rollout_id: rollout.id.clone(),
-                    canary_version: version.clone(),
+                    facts: facts.clone(),
                     salt: rollout.salt.clone(),
                     share: rollout.share(),
                 });
@@ -101,9 +130,9 @@ impl CanaryTally {
         *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(by_app);
     }
 
-    /// The canary version names of the active rollouts the tally knows, by rollout id (bundle
-    /// version names never change, so a refresh need not read them again).
-    pub fn canary_versions(&self) -> HashMap<RecordId, String> {
+    /// What the tally knows of its active rollouts, by rollout id (so a refresh reads only
+    /// rollouts it has not seen).
+    pub fn known_facts(&self) -> HashMap<RecordId, CanaryFacts> {
         let active = self
             .active
             .read()
@@ -112,7 +141,7 @@ impl CanaryTally {
         active
             .values()
             .flatten()
-            .map(|c| (c.rollout_id.clone(), c.canary_version.clone()))
+            .map(|c| (c.rollout_id.clone(), c.facts.clone()))
             .collect()
     }
 
@@ -152,7 +181,7 @@ impl CanaryTally {
             let Some(version) = event_version(event) else {
                 continue;
             };
-            for canary in canaries.iter().filter(|c| c.canary_version == version) {
+            for canary in canaries.iter().filter(|c| c.concerns(event, version)) {
                 let drawn = draw(&canary.salt, &event.device_id);
                 if drawn.bucket < canary.share {
                     self.note(&canary.rollout_id, drawn.key, signal, event.occurred_at);
@@ -282,7 +311,19 @@ mod tests {
     fn answers_are_noted_once_and_stats_only_for_the_canary() {
         let tally = CanaryTally::default();
         let rollout = rollout(50.0);
-        let versions = HashMap::from([(rollout.id.clone(), "2.0.0".to_string())]);
+        let release = ReleaseKey {
+            platform: crate::domain::Platform::Android,
+            app_id: "com.example.app".into(),
+            version_name: "1.0.0".into(),
+            version_code: "10".into(),
+        };
+        let versions = HashMap::from([(
+            rollout.id.clone(),
+            CanaryFacts {
+                version: "2.0.0".into(),
+                release,
+            },
+        )]);
         tally.set_active(std::slice::from_ref(&rollout), &versions);
         let inside = (0..100)
             .map(|n| format!("device-{n}"))
@@ -323,6 +364,19 @@ mod tests {
             [CanarySignal::Installed],
             "a later batch records the install again, never the answer"
         );
+        let from_build = |build: &str| StatsEvent {
+            platform: Some("android".into()),
+            version_build: Some(build.into()),
+            version_code: Some("10".into()),
+            ..event(&inside, "update_fail", "2.0.0")
+        };
+        tally.reported(&[from_build("2.0.0")]);
+        assert!(
+            tally.take().0.is_empty(),
+            "another native build's report is not the rollout's"
+        );
+        tally.reported(&[from_build("1.0.0")]);
+        assert_eq!(tally.take().0.len(), 1, "its own build's report is");
 
         tally.set_active(&[], &versions);
         tally.reported(&[event(&inside, "set", "2.0.0")]);

@@ -3,11 +3,12 @@
 //! a lease in the metadata store). The decisions are [`crate::domain::rollout`]'s; this module
 //! stores them and keeps the answer cache and the canary tally in step.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::canary_tally::CanaryFacts;
 use super::{Catalog, CatalogError};
 use crate::domain::ownership::check_may_change;
 use crate::domain::rollout::{
@@ -228,22 +229,25 @@ impl Catalog {
 
     /// Tells the canary tally which rollouts are active (and which version each canary is).
     async fn refresh_active_canaries(&self, active: &[Rollout]) -> Result<(), CatalogError> {
-        let known = self.canaries.canary_versions();
-        let mut versions = HashMap::new();
-        for rollout in active {
-            let version = match known.get(&rollout.id).cloned() {
-                Some(version) => Some(version),
-                None => self
-                    .metadata
-                    .bundle(&rollout.canary_bundle_id)
-                    .await?
-                    .map(|b| b.version_name),
-            };
-            if let Some(version) = version {
-                versions.insert(rollout.id.clone(), version);
+        let mut facts = self.canaries.known_facts();
+        let ids: HashSet<&RecordId> = active.iter().map(|r| &r.id).collect();
+        facts.retain(|id, _| ids.contains(id));
+        let unknown: Vec<&Rollout> = active
+            .iter()
+            .filter(|r| !facts.contains_key(&r.id))
+            .collect();
+        for rollout in unknown {
+            let bundle = self.metadata.bundle(&rollout.canary_bundle_id).await?;
+            let release = self.metadata.release(&rollout.release_id).await?;
+            if let (Some(bundle), Some(release)) = (bundle, release) {
+                let learned = CanaryFacts {
+                    version: bundle.version_name,
+                    release: release.key,
+                };
+                facts.insert(rollout.id.clone(), learned);
             }
         }
-        self.canaries.set_active(active, &versions);
+        self.canaries.set_active(active, &facts);
         Ok(())
     }
 
