@@ -164,10 +164,7 @@ impl Catalog {
         channel: Option<&str>,
         actor: &Actor,
     ) -> Result<Release, CatalogError> {
-        let channel = match channel.filter(|c| !c.is_empty()) {
-            Some(name) => ChannelName::parse(name)?,
-            None => ChannelName::default_channel(),
-        };
+        let channel = ChannelName::parse_or_default(channel)?;
         let release = self.changeable_release(release_id, actor).await?;
         let bundle = self
             .bundle_for_app(bundle_id, "bundle_id", &release.key.app_id)

@@ -25,6 +25,14 @@ impl ChannelName {
         Ok(ChannelName(value.to_string()))
     }
 
+    /// A channel a request may leave out: absent or empty means `production`.
+    pub fn parse_or_default(value: Option<&str>) -> Result<ChannelName, InvalidInput> {
+        match value.filter(|name| !name.is_empty()) {
+            Some(name) => ChannelName::parse(name),
+            None => Ok(ChannelName::default_channel()),
+        }
+    }
+
     pub fn default_channel() -> ChannelName {
         ChannelName(DEFAULT_CHANNEL.to_string())
     }

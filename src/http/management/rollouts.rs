@@ -177,8 +177,5 @@ async fn act(
 }
 
 fn channel_of(name: Option<&str>) -> Result<ChannelName, ApiError> {
-    match name.filter(|c| !c.is_empty()) {
-        Some(name) => ChannelName::parse(name).map_err(|e| ApiError::BadRequest(e.0)),
-        None => Ok(ChannelName::default_channel()),
-    }
+    ChannelName::parse_or_default(name).map_err(|e| ApiError::BadRequest(e.0))
 }
