@@ -250,13 +250,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
         config.orphan_grace_period
     };
     catalog.sweep_orphans(orphan_age).await?;
-    if !config.uses_embedded_storage() {
-        tokio::spawn(sweep_orphans_periodically(
-            catalog.clone(),
-            orphan_age,
-            shutdown.clone(),
-        ));
-    }
+    // From now on uploads run beside the sweep in every deployment: file objects of deleted
+    // bundles go once they have been unused for the grace period.
+    tokio::spawn(sweep_orphans_periodically(
+        catalog.clone(),
+        config.orphan_grace_period,
+        shutdown.clone(),
+    ));
     tokio::spawn({
         let (catalog, shutdown, every) = (
             catalog.clone(),
@@ -377,15 +377,16 @@ async fn start_operator(config: &Config, catalog: Arc<Catalog>, shutdown: Cancel
     tokio::spawn(operator::run(settings, ctx, shutdown));
 }
 
-/// How often shared storage is swept for orphans (objects older than ORPHAN_GRACE_PERIOD that
-/// no record refers to, and abandoned multipart uploads).
+/// How often storage is swept for orphans (objects older than ORPHAN_GRACE_PERIOD that no
+/// record refers to, file objects of deleted bundles, and abandoned multipart uploads).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// How often the counts of native builds devices run without a release are written: one batch
 /// per interval, whatever the number of checks.
 const UNREGISTERED_BUILDS_FLUSH: Duration = Duration::from_secs(10);
 
-/// Removes objects a failed upload left behind (when its own clean-up failed too).
+/// Removes objects a failed upload left behind (when its own clean-up failed too) and file
+/// objects no bundle uses any more.
 async fn sweep_orphans_periodically(
     catalog: Arc<Catalog>,
     min_age: Duration,

@@ -311,10 +311,42 @@ async fn racing_duplicate_uploads_leave_one_record_and_one_object() {
         .unwrap()
         .to_string();
     let stored = objects_in_bucket(&services, &bucket).await;
-    assert_eq!(stored.len(), 1, "losers' objects were removed: {stored:?}");
+    let zips: Vec<&String> = stored
+        .iter()
+        .filter(|k| k.starts_with("bundles/"))
+        .collect();
+    assert_eq!(zips.len(), 1, "losers' zips were removed: {stored:?}");
     assert!(
-        stored[0].starts_with(&format!("bundles/{winner}-")),
+        zips[0].starts_with(&format!("bundles/{winner}-")),
         "{stored:?}"
+    );
+    // Losers' file objects may be shared with others' uploads, so they are left to the sweep:
+    // after it, only the winner's files remain.
+    drop(server);
+    let mut env = env;
+    env.push(("ORPHAN_GRACE_PERIOD".into(), "0s".into()));
+    let _server = ServerProcess::start(data.path(), &env_refs(&env));
+    let files: std::collections::BTreeSet<String> = objects_in_bucket(&services, &bucket)
+        .await
+        .into_iter()
+        .filter(|k| k.starts_with("files/"))
+        .map(|k| k["files/".len().."files/".len() + 64].to_string())
+        .collect();
+    let racers: Vec<std::collections::BTreeSet<String>> = (0..6)
+        .map(|i| {
+            let marker = format!("racer {i}");
+            [
+                sha256_hex(format!("<html><body>{marker}</body></html>").as_bytes()),
+                sha256_hex(format!("console.log({marker:?})").as_bytes()),
+            ]
+            .into_iter()
+            .collect()
+        })
+        .collect();
+    assert_eq!(
+        racers.iter().filter(|r| **r == files).count(),
+        1,
+        "exactly one racer's files remain: {files:?}"
     );
 }
 
@@ -566,12 +598,34 @@ async fn sigkill_during_uploads_leaves_no_half_record_and_no_orphan_object() {
         recorded.len()
     );
     assert!(recorded.len() < attempted, "some kills landed mid-upload");
-    let mut objects = objects_in_bucket(&services, &bucket).await;
-    objects.sort();
+    let objects = objects_in_bucket(&services, &bucket).await;
+    let zips = objects.iter().filter(|k| k.starts_with("bundles/")).count();
+    assert_eq!(zips, recorded.len(), "one zip per record: {objects:?}");
+    // Each bundle's files by content: its index.html and its size's noise (shared).
+    let expected: std::collections::BTreeSet<String> = recorded
+        .iter()
+        .flat_map(|version| {
+            let (marker, size) = match version.split('.').nth(1) {
+                Some("0") => ("a", 4 << 20),
+                Some("1") => ("b", 4 << 20),
+                _ => ("c", 40 << 20),
+            };
+            [
+                format!(
+                    "files/{}",
+                    sha256_hex(format!("<html>{marker}</html>").as_bytes())
+                ),
+                format!("files/{}", sha256_hex(&incompressible(size))),
+            ]
+        })
+        .collect();
+    let files: std::collections::BTreeSet<String> = objects
+        .into_iter()
+        .filter(|k| k.starts_with("files/"))
+        .collect();
     assert_eq!(
-        objects.len(),
-        recorded.len(),
-        "one object per record: {objects:?}"
+        files, expected,
+        "after the sweep, every file object has a bundle"
     );
     assert_eq!(
         open_multipart_uploads(&services, &bucket).await,

@@ -446,10 +446,37 @@ async fn sigkill_during_uploads_leaves_no_half_record_and_no_orphan_file() {
         recorded.len()
     );
     assert!(recorded.len() < attempted, "some kills landed mid-upload");
+    let blobs = data.path().join("blobs");
     assert_eq!(
-        list_files(&data.path().join("blobs")).len(),
+        list_files(&blobs.join("bundles")).len(),
         recorded.len(),
-        "one stored file per record, no orphans"
+        "one stored zip per record, no orphans"
+    );
+    // Each bundle's files are stored by content: its own index.html, and the noise every
+    // bundle of the same size shares. No file object is left that no bundle uses.
+    let mut expected: Vec<String> = recorded
+        .iter()
+        .map(|version| {
+            let marker = version.strip_suffix(".0").unwrap().replace('.', "-");
+            blobs
+                .join("files")
+                .join(sha256_hex(format!("<html>{marker}</html>").as_bytes()))
+                .display()
+                .to_string()
+        })
+        .collect();
+    if !recorded.is_empty() {
+        let noise = sha256_hex(&incompressible(6 << 20));
+        expected.push(blobs.join("files").join(noise).display().to_string());
+    }
+    expected.sort();
+    let mut files = list_files(&blobs.join("files"));
+    files.sort();
+    let extra: Vec<&String> = files.iter().filter(|f| !expected.contains(f)).collect();
+    let missing: Vec<&String> = expected.iter().filter(|f| !files.contains(f)).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "after the sweep, every file object has a bundle: extra {extra:?}, missing {missing:?}"
     );
     assert!(list_files(&data.path().join("staging")).is_empty());
     // The catalog still works, including for versions whose upload was cut.

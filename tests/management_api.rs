@@ -321,7 +321,7 @@ async fn oversized_upload_is_413_and_leaves_nothing() {
         "{body}"
     );
     assert!(app.files_in("staging").is_empty());
-    assert!(app.files_in("blobs").is_empty());
+    assert!(app.files_in("blobs/bundles").is_empty());
 }
 
 #[tokio::test]
@@ -357,7 +357,7 @@ async fn duplicate_version_is_409_and_keeps_the_first() {
     let (_, bundles) = app.get("/api/v1/bundles.list").await;
     assert_eq!(bundles["data"].as_array().unwrap().len(), 1);
     assert_eq!(bundles["data"][0]["id"], first.as_str());
-    assert_eq!(app.files_in("blobs").len(), 1);
+    assert_eq!(app.files_in("blobs/bundles").len(), 1);
     assert!(app.files_in("staging").is_empty());
 }
 
@@ -492,9 +492,9 @@ async fn set_active_and_delete_rules() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        app.files_in("blobs").len(),
+        app.files_in("blobs/bundles").len(),
         1,
-        "the deleted bundle's file is gone"
+        "the deleted bundle's zip is gone"
     );
     let (status, _) = app
         .post_json("/api/v1/releases.delete", json!({"release_id": release}))
@@ -585,7 +585,7 @@ async fn concurrent_uploads_of_one_version_have_exactly_one_winner() {
     let (_, bundles) = app.get("/api/v1/bundles.list").await;
     assert_eq!(bundles["data"].as_array().unwrap().len(), 1);
     assert_eq!(
-        app.files_in("blobs").len(),
+        app.files_in("blobs/bundles").len(),
         1,
         "losers leave no stored file"
     );
@@ -895,7 +895,7 @@ async fn promotes_uploads_and_checks_at_once_leave_a_consistent_catalog() {
     assert_eq!(answer["version"], "1.1.0");
     let (_, bundles) = app.get("/api/v1/bundles.list").await;
     assert_eq!(bundles["data"].as_array().unwrap().len(), 23);
-    assert_eq!(app.files_in("blobs").len(), 23);
+    assert_eq!(app.files_in("blobs/bundles").len(), 23);
     assert!(app.files_in("staging").is_empty());
 }
 

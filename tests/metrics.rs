@@ -179,7 +179,8 @@ async fn metrics_parse_and_move_with_traffic() {
             &after,
             "capgo_store_operation_duration_seconds_count{store=\"blob\",operation=\"put_file\",result=\"ok\"}"
         ),
-        1.0
+        3.0,
+        "the upload stored its zip and its two files"
     );
     // Unknown paths share one series, so they cannot grow the label set.
     client

@@ -20,6 +20,7 @@ use capgo_server::domain::bundle::BundleDetails;
 use capgo_server::domain::channel::Channel;
 use capgo_server::domain::channel_policy::{ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::AppKey;
+use capgo_server::domain::manifest::ManifestEntry;
 use capgo_server::domain::net_policy::SourcePolicy;
 use capgo_server::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use capgo_server::domain::stats::{ActivityCount, StatsEvent};
@@ -34,8 +35,8 @@ use capgo_server::operator::{bundles, channels, releases, Context};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
 use capgo_server::store::{
-    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, RolloutStore, SeenDevice, StoreError,
-    TargetingStore,
+    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, ManifestStore, RolloutStore, SeenDevice,
+    StoreError, TargetingStore,
 };
 
 const NS: &str = "apps";
@@ -181,6 +182,52 @@ impl CatalogStore for CountingStore {
     async fn adopt_bundle(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
         self.count();
         self.inner.adopt_bundle(id, o).await
+    }
+}
+
+#[async_trait]
+impl ManifestStore for CountingStore {
+    async fn insert_bundle_with_manifest(
+        &self,
+        bundle: &BundleRecord,
+        manifest: &[ManifestEntry],
+    ) -> Result<(), StoreError> {
+        self.count();
+        self.inner
+            .insert_bundle_with_manifest(bundle, manifest)
+            .await
+    }
+    async fn bundle_manifest(
+        &self,
+        bundle_id: &RecordId,
+    ) -> Result<Option<Vec<ManifestEntry>>, StoreError> {
+        self.inner.bundle_manifest(bundle_id).await
+    }
+    async fn set_bundle_manifest(
+        &self,
+        bundle_id: &RecordId,
+        manifest: &[ManifestEntry],
+    ) -> Result<bool, StoreError> {
+        self.count();
+        self.inner.set_bundle_manifest(bundle_id, manifest).await
+    }
+    async fn file_object_in_use(&self, object_key: &str) -> Result<bool, StoreError> {
+        self.inner.file_object_in_use(object_key).await
+    }
+    async fn doomed_file_objects(&self) -> Result<Vec<(String, UnixMillis)>, StoreError> {
+        self.inner.doomed_file_objects().await
+    }
+    async fn mark_file_objects_doomed(
+        &self,
+        object_keys: &[String],
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.count();
+        self.inner.mark_file_objects_doomed(object_keys, at).await
+    }
+    async fn unmark_file_objects(&self, object_keys: &[String]) -> Result<(), StoreError> {
+        self.count();
+        self.inner.unmark_file_objects(object_keys).await
     }
 }
 
@@ -799,8 +846,8 @@ async fn deleting_a_used_bundle_is_held_then_finalizers_clean_up() {
         "bundle record removed"
     );
     assert!(
-        common::list_files(&h._data.path().join("blobs")).is_empty(),
-        "stored object removed"
+        common::list_files(&h._data.path().join("blobs/bundles")).is_empty(),
+        "stored zip removed (its files go with the orphan sweep)"
     );
     assert_eq!(
         h.api.get("bundles", "web-1-0-0")["metadata"]["finalizers"],

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
 use capgo_server::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::{AppKey, RsaPublicKey};
+use capgo_server::domain::manifest::{file_object_key, BrotliCopy, ManifestEntry};
 use capgo_server::domain::rollout::{
     new_salt, CanaryHealth, CanaryMark, CanarySignal, Rollout, RolloutPhase, RolloutPlan,
     RolloutProgress,
@@ -307,6 +308,104 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     rollout_contract(store.as_ref()).await;
     canary_health_contract(store.as_ref()).await;
     lease_contract(store.as_ref()).await;
+    manifest_contract(store.as_ref()).await;
+}
+
+fn manifest_entry(path: &str, sha: &str, brotli: bool) -> ManifestEntry {
+    ManifestEntry {
+        path: path.into(),
+        sha256: sha.repeat(32),
+        size: 100,
+        object_key: file_object_key(&sha.repeat(32), false, None),
+        brotli: brotli.then(|| BrotliCopy {
+            object_key: file_object_key(&sha.repeat(32), true, Some("n1")),
+            size: 40,
+        }),
+    }
+}
+
+/// A bundle and its manifest are written together and read back by path; a manifest is set
+/// once; manifests count as object references for the sweep; marks are kept first-wins and
+/// removed.
+async fn manifest_contract(store: &dyn MetadataStore) {
+    let a = bundle("com.manifest.app", "1.0.0", 1);
+    let files = vec![
+        manifest_entry("index.html", "aa", false),
+        manifest_entry("assets/app.js", "bb", true),
+    ];
+    store.insert_bundle_with_manifest(&a, &files).await.unwrap();
+    let mut sorted = files.clone();
+    sorted.sort_by(|x, y| x.path.cmp(&y.path));
+    assert_eq!(
+        store.bundle_manifest(&a.id).await.unwrap(),
+        Some(sorted.clone())
+    );
+    // Bundle reads are unchanged by the manifest.
+    assert_eq!(store.bundle(&a.id).await.unwrap(), Some(a.clone()));
+    assert!(
+        !store.set_bundle_manifest(&a.id, &files[..1]).await.unwrap(),
+        "a manifest is set once"
+    );
+    assert!(matches!(
+        store.insert_bundle_with_manifest(&a, &files).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    let b = bundle("com.manifest.app", "1.0.1", 2);
+    store.insert_bundle(&b).await.unwrap();
+    assert_eq!(store.bundle_manifest(&b.id).await.unwrap(), None);
+    let b_files = vec![manifest_entry("index.html", "cc", false)];
+    assert!(store.set_bundle_manifest(&b.id, &b_files).await.unwrap());
+    assert_eq!(
+        store.bundle_manifest(&b.id).await.unwrap(),
+        Some(b_files.clone())
+    );
+    assert!(!store
+        .set_bundle_manifest(&RecordId::generate(), &b_files)
+        .await
+        .unwrap());
+
+    let keys = store.bundle_blob_keys().await.unwrap();
+    for key in files.iter().chain(&b_files).flat_map(|f| f.object_keys()) {
+        assert!(keys.iter().any(|k| k == key), "{key} is in use");
+        assert!(store.file_object_in_use(key).await.unwrap(), "{key}");
+    }
+    assert!(!store.file_object_in_use("files/none").await.unwrap());
+
+    // Deleting the bundle deletes its manifest: its objects are no longer in use.
+    assert!(store.delete_bundle(&a.id).await.unwrap());
+    assert_eq!(store.bundle_manifest(&a.id).await.unwrap(), None);
+    let app_js = &files[1];
+    for key in app_js.object_keys() {
+        assert!(!store.file_object_in_use(key).await.unwrap(), "{key}");
+    }
+    assert!(store
+        .file_object_in_use(&b_files[0].object_key)
+        .await
+        .unwrap());
+
+    let marked: Vec<String> = app_js.object_keys().map(str::to_string).collect();
+    store
+        .mark_file_objects_doomed(&marked, 1_000)
+        .await
+        .unwrap();
+    store
+        .mark_file_objects_doomed(&marked[..1], 5_000)
+        .await
+        .unwrap();
+    let mut doomed = store.doomed_file_objects().await.unwrap();
+    doomed.sort();
+    let mut expected: Vec<(String, i64)> = marked.iter().map(|k| (k.clone(), 1_000)).collect();
+    expected.sort();
+    assert_eq!(doomed, expected, "the first mark is kept");
+    store.unmark_file_objects(&marked[..1]).await.unwrap();
+    store.unmark_file_objects(&[]).await.unwrap();
+    assert_eq!(
+        store.doomed_file_objects().await.unwrap(),
+        vec![(marked[1].clone(), 1_000)]
+    );
+    store.unmark_file_objects(&marked).await.unwrap();
+    assert!(store.doomed_file_objects().await.unwrap().is_empty());
+    assert!(store.delete_bundle(&b.id).await.unwrap());
 }
 
 /// One public key per app: registered, read back as registered, replaced, listed, removed.
@@ -1675,6 +1774,8 @@ async fn blob_contract(store: Arc<dyn BlobStore>) {
     }
     assert_eq!(read, b"zip bytes");
     assert!(store.read("bundles/absent.zip").await.unwrap().is_none());
+    assert_eq!(store.object_size(&key).await.unwrap(), Some(9));
+    assert_eq!(store.object_size("bundles/absent.zip").await.unwrap(), None);
     let listed = store.list().await.unwrap();
     assert!(listed.iter().any(|b| b.key == key), "{key} listed");
     let url = store.download_url(&key).await.unwrap();

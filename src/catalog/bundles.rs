@@ -10,6 +10,7 @@ use futures_util::{Stream, StreamExt};
 use super::staging::StagedBlob;
 use super::{zip_check, Catalog, CatalogError};
 use crate::domain::bundle::{check_import_key, BundleDetails};
+use crate::domain::manifest::is_file_object_key;
 use crate::domain::names::{check_app_id, check_bundle_version};
 use crate::domain::ownership::check_may_change;
 use crate::domain::{
@@ -201,15 +202,16 @@ impl Catalog {
         if let Some(expected) = &new.expected_checksum {
             expected.check(&staged.sha256, &staged.crc32)?;
         }
-        let encryption = match new.session_key {
+        let (encryption, unpacked) = match new.session_key {
             // Ciphertext is not a zip: with the app's public key it is decrypted and checked
-            // as devices will; without one it is stored as sent (see `encryption_note`).
+            // as devices will; without one it is stored as sent (see `encryption_note`). Its
+            // devices download the whole zip: there is no manifest of encrypted files.
             Some(session_key) => {
                 let encryption =
                     BundleEncryption::new(session_key, new.encrypted_checksum, new.key_id)?;
                 self.check_encrypted(&new.app_id, &encryption, &staged)
                     .await?;
-                Some(encryption)
+                (Some(encryption), None)
             }
             None => {
                 if new.key_id.is_some() {
@@ -218,10 +220,12 @@ impl Catalog {
                     ));
                 }
                 let path = staged.path().to_path_buf();
-                tokio::task::spawn_blocking(move || zip_check::check_bundle_zip(&path))
-                    .await
-                    .map_err(|e| CatalogError::internal("the zip check task failed", e))??;
-                None
+                let summary =
+                    tokio::task::spawn_blocking(move || zip_check::check_bundle_zip(&path))
+                        .await
+                        .map_err(|e| CatalogError::internal("the zip check task failed", e))??;
+                let unpacked = self.unpack_files(staged.path(), summary.top_folder).await?;
+                (None, unpacked)
             }
         };
         let bundle = Bundle {
@@ -239,8 +243,21 @@ impl Catalog {
             created_at,
             owner: new.owner,
         };
+        // Files first: an object no record names yet is the orphan sweep's, never the reverse.
+        let manifest = match unpacked {
+            Some(unpacked) => Some(self.store_files(unpacked).await?),
+            None => None,
+        };
         self.blobs.put_file(&bundle.blob_key, staged.path()).await?;
-        if let Err(e) = self.metadata.insert_bundle(&bundle).await {
+        let inserted = match &manifest {
+            Some(manifest) => {
+                self.metadata
+                    .insert_bundle_with_manifest(&bundle, manifest)
+                    .await
+            }
+            None => self.metadata.insert_bundle(&bundle).await,
+        };
+        if let Err(e) = inserted {
             self.remove_blob(&bundle.blob_key).await;
             return Err(match e {
                 StoreError::Duplicate(_) => duplicate_bundle(&bundle.app_id, &bundle.version_name),
@@ -419,7 +436,10 @@ impl Catalog {
     }
 
     /// Deletes stored objects that no bundle record refers to and that are older than
-    /// `min_age` (younger ones may belong to an upload in progress).
+    /// `min_age` (younger ones may belong to an upload in progress). A bundle's zip has its own
+    /// key and is deleted at once; a file object, which any upload may reuse, is marked doomed
+    /// and deleted on a sweep at least `min_age` later if still unused (see
+    /// `catalog::manifests`). Returns how many objects were deleted.
     pub async fn sweep_orphans(&self, min_age: Duration) -> Result<usize, CatalogError> {
         let in_use: HashSet<String> = self
             .metadata
@@ -427,16 +447,60 @@ impl Catalog {
             .await?
             .into_iter()
             .collect();
+        let marked: HashSet<String> = self
+            .metadata
+            .doomed_file_objects()
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
         let now = SystemTime::now();
         let mut removed = 0;
+        let mut to_mark = Vec::new();
         for blob in self.blobs.list().await? {
             let age = now.duration_since(blob.modified).unwrap_or_default();
-            if !in_use.contains(&blob.key) && age >= min_age {
-                self.blobs.delete(&blob.key).await?;
-                tracing::info!(blob = blob.key, "removed an orphaned bundle object");
-                removed += 1;
+            if in_use.contains(&blob.key) || age < min_age {
+                continue;
+            }
+            if is_file_object_key(&blob.key) {
+                if !marked.contains(&blob.key) {
+                    to_mark.push(blob.key);
+                }
+                continue;
+            }
+            self.blobs.delete(&blob.key).await?;
+            tracing::info!(blob = blob.key, "removed an orphaned bundle object");
+            removed += 1;
+        }
+        if !to_mark.is_empty() {
+            tracing::info!(
+                objects = to_mark.len(),
+                "file objects no bundle uses are marked for deletion"
+            );
+            self.metadata
+                .mark_file_objects_doomed(&to_mark, now_millis())
+                .await?;
+        }
+        // Read again: with no grace (a store no other process writes, at start-up) what was
+        // just marked goes now.
+        let grace = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+        let now_ms = now_millis();
+        let mut unmark = Vec::new();
+        for (key, marked_at) in self.metadata.doomed_file_objects().await? {
+            if in_use.contains(&key) {
+                unmark.push(key);
+            } else if now_ms.saturating_sub(marked_at) >= grace {
+                // Uploads stopped reusing it when it was marked; one that checked it before
+                // has recorded its manifest by now.
+                if !self.metadata.file_object_in_use(&key).await? {
+                    self.blobs.delete(&key).await?;
+                    tracing::info!(blob = key, "removed a file object no bundle uses");
+                    removed += 1;
+                }
+                unmark.push(key);
             }
         }
+        self.metadata.unmark_file_objects(&unmark).await?;
         Ok(removed + self.blobs.abort_stale_uploads(min_age).await?)
     }
 

@@ -1,7 +1,7 @@
 //! What devices ask and report: the target of an update check (cached), the channels an app
 //! has, and device stats with their per-bundle activity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use super::{Catalog, CatalogError};
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::{ChannelChoice, ChannelRules, DeviceTraits};
 use crate::domain::device::{DeviceInfo, DeviceRefusal, RefusalKind};
+use crate::domain::manifest::{ManifestEntry, ServedManifest};
 use crate::domain::rollout;
 use crate::domain::stats::{self, StatsEvent};
 use crate::domain::targeting::{DeviceOverride, OverrideSource};
@@ -259,13 +260,9 @@ impl Catalog {
             .rules;
         let canary = self.canary_of(&release, &key.channel, &rules).await?;
         Ok(Resolved::Target(Box::new(Served {
-            stable: ChannelTarget {
-                channel: key.channel.clone(),
-                url: self.download_url(&bundle).await?,
-                is_builtin: bundle.id == release.builtin_bundle_id,
-                bundle,
-                rules,
-            },
+            stable: self
+                .channel_target(&release, &key.channel, bundle, rules)
+                .await?,
             canary,
         })))
     }
@@ -294,14 +291,42 @@ impl Catalog {
             share: rollout.share(),
             rollout_id: rollout.id,
             salt: rollout.salt,
-            target: ChannelTarget {
-                channel: channel.clone(),
-                url: self.download_url(&bundle).await?,
-                is_builtin: bundle.id == release.builtin_bundle_id,
-                bundle,
-                rules: rules.clone(),
-            },
+            target: self
+                .channel_target(release, channel, bundle, rules.clone())
+                .await?,
         }))
+    }
+
+    /// What a channel of `release` serves when it serves `bundle`: its download URLs and
+    /// manifest resolved once for every device.
+    async fn channel_target(
+        &self,
+        release: &Release,
+        channel: &ChannelName,
+        bundle: Bundle,
+        rules: ChannelRules,
+    ) -> Result<ChannelTarget, CatalogError> {
+        let is_builtin = bundle.id == release.builtin_bundle_id;
+        let manifest = match self.metadata.bundle_manifest(&bundle.id).await? {
+            Some(entries) if !is_builtin => {
+                let mut urls = HashMap::new();
+                for key in entries.iter().flat_map(ManifestEntry::object_keys) {
+                    if !urls.contains_key(key) {
+                        urls.insert(key.to_string(), self.blobs.download_url(key).await?);
+                    }
+                }
+                Some(ServedManifest::new(&entries, |key| urls[key].clone()))
+            }
+            _ => None,
+        };
+        Ok(ChannelTarget {
+            channel: channel.clone(),
+            url: self.download_url(&bundle).await?,
+            is_builtin,
+            bundle,
+            rules,
+            manifest,
+        })
     }
 
     /// Follows changes other replicas make: clears the answer cache whenever the store's

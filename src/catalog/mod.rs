@@ -8,6 +8,7 @@ mod canary_tally;
 mod devices;
 mod error;
 mod imports;
+mod manifests;
 mod releases;
 mod rollouts;
 pub mod staging;
@@ -23,6 +24,7 @@ pub use bundles::{BundleDetailsChange, BundleDownload, ExpectedChecksum, NewBund
 pub use devices::{BundleActivity, ChannelChange, DailyActivity, DeviceChannel, DeviceTarget};
 pub use error::CatalogError;
 pub use imports::{ImportedBundle, ImportedRelease};
+pub use manifests::ManifestFill;
 pub use releases::{DesiredRelease, NewRelease};
 pub use rollouts::{NewRollout, RolloutAction, DRIVER_LEASE_TTL, ROLLOUT_TICK};
 pub use targeting::{ChannelOverview, ChannelRulesChange, DesiredChannel, DeviceLookup};

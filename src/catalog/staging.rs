@@ -33,6 +33,12 @@ impl Staging {
         Ok(removed)
     }
 
+    /// A new, unique path in the staging folder, removed when the returned guard is dropped
+    /// (unless the blob store moved the file away).
+    pub fn scratch_file(&self, suffix: &str) -> ScratchFile {
+        ScratchFile(self.dir.join(format!("{}.{suffix}", RecordId::generate())))
+    }
+
     /// Starts a staging file that refuses to grow past `max_size` bytes.
     pub async fn create(&self, max_size: u64) -> Result<StagingFile, CatalogError> {
         let path = self.dir.join(format!("{}.part", RecordId::generate()));
@@ -119,5 +125,21 @@ impl Drop for StagedBlob {
         if !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// A file in the staging folder that is deleted when dropped, wherever it is in its life.
+#[derive(Debug)]
+pub struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

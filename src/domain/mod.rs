@@ -8,6 +8,7 @@ pub mod device;
 pub mod duration;
 pub mod encryption;
 pub mod ids;
+pub mod manifest;
 pub mod names;
 pub mod net_policy;
 pub mod ownership;

@@ -1,10 +1,13 @@
 //! The update decision: a device, the channel it is on and the bundle that channel serves →
 //! the answer it gets.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::channel_policy::{ChannelChoice, ChannelRules};
 use super::device::{DeviceInfo, DeviceRefusal, RefusalKind};
+use super::manifest::{ManifestFile, ServedManifest};
 use super::{Bundle, ChannelName};
 
 /// What a device's channel serves, resolved from the catalog: the same for every device of a
@@ -19,6 +22,8 @@ pub struct ChannelTarget {
     pub is_builtin: bool,
     /// The channel's settings.
     pub rules: ChannelRules,
+    /// The bundle's files, for plugins that download only those they lack.
+    pub manifest: Option<ServedManifest>,
 }
 
 /// The body of a `POST /updates` answer. Serialized untagged: each variant is its own shape.
@@ -47,6 +52,10 @@ pub struct UpdateOffer {
     pub link: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Every file of the bundle, for plugins that take a manifest; they ignore `url` and
+    /// `checksum` then, which stay for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Arc<[ManifestFile]>>,
 }
 
 impl UpdateAnswer {
@@ -130,6 +139,10 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice
         session_key: bundle.session_key().to_string(),
         link: bundle.link.clone().filter(|_| reads_notes),
         comment: Some(bundle.description.clone()).filter(|d| reads_notes && !d.is_empty()),
+        manifest: target
+            .manifest
+            .as_ref()
+            .and_then(|m| m.for_plugin(device.plugin_version)),
     })
 }
 
@@ -185,6 +198,7 @@ mod tests {
             url: "http://localhost:8000/files/x.zip".into(),
             is_builtin,
             rules: ChannelRules::default(),
+            manifest: None,
         }
     }
 

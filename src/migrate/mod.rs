@@ -10,7 +10,7 @@
 //!   seed's CRC32 against the bytes). Referencing the seed's objects where they are would have
 //!   let a bundle deletion here delete the seed's object, and would have made the orphan sweep
 //!   judge keys it does not own; copied, the seed's objects are never written or deleted, and
-//!   the sweep, which lists `bundles/` only, never sees them even in a shared bucket;
+//!   the sweep, which lists `bundles/` and `files/` only, never sees them even in a shared bucket;
 //! - records are written through the catalog under the seed's ids: a record already here is
 //!   skipped, so a second run adds nothing and an interrupted run continues where it stopped
 //!   (an object stored by a run killed before its record was written is stored again; one left
@@ -58,14 +58,18 @@ pub enum MigrateError {
     Interrupted,
     #[error("{0} seed record(s) were not migrated (see the summary); fix them and run again: what was migrated is skipped")]
     Incomplete(usize),
+    #[error("could not list the bundles to give them manifests")]
+    Manifests(#[source] CatalogError),
+    #[error("{0} bundle(s) did not get their manifest (see the log); run again: bundles done are skipped")]
+    ManifestsIncomplete(usize),
 }
 
 /// Runs the command: the schema job, then the seed's records when a seed database is given.
 pub async fn run(config: &Config, args: &MigrateArgs) -> Result<(), MigrateError> {
     let Some(seed_database) = args.from_seed_database.as_deref() else {
         let data = DataDir::open(&config.data_dir)?;
-        app::migrate(config, &data).await?;
-        return Ok(());
+        let catalog = app::migrate(config, &data).await?;
+        return fill_manifests(&catalog).await;
     };
     let seed = SeedSettings::resolve(config, args, seed_database)?;
     refuse_the_seed_as_target(config, &seed).await?;
@@ -103,8 +107,25 @@ pub async fn run(config: &Config, args: &MigrateArgs) -> Result<(), MigrateError
     println!("{report}");
     outcome?;
     match report.not_migrated() {
-        0 => Ok(()),
+        0 => fill_manifests(&catalog).await,
         n => Err(MigrateError::Incomplete(n)),
+    }
+}
+
+/// Gives bundles stored before manifests existed theirs (see [`Catalog::fill_manifests`]).
+async fn fill_manifests(catalog: &Catalog) -> Result<(), MigrateError> {
+    let fill = catalog
+        .fill_manifests()
+        .await
+        .map_err(MigrateError::Manifests)?;
+    println!(
+        "manifests: {} recorded now, {} already there, {} bundles served as zips only \
+         (encrypted, or more files than a manifest lists), {} failed",
+        fill.filled, fill.present, fill.not_applicable, fill.failed
+    );
+    match fill.failed {
+        0 => Ok(()),
+        n => Err(MigrateError::ManifestsIncomplete(n)),
     }
 }
 

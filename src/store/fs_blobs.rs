@@ -111,6 +111,18 @@ impl BlobStore for FilesystemBlobStore {
         .map_err(|e: std::io::Error| StoreError::internal("cannot list blobs", e))
     }
 
+    async fn object_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.checked_path(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::internal(
+                format!("cannot look for blob {key}"),
+                e,
+            )),
+        }
+    }
+
     async fn download_url(&self, key: &str) -> Result<String, StoreError> {
         Ok(format!("{}{FILES_ROUTE_PREFIX}{key}", self.public_base_url))
     }

@@ -24,6 +24,7 @@ use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
+use crate::domain::manifest::ManifestEntry;
 use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
@@ -91,7 +92,7 @@ impl<T: CatalogStore + AccessStore> MetadataStore for T {}
 /// Bundles, releases, channels and device stats: what the catalog reads and writes.
 #[async_trait]
 pub trait CatalogStore:
-    AppKeyStore + TargetingStore + RolloutStore + Send + Sync + 'static
+    AppKeyStore + TargetingStore + RolloutStore + ManifestStore + Send + Sync + 'static
 {
     /// Fails with `Duplicate` when the app already has a bundle of that version name.
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError>;
@@ -174,6 +175,7 @@ pub trait CatalogStore:
         since: UnixMillis,
     ) -> Result<Vec<ActivityCount>, StoreError>;
     /// Blob keys that bundle records refer to (for the orphan sweep).
+    /// Every object key a record refers to: bundle zips and the file objects of manifests.
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError>;
 
     /// What changes whenever another process changes what `/updates` answers; `None` for a
@@ -339,6 +341,52 @@ pub trait RolloutStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 }
 
+/// Bundle manifests (every file of a bundle and the object it is stored in) and the marks of
+/// file objects the orphan sweep is about to delete. Several bundles share a file object, so
+/// deleting a bundle never deletes objects: the sweep does, in two passes without
+/// transactions (see [`crate::catalog`]'s `sweep_orphans`):
+///
+/// 1. a file object no manifest names is marked doomed (with the time);
+/// 2. a grace period later, it is deleted if still no manifest names it, else unmarked.
+///
+/// An upload never reuses a doomed object (it writes a fresh copy under another key), so a
+/// manifest written within the grace period after its objects were checked never names a
+/// deleted object.
+#[async_trait]
+pub trait ManifestStore: Send + Sync + 'static {
+    /// Inserts a bundle with its manifest in one atomic write; `Duplicate` as
+    /// [`CatalogStore::insert_bundle`].
+    async fn insert_bundle_with_manifest(
+        &self,
+        bundle: &Bundle,
+        manifest: &[ManifestEntry],
+    ) -> Result<(), StoreError>;
+    /// The manifest of a bundle, by path; `None` when it has none (encrypted, too many files,
+    /// or stored before manifests and not migrated yet) or does not exist.
+    async fn bundle_manifest(
+        &self,
+        bundle_id: &RecordId,
+    ) -> Result<Option<Vec<ManifestEntry>>, StoreError>;
+    /// Gives a stored bundle its manifest; `false` when the bundle is gone or already has one.
+    async fn set_bundle_manifest(
+        &self,
+        bundle_id: &RecordId,
+        manifest: &[ManifestEntry],
+    ) -> Result<bool, StoreError>;
+    /// True when some manifest names this object.
+    async fn file_object_in_use(&self, object_key: &str) -> Result<bool, StoreError>;
+    /// The file objects marked doomed, with when they were marked.
+    async fn doomed_file_objects(&self) -> Result<Vec<(String, UnixMillis)>, StoreError>;
+    /// Marks objects doomed at `at`; an object already marked keeps its first mark.
+    async fn mark_file_objects_doomed(
+        &self,
+        object_keys: &[String],
+        at: UnixMillis,
+    ) -> Result<(), StoreError>;
+    /// Removes the marks of these objects (deleted, or in use again).
+    async fn unmark_file_objects(&self, object_keys: &[String]) -> Result<(), StoreError>;
+}
+
 /// A device as its stats show it (for finding devices to put on a channel).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeenDevice {
@@ -409,6 +457,8 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn abort_stale_uploads(&self, _min_age: Duration) -> Result<usize, StoreError> {
         Ok(0)
     }
+    /// The size of the object stored under `key`; `None` when there is none.
+    async fn object_size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Where the object is on local disk, when this server serves it itself.
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None

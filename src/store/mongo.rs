@@ -9,6 +9,7 @@
 //! every rollout start or step bumps (see `mongo/rollouts.rs`).
 
 mod app_keys;
+mod manifests;
 mod rollouts;
 mod targeting;
 
@@ -462,6 +463,7 @@ impl MongoMetadataStore {
             .await
             .map_err(map_error)?;
         self.migrate_targeting().await?;
+        self.migrate_manifests().await?;
         self.migrate_rollouts().await
     }
 
@@ -706,6 +708,7 @@ impl CatalogStore for MongoMetadataStore {
         let found = self
             .bundles()
             .find_one(doc! {"_id": oid(id)})
+            .projection(manifests::without_manifest())
             .await
             .map_err(map_error)?;
         Ok(found.map(Bundle::from))
@@ -720,6 +723,7 @@ impl CatalogStore for MongoMetadataStore {
         Ok(self
             .bundles()
             .find_one(filter)
+            .projection(manifests::without_manifest())
             .await
             .map_err(map_error)?
             .map(Bundle::from))
@@ -729,6 +733,7 @@ impl CatalogStore for MongoMetadataStore {
         let docs: Vec<BundleDoc> = all(self
             .bundles()
             .find(doc! {})
+            .projection(manifests::without_manifest())
             .sort(doc! {"created_at": -1, "_id": -1}))
         .await?;
         Ok(docs.into_iter().map(Bundle::from).collect())
@@ -982,10 +987,12 @@ impl CatalogStore for MongoMetadataStore {
             .find(doc! {})
             .projection(doc! {"blob_key": 1}))
         .await?;
-        Ok(docs
+        let mut keys: Vec<String> = docs
             .iter()
             .filter_map(|d| d.get_str("blob_key").ok().map(str::to_string))
-            .collect())
+            .collect();
+        keys.extend(self.manifest_object_keys().await?);
+        Ok(keys)
     }
 
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {

@@ -17,13 +17,15 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 
 use super::{BlobBytes, BlobInfo, BlobStore, StoreError};
+use crate::domain::manifest::FILE_OBJECT_PREFIX;
 
 /// Files larger than this go up in parts.
 const MULTIPART_THRESHOLD: u64 = 32 << 20;
 /// Size of each part (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
 const PART_SIZE: u64 = 16 << 20;
-/// Where bundle objects live in the bucket (the orphan sweep lists only this prefix).
-const KEY_PREFIX: &str = "bundles/";
+/// Where this server's objects live in the bucket: bundle zips and file objects. The orphan
+/// sweep lists only these prefixes, so objects of others (imports, the seed) are never judged.
+const OWNED_PREFIXES: [&str; 2] = ["bundles/", FILE_OBJECT_PREFIX];
 
 /// How devices get a bundle's URL.
 #[derive(Debug, Clone)]
@@ -255,6 +257,21 @@ impl BlobStore for S3BlobStore {
         Ok(Some(Box::pin(chunks)))
     }
 
+    async fn object_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(describe("head object", e)),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.client
             .delete_object()
@@ -267,62 +284,66 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn abort_stale_uploads(&self, min_age: Duration) -> Result<usize, StoreError> {
-        let listed = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(KEY_PREFIX)
-            .send()
-            .await
-            .map_err(|e| describe("list multipart uploads", e))?;
         let now = SystemTime::now();
         let mut aborted = 0;
-        for upload in listed.uploads() {
-            let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                continue;
-            };
-            let started = upload
-                .initiated()
-                .and_then(|t| SystemTime::try_from(*t).ok())
-                .unwrap_or(now);
-            if now.duration_since(started).unwrap_or_default() < min_age {
-                continue;
-            }
-            self.client
-                .abort_multipart_upload()
+        for prefix in OWNED_PREFIXES {
+            let listed = self
+                .client
+                .list_multipart_uploads()
                 .bucket(&self.bucket)
-                .key(key)
-                .upload_id(id)
+                .prefix(prefix)
                 .send()
                 .await
-                .map_err(|e| describe("abort multipart upload", e))?;
-            tracing::info!(key, "aborted an interrupted multipart upload");
-            aborted += 1;
+                .map_err(|e| describe("list multipart uploads", e))?;
+            for upload in listed.uploads() {
+                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                let started = upload
+                    .initiated()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(now);
+                if now.duration_since(started).unwrap_or_default() < min_age {
+                    continue;
+                }
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| describe("abort multipart upload", e))?;
+                tracing::info!(key, "aborted an interrupted multipart upload");
+                aborted += 1;
+            }
         }
         Ok(aborted)
     }
 
     async fn list(&self) -> Result<Vec<BlobInfo>, StoreError> {
         let mut found = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(KEY_PREFIX)
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| describe("list objects", e))?;
-            for object in page.contents() {
-                let Some(key) = object.key() else { continue };
-                let modified = object
-                    .last_modified()
-                    .and_then(|t| SystemTime::try_from(*t).ok())
-                    .unwrap_or_else(SystemTime::now);
-                found.push(BlobInfo {
-                    key: key.to_string(),
-                    modified,
-                });
+        for prefix in OWNED_PREFIXES {
+            let mut pages = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| describe("list objects", e))?;
+                for object in page.contents() {
+                    let Some(key) = object.key() else { continue };
+                    let modified = object
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok())
+                        .unwrap_or_else(SystemTime::now);
+                    found.push(BlobInfo {
+                        key: key.to_string(),
+                        modified,
+                    });
+                }
             }
         }
         Ok(found)

@@ -5,6 +5,7 @@
 //! transactions for batches, WAL for crash safety, and a file people can open with `sqlite3`.
 
 mod app_keys;
+mod manifests;
 mod rollouts;
 mod targeting;
 
@@ -201,6 +202,9 @@ impl SqliteMetadataStore {
         connection
             .execute_batch(rollouts::SCHEMA)
             .map_err(internal)?;
+        connection
+            .execute_batch(manifests::SCHEMA)
+            .map_err(internal)?;
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),
             readers: Vec::new(),
@@ -377,6 +381,33 @@ fn load_releases(
     Ok(releases)
 }
 
+/// Inserts a bundle's row (the caller's transaction, if any, makes it atomic with more).
+fn insert_bundle_row(c: &Connection, bundle: &Bundle) -> rusqlite::Result<()> {
+    let encryption = bundle.encryption.as_ref();
+    c.prepare_cached(&format!(
+        "INSERT INTO bundles ({BUNDLE_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ))?
+    .execute(params![
+        bundle.id.as_str(),
+        bundle.app_id,
+        bundle.version_name,
+        bundle.description,
+        bundle.sha256,
+        bundle.crc32,
+        bundle.size as i64,
+        bundle.blob_key,
+        encryption.map(|e| &e.session_key),
+        encryption.map(|e| &e.checksum),
+        encryption.and_then(|e| e.key_id.as_ref()),
+        bundle.created_at,
+        bundle.owner.as_ref().map(ResourceRef::to_stored),
+        bundle.link,
+        bundle.min_update_version,
+    ])?;
+    Ok(())
+}
+
 /// The app of a release, read inside the caller's transaction; `None` when it does not exist.
 fn release_app_id(connection: &Connection, id: &RecordId) -> rusqlite::Result<Option<String>> {
     connection
@@ -395,33 +426,8 @@ fn ensure_channel(connection: &Connection, app_id: &str, name: &str) -> rusqlite
 #[async_trait]
 impl CatalogStore for SqliteMetadataStore {
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError> {
-        let b = bundle.clone();
-        self.run(move |c| {
-            let encryption = b.encryption.as_ref();
-            c.prepare_cached(&format!(
-                "INSERT INTO bundles ({BUNDLE_COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-            ))?
-            .execute(params![
-                b.id.as_str(),
-                b.app_id,
-                b.version_name,
-                b.description,
-                b.sha256,
-                b.crc32,
-                b.size as i64,
-                b.blob_key,
-                encryption.map(|e| &e.session_key),
-                encryption.map(|e| &e.checksum),
-                encryption.and_then(|e| e.key_id.as_ref()),
-                b.created_at,
-                b.owner.as_ref().map(ResourceRef::to_stored),
-                b.link,
-                b.min_update_version,
-            ])?;
-            Ok(())
-        })
-        .await
+        let bundle = bundle.clone();
+        self.run(move |c| insert_bundle_row(c, &bundle)).await
     }
 
     async fn update_bundle_details(
@@ -731,9 +737,12 @@ impl CatalogStore for SqliteMetadataStore {
 
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
         self.run(|c| {
-            c.prepare_cached("SELECT blob_key FROM bundles")?
-                .query_map([], |r| r.get(0))?
-                .collect()
+            c.prepare_cached(
+                "SELECT blob_key FROM bundles UNION SELECT object_key FROM bundle_files \
+                 UNION SELECT brotli_key FROM bundle_files WHERE brotli_key IS NOT NULL",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect()
         })
         .await
     }

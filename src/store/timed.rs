@@ -11,13 +11,14 @@ use async_trait::async_trait;
 
 use super::{
     AccessStore, AppKeyStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion,
-    MetadataStore, RolloutStore, SeenDevice, StoreError, TargetingStore,
+    ManifestStore, MetadataStore, RolloutStore, SeenDevice, StoreError, TargetingStore,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
+use crate::domain::manifest::ManifestEntry;
 use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use crate::domain::stats::{ActivityCount, StatsEvent};
 use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
@@ -117,6 +118,16 @@ timed_impl! { RolloutStore for TimedMetadataStore, "metadata":
         fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration, now: UnixMillis) -> bool;
 }
 
+timed_impl! { ManifestStore for TimedMetadataStore, "metadata":
+        fn insert_bundle_with_manifest(&self, bundle: &Bundle, manifest: &[ManifestEntry]) -> ();
+        fn bundle_manifest(&self, bundle_id: &RecordId) -> Option<Vec<ManifestEntry>>;
+        fn set_bundle_manifest(&self, bundle_id: &RecordId, manifest: &[ManifestEntry]) -> bool;
+        fn file_object_in_use(&self, object_key: &str) -> bool;
+        fn doomed_file_objects(&self) -> Vec<(String, UnixMillis)>;
+        fn mark_file_objects_doomed(&self, object_keys: &[String], at: UnixMillis) -> ();
+        fn unmark_file_objects(&self, object_keys: &[String]) -> ();
+}
+
 timed_impl! { AccessStore for TimedMetadataStore, "metadata":
         fn insert_api_token(&self, token: &ApiToken) -> ();
         fn api_token_by_digest(&self, digest: &str) -> Option<ApiToken>;
@@ -130,6 +141,7 @@ timed_impl! { BlobStore for TimedBlobStore, "blob":
         fn put_file(&self, key: &str, source: &Path) -> ();
         fn read(&self, key: &str) -> Option<BlobBytes>;
         fn delete(&self, key: &str) -> ();
+        fn object_size(&self, key: &str) -> Option<u64>;
         fn list(&self) -> Vec<BlobInfo>;
         fn download_url(&self, key: &str) -> String;
         fn abort_stale_uploads(&self, min_age: Duration) -> usize;

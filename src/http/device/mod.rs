@@ -2,6 +2,7 @@
 
 mod channel_self;
 mod files;
+mod manifest_size;
 mod stats;
 mod updates;
 
@@ -25,6 +26,8 @@ use crate::error::Chain;
 const MAX_DEVICE_BODY: usize = 64 * 1024;
 /// Largest `/stats` body: 200 queued events with metadata.
 const MAX_STATS_BODY: usize = 4 * 1024 * 1024;
+/// Largest `/updates/manifest_size` body: a manifest of the most files one lists.
+const MAX_MANIFEST_SIZE_BODY: usize = 4 * 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
     let limited = Router::new()
@@ -52,9 +55,21 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limit_duration,
         ));
+    let manifest_sizes = Router::new()
+        .route("/updates/manifest_size", post(manifest_size::sizes))
+        .layer(DefaultBodyLimit::max(MAX_MANIFEST_SIZE_BODY))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_device_requests,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_duration,
+        ));
     Router::new()
         .merge(limited)
         .merge(stats)
+        .merge(manifest_sizes)
         .route("/ok", get(ok))
         .route(
             &format!("{FILES_ROUTE_PREFIX}{{*key}}"),
