@@ -12,6 +12,12 @@ use std::io::Read;
 use common::*;
 use serde_json::{json, Value};
 
+use capgo_server::domain::manifest::file_object_key;
+use capgo_server::domain::{now_millis, RecordId};
+use capgo_server::store::mongo::MongoMetadataStore;
+use capgo_server::store::sqlite::SqliteMetadataStore;
+use capgo_server::store::MetadataStore;
+
 /// A web build as bundlers emit it: an entry page, a large compressible script and style,
 /// a vendor chunk, and an image that does not compress. `app` changes the app's own code.
 fn web_build(app: &str) -> BTreeMap<String, Vec<u8>> {
@@ -334,6 +340,19 @@ async fn deleting_a_bundle_keeps_shared_files(
         .await;
     assert_eq!(status, 200, "{b}");
     let before = file_objects().await;
+    // Identical files across bundles and apps are stored once.
+    let contents: BTreeSet<String> = shared
+        .values()
+        .chain(other.values())
+        .map(|b| sha256_hex(b))
+        .collect();
+    let plain: Vec<&String> = before.iter().filter(|k| !k.ends_with(".br")).collect();
+    assert_eq!(plain.len(), contents.len(), "{before:?}");
+    let stored: BTreeSet<String> = before
+        .iter()
+        .map(|k| k["files/".len().."files/".len() + 64].to_string())
+        .collect();
+    assert_eq!(stored, contents);
     let (status, body) = client
         .manage("bundles.delete", json!({"bundle_id": a["bundle"]["id"]}))
         .await;
@@ -438,4 +457,113 @@ async fn deleting_a_bundle_keeps_shared_files_on_mongodb_and_s3() {
         })
     };
     deleting_a_bundle_keeps_shared_files(&start, &list).await;
+}
+
+/// The sweep's mark is respected: once a file object is marked doomed, an upload of the same
+/// content stores a fresh copy under another key instead of relying on it, and the next sweep
+/// deletes the doomed object (no manifest names it) while the new bundle keeps its files.
+async fn uploads_never_reuse_a_doomed_object(
+    start: &dyn Fn() -> ServerProcess,
+    store: &dyn MetadataStore,
+) {
+    let server = start();
+    let client = Client::new(&server, API_KEY);
+    let build = web_build("doomed");
+    let (status, a) = client.upload(APP_ID, "3.0.0", zip_build(&build)).await;
+    assert_eq!(status, 200, "{a}");
+    let app_js = sha256_hex(&build["assets/app.js"]);
+    let doomed = [
+        file_object_key(&app_js, false, None),
+        file_object_key(&app_js, true, None),
+    ];
+    // What a sweep does when it finds them unused (here: forced, while a still uses them).
+    store
+        .mark_file_objects_doomed(&doomed, now_millis())
+        .await
+        .unwrap();
+    let (status, b) = client.upload(APP_ID, "3.0.1", zip_build(&build)).await;
+    assert_eq!(status, 200, "{b}");
+    let b_id = RecordId::parse(b["bundle"]["id"].as_str().unwrap(), "id").unwrap();
+    let manifest = store.bundle_manifest(&b_id).await.unwrap().unwrap();
+    let entry = manifest.iter().find(|e| e.path == "assets/app.js").unwrap();
+    let fresh: Vec<&str> = entry.object_keys().collect();
+    for key in &fresh {
+        assert!(!doomed.iter().any(|d| d == key), "{key} is a fresh copy");
+        assert!(key.starts_with(&format!("files/{app_js}-")), "{key}");
+    }
+    let (status, body) = client
+        .manage("bundles.delete", json!({"bundle_id": a["bundle"]["id"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    drop(server);
+
+    let server = start();
+    let client = Client::new(&server, API_KEY);
+    assert!(
+        store.doomed_file_objects().await.unwrap().is_empty(),
+        "the sweep deleted and unmarked them"
+    );
+    for key in &doomed {
+        assert!(!store.file_object_in_use(key).await.unwrap());
+    }
+    // b's files, the fresh copies included, all download and hash right.
+    let (status, c) = client
+        .upload(APP_ID, "3.0.2", zip_build(&web_build("next")))
+        .await;
+    assert_eq!(status, 200, "{c}");
+    let release = client
+        .create_release("android", c["bundle"]["id"].as_str().unwrap())
+        .await;
+    client
+        .set_active(&release, b["bundle"]["id"].as_str().unwrap(), "production")
+        .await;
+    let (_, answer) = client
+        .device("/updates", &device_running("3.0.2", "8.51.14"))
+        .await;
+    let offered = answer["manifest"].as_array().expect("a manifest");
+    assert!(offered.iter().any(|e| e["download_url"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("{app_js}-"))));
+    let mut device = SimulatedDevice {
+        files: BTreeMap::new(),
+        downloaded_bytes: 0,
+        downloads: 0,
+    };
+    device.install(&client, offered).await;
+    assert_eq!(device.files, build);
+}
+
+#[tokio::test]
+async fn uploads_never_reuse_a_doomed_object_embedded() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().to_path_buf();
+    let start = || start_with_public_url(&path, &[("MANAGEMENT_API_TOKENS", API_KEY)]);
+    // The server's own database, opened beside it as a sweep of another process would.
+    let first = start();
+    let store = SqliteMetadataStore::open(&data.path().join("capgo.db")).unwrap();
+    drop(first);
+    uploads_never_reuse_a_doomed_object(&start, &store).await;
+}
+
+#[tokio::test]
+async fn uploads_never_reuse_a_doomed_object_on_mongodb_and_s3() {
+    let Some(services) = Services::get() else {
+        return;
+    };
+    let (_bucket, mut env) = services.env_with_fresh_bucket().await;
+    env.push(("ORPHAN_GRACE_PERIOD".into(), "0s".into()));
+    let database = env
+        .iter()
+        .find(|(k, _)| k == "MONGO_DATABASE")
+        .unwrap()
+        .1
+        .clone();
+    let store = MongoMetadataStore::connect(&services.mongo_url, &database)
+        .await
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().to_path_buf();
+    let start = || ServerProcess::start(&path, &env_refs(&env));
+    uploads_never_reuse_a_doomed_object(&start, &store).await;
 }

@@ -688,6 +688,10 @@ async fn bundles_and_releases_become_ready_and_stay_unwritten_when_unchanged() {
         .await
         .unwrap();
     assert_eq!(record.owner.unwrap().to_string(), "Bundle apps/web-1-0-1");
+    // A resource's bundle gets its manifest as an upload's does.
+    let manifest = h.catalog.manifest_of(&record.id).await.unwrap().unwrap();
+    let paths: Vec<&str> = manifest.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["assets/app.js", "index.html"]);
 
     h.api.put(
         "releases",

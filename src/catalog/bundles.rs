@@ -447,13 +447,7 @@ impl Catalog {
             .await?
             .into_iter()
             .collect();
-        let marked: HashSet<String> = self
-            .metadata
-            .doomed_file_objects()
-            .await?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
+        let marked = self.doomed_file_objects().await?;
         let now = SystemTime::now();
         let mut removed = 0;
         let mut to_mark = Vec::new();

@@ -211,13 +211,7 @@ impl Catalog {
         unpacked: UnpackedFiles,
     ) -> Result<Vec<ManifestEntry>, CatalogError> {
         // Read before any object is looked at (see the module's notes).
-        let doomed: HashSet<String> = self
-            .metadata
-            .doomed_file_objects()
-            .await?
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
+        let doomed = self.doomed_file_objects().await?;
         let mut stored: HashMap<String, (String, Option<BrotliCopy>)> = HashMap::new();
         let mut manifest = Vec::with_capacity(unpacked.files.len());
         for file in unpacked.files {
@@ -250,6 +244,17 @@ impl Catalog {
         }
         manifest.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(manifest)
+    }
+
+    /// The keys of the file objects the orphan sweep marked for deletion.
+    pub(super) async fn doomed_file_objects(&self) -> Result<HashSet<String>, CatalogError> {
+        Ok(self
+            .metadata
+            .doomed_file_objects()
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
     }
 
     /// The key and size of the object holding `file`: the existing one when it is not doomed,

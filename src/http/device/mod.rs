@@ -30,24 +30,19 @@ const MAX_STATS_BODY: usize = 4 * 1024 * 1024;
 const MAX_MANIFEST_SIZE_BODY: usize = 4 * 1024 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let limited = Router::new()
-        .route("/updates", post(updates::check_for_update).get(ok))
-        .route(
-            "/channel_self",
-            post(channel_self::set_channel)
-                .put(channel_self::get_channel)
-                .get(channel_self::list_channels)
-                .delete(channel_self::unset_channel),
-        )
-        .layer(DefaultBodyLimit::max(MAX_DEVICE_BODY))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_device_requests,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_duration,
-        ));
+    let limited = rate_limited(
+        Router::new()
+            .route("/updates", post(updates::check_for_update).get(ok))
+            .route(
+                "/channel_self",
+                post(channel_self::set_channel)
+                    .put(channel_self::get_channel)
+                    .get(channel_self::list_channels)
+                    .delete(channel_self::unset_channel),
+            ),
+        &state,
+        MAX_DEVICE_BODY,
+    );
     let stats = Router::new()
         .route("/stats", post(stats::record).get(ok))
         .layer(DefaultBodyLimit::max(MAX_STATS_BODY))
@@ -55,17 +50,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limit_duration,
         ));
-    let manifest_sizes = Router::new()
-        .route("/updates/manifest_size", post(manifest_size::sizes))
-        .layer(DefaultBodyLimit::max(MAX_MANIFEST_SIZE_BODY))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_device_requests,
-        ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_duration,
-        ));
+    let manifest_sizes = rate_limited(
+        Router::new().route("/updates/manifest_size", post(manifest_size::sizes)),
+        &state,
+        MAX_MANIFEST_SIZE_BODY,
+    );
     Router::new()
         .merge(limited)
         .merge(stats)
@@ -78,6 +67,21 @@ pub fn router(state: AppState) -> Router {
         .merge(super::health_routes())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Device routes under the per-device rate limit and the request timeout, with bodies up to
+/// `body_limit` bytes.
+fn rate_limited(routes: Router<AppState>, state: &AppState, body_limit: usize) -> Router<AppState> {
+    routes
+        .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_device_requests,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_duration,
+        ))
 }
 
 /// A device request (body included) must arrive and be answered within
