@@ -18,8 +18,12 @@ platforms x 20 native releases with 3 channels each, and drives it with wrk:
   updates-rollout the same while every release's production channel is in a staged rollout at
                   50% (half the devices get the canary): no lower a ratio to the ceiling than
                   updates-devices
-  soak            60 s of updates-rollout at 80% of its peak rate, with stats from canary
-                  devices flowing beside it: p99 and the server's RSS per 10 s window
+  soak-baseline   60 s of updates-devices' load at 80% of its peak rate, before any rollout,
+                  with stats flowing beside it: p99 and the server's RSS per 10 s window
+  soak            the same 60 s during the rollouts (updates-rollout's load) at the baseline
+                  soak's rate, with stats from canary devices beside it
+  delta           bytes a device downloads for an update that changed one line of a real Vite
+                  React app, against the zip (bench/delta.py)
 
 Every throughput figure is the median of --runs runs, ceiling and server runs interleaved. The
 same scenarios run on MongoDB + S3 with --backends external (scripts/services start first).
@@ -42,6 +46,8 @@ import time
 import urllib.parse
 import uuid
 import zipfile
+
+import delta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = "bench-management-key-0123456789"
@@ -455,13 +461,13 @@ def rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report):
     against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-devices",
                     "ceiling-devices", args, report)
     # The same soak without rollouts: its baseline (the stats it posts name a bundle no
-    # rollout has yet).
+    # rollout has yet). Both soaks run at this rate, so their p99 compare.
     soak(server, report["updates-devices"]["rps"] * 0.8, "soak-baseline", report)
     start_rollouts(server)
     against_ceiling(ceiling_binary, answer_file, server, lua_devices(), "updates-rollout",
                     "ceiling-rollout", args, report)
 
-    soak(server, report["updates-rollout"]["rps"] * 0.8, "soak", report)
+    soak(server, report["soak-baseline"]["target_rps"], "soak", report)
     server.stop()
 
 
@@ -570,8 +576,9 @@ def upload_benchmark(binary, backend, data_dir, work_dir, args, report):
 def print_report(results):
     for backend, report in results["backends"].items():
         print(f"\n## {backend}\n")
-        print("| scenario | requests/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |")
-        print("|---|---|---|---|---|---|---|---|")
+        if "ceiling" in report:
+            print("| scenario | requests/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |")
+            print("|---|---|---|---|---|---|---|---|")
         for name, ceiling in (("ceiling", None), ("updates-hit", "ceiling"),
                               ("latency-half", None), ("ceiling-100k", None),
                               ("updates-100k", "ceiling-100k"), ("ceiling-devices", None),
@@ -596,8 +603,8 @@ def print_report(results):
             soak = report.get(soak_name)
             if not soak:
                 continue
-            print(f"{soak_name} at {soak['target_rps']:.0f}/s (80% of the peak) with "
-                  f"{soak['stats_events_per_s']:.0f} stats events/s beside it:")
+            print(f"{soak_name} at {soak['target_rps']:.0f}/s (80% of updates-devices' peak) "
+                  f"with {soak['stats_events_per_s']:.0f} stats events/s beside it:")
             for n, w in enumerate(soak["windows"]):
                 print(f"  {n * 10}-{n * 10 + 10} s: {w['rps']:.0f}/s, p99 {w['p99_ms']:.2f} ms, "
                       f"RSS {w['rss_mib']:.1f} MiB, errors {w['errors']}")
@@ -606,6 +613,7 @@ def print_report(results):
             print(f"upload {u['size_mib']} MiB: {u['upload_mib_per_s']:.0f} MiB/s vs cp "
                   f"{u['copy_mib_per_s']:.0f} MiB/s (ratio {u['ratio_to_copy']:.2f}), "
                   f"server peak RSS {u['peak_rss_mib']:.1f} MiB")
+        delta.print_report(report.get("delta"))
 
 
 def main():
@@ -617,7 +625,8 @@ def main():
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--upload-mib", type=int, default=500)
     parser.add_argument("--only", default="",
-                        help="comma-separated parts to run: throughput, rollout, upload (all by default)")
+                        help="comma-separated parts to run: throughput, rollout, upload, delta "
+                             "(all by default)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk (scripts/bench installs it)")
@@ -635,7 +644,8 @@ def main():
         with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "target")) as work:
             data_dir = os.path.join(work, "data")
             os.makedirs(data_dir)
-            parts = set(filter(None, args.only.split(","))) or {"throughput", "rollout", "upload"}
+            parts = set(filter(None, args.only.split(","))) or {"throughput", "rollout", "upload",
+                                                                "delta"}
             # The rollout part reuses the catalog and the answer file the throughput part made.
             if parts & {"throughput", "rollout"}:
                 throughput(binary, ceiling_binary, backend, data_dir, args, report)
@@ -643,6 +653,9 @@ def main():
                 rollout_benchmark(binary, ceiling_binary, backend, data_dir, args, report)
             if "upload" in parts:
                 upload_benchmark(binary, backend, data_dir, work, args, report)
+            if "delta" in parts:
+                delta.benchmark(lambda: Server(binary, os.path.join(data_dir, "delta"),
+                                               backend_env(backend)), upload, work, report)
     os.makedirs(os.path.join(ROOT, "target", "bench"), exist_ok=True)
     with open(os.path.join(ROOT, "target", "bench", "results.json"), "w") as f:
         json.dump(results, f, indent=2)
