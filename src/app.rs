@@ -275,6 +275,20 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     });
     tokio::spawn({
         let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
+        async move {
+            catalog
+                .record_fleet_periodically(FLEET_COUNTS_FLUSH, shutdown)
+                .await
+        }
+    });
+    tokio::spawn(apply_retention_periodically(
+        catalog.clone(),
+        config.stats_retention,
+        config.fleet_retention,
+        shutdown.clone(),
+    ));
+    tokio::spawn({
+        let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
         // Unique per process, readable in logs: the host (the pod name on Kubernetes) and an id.
         let holder = format!(
             "{}-{}",
@@ -384,6 +398,37 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 /// How often the counts of native builds devices run without a release are written: one batch
 /// per interval, whatever the number of checks.
 const UNREGISTERED_BUILDS_FLUSH: Duration = Duration::from_secs(10);
+
+/// How often the fleet overview's counts are written: one batch per interval, whatever the
+/// number of checks and reports.
+const FLEET_COUNTS_FLUSH: Duration = Duration::from_secs(10);
+
+/// How often raw stats and old daily counts past their retention are removed.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Applies STATS_RETENTION and FLEET_RETENTION at start and hourly (every replica may: the
+/// deletes are idempotent).
+async fn apply_retention_periodically(
+    catalog: Arc<Catalog>,
+    stats: Duration,
+    fleet: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut hourly = tokio::time::interval(RETENTION_INTERVAL);
+    while shutdown.run_until_cancelled(hourly.tick()).await.is_some() {
+        match catalog.apply_retention(stats, fleet).await {
+            Ok(removed) if removed.stats_events + removed.fleet_counts > 0 => tracing::info!(
+                stats_events = removed.stats_events,
+                fleet_counts = removed.fleet_counts,
+                "removed what is past its retention"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %crate::error::Chain(&e), "retention failed; retrying in an hour")
+            }
+        }
+    }
+}
 
 /// Removes objects a failed upload left behind (when its own clean-up failed too) and file
 /// objects no bundle uses any more.

@@ -34,6 +34,10 @@ pub struct Config {
     /// With shared storage: age past which an unrecorded object, or an unfinished multipart
     /// upload, is left over from a failed upload and removed.
     pub orphan_grace_period: Duration,
+    /// How long raw stats events are kept (STATS_RETENTION); the fleet overview's daily
+    /// counts are kept for FLEET_RETENTION.
+    pub stats_retention: Duration,
+    pub fleet_retention: Duration,
     /// Time a connection may take to send a request's headers (also the keep-alive idle limit).
     pub http_header_timeout: Duration,
     /// A response write without progress for this long ends the connection.
@@ -123,6 +127,8 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("HTTP_WRITE_STALL_TIMEOUT", Some("30s")),
     ("MAX_CONNECTIONS_PER_IP", Some("64")),
     ("ORPHAN_GRACE_PERIOD", Some("1h")),
+    ("STATS_RETENTION", Some("720h")),
+    ("FLEET_RETENTION", Some("9600h")),
     ("HTTP_MAX_HEADER_SIZE", Some("32KiB")),
     ("MANAGEMENT_API_TOKENS", None),
     ("LIMIT_REQUEST_PER_MINUTE", Some("100")),
@@ -271,6 +277,8 @@ impl Config {
                 duration_of_at_least_100ms("allow devices at least 100ms"),
             )?,
             orphan_grace_period: raw.required("ORPHAN_GRACE_PERIOD", parse_go_duration)?,
+            stats_retention: raw.required("STATS_RETENTION", duration_of_at_least_a_day)?,
+            fleet_retention: raw.required("FLEET_RETENTION", duration_of_at_least_a_day)?,
             http_header_timeout: raw.required(
                 "HTTP_HEADER_TIMEOUT",
                 duration_of_at_least_100ms("allow clients at least 100ms"),
@@ -522,6 +530,16 @@ fn duration_of_at_least_100ms(
         }
         Ok(duration)
     }
+}
+
+/// Retention settings: at least a day (a shorter one would delete what the overview's "last
+/// 24 h" reads).
+fn duration_of_at_least_a_day(value: &str) -> Result<Duration, String> {
+    let duration = parse_go_duration(value)?;
+    if duration < Duration::from_secs(86_400) {
+        return Err("keep at least a day (24h)".into());
+    }
+    Ok(duration)
 }
 
 fn parse_http_url(value: &str) -> Result<String, String> {

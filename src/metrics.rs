@@ -71,6 +71,7 @@ pub struct Metrics {
     auth_failures: AtomicU64,
     stats_events: AtomicU64,
     canary_marks_dropped: AtomicU64,
+    fleet_notes_dropped: AtomicU64,
     /// (kind, result) → duration.
     reconciles: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     /// (store, operation, result) → duration.
@@ -141,6 +142,11 @@ impl Metrics {
 
     pub fn stats_events(&self, count: usize) {
         self.stats_events.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// A check or report not counted for the fleet overview because a bound was reached.
+    pub fn fleet_note_dropped(&self) {
+        self.fleet_notes_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Rollout health signals not recorded because a bound was reached.
@@ -265,6 +271,12 @@ impl Metrics {
                 "Rollout health signals not recorded: a rollout's followed devices or the \
                  pending batch were at their bound.",
                 &self.canary_marks_dropped,
+            ),
+            (
+                "capgo_fleet_notes_dropped_total",
+                "Checks or reports not counted in the fleet overview: the tally between two \
+                 flushes was at its bound.",
+                &self.fleet_notes_dropped,
             ),
         ] {
             family(&mut out, name, "counter", help);

@@ -20,6 +20,7 @@ use capgo_server::domain::bundle::BundleDetails;
 use capgo_server::domain::channel::Channel;
 use capgo_server::domain::channel_policy::{ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::AppKey;
+use capgo_server::domain::fleet::FleetCount;
 use capgo_server::domain::manifest::ManifestEntry;
 use capgo_server::domain::net_policy::SourcePolicy;
 use capgo_server::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
@@ -35,8 +36,8 @@ use capgo_server::operator::{bundles, channels, releases, Context};
 use capgo_server::store::fs_blobs::FilesystemBlobStore;
 use capgo_server::store::sqlite::SqliteMetadataStore;
 use capgo_server::store::{
-    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, ManifestStore, RolloutStore, SeenDevice,
-    StoreError, TargetingStore,
+    AppKeyStore, BlobStore, CatalogStore, CatalogVersion, FleetStore, ManifestStore, RolloutStore,
+    SeenDevice, StoreError, TargetingStore,
 };
 
 const NS: &str = "apps";
@@ -182,6 +183,29 @@ impl CatalogStore for CountingStore {
     async fn adopt_bundle(&self, id: &RecordId, o: &ResourceRef) -> Result<bool, StoreError> {
         self.count();
         self.inner.adopt_bundle(id, o).await
+    }
+}
+
+#[async_trait]
+impl FleetStore for CountingStore {
+    async fn record_fleet_counts(&self, counts: &[FleetCount]) -> Result<(), StoreError> {
+        self.count();
+        self.inner.record_fleet_counts(counts).await
+    }
+    async fn fleet_counts(
+        &self,
+        app_id: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<FleetCount>, StoreError> {
+        self.inner.fleet_counts(app_id, since).await
+    }
+    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.count();
+        self.inner.delete_fleet_counts_before(before).await
+    }
+    async fn delete_stats_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.count();
+        self.inner.delete_stats_before(before).await
     }
 }
 

@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
 use capgo_server::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::{AppKey, RsaPublicKey};
+use capgo_server::domain::fleet::{FleetCount, FleetKey, Outcome};
 use capgo_server::domain::manifest::{file_object_key, BrotliCopy, ManifestEntry};
 use capgo_server::domain::rollout::{
     new_salt, CanaryHealth, CanaryMark, CanarySignal, Rollout, RolloutPhase, RolloutPlan,
@@ -309,6 +310,95 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     canary_health_contract(store.as_ref()).await;
     lease_contract(store.as_ref()).await;
     manifest_contract(store.as_ref()).await;
+    fleet_contract(store.clone()).await;
+}
+
+fn fleet_count(day: i64, key: &FleetKey, events: u64, devices: &[&str]) -> FleetCount {
+    let mut count = FleetCount::new(day, key.clone());
+    count.events = events;
+    for device in devices {
+        count.devices.insert(device);
+    }
+    count
+}
+
+/// Daily counts merge (events add, devices unite), also when writers race; reads are per app
+/// and from a day on; retention removes old days and old raw stats.
+async fn fleet_contract(store: Arc<dyn MetadataStore>) {
+    let app = format!("com.fleet.{}", RecordId::generate());
+    let check = FleetKey::Check {
+        release: ReleaseKey {
+            platform: Platform::Android,
+            app_id: app.clone(),
+            version_name: "1.0.0".into(),
+            version_code: "10".into(),
+        },
+        channel: channel("beta"),
+        bundle: "1.0.1".into(),
+    };
+    let failed = FleetKey::Report {
+        app_id: app.clone(),
+        bundle: "1.0.1".into(),
+        outcome: Outcome::Failed,
+    };
+    store
+        .record_fleet_counts(&[
+            fleet_count(3 * DAY, &check, 2, &["a", "b"]),
+            fleet_count(3 * DAY, &failed, 1, &["a"]),
+        ])
+        .await
+        .unwrap();
+    store
+        .record_fleet_counts(&[fleet_count(3 * DAY, &check, 1, &["b", "c"])])
+        .await
+        .unwrap();
+    // Two writers at once, 10 batches each: nothing is lost.
+    let writers = (0..2).map(|w| {
+        let (store, check) = (store.clone(), check.clone());
+        tokio::spawn(async move {
+            for i in 0..10 {
+                let device = format!("w{w}-{i}");
+                store
+                    .record_fleet_counts(&[fleet_count(4 * DAY, &check, 1, &[&device])])
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let counts = store.fleet_counts(&app, 0).await.unwrap();
+    let of = |day: i64, key: &FleetKey| {
+        counts
+            .iter()
+            .find(|c| c.day == day && &c.key == key)
+            .map(|c| (c.events, c.devices.estimate()))
+    };
+    assert_eq!(of(3 * DAY, &check), Some((3, 3)));
+    assert_eq!(of(3 * DAY, &failed), Some((1, 1)));
+    assert_eq!(of(4 * DAY, &check), Some((20, 20)), "racing writers");
+    assert_eq!(counts.len(), 3);
+    assert_eq!(store.fleet_counts(&app, 4 * DAY).await.unwrap().len(), 1);
+    assert!(store
+        .fleet_counts("com.fleet.other", 0)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.delete_fleet_counts_before(4 * DAY).await.unwrap() >= 2);
+    assert_eq!(store.fleet_counts(&app, 0).await.unwrap().len(), 1);
+
+    // Raw stats past their retention go; newer ones stay.
+    let mut old = event("set", "7.0.0");
+    old.app_id = app.clone();
+    old.occurred_at = DAY;
+    let mut new = old.clone();
+    new.occurred_at = 10 * DAY;
+    store.insert_stats(&[old, new]).await.unwrap();
+    let removed = store.delete_stats_before(5 * DAY).await.unwrap();
+    assert!(removed >= 1, "{removed}");
+    let left = store.bundle_activity(&app, "7.0.0", 0).await.unwrap();
+    assert_eq!(left.iter().map(|c| c.day).collect::<Vec<_>>(), [10 * DAY]);
 }
 
 fn manifest_entry(path: &str, sha: &str, brotli: bool) -> ManifestEntry {

@@ -102,6 +102,13 @@ impl Catalog {
                 None => (ChannelName::default_channel(), ChannelChoice::Default),
             },
         };
+        self.fleet.note_check(
+            &device.release,
+            &channel,
+            &device.version_name,
+            &device.device_id,
+            now_millis(),
+        );
         let key = TargetKey {
             release: device.release.clone(),
             channel,
@@ -488,6 +495,7 @@ impl Catalog {
         }
         self.metadata.insert_stats(events).await?;
         self.canaries.reported(events);
+        self.fleet.note_reports(events);
         Ok(())
     }
 

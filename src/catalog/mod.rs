@@ -7,6 +7,8 @@ mod bundles;
 mod canary_tally;
 mod devices;
 mod error;
+mod fleet;
+mod fleet_tally;
 mod imports;
 mod manifests;
 mod releases;
@@ -31,6 +33,7 @@ pub use targeting::{ChannelOverview, ChannelRulesChange, DesiredChannel, DeviceL
 
 use crate::store::{BlobStore, CatalogStore};
 use canary_tally::CanaryTally;
+use fleet_tally::FleetTally;
 use staging::Staging;
 use target_cache::TargetCache;
 use unregistered::UnregisteredTally;
@@ -55,6 +58,7 @@ pub struct Catalog {
     targets: TargetCache,
     unregistered: UnregisteredTally,
     canaries: CanaryTally,
+    fleet: FleetTally,
     staging: Staging,
     max_bundle_size: u64,
     import_prefix: String,
@@ -72,6 +76,7 @@ impl Catalog {
             targets: TargetCache::new(settings.cache_duration),
             unregistered: UnregisteredTally::default(),
             canaries: CanaryTally::default(),
+            fleet: FleetTally::default(),
             staging: settings.staging,
             max_bundle_size: settings.max_bundle_size,
             import_prefix: settings.import_prefix,

@@ -4,7 +4,7 @@ use std::fmt;
 use super::{ChannelName, Platform, RecordId, ResourceRef, UnixMillis};
 
 /// What identifies a native build: devices send these four in every request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReleaseKey {
     pub platform: Platform,
     pub app_id: String,

@@ -24,6 +24,7 @@ use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
+use crate::domain::fleet::FleetCount;
 use crate::domain::manifest::ManifestEntry;
 use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use crate::domain::stats::{ActivityCount, StatsEvent};
@@ -92,7 +93,7 @@ impl<T: CatalogStore + AccessStore> MetadataStore for T {}
 /// Bundles, releases, channels and device stats: what the catalog reads and writes.
 #[async_trait]
 pub trait CatalogStore:
-    AppKeyStore + TargetingStore + RolloutStore + ManifestStore + Send + Sync + 'static
+    AppKeyStore + TargetingStore + RolloutStore + ManifestStore + FleetStore + Send + Sync + 'static
 {
     /// Fails with `Duplicate` when the app already has a bundle of that version name.
     async fn insert_bundle(&self, bundle: &Bundle) -> Result<(), StoreError>;
@@ -385,6 +386,26 @@ pub trait ManifestStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Removes the marks of these objects (deleted, or in use again).
     async fn unmark_file_objects(&self, object_keys: &[String]) -> Result<(), StoreError>;
+}
+
+/// The fleet overview's per-day counts, and the retention of raw stats. Counts from several
+/// processes for the same day and key merge (events add, device sketches unite), so replicas
+/// flushing at once lose nothing.
+#[async_trait]
+pub trait FleetStore: Send + Sync + 'static {
+    /// Merges each count into the stored one of its day and key.
+    async fn record_fleet_counts(&self, counts: &[FleetCount]) -> Result<(), StoreError>;
+    /// An app's counts of `since` (a day, [`crate::domain::stats::day_of`]) and later.
+    async fn fleet_counts(
+        &self,
+        app_id: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<FleetCount>, StoreError>;
+    /// Forgets the counts of days before `before`; how many were removed.
+    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError>;
+    /// Forgets raw stats events that occurred before `before`, in batches that never hold
+    /// writers up for long; how many were removed.
+    async fn delete_stats_before(&self, before: UnixMillis) -> Result<u64, StoreError>;
 }
 
 /// A device as its stats show it (for finding devices to put on a channel).

@@ -9,6 +9,7 @@
 //! every rollout start or step bumps (see `mongo/rollouts.rs`).
 
 mod app_keys;
+mod fleet;
 mod manifests;
 mod rollouts;
 mod targeting;
@@ -464,6 +465,7 @@ impl MongoMetadataStore {
             .map_err(map_error)?;
         self.migrate_targeting().await?;
         self.migrate_manifests().await?;
+        self.migrate_fleet().await?;
         self.migrate_rollouts().await
     }
 

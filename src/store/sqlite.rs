@@ -5,6 +5,7 @@
 //! transactions for batches, WAL for crash safety, and a file people can open with `sqlite3`.
 
 mod app_keys;
+mod fleet;
 mod manifests;
 mod rollouts;
 mod targeting;
@@ -205,6 +206,7 @@ impl SqliteMetadataStore {
         connection
             .execute_batch(manifests::SCHEMA)
             .map_err(internal)?;
+        connection.execute_batch(fleet::SCHEMA).map_err(internal)?;
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),
             readers: Vec::new(),

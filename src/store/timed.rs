@@ -11,13 +11,14 @@ use async_trait::async_trait;
 
 use super::{
     AccessStore, AppKeyStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion,
-    ManifestStore, MetadataStore, RolloutStore, SeenDevice, StoreError, TargetingStore,
+    FleetStore, ManifestStore, MetadataStore, RolloutStore, SeenDevice, StoreError, TargetingStore,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
+use crate::domain::fleet::FleetCount;
 use crate::domain::manifest::ManifestEntry;
 use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
 use crate::domain::stats::{ActivityCount, StatsEvent};
@@ -126,6 +127,13 @@ timed_impl! { ManifestStore for TimedMetadataStore, "metadata":
         fn doomed_file_objects(&self) -> Vec<(String, UnixMillis)>;
         fn mark_file_objects_doomed(&self, object_keys: &[String], at: UnixMillis) -> ();
         fn unmark_file_objects(&self, object_keys: &[String]) -> ();
+}
+
+timed_impl! { FleetStore for TimedMetadataStore, "metadata":
+        fn record_fleet_counts(&self, counts: &[FleetCount]) -> ();
+        fn fleet_counts(&self, app_id: &str, since: UnixMillis) -> Vec<FleetCount>;
+        fn delete_fleet_counts_before(&self, before: UnixMillis) -> u64;
+        fn delete_stats_before(&self, before: UnixMillis) -> u64;
 }
 
 timed_impl! { AccessStore for TimedMetadataStore, "metadata":

@@ -1,0 +1,226 @@
+//! The fleet overview's per-day counts (`fleet_counts`, one row per day and key, the device
+//! sketch as a blob) and the retention of raw stats (see [`FleetStore`]).
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::{SqliteMetadataStore, StoreError};
+use crate::domain::fleet::{FleetCount, FleetKey, Outcome};
+use crate::domain::sketch::DistinctSketch;
+use crate::domain::{ChannelName, Platform, ReleaseKey, UnixMillis};
+use crate::store::FleetStore;
+
+/// Run after the main schema. Dimensions a key does not have are stored as `''`, so the
+/// primary key is the whole key.
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS fleet_counts (
+    app_id        TEXT NOT NULL,
+    day           INTEGER NOT NULL,
+    kind          TEXT NOT NULL,
+    platform      TEXT NOT NULL,
+    version_build TEXT NOT NULL,
+    version_code  TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    bundle        TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    events        INTEGER NOT NULL,
+    devices       BLOB NOT NULL,
+    PRIMARY KEY (app_id, day, kind, platform, version_build, version_code, channel, bundle, outcome)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS fleet_counts_by_day ON fleet_counts (day);
+CREATE INDEX IF NOT EXISTS stats_by_time ON stats_events (occurred_at);
+"#;
+
+/// Rows deleted per statement when applying retention.
+const DELETE_BATCH: i64 = 5_000;
+
+/// The key's columns after `app_id` and `day`.
+fn columns(key: &FleetKey) -> [&str; 7] {
+    match key {
+        FleetKey::Check {
+            release,
+            channel,
+            bundle,
+        } => [
+            "check",
+            release.platform.as_str(),
+            &release.version_name,
+            &release.version_code,
+            channel.as_str(),
+            bundle,
+            "",
+        ],
+        FleetKey::Report {
+            bundle, outcome, ..
+        } => ["report", "", "", "", "", bundle, outcome.as_str()],
+    }
+}
+
+fn count_from_row(row: &Row) -> rusqlite::Result<Option<FleetCount>> {
+    let text = |i: usize| row.get::<_, String>(i);
+    let app_id = text(0)?;
+    let key = match text(2)?.as_str() {
+        "check" => {
+            let (Some(platform), Ok(channel)) = (
+                text(3)?.parse::<Platform>().ok(),
+                ChannelName::parse(&text(6)?),
+            ) else {
+                return Ok(None);
+            };
+            FleetKey::Check {
+                release: ReleaseKey {
+                    platform,
+                    app_id,
+                    version_name: text(4)?,
+                    version_code: text(5)?,
+                },
+                channel,
+                bundle: text(7)?,
+            }
+        }
+        _ => {
+            let Some(outcome) = Outcome::parse(&text(8)?) else {
+                return Ok(None);
+            };
+            FleetKey::Report {
+                app_id,
+                bundle: text(7)?,
+                outcome,
+            }
+        }
+    };
+    let Some(devices) = DistinctSketch::from_bytes(&row.get::<_, Vec<u8>>(10)?) else {
+        return Ok(None);
+    };
+    Ok(Some(FleetCount {
+        day: row.get(1)?,
+        key,
+        events: row.get::<_, i64>(9)? as u64,
+        devices,
+    }))
+}
+
+#[async_trait]
+impl FleetStore for SqliteMetadataStore {
+    async fn record_fleet_counts(&self, counts: &[FleetCount]) -> Result<(), StoreError> {
+        let counts = counts.to_vec();
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut read = tx.prepare_cached(
+                    "SELECT events, devices FROM fleet_counts WHERE app_id = ?1 AND day = ?2 \
+                     AND kind = ?3 AND platform = ?4 AND version_build = ?5 \
+                     AND version_code = ?6 AND channel = ?7 AND bundle = ?8 AND outcome = ?9",
+                )?;
+                let mut write = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO fleet_counts (app_id, day, kind, platform, \
+                     version_build, version_code, channel, bundle, outcome, events, devices) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for count in &counts {
+                    let [kind, platform, build, code, channel, bundle, outcome] =
+                        columns(&count.key);
+                    let key = params![
+                        count.key.app_id(),
+                        count.day,
+                        kind,
+                        platform,
+                        build,
+                        code,
+                        channel,
+                        bundle,
+                        outcome
+                    ];
+                    let stored: Option<(i64, Vec<u8>)> = read
+                        .query_row(key, |row| Ok((row.get(0)?, row.get(1)?)))
+                        .optional()?;
+                    let mut merged = count.clone();
+                    if let Some((events, devices)) = stored {
+                        merged.events += events as u64;
+                        if let Some(sketch) = DistinctSketch::from_bytes(&devices) {
+                            merged.devices.merge(&sketch);
+                        }
+                    }
+                    write.execute(params![
+                        count.key.app_id(),
+                        count.day,
+                        kind,
+                        platform,
+                        build,
+                        code,
+                        channel,
+                        bundle,
+                        outcome,
+                        merged.events as i64,
+                        merged.devices.to_bytes(),
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn fleet_counts(
+        &self,
+        app_id: &str,
+        since: UnixMillis,
+    ) -> Result<Vec<FleetCount>, StoreError> {
+        let app_id = app_id.to_string();
+        let rows: Vec<Option<FleetCount>> = self
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT app_id, day, kind, platform, version_build, version_code, channel, \
+                     bundle, outcome, events, devices FROM fleet_counts \
+                     WHERE app_id = ?1 AND day >= ?2 ORDER BY day",
+                )?
+                .query_map(params![app_id, since], count_from_row)?
+                .collect()
+            })
+            .await?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
+    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        // A few rows per app and day: one statement.
+        self.run(move |c| {
+            c.prepare_cached("DELETE FROM fleet_counts WHERE day < ?1")?
+                .execute([before])
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn delete_stats_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
+        self.delete_in_batches(
+            "DELETE FROM stats_events WHERE id IN \
+             (SELECT id FROM stats_events WHERE occurred_at < ?1 LIMIT ?2)",
+            before,
+        )
+        .await
+    }
+}
+
+impl SqliteMetadataStore {
+    /// Runs `statement` (bound to `before` and a batch size) until it deletes nothing, one
+    /// short transaction per batch so writers are never held up for long.
+    async fn delete_in_batches(
+        &self,
+        statement: &'static str,
+        before: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        loop {
+            let deleted = self
+                .run(move |c| {
+                    c.prepare_cached(statement)?
+                        .execute(params![before, DELETE_BATCH])
+                })
+                .await?;
+            removed += deleted as u64;
+            if (deleted as i64) < DELETE_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+}
