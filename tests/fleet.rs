@@ -99,4 +99,49 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
     let counts = catalog.fleet_counts(APP_ID, 7).await.unwrap();
     let merged = counts.iter().find(|c| on("1.0.1")(&c.key)).unwrap();
     assert_eq!(merged.events, 121);
+
+    // The overview reads them: what production serves, where its devices are, how 1.0.1 fares.
+    let (status, overview) = app
+        .get(&format!("/api/v1/apps.overview?app_id={APP_ID}"))
+        .await;
+    assert_eq!(status.as_u16(), 200, "{overview}");
+    let near = |value: &serde_json::Value, truth: f64| {
+        let value = value.as_f64().unwrap_or(f64::NAN);
+        (value - truth).abs() <= truth * 0.05 + 0.01
+    };
+    let production = overview["releases"][0]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "production")
+        .unwrap()
+        .clone();
+    assert_eq!(production["serves"], "1.0.1", "{production}");
+    assert!(near(&production["devices_recent"], 301.0), "{production}");
+    assert!(near(&production["devices_week"], 301.0), "{production}");
+    let bundles = production["bundles"].as_array().unwrap();
+    assert_eq!(bundles[0]["bundle"], "builtin");
+    assert!(near(&bundles[0]["devices_week"], 300.0), "{production}");
+    assert_eq!(bundles[1]["bundle"], "1.0.1");
+    assert!(near(&bundles[1]["devices_week"], 121.0), "{production}");
+    let adoption = &production["adoption"];
+    assert!(
+        near(&adoption["days"][0]["share"], 121.0 / 301.0),
+        "{adoption}"
+    );
+    assert!(adoption["days_to_half"].is_null(), "{adoption}");
+    // 120 installed, 30 others failed: 30 of 150 reporting devices.
+    let health = &overview["bundles"][0];
+    assert_eq!(health["bundle"], "1.0.1", "{overview}");
+    assert!(near(&health["failure_rate_week"], 0.2), "{health}");
+    assert!(
+        near(&overview["failures_by_day"][0]["failure_rate"], 0.2),
+        "{overview}"
+    );
+    assert_eq!(overview["unregistered_builds"], json!([]));
+
+    for bad in ["", "app_id=", "app_id=not%20an%20app"] {
+        let (status, body) = app.get(&format!("/api/v1/apps.overview?{bad}")).await;
+        assert_eq!(status.as_u16(), 400, "{bad}: {body}");
+    }
 }

@@ -547,7 +547,7 @@ async fn manage_releases_in_a_real_browser() {
     browser.screenshot("login-desktop", 1280, 900).await;
     browser.type_into("#api-key", API_KEY).await;
     browser.click("#login").await;
-    browser.wait_text("h1", "Releases").await;
+    browser.wait_text("h1", "Overview").await;
 
     // Bundles: two uploads, and a non-zip refused with the server's message.
     browser.go(&format!("{ui}#/bundles")).await;
@@ -693,7 +693,7 @@ async fn manage_releases_in_a_real_browser() {
             "#/releases",
         ),
         ("/ui/app", "Releases", "#/releases"),
-        ("/ui/login", "Releases", ""),
+        ("/ui/login", "Overview", ""),
     ] {
         browser.go(&format!("{root}{path}")).await;
         browser.wait_text("h1", heading).await;
@@ -884,7 +884,7 @@ async fn sign_in_with_oidc_in_a_real_browser() {
     browser
         .wait_text("#whoami", "oidc:alice <alice@example.com> (full)")
         .await;
-    browser.wait_text("h1", "Releases").await;
+    browser.wait_text("h1", "Overview").await;
     let url = browser.call("GET", "/url", Value::Null).await;
     assert!(
         !url.as_str().unwrap().contains("code="),
@@ -1025,6 +1025,8 @@ async fn stage_a_rollout_in_a_real_browser() {
     browser.go(&ui).await;
     browser.type_into("#api-key", API_KEY).await;
     browser.click("#login").await;
+    browser.wait_text("h1", "Overview").await;
+    browser.go(&format!("{ui}#/releases")).await;
     browser.wait_text("h1", "Releases").await;
     browser.wait_page_shown().await;
 
@@ -1308,4 +1310,133 @@ async fn stage_a_rollout_in_a_real_browser() {
         .await;
     assert_eq!(errors, json!([]), "no script errors or CSP violations");
     browser.call("DELETE", "", Value::Null).await;
+}
+
+/// The overview, the landing page: a fleet simulated through real HTTP (200 devices on the
+/// builtin bundle, 80 of them moving to 1.0.1, 20 others failing it) shows on the page with the
+/// numbers that were sent (distinct devices, within the sketch's error), at desktop and phone
+/// width, without script errors.
+#[tokio::test]
+async fn the_overview_shows_where_the_fleet_is_in_a_real_browser() {
+    let Some((chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with_public_url(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("LIMIT_REQUEST_PER_MINUTE", "0"),
+            ("STATS_EVENTS_PER_MINUTE", "0"),
+        ],
+    );
+    let client = Client::new(&server, API_KEY);
+    let builtin = client.upload_bundle("1.0.0").await;
+    let next = client.upload_bundle("1.0.1").await;
+    let release = client.create_release("android", &builtin).await;
+    client.set_active(&release, &next, "production").await;
+    let fleet: Vec<String> = (0..200)
+        .map(|n| format!("00000000-0000-4000-8000-{n:012x}"))
+        .collect();
+    offers(&client, &fleet, "builtin").await;
+    report(&client, &fleet[..80], "set", "1.0.1").await;
+    report(&client, &fleet[100..120], "download_fail", "1.0.1").await;
+    offers(&client, &fleet[..80], "1.0.1").await;
+    // A build without a release.
+    let mut unregistered = device_body("builtin", "8.51.14");
+    unregistered["version_build"] = json!("2.0.0");
+    client.device("/updates", &unregistered).await;
+
+    // Counts are written every 10 s, off the request path.
+    let started = Instant::now();
+    let overview = loop {
+        let overview = client.list(&format!("apps.overview?app_id={APP_ID}")).await;
+        let week = &overview["releases"][0]["channels"];
+        let seen = week
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["channel"] == "production"))
+            .map(|c| c["devices_week"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+        if seen > 0
+            && !overview["unregistered_builds"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        {
+            break overview;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{overview}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let production = overview["releases"][0]["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "production")
+        .unwrap()
+        .clone();
+    let devices_week = production["devices_week"].as_u64().unwrap();
+    assert!(devices_week.abs_diff(200) <= 6, "{production}");
+    let on_next = production["bundles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bundle"] == "1.0.1")
+        .unwrap()["devices_week"]
+        .as_u64()
+        .unwrap();
+    assert!(on_next.abs_diff(80) <= 3, "{production}");
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    let ui = format!("{}/ui/", server.management_url);
+    browser.go(&ui).await;
+    browser.type_into("#api-key", API_KEY).await;
+    browser.click("#login").await;
+    browser.wait_text("h1", "Overview").await;
+    browser.wait_page_shown().await;
+    let row = format!("#overview-fleet [data-release='{release}'][data-channel='production']");
+    browser.wait_text(&row, "1.0.1").await;
+    // The page shows what the API computed from what was sent.
+    browser.wait_text(&row, &format!("{devices_week}")).await;
+    browser.wait_text(&row, &format!("1.0.1: {on_next}")).await;
+    let share = production["adoption"]["days"][0]["share"].as_f64().unwrap();
+    browser
+        .wait_text(
+            &format!(".adoption[data-release='{release}'][data-channel='production']"),
+            &format!("{:.1}%", share * 100.0),
+        )
+        .await;
+    let rate = overview["bundles"][0]["failure_rate_week"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (rate - 0.2).abs() < 0.02,
+        "20 of 100 reporting devices failed: {rate}"
+    );
+    browser
+        .wait_text(
+            "#overview-health [data-bundle='1.0.1']",
+            &format!("{:.1}%", rate * 100.0),
+        )
+        .await;
+    browser
+        .wait_text("#overview-unregistered", "android 2.0.0 (10)")
+        .await;
+    browser.screenshots("overview").await;
+    let errors = browser
+        .script("return window.__capgoErrors", json!([]))
+        .await;
+    assert_eq!(errors, json!([]), "no script errors or CSP violations");
+    // The page is readable at phone width: nothing wider than the screen.
+    let overflow = browser
+        .script(
+            "return document.documentElement.scrollWidth <= window.innerWidth",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        overflow,
+        json!(true),
+        "no horizontal scrolling at the last width"
+    );
 }

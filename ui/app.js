@@ -150,7 +150,7 @@ function showLogin(message) {
       e.preventDefault();
       sessionStorage.setItem(CREDENTIAL, JSON.stringify({ kind: "key", value: key.value.trim() }));
       const ok = await attempt(() => api("GET", "whoami"), error);
-      if (ok) location.hash = "#/releases", route();
+      if (ok) location.hash = "#/overview", route();
     },
   },
     h("label", { for: "api-key" }, "Management API key"), key,
@@ -191,7 +191,7 @@ async function startSignIn(config) {
 async function finishSignIn(params) {
   const pending = JSON.parse(sessionStorage.getItem(PKCE) || "null");
   sessionStorage.removeItem(PKCE);
-  history.replaceState(null, "", "/ui/#/releases");
+  history.replaceState(null, "", "/ui/#/overview");
   if (params.get("error")) throw new Error(`The identity provider refused the sign-in: ${params.get("error_description") || params.get("error")}`);
   if (!pending || pending.state !== params.get("state")) throw new Error("The sign-in answer does not match this tab's request; try again.");
   const response = await fetch(pending.token_endpoint, {
@@ -1083,9 +1083,127 @@ function showAudit() {
   } };
 }
 
+// ---- overview -----------------------------------------------------------------------------
+
+/** The app the overview shows, kept across visits. */
+const OVERVIEW_APP = "capgo.overview-app";
+
+/** Bars of `values` (0..1 each) per day, as SVG, with the numbers in each bar's title; the
+ * table beside it carries the same numbers for screen readers and copying. */
+function shareChart(label, days, color) {
+  const svgNs = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs, ...children) => {
+    const el = document.createElementNS(svgNs, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    el.append(...children);
+    return el;
+  };
+  // `top` leaves room for the 100% label; a bar is at most 48 units wide however few the days.
+  const width = 700, height = 170, pad = 30, top = 12, slot = (width - pad) / Math.max(days.length, 1);
+  const barWidth = Math.max(1, Math.min(48, slot * 0.7));
+  const y = (share) => height - pad - (height - pad - top) * share;
+  const bars = days.map((d, i) => {
+    const h2 = y(0) - y(Math.min(1, d.value));
+    return svg("rect", { x: pad + i * slot + (slot - barWidth) / 2, y: y(Math.min(1, d.value)), width: barWidth, height: h2, fill: color },
+      svg("title", {}, `${d.day}: ${d.text}`));
+  });
+  const step = Math.max(1, Math.ceil(days.length / 8));
+  const labels = days.filter((_, i) => i % step === 0).map((d) => svg("text",
+    { x: pad + days.indexOf(d) * slot + slot / 2, y: height - 10, "text-anchor": "middle", "font-size": 11, fill: "#5b6676" }, d.day.slice(5)));
+  const grid = [0.5, 1].map((share) => svg("line", { x1: pad, x2: width, y1: y(share), y2: y(share), stroke: "#d9dee5" }));
+  const ticks = [0.5, 1].map((share) => svg("text", { x: 0, y: y(share) + 4, "font-size": 11, fill: "#5b6676" }, `${share * 100}%`));
+  return svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", width: "100%", "aria-label": label }, ...grid, ...ticks, ...bars, ...labels);
+}
+
+const percent = (share) => share === null || share === undefined ? "—" : `${(share * 100).toFixed(1)}%`;
+const days = (n) => n === null || n === undefined ? "not yet" : n === 0 ? "the first day" : `${n} day${n === 1 ? "" : "s"}`;
+
+function showOverview() {
+  const picker = h("select", { id: "overview-app" });
+  const body = h("div", { id: "overview-body", "aria-live": "polite" });
+  picker.addEventListener("change", () => {
+    localStorage.setItem(OVERVIEW_APP, picker.value);
+    attempt(() => drawOverview(picker.value, body));
+  });
+  const view = [h("h1", {}, "Overview"),
+    h("div", { class: "row compact" }, h("div", {}, h("label", { for: "overview-app" }, "App"), picker)),
+    body];
+  return { view, reload: async () => {
+    const [releases, bundles] = await Promise.all([api("GET", "releases.list"), api("GET", "bundles.list")]);
+    const apps = [...new Set([...releases.data, ...bundles.data].map((x) => x.app_id))].sort();
+    if (!apps.length) {
+      picker.replaceChildren();
+      body.replaceChildren(h("p", { class: "muted", id: "overview-empty" }, "No app yet: upload a bundle and create a release, then devices' check-ins show here."));
+      return;
+    }
+    const wanted = localStorage.getItem(OVERVIEW_APP);
+    const app = apps.includes(wanted) ? wanted : apps[0];
+    picker.replaceChildren(...apps.map((a) => h("option", { value: a, selected: a === app }, a)));
+    await drawOverview(app, body);
+  } };
+}
+
+async function drawOverview(app, body) {
+  const data = await api("GET", `apps.overview?app_id=${encodeURIComponent(app)}`);
+  const channels = data.releases.flatMap((r) => r.channels.map((c) => ({ release: r.release, ...c })));
+  const build = (r) => `${r.platform} ${r.version_name} (${r.version_code})`;
+  const recentTotal = channels.reduce((sum, c) => sum + c.devices_recent, 0);
+  const weekTotal = channels.reduce((sum, c) => sum + c.devices_week, 0);
+  const fleetRows = channels.map((c) => h("tr", { "data-release": c.release.id, "data-channel": c.channel },
+    h("td", { "data-label": "Build" }, build(c.release)),
+    h("td", { "data-label": "Channel" }, c.channel),
+    h("td", { "data-label": "Serves" }, c.serves || h("span", { class: "muted" }, "missing bundle"),
+      c.rollout ? h("div", { class: "badge", title: `Staged rollout, ${c.rollout.phase}` }, `rollout ${ROLLOUT_PHASES[c.rollout.phase]} at ${formatPercent(c.rollout.percent)}`) : null),
+    h("td", { "data-label": "Devices, today and yesterday" }, String(c.devices_recent)),
+    h("td", { "data-label": "Devices, 7 days" }, String(c.devices_week)),
+    h("td", { "data-label": "Running (7 days)" }, c.bundles.length
+      ? c.bundles.map((b) => `${b.bundle}: ${b.devices_week}`).join(" · ")
+      : h("span", { class: "muted" }, "no check-in"))));
+  const adoption = channels.filter((c) => c.serves && c.adoption.days.length).map((c) => {
+    const last = c.adoption.days[c.adoption.days.length - 1];
+    return h("section", { class: "card adoption", "data-channel": c.channel, "data-release": c.release.id },
+      h("h3", {}, `${build(c.release)} · ${c.channel}: ${c.serves}`),
+      h("p", {}, `${percent(last.share)} of ${last.active_devices} active devices ran it on ${last.day}. `,
+        `Half of them: ${days(c.adoption.days_to_half)}; nine in ten: ${days(c.adoption.days_to_ninety_percent)} (counted from the first day a device ran it).`),
+      shareChart(`Share of ${c.channel} devices of ${build(c.release)} on ${c.serves}, per day`,
+        c.adoption.days.map((d) => ({ day: d.day, value: d.share, text: `${percent(d.share)} (${d.on_bundle} of ${d.active_devices})` })), "#0b62d6"));
+  });
+  const healthRows = data.bundles.map((b) => h("tr", { class: (b.failure_rate_week || 0) > 0.05 ? "failed" : "", "data-bundle": b.bundle },
+    h("td", { "data-label": "Bundle" }, b.bundle),
+    h("td", { "data-label": "Installed" }, String(b.installed_week)),
+    h("td", { "data-label": "Failed" }, String(b.failed_week)),
+    h("td", { "data-label": "Failure rate" }, percent(b.failure_rate_week))));
+  const failures = data.failures_by_day;
+  const builds = data.unregistered_builds.map((b) => h("tr", {},
+    h("td", { "data-label": "Build" }, build(b)),
+    h("td", { "data-label": "Devices" }, String(b.devices)),
+    h("td", { "data-label": "Last seen" }, formatDate(b.last_seen))));
+  const table = (id, heads, rows, empty) => rows.length
+    ? h("div", { class: "table-wrap" }, h("table", { id }, h("thead", {}, h("tr", {}, heads.map((t) => h("th", {}, t)))), h("tbody", {}, ...rows)))
+    : h("p", { class: "muted" }, empty);
+  body.replaceChildren(
+    h("p", { id: "overview-summary" }, `${recentTotal} devices checked in today and yesterday (UTC), ${weekTotal} in the last 7 days, counted per native build and channel. Figures are distinct devices, estimated within about 2%.`),
+    h("h2", {}, "Where the fleet is"),
+    table("overview-fleet", ["Build", "Channel", "Serves", "Devices, today and yesterday", "Devices, 7 days", "Running (7 days)"], fleetRows, "No release yet."),
+    h("h2", {}, "Adoption of what each channel serves"),
+    ...(adoption.length ? adoption : [h("p", { class: "muted" }, "No check-ins in the last 30 days.")]),
+    h("h2", {}, "Bundle health, last 7 days"),
+    table("overview-health", ["Bundle", "Installed", "Failed", "Failure rate"], healthRows, "No device reported installing or failing a bundle this week."),
+    h("h2", {}, "Failure rate per day"),
+    failures.length
+      ? h("div", { id: "overview-failures" }, shareChart("Failure rate per day: devices that failed among those that installed or failed",
+        failures.map((d) => ({ day: d.day, value: d.failure_rate || 0, text: `${percent(d.failure_rate)} (${d.failed} failed, ${d.installed} installed)` })), "#b42318"),
+        table("overview-failure-days", ["Day", "Installed", "Failed", "Rate"], failures.map((d) => h("tr", {},
+          h("td", { "data-label": "Day" }, d.day), h("td", { "data-label": "Installed" }, String(d.installed)),
+          h("td", { "data-label": "Failed" }, String(d.failed)), h("td", { "data-label": "Rate" }, percent(d.failure_rate)))), ""))
+      : h("p", { class: "muted" }, "No reports in the last 30 days."),
+    h("h2", {}, "Builds devices run that have no release"),
+    table("overview-unregistered", ["Build", "Devices", "Last seen"], builds, "None: every build devices asked about has a release."));
+}
+
 // ---- routing ------------------------------------------------------------------------------
 
-const PAGES = { releases: () => showReleases(whoami.scope === "full"), bundles: showBundles, channels: () => showChannels(whoami.scope === "full"), keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
+const PAGES = { overview: showOverview, releases: () => showReleases(whoami.scope === "full"), bundles: showBundles, channels: () => showChannels(whoami.scope === "full"), keys: () => showKeys(whoami.scope === "full"), tokens: showTokens, audit: showAudit };
 
 /** Who is signed in ({name, scope}), from /api/v1/whoami. */
 let whoami = { name: "", scope: "" };
@@ -1143,7 +1261,7 @@ async function showPage() {
   whoami = who;
   for (const admin of ["tokens", "audit"]) document.getElementById(`nav-${admin}`).hidden = who.scope !== "full";
   const wanted = location.hash.replace(/^#\//, "");
-  const page = PAGES[wanted] ? wanted : "releases";
+  const page = PAGES[wanted] ? wanted : "overview";
   for (const name of Object.keys(PAGES)) {
     const link = document.getElementById(`nav-${name}`);
     if (name === page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");

@@ -31,11 +31,30 @@ struct State {
     notes: usize,
 }
 
-struct Tally {
+/// What was noted for one day and key between two flushes: the events, and the device hashes
+/// (turned into a sketch only when written, a few at a time, so memory stays at 8 bytes a
+/// note rather than a 4 KiB sketch a key).
+#[derive(Debug, Clone)]
+pub struct Tally {
     day: UnixMillis,
     key: FleetKey,
     events: u64,
     devices: Vec<u64>,
+}
+
+impl Tally {
+    pub fn notes(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn to_count(&self) -> FleetCount {
+        let mut count = FleetCount::new(self.day, self.key.clone());
+        count.events = self.events;
+        for device in &self.devices {
+            count.devices.insert_hash(*device);
+        }
+        count
+    }
 }
 
 impl FleetTally {
@@ -132,24 +151,11 @@ impl FleetTally {
         crate::metrics::global().fleet_note_dropped();
     }
 
-    /// Everything noted since the last take, as per-day counts.
-    pub fn take(&self) -> Vec<FleetCount> {
-        let tallies = {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.notes = 0;
-            std::mem::take(&mut state.tallies)
-        };
-        tallies
-            .into_values()
-            .map(|tally| {
-                let mut count = FleetCount::new(tally.day, tally.key);
-                count.events = tally.events;
-                for device in tally.devices {
-                    count.devices.insert_hash(device);
-                }
-                count
-            })
-            .collect()
+    /// Everything noted since the last take.
+    pub fn take(&self) -> Vec<Tally> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.notes = 0;
+        std::mem::take(&mut state.tallies).into_values().collect()
     }
 }
 
@@ -181,7 +187,7 @@ mod tests {
             StatsEvent::example("b", "download_fail", "1.0.1:assets/a.js"),
             StatsEvent::example("b", "app_moved_to_foreground", "1.0.1"),
         ]);
-        let mut counts = tally.take();
+        let mut counts: Vec<FleetCount> = tally.take().iter().map(Tally::to_count).collect();
         counts.sort_by(|a, b| (a.day, &a.key).cmp(&(b.day, &b.key)));
         let summary: Vec<(UnixMillis, u64, u64)> = counts
             .iter()

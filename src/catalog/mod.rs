@@ -25,6 +25,7 @@ use std::time::Duration;
 pub use bundles::{BundleDetailsChange, BundleDownload, ExpectedChecksum, NewBundle, SourceError};
 pub use devices::{BundleActivity, ChannelChange, DailyActivity, DeviceChannel, DeviceTarget};
 pub use error::CatalogError;
+pub use fleet::{ChannelFleet, FleetOverview, ReleaseFleet, Retained};
 pub use imports::{ImportedBundle, ImportedRelease};
 pub use manifests::ManifestFill;
 pub use releases::{DesiredRelease, NewRelease};

@@ -7,6 +7,7 @@ mod bundles;
 mod channels;
 mod devices;
 mod error;
+mod overview;
 mod public_keys;
 mod releases;
 mod rollouts;
@@ -53,6 +54,7 @@ pub fn api_routes(state: &AppState) -> Vec<(&'static str, Permission, MethodRout
             post(releases::set_active),
         ),
         ("/api/v1/releases.delete", Admin, post(releases::delete)),
+        ("/api/v1/apps.overview", Read, get(overview::overview)),
         ("/api/v1/rollouts.list", Read, get(rollouts::list)),
         ("/api/v1/rollouts.start", Admin, post(rollouts::start)),
         ("/api/v1/rollouts.pause", Admin, post(rollouts::pause)),
