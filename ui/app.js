@@ -655,15 +655,16 @@ async function showActivity(bundle) {
   section.scrollIntoView({ block: "nearest" });
 }
 
+/** An SVG element (the charts are drawn with these). */
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  el.append(...children);
+  return el;
+}
+
 /** Grouped bars per day, drawn as SVG; the table below it carries the same numbers. */
 function activityChart(daily) {
-  const svgNs = "http://www.w3.org/2000/svg";
-  const svg = (tag, attrs, ...children) => {
-    const el = document.createElementNS(svgNs, tag);
-    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-    el.append(...children);
-    return el;
-  };
   const width = 700, height = 220, pad = 28, slot = (width - pad) / daily.length;
   const max = Math.max(1, ...daily.flatMap((d) => SERIES.map(([key]) => d[key])));
   const bars = daily.flatMap((d, i) => SERIES.map(([key, label, color], j) => {
@@ -1091,13 +1092,6 @@ const OVERVIEW_APP = "capgo.overview-app";
 /** Bars of `values` (0..1 each) per day, as SVG, with the numbers in each bar's title; the
  * table beside it carries the same numbers for screen readers and copying. */
 function shareChart(label, days, color) {
-  const svgNs = "http://www.w3.org/2000/svg";
-  const svg = (tag, attrs, ...children) => {
-    const el = document.createElementNS(svgNs, tag);
-    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-    el.append(...children);
-    return el;
-  };
   // `top` leaves room for the 100% label; a bar is at most 48 units wide however few the days.
   const width = 700, height = 170, pad = 30, top = 12, slot = (width - pad) / Math.max(days.length, 1);
   const barWidth = Math.max(1, Math.min(48, slot * 0.7));

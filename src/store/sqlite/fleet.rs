@@ -2,7 +2,8 @@
 //! sketch as a blob) and the retention of raw stats (see [`FleetStore`]).
 
 use async_trait::async_trait;
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::types::ToSql;
+use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 
 use super::{SqliteMetadataStore, StoreError};
 use crate::domain::fleet::{FleetCount, FleetKey, Outcome};
@@ -120,19 +121,13 @@ impl FleetStore for SqliteMetadataStore {
                 for count in &counts {
                     let [kind, platform, build, code, channel, bundle, outcome] =
                         columns(&count.key);
-                    let key = params![
-                        count.key.app_id(),
-                        count.day,
-                        kind,
-                        platform,
-                        build,
-                        code,
-                        channel,
-                        bundle,
-                        outcome
+                    let app_id = count.key.app_id();
+                    let key: [&dyn ToSql; 9] = [
+                        &app_id, &count.day, &kind, &platform, &build, &code, &channel, &bundle,
+                        &outcome,
                     ];
                     let stored: Option<(i64, Vec<u8>)> = read
-                        .query_row(key, |row| Ok((row.get(0)?, row.get(1)?)))
+                        .query_row(&key[..], |row| Ok((row.get(0)?, row.get(1)?)))
                         .optional()?;
                     let mut merged = count.clone();
                     if let Some((events, devices)) = stored {
@@ -141,19 +136,10 @@ impl FleetStore for SqliteMetadataStore {
                             merged.devices.merge(&sketch);
                         }
                     }
-                    write.execute(params![
-                        count.key.app_id(),
-                        count.day,
-                        kind,
-                        platform,
-                        build,
-                        code,
-                        channel,
-                        bundle,
-                        outcome,
-                        merged.events as i64,
-                        merged.devices.to_bytes(),
-                    ])?;
+                    let (events, devices) = (merged.events as i64, merged.devices.to_bytes());
+                    write.execute(params_from_iter(
+                        key.iter().copied().chain([&events as &dyn ToSql, &devices]),
+                    ))?;
                 }
             }
             tx.commit()
