@@ -162,15 +162,9 @@ impl FleetTally {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Platform;
 
     fn release() -> ReleaseKey {
-        ReleaseKey {
-            platform: Platform::Android,
-            app_id: "com.example.app".into(),
-            version_name: "1.0.0".into(),
-            version_code: "1".into(),
-        }
+        ReleaseKey::example()
     }
 
     #[test]

@@ -19,7 +19,10 @@ use sha2::{Digest, Sha256};
 use super::staging::{ScratchFile, Staging};
 use super::{Catalog, CatalogError};
 use crate::domain::ids::random_hex;
-use crate::domain::manifest::{file_object_key, BrotliCopy, ManifestEntry, MAX_MANIFEST_FILES};
+use crate::domain::manifest::{
+    file_object_key, size_files, BrotliCopy, ManifestEntry, ManifestSizes, SizeQuery,
+    MAX_MANIFEST_FILES,
+};
 use crate::domain::{Bundle, InvalidInput, RecordId};
 
 /// Brotli quality of stored copies: close to the best ratio for web assets at a fraction of
@@ -356,6 +359,22 @@ impl Catalog {
         bundle_id: &RecordId,
     ) -> Result<Option<Vec<ManifestEntry>>, CatalogError> {
         Ok(self.metadata.bundle_manifest(bundle_id).await?)
+    }
+
+    /// What `POST /updates/manifest_size` answers: the queried files of the app's bundle
+    /// named `version`, sized ([`size_files`]; unknown everywhere when there is no such bundle
+    /// or it has no manifest).
+    pub async fn manifest_sizes(
+        &self,
+        app_id: &str,
+        version: &str,
+        queries: Vec<SizeQuery>,
+    ) -> Result<ManifestSizes, CatalogError> {
+        let manifest = match self.bundle_by_version(app_id, version).await? {
+            Some(bundle) => self.manifest_of(&bundle.id).await?,
+            None => None,
+        };
+        Ok(size_files(queries, manifest.as_deref()))
     }
 }
 

@@ -196,6 +196,39 @@ pub fn channel_devices(
     }
 }
 
+/// Distinct devices among the reports `keep` selects: that installed, that failed, and the
+/// failure rate among those that did either (`None` when none did).
+fn reported(counts: &[FleetCount], keep: impl Fn(&FleetCount) -> bool) -> (u64, u64, Option<f64>) {
+    let (mut installed, mut failed) = (DistinctSketch::default(), DistinctSketch::default());
+    for count in counts.iter().filter(|c| keep(c)) {
+        match count.key {
+            FleetKey::Report {
+                outcome: Outcome::Installed,
+                ..
+            } => installed.merge(&count.devices),
+            FleetKey::Report {
+                outcome: Outcome::Failed,
+                ..
+            } => failed.merge(&count.devices),
+            FleetKey::Check { .. } => {}
+        }
+    }
+    let mut either = installed.clone();
+    either.merge(&failed);
+    let reporting = either.estimate();
+    let failed = failed.estimate().min(reporting);
+    let rate = (reporting > 0).then(|| failed as f64 / reporting as f64);
+    (installed.estimate(), failed, rate)
+}
+
+/// The distinct days of `counts`, oldest first.
+fn days_of(counts: &[FleetCount]) -> Vec<UnixMillis> {
+    let mut days: Vec<UnixMillis> = counts.iter().map(|c| c.day).collect();
+    days.sort();
+    days.dedup();
+    days
+}
+
 /// What devices reported about a bundle over the week: distinct devices that installed it and
 /// that failed with it, and the failure rate among the devices that did either.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -223,23 +256,14 @@ pub fn bundle_health(counts: &[FleetCount], today: UnixMillis) -> Vec<BundleHeal
     let mut health: Vec<BundleHealth> = bundles
         .into_iter()
         .map(|bundle| {
-            let of = |wanted: Outcome| {
-                devices_since(counts, week, |key| {
-                    matches!(key, FleetKey::Report { bundle: b, outcome, .. } if b == bundle && *outcome == wanted)
-                })
-                .1
-            };
-            let (installed, failed) = (of(Outcome::Installed), of(Outcome::Failed));
-            let mut either = installed.clone();
-            either.merge(&failed);
-            let reporting = either.estimate();
-            let failed_devices = failed.estimate().min(reporting);
+            let (installed, failed, rate) = reported(counts, |c| {
+                c.day >= week && matches!(&c.key, FleetKey::Report { bundle: b, .. } if b == bundle)
+            });
             BundleHealth {
                 bundle: bundle.to_string(),
-                installed_week: installed.estimate(),
-                failed_week: failed_devices,
-                failure_rate_week: (reporting > 0)
-                    .then(|| failed_devices as f64 / reporting as f64),
+                installed_week: installed,
+                failed_week: failed,
+                failure_rate_week: rate,
             }
         })
         .collect();
@@ -263,32 +287,15 @@ pub struct DailyFailures {
 
 /// [`DailyFailures`] of every day with reports, oldest first.
 pub fn failures_by_day(counts: &[FleetCount]) -> Vec<DailyFailures> {
-    let mut days: Vec<UnixMillis> = counts.iter().map(|c| c.day).collect();
-    days.sort();
-    days.dedup();
-    days.into_iter()
+    days_of(counts)
+        .into_iter()
         .filter_map(|day| {
-            let of = |wanted: Outcome| {
-                let mut sketch = DistinctSketch::default();
-                for count in counts.iter().filter(|c| c.day == day) {
-                    if matches!(count.key, FleetKey::Report { outcome, .. } if outcome == wanted) {
-                        sketch.merge(&count.devices);
-                    }
-                }
-                sketch
-            };
-            let (installed, failed) = (of(Outcome::Installed), of(Outcome::Failed));
-            let mut either = installed.clone();
-            either.merge(&failed);
-            let reporting = either.estimate();
-            (reporting > 0).then(|| {
-                let failed = failed.estimate().min(reporting);
-                DailyFailures {
-                    day,
-                    installed: installed.estimate(),
-                    failed,
-                    failure_rate: Some(failed as f64 / reporting as f64),
-                }
+            let (installed, failed, rate) = reported(counts, |c| c.day == day);
+            rate.map(|rate| DailyFailures {
+                day,
+                installed,
+                failed,
+                failure_rate: Some(rate),
             })
         })
         .collect()
@@ -319,11 +326,8 @@ pub fn adoption(
     channel: &ChannelName,
     bundle: &str,
 ) -> Adoption {
-    let mut days: Vec<UnixMillis> = counts.iter().map(|c| c.day).collect();
-    days.sort();
-    days.dedup();
     let mut points = Vec::new();
-    for day in days {
+    for day in days_of(counts) {
         let mut active = DistinctSketch::default();
         let mut on = DistinctSketch::default();
         for count in counts.iter().filter(|c| c.day == day) {
@@ -371,7 +375,6 @@ pub fn adoption(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Platform;
 
     #[test]
     fn installs_and_failures_count_for_the_fleet() {
@@ -387,12 +390,7 @@ mod tests {
     }
 
     fn release() -> ReleaseKey {
-        ReleaseKey {
-            platform: Platform::Android,
-            app_id: "com.example.app".into(),
-            version_name: "1.0.0".into(),
-            version_code: "1".into(),
-        }
+        ReleaseKey::example()
     }
 
     fn check(day: i64, bundle: &str, devices: std::ops::Range<u32>) -> FleetCount {
@@ -481,12 +479,7 @@ mod tests {
     #[test]
     fn counts_of_one_day_merge() {
         let key = FleetKey::Check {
-            release: ReleaseKey {
-                platform: Platform::Android,
-                app_id: "com.example.app".into(),
-                version_name: "1.0.0".into(),
-                version_code: "1".into(),
-            },
+            release: ReleaseKey::example(),
             channel: ChannelName::default_channel(),
             bundle: "1.0.1".into(),
         };

@@ -15,6 +15,19 @@ pub struct ReleaseKey {
     pub version_code: String,
 }
 
+#[cfg(test)]
+impl ReleaseKey {
+    /// android 1.0.0 (1) of `com.example.app`, for unit tests.
+    pub(crate) fn example() -> ReleaseKey {
+        ReleaseKey {
+            platform: Platform::Android,
+            app_id: "com.example.app".into(),
+            version_name: "1.0.0".into(),
+            version_code: "1".into(),
+        }
+    }
+}
+
 impl fmt::Display for ReleaseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

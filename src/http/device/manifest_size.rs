@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{device_error, server_refusal, DeviceBody};
 use crate::domain::device::{DeviceInfo, DeviceRefusal};
-use crate::domain::manifest::{size_files, SizeQuery, MAX_MANIFEST_FILES};
+use crate::domain::manifest::{SizeQuery, MAX_MANIFEST_FILES};
 use crate::http::AppState;
 
 pub async fn sizes(State(state): State<AppState>, DeviceBody(body): DeviceBody) -> Response {
@@ -22,25 +22,21 @@ pub async fn sizes(State(state): State<AppState>, DeviceBody(body): DeviceBody) 
             return device_error(StatusCode::BAD_REQUEST, refusal.error, &refusal.message)
         }
     };
-    let app_id = &device.release.app_id;
-    let manifest = match state.catalog.bundle_by_version(app_id, &version).await {
-        Ok(None) => None,
-        Ok(Some(bundle)) => match state.catalog.manifest_of(&bundle.id).await {
-            Ok(manifest) => manifest,
-            Err(error) => return failed(&error),
-        },
-        Err(error) => return failed(&error),
-    };
-    Json(size_files(queries, manifest.as_deref())).into_response()
-}
-
-fn failed(error: &crate::catalog::CatalogError) -> Response {
-    let refusal = server_refusal(error);
-    device_error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        refusal.error,
-        &refusal.message,
-    )
+    match state
+        .catalog
+        .manifest_sizes(&device.release.app_id, &version, queries)
+        .await
+    {
+        Ok(sizes) => Json(sizes).into_response(),
+        Err(error) => {
+            let refusal = server_refusal(&error);
+            device_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                refusal.error,
+                &refusal.message,
+            )
+        }
+    }
 }
 
 fn parse(body: &Value) -> Result<(DeviceInfo, String, Vec<SizeQuery>), DeviceRefusal> {
