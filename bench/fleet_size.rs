@@ -1,9 +1,10 @@
 //! How big the embedded database grows for a simulated fleet, and that it stops growing once
 //! retention applies (BENCHMARKS.md, "Fleet storage"). Each simulated day, every device checks
-//! in 5 times (counted as the server counts checks: per native build, channel and running
-//! bundle, into that day's sketches) and posts 2 stats events; a new bundle is promoted every
-//! 10 days and adopted over a few days; then retention runs as the server's hourly job would
-//! at the end of that day. Writes go through the server's own store code.
+//! in 5 times, at 5 different hours (counted as the server counts checks: per native build,
+//! channel and running bundle, into that day's and that hour's sketches) and posts 2 stats
+//! events (counted per bundle and action); a new bundle is promoted every 10 days and adopted
+//! over a few days; then retention runs as the server's hourly job would at the end of that
+//! day. Writes go through the server's own store code.
 //!
 //!     cargo run --release --example fleet-size -- <folder> [days] [devices]
 //!
@@ -12,8 +13,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use capgo_server::domain::fleet::{FleetCount, FleetKey, Outcome};
-use capgo_server::domain::stats::{StatsEvent, DAY_MILLIS};
+use capgo_server::domain::fleet::{FleetCount, FleetKey, Span, HOURLY_DAYS, HOUR_MILLIS};
+use capgo_server::domain::stats::{aggregated_action, StatsEvent, DAY_MILLIS};
 use capgo_server::domain::{ChannelName, Platform, ReleaseKey};
 use capgo_server::store::sqlite::SqliteMetadataStore;
 use capgo_server::store::{CatalogStore, FleetStore};
@@ -37,6 +38,17 @@ fn running(device: u32, day: i64) -> String {
     } else {
         format!("1.{bundle}.0")
     }
+}
+
+fn count_of<'a>(
+    counts: &'a mut HashMap<(Span, i64, FleetKey), FleetCount>,
+    span: Span,
+    at: i64,
+    key: &FleetKey,
+) -> &'a mut FleetCount {
+    counts
+        .entry((span, span.start_of(at), key.clone()))
+        .or_insert_with(|| FleetCount::new(span, at, key.clone()))
 }
 
 fn device_id(device: u32) -> String {
@@ -67,7 +79,7 @@ async fn main() {
     };
     for day in 0..days {
         let at = FIRST_DAY + day * DAY_MILLIS;
-        let mut counts: HashMap<FleetKey, FleetCount> = HashMap::new();
+        let mut counts: HashMap<(Span, i64, FleetKey), FleetCount> = HashMap::new();
         let mut events = Vec::with_capacity(devices as usize * 2);
         for device in 0..devices {
             let id = device_id(device);
@@ -78,18 +90,22 @@ async fn main() {
                     .expect("a channel name"),
                 bundle: bundle.clone(),
             };
-            let count = counts
-                .entry(key.clone())
-                .or_insert_with(|| FleetCount::new(at, key));
+            let count = count_of(&mut counts, Span::Day, at, &key);
             count.events += CHECKS_PER_DAY;
             count.devices.insert(&id);
+            for check in 0..CHECKS_PER_DAY as i64 {
+                let hour = (i64::from(device) * 7 + check * 5) % 24;
+                let count = count_of(&mut counts, Span::Hour, at + hour * HOUR_MILLIS, &key);
+                count.events += 1;
+                count.devices.insert(&id);
+            }
             // Two events a day: a foreground, and the install on the day it moves (one in 50
             // of those fails instead).
             let moved_today = bundle != running(device, day - 1);
             let action = match (moved_today, device % 50) {
                 (true, 0) => "update_fail",
                 (true, _) => "set",
-                (false, _) => "app_moved_background",
+                (false, _) => "app_moved_to_background",
             };
             for action in ["app_moved_to_foreground", action] {
                 events.push(StatsEvent {
@@ -108,18 +124,14 @@ async fn main() {
                     metadata: None,
                     occurred_at: at + i64::from(device % 86_400_000),
                 });
-                if let Some(outcome) = Outcome::of(events.last().expect("pushed")) {
-                    let key = FleetKey::Report {
-                        app_id: "com.sim.app".into(),
-                        bundle: bundle.clone(),
-                        outcome,
-                    };
-                    let count = counts
-                        .entry(key.clone())
-                        .or_insert_with(|| FleetCount::new(at, key));
-                    count.events += 1;
-                    count.devices.insert(&id);
-                }
+                let key = FleetKey::Report {
+                    app_id: "com.sim.app".into(),
+                    bundle: bundle.clone(),
+                    action: aggregated_action(action).to_string(),
+                };
+                let count = count_of(&mut counts, Span::Day, at, &key);
+                count.events += 1;
+                count.devices.insert(&id);
             }
         }
         for batch in events.chunks(1000) {
@@ -140,7 +152,11 @@ async fn main() {
             .await
             .expect("retention");
         store
-            .delete_fleet_counts_before(now - millis(FLEET_RETENTION))
+            .delete_fleet_counts_before(Span::Day, now - millis(FLEET_RETENTION))
+            .await
+            .expect("retention");
+        store
+            .delete_fleet_counts_before(Span::Hour, now - HOURLY_DAYS * DAY_MILLIS)
             .await
             .expect("retention");
         let stats_rows: i64 = rusqlite::Connection::open(&path)

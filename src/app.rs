@@ -281,6 +281,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
                 .await
         }
     });
+    tokio::spawn({
+        let (catalog, shutdown) = (catalog.clone(), shutdown.clone());
+        async move {
+            catalog
+                .publish_fleet_gauges_periodically(crate::catalog::FLEET_GAUGES_INTERVAL, shutdown)
+                .await
+        }
+    });
     tokio::spawn(apply_retention_periodically(
         catalog.clone(),
         config.stats_retention,

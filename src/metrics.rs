@@ -76,6 +76,37 @@ pub struct Metrics {
     reconciles: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     /// (store, operation, result) → duration.
     store_operations: Mutex<BTreeMap<(&'static str, &'static str, &'static str), Histogram>>,
+    /// The fleet overview's figures, computed in the background and replaced whole (a scrape
+    /// only prints them).
+    fleet: Mutex<Vec<GaugeFamily>>,
+}
+
+/// Gauges of one name: help text and samples (rendered labels, value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaugeFamily {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub samples: Vec<(String, f64)>,
+}
+
+impl GaugeFamily {
+    pub fn new(name: &'static str, help: &'static str) -> GaugeFamily {
+        GaugeFamily {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Adds a sample; label values are escaped here.
+    pub fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        let labels = labels
+            .iter()
+            .map(|(name, value)| format!("{name}=\"{}\"", escape(value)))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.samples.push((labels, value));
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
@@ -175,6 +206,11 @@ impl Metrics {
             .entry((store, operation, result))
             .or_default()
             .observe(took.as_secs_f64());
+    }
+
+    /// Replaces the fleet gauges.
+    pub fn set_fleet_gauges(&self, families: Vec<GaugeFamily>) {
+        *lock(&self.fleet) = families;
     }
 
     /// Everything, in the Prometheus text exposition format (version 0.0.4).
@@ -308,6 +344,12 @@ impl Metrics {
                 "capgo_store_operation_duration_seconds",
                 &format!("store=\"{store}\",operation=\"{operation}\",result=\"{result}\""),
             );
+        }
+        for gauge in lock(&self.fleet).iter() {
+            family(&mut out, gauge.name, "gauge", gauge.help);
+            for (labels, value) in &gauge.samples {
+                let _ = writeln!(out, "{}{{{labels}}} {value}", gauge.name);
+            }
         }
         out
     }

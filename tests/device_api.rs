@@ -234,8 +234,13 @@ async fn stats_accept_objects_and_batches_and_store_them() {
         activity["actions"]["set"], 1,
         "one device's two `set` events count once"
     );
-    assert_eq!(activity["actions"]["download_complete"], 100);
-    assert_eq!(activity["actions"]["totally_new_action"], 1);
+    // Distinct devices by sketch: within 3% of the truth.
+    let downloads = activity["actions"]["download_complete"].as_u64().unwrap();
+    assert!((97..=103).contains(&downloads), "{activity}");
+    assert_eq!(
+        activity["actions"]["other"], 1,
+        "an action the plugin does not send is stored, and counted as `other`: {activity}"
+    );
 
     for bad in ["", "{oops", "{\"action\": \"set\"}"] {
         let (status, answer) = app.device_post("/stats", bad).await;

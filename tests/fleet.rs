@@ -1,12 +1,13 @@
-//! What checks and stats say about the fleet becomes per-day counts of distinct devices,
-//! written in batches (the in-process app over SQLite; the store contract covers MongoDB).
+//! What checks and stats say about the fleet becomes per-day (and, for checks, per-hour)
+//! counts of distinct devices, written in batches and bounded to what the catalog has (the
+//! in-process app over SQLite; the store contract covers MongoDB).
 
 mod common;
 
 use common::*;
 use serde_json::json;
 
-use capgo_server::domain::fleet::{FleetKey, Outcome};
+use capgo_server::domain::fleet::{FleetCount, FleetKey, Span, OTHER_BUNDLE};
 
 #[tokio::test]
 async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
@@ -49,56 +50,122 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
         body["device_id"] = json!(id(n));
         app.check(&body).await;
     }
+    // What an attacker controls cannot make the counts grow: 50 made-up bundles in checks
+    // and stats, made-up actions, a channel the app does not have, an app with no release.
+    for n in 0..50 {
+        let mut body = device_body(&format!("6.6.{n}"), "8.51.14");
+        body["device_id"] = json!(id(1000 + n));
+        app.check(&body).await;
+    }
+    let forged: Vec<_> = (0..50)
+        .map(|n| {
+            json!({"app_id": APP_ID, "device_id": id(2000 + n), "action": format!("made_up_{n}"),
+                   "version_name": format!("6.6.{n}"), "platform": "android"})
+        })
+        .collect();
+    let (status, body) = app.device_post("/stats", json!(forged).to_string()).await;
+    assert_eq!(status.as_u16(), 200, "{body}");
+    let mut elsewhere = device_body("builtin", "8.51.14");
+    elsewhere["device_id"] = json!(id(3000));
+    elsewhere["defaultChannel"] = json!("no-such-channel");
+    app.check(&elsewhere).await;
+    let mut stranger = device_body("builtin", "8.51.14");
+    stranger["app_id"] = json!("com.example.unknown");
+    app.device_post("/updates", stranger.to_string()).await;
 
     let catalog = &app.state.catalog;
+    let counts = catalog.stored_fleet_counts(APP_ID, 1).await.unwrap();
     assert!(
-        catalog.fleet_counts(APP_ID, 1).await.unwrap().is_empty(),
+        counts.daily.is_empty() && counts.hourly.is_empty(),
         "nothing written per check"
     );
+    let unwritten = catalog.fleet_counts(APP_ID, 1).await.unwrap();
+    assert_eq!(
+        unwritten.daily.len(),
+        6,
+        "what this process noted is read at once"
+    );
     catalog.flush_fleet_counts().await.unwrap();
-    let counts = catalog.fleet_counts(APP_ID, 7).await.unwrap();
-    let of = |wanted: &dyn Fn(&FleetKey) -> bool| {
-        let found: Vec<_> = counts.iter().filter(|c| wanted(&c.key)).collect();
-        assert_eq!(found.len(), 1, "{counts:?}");
-        (found[0].events, found[0].devices.estimate())
+    let counts = catalog.stored_fleet_counts(APP_ID, 7).await.unwrap();
+    let sorted = |mut counts: Vec<FleetCount>| {
+        counts.sort_by(|a, b| (a.start, &a.key).cmp(&(b.start, &b.key)));
+        counts
     };
+    assert_eq!(
+        sorted(catalog.fleet_counts(APP_ID, 7).await.unwrap().daily),
+        sorted(counts.daily.clone()),
+        "written once"
+    );
+    let find = |counts: &[FleetCount], wanted: &dyn Fn(&FleetKey) -> bool| {
+        let found: Vec<(u64, u64)> = counts
+            .iter()
+            .filter(|c| wanted(&c.key))
+            .map(|c| (c.events, c.devices.estimate()))
+            .collect();
+        assert_eq!(found.len(), 1, "{counts:?}");
+        found[0]
+    };
+    let of = |wanted: &dyn Fn(&FleetKey) -> bool| find(&counts.daily, wanted);
     let on = |bundle: &'static str| move |key: &FleetKey| matches!(key, FleetKey::Check { bundle: b, channel, .. } if b == bundle && channel.as_str() == "production");
-    // Sketch estimates: within three standard errors (5%) of the truth.
+    // Sketch estimates: within three standard errors (5%) of the truth. The device on a
+    // channel the app does not have is counted on production, served like it.
     let (events, devices) = of(&on("builtin"));
-    assert_eq!(events, 600);
-    assert!((285..=315).contains(&devices), "{devices}");
+    assert_eq!(events, 601);
+    assert!((286..=316).contains(&devices), "{devices}");
+    // The same checks in the hourly counts (one hour, or two if the test ran across one).
+    let hourly: Vec<&FleetCount> = counts
+        .hourly
+        .iter()
+        .filter(|c| on("builtin")(&c.key))
+        .collect();
+    assert!(hourly.iter().all(|c| c.span == Span::Hour));
+    assert_eq!(hourly.iter().map(|c| c.events).sum::<u64>(), events);
+    if hourly.len() == 1 {
+        assert_eq!(hourly[0].devices.estimate(), devices);
+    }
     let (events, devices) = of(&on("1.0.1"));
     assert_eq!(events, 120);
     assert!((114..=126).contains(&devices), "{devices}");
-    let (_, installed) = of(&|k| {
-        matches!(
-            k,
-            FleetKey::Report {
-                outcome: Outcome::Installed,
-                ..
-            }
-        )
-    });
+    assert_eq!(
+        of(&on(OTHER_BUNDLE)),
+        (50, 50),
+        "made-up bundles counted as one"
+    );
+    let reported = |action: &'static str, bundle: &'static str| move |k: &FleetKey| matches!(k, FleetKey::Report { action: a, bundle: b, .. } if a == action && b == bundle);
+    let (_, installed) = of(&reported("set", "1.0.1"));
     assert!((114..=126).contains(&installed), "{installed}");
-    let (_, failed) = of(&|k| {
-        matches!(
-            k,
-            FleetKey::Report {
-                outcome: Outcome::Failed,
-                ..
-            }
-        )
-    });
+    let (_, failed) = of(&reported("download_fail", "1.0.1"));
     assert!((28..=32).contains(&failed), "{failed}");
+    assert_eq!(
+        of(&reported("other", OTHER_BUNDLE)).1,
+        50,
+        "made-up actions counted as one"
+    );
+    assert_eq!(
+        counts.daily.len(),
+        6,
+        "builtin, 1.0.1, other; set, download_fail, other: {counts:?}"
+    );
+    assert!(catalog
+        .fleet_counts("com.example.unknown", 7)
+        .await
+        .unwrap()
+        .daily
+        .is_empty());
 
     // A second flush merges into the same day.
     let mut body = device_body("1.0.1", "8.51.14");
     body["device_id"] = json!(id(999));
     app.check(&body).await;
-    catalog.flush_fleet_counts().await.unwrap();
     let counts = catalog.fleet_counts(APP_ID, 7).await.unwrap();
-    let merged = counts.iter().find(|c| on("1.0.1")(&c.key)).unwrap();
-    assert_eq!(merged.events, 121);
+    assert_eq!(
+        find(&counts.daily, &on("1.0.1")).0,
+        121,
+        "noted, merged when read"
+    );
+    catalog.flush_fleet_counts().await.unwrap();
+    let counts = catalog.stored_fleet_counts(APP_ID, 7).await.unwrap();
+    assert_eq!(find(&counts.daily, &on("1.0.1")).0, 121);
 
     // The overview reads them: what production serves, where its devices are, how 1.0.1 fares.
     let (status, overview) = app
@@ -117,8 +184,8 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
         .unwrap()
         .clone();
     assert_eq!(production["serves"], "1.0.1", "{production}");
-    assert!(near(&production["devices_recent"], 301.0), "{production}");
-    assert!(near(&production["devices_week"], 301.0), "{production}");
+    assert!(near(&production["devices_recent"], 352.0), "{production}");
+    assert!(near(&production["devices_week"], 352.0), "{production}");
     let bundles = production["bundles"].as_array().unwrap();
     assert_eq!(bundles[0]["bundle"], "builtin");
     assert!(near(&bundles[0]["devices_week"], 300.0), "{production}");
@@ -126,10 +193,15 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
     assert!(near(&bundles[1]["devices_week"], 121.0), "{production}");
     let adoption = &production["adoption"];
     assert!(
-        near(&adoption["days"][0]["share"], 121.0 / 301.0),
+        near(&adoption["days"][0]["share"], 121.0 / 352.0),
         "{adoption}"
     );
     assert!(adoption["days_to_half"].is_null(), "{adoption}");
+    assert_eq!(
+        adoption["promoted"], true,
+        "counted from set-active: {adoption}"
+    );
+    assert_eq!(adoption["counted_from"], overview["today"], "{adoption}");
     // 120 installed, 30 others failed: 30 of 150 reporting devices.
     let health = &overview["bundles"][0];
     assert_eq!(health["bundle"], "1.0.1", "{overview}");
@@ -139,6 +211,77 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
         "{overview}"
     );
     assert_eq!(overview["unregistered_builds"], json!([]));
+
+    // The same figures as gauges on /metrics, computed in the background (here: once).
+    catalog.publish_fleet_gauges().await.unwrap();
+    let (status, metrics) = app.get("/metrics").await;
+    assert_eq!(status.as_u16(), 200);
+    let metrics = metrics.as_str().unwrap().to_string();
+    let gauge = |name: &str, labels: &str| -> f64 {
+        let prefix = format!("{name}{{{labels}}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let build = format!(
+        "app_id=\"{APP_ID}\",platform=\"android\",version_name=\"1.0.0\",version_code=\"10\",channel=\"production\""
+    );
+    let near_f = |value: f64, truth: f64| (value - truth).abs() <= truth * 0.05 + 0.01;
+    assert!(near_f(
+        gauge(
+            "capgo_fleet_channel_devices",
+            &format!("{build},window=\"24h\"")
+        ),
+        352.0
+    ));
+    assert!(near_f(
+        gauge(
+            "capgo_fleet_devices",
+            &format!("{build},bundle=\"1.0.1\",window=\"7d\"")
+        ),
+        121.0
+    ));
+    assert!(near_f(
+        gauge(
+            "capgo_fleet_adoption_ratio",
+            &format!("{build},bundle=\"1.0.1\"")
+        ),
+        121.0 / 352.0
+    ));
+    let bundle = format!("app_id=\"{APP_ID}\",bundle=\"1.0.1\"");
+    assert!(near_f(
+        gauge(
+            "capgo_fleet_bundle_devices",
+            &format!("{bundle},outcome=\"failed\"")
+        ),
+        30.0
+    ));
+    assert!(near_f(
+        gauge("capgo_fleet_bundle_failure_ratio", &bundle),
+        0.2
+    ));
+
+    // A bundle's activity comes from the same counts (kept longer than raw stats).
+    let (status, activity) = app
+        .get(&format!("/api/v1/bundles.activity?bundle_id={next}&days=3"))
+        .await;
+    assert_eq!(status.as_u16(), 200, "{activity}");
+    assert!(near(&activity["actions"]["set"], 120.0), "{activity}");
+    assert!(
+        near(&activity["actions"]["download_fail"], 30.0),
+        "{activity}"
+    );
+    let today = activity["daily"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(near(&today["installs"], 120.0), "{activity}");
+    assert!(near(&today["failures"], 30.0), "{activity}");
 
     for bad in ["", "app_id=", "app_id=not%20an%20app"] {
         let (status, body) = app.get(&format!("/api/v1/apps.overview?{bad}")).await;

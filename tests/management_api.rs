@@ -112,22 +112,25 @@ async fn views_say_what_each_channel_serves_and_who_uses_a_bundle() {
     let (_, list) = app.get("/api/v1/releases.list").await;
     assert_eq!(
         serving(&list),
-        json!({"production": {"bundle_id": builtin, "because": "builtin"}}),
+        json!({"production": {"bundle_id": builtin, "because": "builtin", "since": null}}),
         "nothing assigned: production serves the builtin bundle"
     );
     app.set_active(&release, &next, Some("beta")).await;
     let (_, list) = app.get("/api/v1/releases.list").await;
+    let beta_since = serving(&list)["beta"]["since"].clone();
+    assert!(beta_since.is_string(), "the promote's time: {list}");
     assert_eq!(
         serving(&list),
         json!({
-            "beta": {"bundle_id": next, "because": "assigned"},
-            "production": {"bundle_id": builtin, "because": "builtin"},
+            "beta": {"bundle_id": next, "because": "assigned", "since": beta_since},
+            "production": {"bundle_id": builtin, "because": "builtin", "since": null},
         })
     );
     app.set_active(&release, &next, None).await;
     app.set_active(&release, &builtin, Some("beta")).await;
     let (_, list) = app.get("/api/v1/releases.list").await;
     assert_eq!(serving(&list)["production"]["because"], "assigned");
+    assert!(serving(&list)["production"]["since"].is_string());
     assert_eq!(serving(&list)["beta"]["bundle_id"], builtin.as_str());
 
     let (_, bundles) = app.get("/api/v1/bundles.list").await;

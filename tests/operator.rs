@@ -20,11 +20,11 @@ use capgo_server::domain::bundle::BundleDetails;
 use capgo_server::domain::channel::Channel;
 use capgo_server::domain::channel_policy::{ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::AppKey;
-use capgo_server::domain::fleet::FleetCount;
+use capgo_server::domain::fleet::{FleetCount, Span};
 use capgo_server::domain::manifest::ManifestEntry;
 use capgo_server::domain::net_policy::SourcePolicy;
 use capgo_server::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
-use capgo_server::domain::stats::{ActivityCount, StatsEvent};
+use capgo_server::domain::stats::StatsEvent;
 use capgo_server::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use capgo_server::domain::{
     Actor, Bundle as BundleRecord, ChannelName, RecordId, Release as ReleaseRecord, ReleaseKey,
@@ -162,14 +162,6 @@ impl CatalogStore for CountingStore {
         self.count();
         self.inner.insert_stats(e).await
     }
-    async fn bundle_activity(
-        &self,
-        a: &str,
-        v: &str,
-        since: UnixMillis,
-    ) -> Result<Vec<ActivityCount>, StoreError> {
-        self.inner.bundle_activity(a, v, since).await
-    }
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {
         self.inner.bundle_blob_keys().await
     }
@@ -199,9 +191,13 @@ impl FleetStore for CountingStore {
     ) -> Result<Vec<FleetCount>, StoreError> {
         self.inner.fleet_counts(app_id, since).await
     }
-    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
+    async fn delete_fleet_counts_before(
+        &self,
+        span: Span,
+        before: UnixMillis,
+    ) -> Result<u64, StoreError> {
         self.count();
-        self.inner.delete_fleet_counts_before(before).await
+        self.inner.delete_fleet_counts_before(span, before).await
     }
     async fn delete_stats_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
         self.count();

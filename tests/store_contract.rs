@@ -13,13 +13,13 @@ use futures_util::StreamExt;
 use capgo_server::domain::access::{secret_digest, ApiToken, AuditCursor, AuditEntry, Scope};
 use capgo_server::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
 use capgo_server::domain::encryption::{AppKey, RsaPublicKey};
-use capgo_server::domain::fleet::{FleetCount, FleetKey, Outcome};
+use capgo_server::domain::fleet::{FleetCount, FleetKey, Span};
 use capgo_server::domain::manifest::{file_object_key, BrotliCopy, ManifestEntry};
 use capgo_server::domain::rollout::{
     new_salt, CanaryHealth, CanaryMark, CanarySignal, Rollout, RolloutPhase, RolloutPlan,
     RolloutProgress,
 };
-use capgo_server::domain::stats::{ActivityCount, StatsEvent, DAY_MILLIS as DAY};
+use capgo_server::domain::stats::{StatsEvent, DAY_MILLIS as DAY};
 use capgo_server::domain::targeting::{
     DeviceOverride, OverrideSource, UnregisteredBuild, MAX_UNREGISTERED_BUILDS,
 };
@@ -64,6 +64,7 @@ fn release(builtin: &Bundle, code: &str) -> Release {
         },
         builtin_bundle_id: builtin.id.clone(),
         channels: BTreeMap::new(),
+        assigned_at: BTreeMap::new(),
         release_date: None,
         created_at: 10,
         updated_at: 10,
@@ -176,6 +177,21 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     let stored = store.release(&r.id).await.unwrap().unwrap();
     assert_eq!(stored.channels.get(&production), Some(&first.id));
     assert_eq!(stored.updated_at, 21);
+    assert_eq!(
+        stored.serving(&production).since,
+        Some(21),
+        "the promote's time"
+    );
+    // Writing the bundle a channel has is no promote.
+    assert!(store
+        .set_channel_bundle(&r.id, &production, &first.id, 23)
+        .await
+        .unwrap());
+    let stored = store.release(&r.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.updated_at, stored.serving(&production).since),
+        (23, Some(21))
+    );
     // The operator's converge: builtin and every channel in one write.
     let converged = BTreeMap::from([(ChannelName::parse("beta").unwrap(), first.id.clone())]);
     assert!(store
@@ -191,6 +207,11 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
         (second.id.clone(), converged)
     );
     assert_eq!(replaced.owner, r.owner, "ownership survives");
+    assert_eq!(
+        replaced.assigned_at,
+        BTreeMap::from([(ChannelName::parse("beta").unwrap(), 25)]),
+        "a removed channel loses its time, a new one is stamped"
+    );
     assert!(!store
         .replace_release_assignments(&RecordId::generate(), &first.id, &BTreeMap::new(), 26)
         .await
@@ -201,6 +222,18 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
         .replace_release_assignments(&r.id, &first.id, &restored, 27)
         .await
         .unwrap());
+    let restored_release = store.release(&r.id).await.unwrap().unwrap();
+    assert_eq!(restored_release.serving(&production).since, Some(27));
+    // A converge that leaves a channel's bundle as it is keeps its time.
+    assert!(store
+        .replace_release_assignments(&r.id, &first.id, &restored, 28)
+        .await
+        .unwrap());
+    let kept = store.release(&r.id).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.updated_at, kept.serving(&production).since),
+        (28, Some(27))
+    );
     assert!(store.set_release_date(&r.id, Some(99), 30).await.unwrap());
     assert_eq!(
         store.release(&r.id).await.unwrap().unwrap().release_date,
@@ -259,29 +292,6 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     next_day.occurred_at = DAY + 7;
     store.insert_stats(&[next_day]).await.unwrap();
     store.insert_stats(&[]).await.unwrap();
-    let count = |day: i64, action: &str, count: u64| ActivityCount {
-        day,
-        action: action.into(),
-        count,
-    };
-    let activity = store.bundle_activity(app, "1.0.1", 0).await.unwrap();
-    assert_eq!(
-        activity,
-        [
-            count(0, "download_fail", 1),
-            count(0, "set", 2),
-            count(DAY, "set", 1)
-        ],
-        "distinct devices per day and action"
-    );
-    let since_day_one = store.bundle_activity(app, "1.0.1", DAY).await.unwrap();
-    assert_eq!(since_day_one, [count(DAY, "set", 1)], "older days left out");
-    assert!(store
-        .bundle_activity(app, "9.9.9", 0)
-        .await
-        .unwrap()
-        .is_empty());
-
     assert!(store.delete_release(&r.id).await.unwrap());
     assert!(!store.delete_release(&r.id).await.unwrap());
     assert!(store
@@ -313,8 +323,8 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     fleet_contract(store.clone()).await;
 }
 
-fn fleet_count(day: i64, key: &FleetKey, events: u64, devices: &[&str]) -> FleetCount {
-    let mut count = FleetCount::new(day, key.clone());
+fn fleet_count(span: Span, at: i64, key: &FleetKey, events: u64, devices: &[&str]) -> FleetCount {
+    let mut count = FleetCount::new(span, at, key.clone());
     count.events = events;
     for device in devices {
         count.devices.insert(device);
@@ -322,8 +332,9 @@ fn fleet_count(day: i64, key: &FleetKey, events: u64, devices: &[&str]) -> Fleet
     count
 }
 
-/// Daily counts merge (events add, devices unite), also when writers race; reads are per app
-/// and from a day on; retention removes old days and old raw stats.
+/// Counts merge (events add, devices unite) per period, span and key, also when writers
+/// race; reads are per app and from a time on; retention removes old periods of one span and
+/// old raw stats.
 async fn fleet_contract(store: Arc<dyn MetadataStore>) {
     let app = format!("com.fleet.{}", RecordId::generate());
     let check = FleetKey::Check {
@@ -339,17 +350,23 @@ async fn fleet_contract(store: Arc<dyn MetadataStore>) {
     let failed = FleetKey::Report {
         app_id: app.clone(),
         bundle: "1.0.1".into(),
-        outcome: Outcome::Failed,
+        action: "download_fail".into(),
     };
+    let hour = 3_600_000;
     store
         .record_fleet_counts(&[
-            fleet_count(3 * DAY, &check, 2, &["a", "b"]),
-            fleet_count(3 * DAY, &failed, 1, &["a"]),
+            fleet_count(Span::Day, 3 * DAY, &check, 2, &["a", "b"]),
+            fleet_count(Span::Day, 3 * DAY, &failed, 1, &["a"]),
+            // The first hour of the same day: a count of its own.
+            fleet_count(Span::Hour, 3 * DAY, &check, 2, &["a", "b"]),
         ])
         .await
         .unwrap();
     store
-        .record_fleet_counts(&[fleet_count(3 * DAY, &check, 1, &["b", "c"])])
+        .record_fleet_counts(&[
+            fleet_count(Span::Day, 3 * DAY, &check, 1, &["b", "c"]),
+            fleet_count(Span::Hour, 3 * DAY + hour, &check, 1, &["c"]),
+        ])
         .await
         .unwrap();
     // Two writers at once, 10 batches each: nothing is lost.
@@ -359,7 +376,7 @@ async fn fleet_contract(store: Arc<dyn MetadataStore>) {
             for i in 0..10 {
                 let device = format!("w{w}-{i}");
                 store
-                    .record_fleet_counts(&[fleet_count(4 * DAY, &check, 1, &[&device])])
+                    .record_fleet_counts(&[fleet_count(Span::Day, 4 * DAY, &check, 1, &[&device])])
                     .await
                     .unwrap();
             }
@@ -369,36 +386,73 @@ async fn fleet_contract(store: Arc<dyn MetadataStore>) {
         writer.await.unwrap();
     }
     let counts = store.fleet_counts(&app, 0).await.unwrap();
-    let of = |day: i64, key: &FleetKey| {
+    let of = |span: Span, start: i64, key: &FleetKey| {
         counts
             .iter()
-            .find(|c| c.day == day && &c.key == key)
+            .find(|c| c.span == span && c.start == start && &c.key == key)
             .map(|c| (c.events, c.devices.estimate()))
     };
-    assert_eq!(of(3 * DAY, &check), Some((3, 3)));
-    assert_eq!(of(3 * DAY, &failed), Some((1, 1)));
-    assert_eq!(of(4 * DAY, &check), Some((20, 20)), "racing writers");
-    assert_eq!(counts.len(), 3);
+    assert_eq!(of(Span::Day, 3 * DAY, &check), Some((3, 3)));
+    assert_eq!(of(Span::Day, 3 * DAY, &failed), Some((1, 1)));
+    assert_eq!(
+        of(Span::Hour, 3 * DAY, &check),
+        Some((2, 2)),
+        "hours apart from days"
+    );
+    assert_eq!(of(Span::Hour, 3 * DAY + hour, &check), Some((1, 1)));
+    assert_eq!(
+        of(Span::Day, 4 * DAY, &check),
+        Some((20, 20)),
+        "racing writers"
+    );
+    assert_eq!(counts.len(), 5);
     assert_eq!(store.fleet_counts(&app, 4 * DAY).await.unwrap().len(), 1);
     assert!(store
         .fleet_counts("com.fleet.other", 0)
         .await
         .unwrap()
         .is_empty());
-    assert!(store.delete_fleet_counts_before(4 * DAY).await.unwrap() >= 2);
-    assert_eq!(store.fleet_counts(&app, 0).await.unwrap().len(), 1);
+    // Retention of one span leaves the other.
+    assert_eq!(
+        store
+            .delete_fleet_counts_before(Span::Hour, 3 * DAY + hour)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .delete_fleet_counts_before(Span::Day, 4 * DAY)
+            .await
+            .unwrap()
+            >= 2
+    );
+    let left: Vec<(Span, i64)> = store
+        .fleet_counts(&app, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| (c.span, c.start))
+        .collect();
+    assert_eq!(left, [(Span::Hour, 3 * DAY + hour), (Span::Day, 4 * DAY)]);
 
     // Raw stats past their retention go; newer ones stay.
     let mut old = event("set", "7.0.0");
     old.app_id = app.clone();
+    old.device_id = "old-device".into();
     old.occurred_at = DAY;
     let mut new = old.clone();
+    new.device_id = "new-device".into();
     new.occurred_at = 10 * DAY;
     store.insert_stats(&[old, new]).await.unwrap();
     let removed = store.delete_stats_before(5 * DAY).await.unwrap();
     assert!(removed >= 1, "{removed}");
-    let left = store.bundle_activity(&app, "7.0.0", 0).await.unwrap();
-    assert_eq!(left.iter().map(|c| c.day).collect::<Vec<_>>(), [10 * DAY]);
+    let seen = |id: &'static str| {
+        let store = store.clone();
+        let app = app.clone();
+        async move { store.find_devices(&app, id, 10).await.unwrap().len() }
+    };
+    assert_eq!((seen("old-device").await, seen("new-device").await), (0, 1));
 }
 
 fn manifest_entry(path: &str, sha: &str, brotli: bool) -> ManifestEntry {
@@ -1572,6 +1626,11 @@ async fn rollout_contract(store: &dyn MetadataStore) {
         "the channel serves the canary"
     );
     assert_eq!(completed.updated_at, 4_000);
+    assert_eq!(
+        completed.serving(&production).since,
+        Some(4_000),
+        "promoted by the rollout"
+    );
     assert_eq!(
         store.rollout(&r.id, &production).await.unwrap(),
         Some(done.clone())

@@ -1406,6 +1406,16 @@ async fn the_overview_shows_where_the_fleet_is_in_a_real_browser() {
             &format!("{:.1}%", share * 100.0),
         )
         .await;
+    // The times count from the promote (set-active made it today).
+    browser
+        .wait_text(
+            &format!(".adoption[data-release='{release}'][data-channel='production']"),
+            &format!(
+                "counted from the promote on {}",
+                overview["today"].as_str().unwrap()
+            ),
+        )
+        .await;
     let rate = overview["bundles"][0]["failure_rate_week"]
         .as_f64()
         .unwrap();

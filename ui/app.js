@@ -1148,7 +1148,7 @@ async function drawOverview(app, body) {
     h("td", { "data-label": "Channel" }, c.channel),
     h("td", { "data-label": "Serves" }, c.serves || h("span", { class: "muted" }, "missing bundle"),
       c.rollout ? h("div", { class: "badge", title: `Staged rollout, ${c.rollout.phase}` }, `rollout ${ROLLOUT_PHASES[c.rollout.phase]} at ${formatPercent(c.rollout.percent)}`) : null),
-    h("td", { "data-label": "Devices, today and yesterday" }, String(c.devices_recent)),
+    h("td", { "data-label": "Devices, last 24 h" }, String(c.devices_recent)),
     h("td", { "data-label": "Devices, 7 days" }, String(c.devices_week)),
     h("td", { "data-label": "Running (7 days)" }, c.bundles.length
       ? c.bundles.map((b) => `${b.bundle}: ${b.devices_week}`).join(" · ")
@@ -1158,7 +1158,10 @@ async function drawOverview(app, body) {
     return h("section", { class: "card adoption", "data-channel": c.channel, "data-release": c.release.id },
       h("h3", {}, `${build(c.release)} · ${c.channel}: ${c.serves}`),
       h("p", {}, `${percent(last.share)} of ${last.active_devices} active devices ran it on ${last.day}. `,
-        `Half of them: ${days(c.adoption.days_to_half)}; nine in ten: ${days(c.adoption.days_to_ninety_percent)} (counted from the first day a device ran it).`),
+        `Half of them: ${days(c.adoption.days_to_half)}; nine in ten: ${days(c.adoption.days_to_ninety_percent)} `,
+        c.adoption.promoted
+          ? `(counted from the promote on ${c.adoption.counted_from}).`
+          : `(counted from ${c.adoption.counted_from}, the first day a device ran it: the promote's time is not known).`),
       shareChart(`Share of ${c.channel} devices of ${build(c.release)} on ${c.serves}, per day`,
         c.adoption.days.map((d) => ({ day: d.day, value: d.share, text: `${percent(d.share)} (${d.on_bundle} of ${d.active_devices})` })), "#0b62d6"));
   });
@@ -1176,9 +1179,9 @@ async function drawOverview(app, body) {
     ? h("div", { class: "table-wrap" }, h("table", { id }, h("thead", {}, h("tr", {}, heads.map((t) => h("th", {}, t)))), h("tbody", {}, ...rows)))
     : h("p", { class: "muted" }, empty);
   body.replaceChildren(
-    h("p", { id: "overview-summary" }, `${recentTotal} devices checked in today and yesterday (UTC), ${weekTotal} in the last 7 days, counted per native build and channel. Figures are distinct devices, estimated within about 2%.`),
+    h("p", { id: "overview-summary" }, `${recentTotal} devices checked in over the last 24 hours, ${weekTotal} in the last 7 days (UTC days), counted per native build and channel. Figures are distinct devices, estimated within about 2%.`),
     h("h2", {}, "Where the fleet is"),
-    table("overview-fleet", ["Build", "Channel", "Serves", "Devices, today and yesterday", "Devices, 7 days", "Running (7 days)"], fleetRows, "No release yet."),
+    table("overview-fleet", ["Build", "Channel", "Serves", "Devices, last 24 h", "Devices, 7 days", "Running (7 days)"], fleetRows, "No release yet."),
     h("h2", {}, "Adoption of what each channel serves"),
     ...(adoption.length ? adoption : [h("p", { class: "muted" }, "No check-ins in the last 30 days.")]),
     h("h2", {}, "Bundle health, last 7 days"),

@@ -1,7 +1,7 @@
 //! What devices ask and report: the target of an update check (cached), the channels an app
 //! has, and device stats with their per-bundle activity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +14,10 @@ use crate::domain::channel_policy::{ChannelChoice, ChannelRules, DeviceTraits};
 use crate::domain::device::{DeviceInfo, DeviceRefusal, RefusalKind};
 use crate::domain::manifest::{ManifestEntry, ServedManifest};
 use crate::domain::rollout;
-use crate::domain::stats::{self, StatsEvent};
+use crate::domain::stats::StatsEvent;
 use crate::domain::targeting::{DeviceOverride, OverrideSource};
 use crate::domain::update::{decide, ChannelTarget, UpdateAnswer};
-use crate::domain::{now_millis, Bundle, ChannelName, Release, UnixMillis};
+use crate::domain::{now_millis, Bundle, ChannelName, Release};
 use crate::error::Chain;
 use crate::store::StoreError;
 
@@ -25,23 +25,6 @@ use crate::store::StoreError;
 struct FoundOverride {
     channel: ChannelName,
     choice: ChannelChoice,
-}
-
-/// A bundle's device activity (see [`Catalog::bundle_activity`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BundleActivity {
-    /// Events per action over the whole period.
-    pub actions: BTreeMap<String, u64>,
-    /// One entry per day, oldest first, days without events included.
-    pub days: Vec<DailyActivity>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DailyActivity {
-    pub day: UnixMillis,
-    pub downloads: u64,
-    pub installs: u64,
-    pub failures: u64,
 }
 
 /// What a device's check resolved to: what its channel serves, and how it came to be on it.
@@ -102,24 +85,24 @@ impl Catalog {
                 None => (ChannelName::default_channel(), ChannelChoice::Default),
             },
         };
-        self.fleet.note_check(
-            &device.release,
-            &channel,
-            &device.version_name,
-            &device.device_id,
-            now_millis(),
-        );
         let key = TargetKey {
             release: device.release.clone(),
             channel,
         };
-        let resolution = self.resolve(key).await?;
+        let resolution = self.resolve(&key).await?;
         let mut in_canary = false;
         match resolution.as_ref() {
             Resolved::Unregistered(_) => {
                 self.unregistered.note(&device.release, &device.device_id);
             }
             Resolved::Target(served) => {
+                self.fleet.note_check(
+                    &device.release,
+                    &key.channel,
+                    &device.version_name,
+                    &device.device_id,
+                    now_millis(),
+                );
                 if let Some(canary) = &served.canary {
                     let drawn = rollout::draw(&canary.salt, &device.device_id);
                     in_canary = drawn.bucket < canary.share;
@@ -138,8 +121,8 @@ impl Catalog {
         })
     }
 
-    async fn resolve(&self, key: TargetKey) -> Result<Resolution, CatalogError> {
-        let (last_known, generation) = match self.targets.get(&key) {
+    async fn resolve(&self, key: &TargetKey) -> Result<Resolution, CatalogError> {
+        let (last_known, generation) = match self.targets.get(key) {
             Lookup::Fresh(resolution) => {
                 crate::metrics::global().cache_lookup(true);
                 return Ok(resolution);
@@ -148,11 +131,12 @@ impl Catalog {
             Lookup::Missing(generation) => (None, generation),
         };
         crate::metrics::global().cache_lookup(false);
-        let loaded = self.load_target(&key).await;
+        let loaded = self.load_target(key).await;
         match (loaded, last_known) {
             (Ok(resolved), _) => {
                 let resolution = Arc::new(resolved);
-                self.targets.store(key, generation, resolution.clone());
+                self.targets
+                    .store(key.clone(), generation, resolution.clone());
                 Ok(resolution)
             }
             (Err(error @ CatalogError::Unavailable { .. }), Some(last_known)) => {
@@ -497,42 +481,5 @@ impl Catalog {
         self.canaries.reported(events);
         self.fleet.note_reports(events);
         Ok(())
-    }
-
-    /// What devices reported about one bundle over the last `days` days: totals per action,
-    /// and per day the downloads, installs and failures.
-    pub async fn bundle_activity(
-        &self,
-        bundle: &Bundle,
-        days: u32,
-    ) -> Result<BundleActivity, CatalogError> {
-        let today = stats::day_of(now_millis());
-        let since = today - stats::DAY_MILLIS * i64::from(days.saturating_sub(1));
-        let counts = self
-            .metadata
-            .bundle_activity(&bundle.app_id, &bundle.version_name, since)
-            .await?;
-        let mut activity = BundleActivity {
-            days: (0..i64::from(days))
-                .map(|i| DailyActivity {
-                    day: since + i * stats::DAY_MILLIS,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        for count in counts {
-            *activity.actions.entry(count.action.clone()).or_default() += count.count;
-            let Some(day) = activity.days.iter_mut().find(|d| d.day == count.day) else {
-                continue;
-            };
-            match stats::ActivityKind::of(&count.action) {
-                stats::ActivityKind::Download => day.downloads += count.count,
-                stats::ActivityKind::Install => day.installs += count.count,
-                stats::ActivityKind::Failure => day.failures += count.count,
-                stats::ActivityKind::Other => {}
-            }
-        }
-        Ok(activity)
     }
 }

@@ -1,19 +1,20 @@
 //! Counts what checks and stats say about the fleet off the request path: a check or a report
 //! adds a device hash to a bounded tally in memory (no allocation once its key is tallied),
-//! and a background task turns the tallies into per-day sketches and merges them into the
-//! store in one batch. Past the bounds, notes are dropped and counted, never waited for.
+//! and a background task turns the tallies into per-day (and, for checks, per-hour) sketches
+//! and merges them into the store in one batch. Past the bounds, notes are dropped and
+//! counted, never waited for.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-use crate::domain::fleet::{FleetCount, FleetKey, Outcome};
+use crate::domain::fleet::{FleetCount, FleetKey, Span};
 use crate::domain::rollout::event_version;
 use crate::domain::sketch::device_hash;
-use crate::domain::stats::{day_of, StatsEvent};
+use crate::domain::stats::{aggregated_action, StatsEvent};
 use crate::domain::{ChannelName, ReleaseKey, UnixMillis};
 
-/// Most keys (day, build, channel, bundle or report) tallied between two flushes.
+/// Most keys (hour, build, channel, bundle or report) tallied between two flushes.
 pub const MAX_KEYS: usize = 20_000;
 /// Most device hashes held between two flushes (8 bytes each).
 pub const MAX_NOTES: usize = 1_000_000;
@@ -26,17 +27,17 @@ pub struct FleetTally {
 
 #[derive(Default)]
 struct State {
-    /// By a hash of (day, key), checked against the key itself.
+    /// By a hash of (hour, key), checked against the key itself.
     tallies: HashMap<u64, Tally>,
     notes: usize,
 }
 
-/// What was noted for one day and key between two flushes: the events, and the device hashes
-/// (turned into a sketch only when written, a few at a time, so memory stays at 8 bytes a
-/// note rather than a 4 KiB sketch a key).
+/// What was noted for one hour and key between two flushes: the events, and the device
+/// hashes (turned into sketches only when written, a few at a time, so memory stays at 8
+/// bytes a note rather than a 4 KiB sketch a key).
 #[derive(Debug, Clone)]
 pub struct Tally {
-    day: UnixMillis,
+    hour: UnixMillis,
     key: FleetKey,
     events: u64,
     devices: Vec<u64>,
@@ -47,13 +48,29 @@ impl Tally {
         self.devices.len()
     }
 
-    pub fn to_count(&self) -> FleetCount {
-        let mut count = FleetCount::new(self.day, self.key.clone());
-        count.events = self.events;
+    pub fn key(&self) -> &FleetKey {
+        &self.key
+    }
+
+    /// The counts this tally adds to: its day's, and for checks its hour's too.
+    pub fn to_counts(&self) -> Vec<FleetCount> {
+        let spans: &[Span] = match self.key {
+            FleetKey::Check { .. } => &[Span::Day, Span::Hour],
+            FleetKey::Report { .. } => &[Span::Day],
+        };
+        let mut day = FleetCount::new(Span::Day, self.hour, self.key.clone());
+        day.events = self.events;
         for device in &self.devices {
-            count.devices.insert_hash(*device);
+            day.devices.insert_hash(*device);
         }
-        count
+        spans
+            .iter()
+            .map(|span| FleetCount {
+                start: span.start_of(self.hour),
+                span: *span,
+                ..day.clone()
+            })
+            .collect()
     }
 }
 
@@ -67,8 +84,8 @@ impl FleetTally {
         device_id: &str,
         at: UnixMillis,
     ) {
-        let day = day_of(at);
-        let slot = self.hasher.hash_one((day, 0u8, release, channel, bundle));
+        let hour = Span::Hour.start_of(at);
+        let slot = self.hasher.hash_one((hour, 0u8, release, channel, bundle));
         let matches = |key: &FleetKey| match key {
             FleetKey::Check {
                 release: r,
@@ -77,35 +94,36 @@ impl FleetTally {
             } => r == release && c == channel && b == bundle,
             FleetKey::Report { .. } => false,
         };
-        self.note(slot, day, matches, device_id, || FleetKey::Check {
+        self.note(slot, hour, matches, device_id, || FleetKey::Check {
             release: release.clone(),
             channel: channel.clone(),
             bundle: bundle.to_string(),
         });
     }
 
-    /// What a batch of stats reports: installs and failures, per bundle.
+    /// What a batch of stats reports: each action about a bundle.
     pub fn note_reports(&self, events: &[StatsEvent]) {
         for event in events {
-            let (Some(outcome), Some(bundle)) = (Outcome::of(event), event_version(event)) else {
+            let Some(bundle) = event_version(event) else {
                 continue;
             };
-            let day = day_of(event.occurred_at);
+            let action = aggregated_action(&event.action);
+            let hour = Span::Hour.start_of(event.occurred_at);
             let slot = self
                 .hasher
-                .hash_one((day, 1u8, &event.app_id, bundle, outcome));
+                .hash_one((hour, 1u8, &event.app_id, bundle, action));
             let matches = |key: &FleetKey| match key {
                 FleetKey::Report {
                     app_id,
                     bundle: b,
-                    outcome: o,
-                } => *app_id == event.app_id && b == bundle && *o == outcome,
+                    action: a,
+                } => *app_id == event.app_id && b == bundle && a == action,
                 FleetKey::Check { .. } => false,
             };
-            self.note(slot, day, matches, &event.device_id, || FleetKey::Report {
+            self.note(slot, hour, matches, &event.device_id, || FleetKey::Report {
                 app_id: event.app_id.clone(),
                 bundle: bundle.to_string(),
-                outcome,
+                action: action.to_string(),
             });
         }
     }
@@ -113,7 +131,7 @@ impl FleetTally {
     fn note(
         &self,
         slot: u64,
-        day: UnixMillis,
+        hour: UnixMillis,
         matches: impl Fn(&FleetKey) -> bool,
         device_id: &str,
         key: impl FnOnce() -> FleetKey,
@@ -125,7 +143,7 @@ impl FleetTally {
         }
         let full = state.tallies.len() >= MAX_KEYS;
         match state.tallies.get_mut(&slot) {
-            Some(tally) if tally.day == day && matches(&tally.key) => {
+            Some(tally) if tally.hour == hour && matches(&tally.key) => {
                 tally.events += 1;
                 tally.devices.push(device);
             }
@@ -136,7 +154,7 @@ impl FleetTally {
                 state.tallies.insert(
                     slot,
                     Tally {
-                        day,
+                        hour,
                         key: key(),
                         events: 1,
                         devices: vec![device],
@@ -149,6 +167,17 @@ impl FleetTally {
 
     fn drop_note(&self) {
         crate::metrics::global().fleet_note_dropped();
+    }
+
+    /// Copies of what was noted for `app_id` and not written yet.
+    pub fn pending(&self, app_id: &str) -> Vec<Tally> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .tallies
+            .values()
+            .filter(|t| t.key.app_id() == app_id)
+            .cloned()
+            .collect()
     }
 
     /// Everything noted since the last take.
@@ -168,11 +197,12 @@ mod tests {
     }
 
     #[test]
-    fn checks_and_reports_become_daily_counts() {
+    fn checks_and_reports_become_daily_and_hourly_counts() {
         let tally = FleetTally::default();
         let production = ChannelName::default_channel();
-        for device in ["a", "b", "a"] {
-            tally.note_check(&release(), &production, "1.0.1", device, 10);
+        const HOUR: i64 = 3_600_000;
+        for (device, at) in [("a", 10), ("b", 10), ("a", HOUR + 10)] {
+            tally.note_check(&release(), &production, "1.0.1", device, at);
         }
         tally.note_check(&release(), &production, "builtin", "c", 10);
         tally.note_check(&release(), &production, "1.0.1", "d", 86_400_000 + 5);
@@ -180,21 +210,65 @@ mod tests {
             StatsEvent::example("a", "set", "1.0.1"),
             StatsEvent::example("b", "download_fail", "1.0.1:assets/a.js"),
             StatsEvent::example("b", "app_moved_to_foreground", "1.0.1"),
+            StatsEvent::example("b", "made_up_fail", "1.0.1"),
         ]);
-        let mut counts: Vec<FleetCount> = tally.take().iter().map(Tally::to_count).collect();
-        counts.sort_by(|a, b| (a.day, &a.key).cmp(&(b.day, &b.key)));
-        let summary: Vec<(UnixMillis, u64, u64)> = counts
+        let tallies = tally.take();
+        let merged: std::collections::BTreeMap<_, FleetCount> = tallies
             .iter()
-            .map(|c| (c.day, c.events, c.devices.estimate()))
+            .flat_map(Tally::to_counts)
+            .fold(Default::default(), |mut merged, count| {
+                merged
+                    .entry((count.span, count.start, count.key.clone()))
+                    .and_modify(|c: &mut FleetCount| c.merge(&count))
+                    .or_insert(count);
+                merged
+            });
+        let summary = |span: Span, start: i64, bundle: &str| {
+            merged
+                .iter()
+                .find(|((s, at, key), _)| {
+                    *s == span
+                        && *at == start
+                        && matches!(key, FleetKey::Check { .. })
+                        && key.bundle() == bundle
+                })
+                .map(|(_, c)| (c.events, c.devices.estimate()))
+        };
+        assert_eq!(
+            summary(Span::Day, 0, "1.0.1"),
+            Some((3, 2)),
+            "three checks by two devices"
+        );
+        assert_eq!(summary(Span::Hour, 0, "1.0.1"), Some((2, 2)));
+        assert_eq!(summary(Span::Hour, HOUR, "1.0.1"), Some((1, 1)));
+        assert_eq!(
+            summary(Span::Day, 86_400_000, "1.0.1"),
+            Some((1, 1)),
+            "the next day apart"
+        );
+        let actions: Vec<&str> = merged
+            .keys()
+            .filter_map(|(span, _, key)| match key {
+                FleetKey::Report { bundle, action, .. } => {
+                    assert_eq!(
+                        (*span, bundle.as_str()),
+                        (Span::Day, "1.0.1"),
+                        "per-file failures count for their bundle; reports by day only"
+                    );
+                    Some(action.as_str())
+                }
+                FleetKey::Check { .. } => None,
+            })
             .collect();
-        assert_eq!(summary.len(), 5, "{counts:?}");
-        assert!(summary.contains(&(0, 3, 2)), "three checks by two devices");
-        assert!(summary.contains(&(86_400_000, 1, 1)), "the next day apart");
-        let failed = counts
-            .iter()
-            .find(|c| matches!(&c.key, FleetKey::Report { outcome: Outcome::Failed, bundle, .. } if bundle == "1.0.1"))
-            .expect("a per-file failure counts for its bundle");
-        assert_eq!(failed.events, 1);
+        assert_eq!(
+            actions,
+            [
+                "app_moved_to_foreground",
+                "download_fail",
+                "other_fail",
+                "set"
+            ]
+        );
         assert!(tally.take().is_empty(), "taken once");
     }
 

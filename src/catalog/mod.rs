@@ -23,9 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use bundles::{BundleDetailsChange, BundleDownload, ExpectedChecksum, NewBundle, SourceError};
-pub use devices::{BundleActivity, ChannelChange, DailyActivity, DeviceChannel, DeviceTarget};
+pub use devices::{ChannelChange, DeviceChannel, DeviceTarget};
 pub use error::CatalogError;
-pub use fleet::{ChannelFleet, FleetOverview, ReleaseFleet, Retained};
+pub use fleet::{
+    BundleActivity, ChannelFleet, DailyActivity, FleetOverview, ReleaseFleet, Retained,
+    FLEET_GAUGES_INTERVAL,
+};
 pub use imports::{ImportedBundle, ImportedRelease};
 pub use manifests::ManifestFill;
 pub use releases::{DesiredRelease, NewRelease};

@@ -176,6 +176,9 @@ fn json_type(value: &Value) -> &'static str {
     }
 }
 
+/// The version name a device reports while it runs the bundle shipped in the binary.
+pub const BUILTIN_VERSION: &str = "builtin";
+
 /// What `POST /updates` needs from a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -210,7 +213,7 @@ impl DeviceInfo {
             device_id,
             version_name: fields
                 .optional_str("version_name")?
-                .unwrap_or("builtin")
+                .unwrap_or(BUILTIN_VERSION)
                 .to_string(),
             plugin_version: fields.plugin_version()?,
             channel: fields.channel("defaultChannel")?,
@@ -222,7 +225,7 @@ impl DeviceInfo {
 
     /// True when the device reports that it runs the bundle shipped in the binary.
     pub fn runs_builtin(&self) -> bool {
-        self.version_name == "builtin" || self.version_name == self.release.version_name
+        self.version_name == BUILTIN_VERSION || self.version_name == self.release.version_name
     }
 
     pub fn traits(&self) -> DeviceTraits {

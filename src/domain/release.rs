@@ -49,6 +49,10 @@ pub struct Release {
     /// [`Release::bundle_for`]: a channel without an entry follows `production`, and
     /// `production` without an entry serves the builtin bundle.
     pub channels: BTreeMap<ChannelName, RecordId>,
+    /// When each entry of `channels` was last pointed at another bundle (the promote), kept
+    /// by the stores ([`Release::stamp_assignments`]); absent for assignments recorded before
+    /// the time was kept.
+    pub assigned_at: BTreeMap<ChannelName, UnixMillis>,
     pub release_date: Option<UnixMillis>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
@@ -82,6 +86,8 @@ impl ServedBecause {
 pub struct ChannelServing<'a> {
     pub bundle_id: &'a RecordId,
     pub because: ServedBecause,
+    /// Since when the channel serves it, when known (not for the builtin bundle).
+    pub since: Option<UnixMillis>,
 }
 
 impl Release {
@@ -92,16 +98,20 @@ impl Release {
             return ChannelServing {
                 bundle_id,
                 because: ServedBecause::Assigned,
+                since: self.assigned_at.get(channel).copied(),
             };
         }
-        match self.production_bundle() {
+        let production = ChannelName::default_channel();
+        match self.channels.get(&production) {
             Some(bundle_id) => ChannelServing {
                 bundle_id,
                 because: ServedBecause::FollowsProduction,
+                since: self.assigned_at.get(&production).copied(),
             },
             None => ChannelServing {
                 bundle_id: &self.builtin_bundle_id,
                 because: ServedBecause::Builtin,
+                since: None,
             },
         }
     }
@@ -127,6 +137,20 @@ impl Release {
             .collect()
     }
 
+    /// Keeps `assigned_at` true after `channels` changed from `before`: an assignment that is
+    /// new or names another bundle is stamped `at`, the others keep their time, and removed
+    /// ones lose it. The one rule for "when was this channel promoted", used by every store.
+    pub fn stamp_assignments(&mut self, before: &BTreeMap<ChannelName, RecordId>, at: UnixMillis) {
+        let mut assigned_at = BTreeMap::new();
+        for (channel, bundle) in &self.channels {
+            let previous = before
+                .get(channel)
+                .map(|b| (b, self.assigned_at.get(channel).copied()));
+            assigned_at.insert(channel.clone(), assignment_time(previous, bundle, at));
+        }
+        self.assigned_at = assigned_at;
+    }
+
     /// Bundles this release refers to (so they cannot be deleted), builtin first.
     pub fn referenced_bundles(&self) -> impl Iterator<Item = &RecordId> {
         std::iter::once(&self.builtin_bundle_id).chain(self.channels.values())
@@ -134,6 +158,19 @@ impl Release {
 
     pub fn refers_to(&self, bundle_id: &RecordId) -> bool {
         self.referenced_bundles().any(|id| id == bundle_id)
+    }
+}
+
+/// When a channel that was assigned `previous` (its bundle and time) and is now assigned
+/// `bundle` at `at` counts as assigned: kept if the bundle is the same and its time known.
+pub fn assignment_time(
+    previous: Option<(&RecordId, Option<UnixMillis>)>,
+    bundle: &RecordId,
+    at: UnixMillis,
+) -> UnixMillis {
+    match previous {
+        Some((was, Some(since))) if was == bundle => since,
+        _ => at,
     }
 }
 
@@ -156,6 +193,7 @@ mod tests {
             },
             builtin_bundle_id: builtin.clone(),
             channels: BTreeMap::new(),
+            assigned_at: BTreeMap::new(),
             release_date: None,
             created_at: 0,
             updated_at: 0,
@@ -170,5 +208,48 @@ mod tests {
         release.channels.insert(beta_channel.clone(), beta.clone());
         assert_eq!(release.bundle_for(&beta_channel), &beta);
         assert_eq!(release.bundle_for(&ChannelName::default_channel()), &prod);
+    }
+
+    #[test]
+    fn a_channel_is_stamped_when_it_is_pointed_at_another_bundle() {
+        let (one, two) = (RecordId::generate(), RecordId::generate());
+        let production = ChannelName::default_channel();
+        let beta = ChannelName::parse("beta").unwrap();
+        let mut release = Release {
+            id: RecordId::generate(),
+            key: ReleaseKey::example(),
+            builtin_bundle_id: RecordId::generate(),
+            channels: BTreeMap::new(),
+            assigned_at: BTreeMap::new(),
+            release_date: None,
+            created_at: 0,
+            updated_at: 0,
+            owner: None,
+        };
+        assert_eq!(release.serving(&beta).since, None);
+        let before = release.channels.clone();
+        release.channels.insert(production.clone(), one.clone());
+        release.stamp_assignments(&before, 10);
+        // beta follows production, so it serves `one` since production does.
+        assert_eq!(release.serving(&beta).since, Some(10));
+        let before = release.channels.clone();
+        release.channels.insert(beta.clone(), two.clone());
+        release.stamp_assignments(&before, 20);
+        assert_eq!(release.serving(&production).since, Some(10));
+        assert_eq!(release.serving(&beta).since, Some(20));
+        // Writing the same bundle again is no promote; another bundle is.
+        let before = release.channels.clone();
+        release.channels.insert(beta.clone(), two);
+        release
+            .channels
+            .insert(production.clone(), RecordId::generate());
+        release.stamp_assignments(&before, 30);
+        assert_eq!(release.serving(&beta).since, Some(20));
+        assert_eq!(release.serving(&production).since, Some(30));
+        let before = release.channels.clone();
+        release.channels.remove(&beta);
+        release.stamp_assignments(&before, 40);
+        assert_eq!(release.assigned_at.get(&beta), None);
+        assert_eq!(release.serving(&beta).since, Some(30));
     }
 }

@@ -550,6 +550,8 @@ mod tests {
             },
             builtin_bundle_id: builtin.clone(),
             channels,
+            // The seed does not say when its bundles were activated.
+            assigned_at: BTreeMap::new(),
             release_date: r.released_date,
             created_at: r.created_at,
             updated_at: r.updated_at,

@@ -59,13 +59,84 @@ pub fn day_of(at: UnixMillis) -> UnixMillis {
     at - at.rem_euclid(DAY_MILLIS)
 }
 
-/// Devices that reported one action on one day (distinct devices, not events: one device
-/// repeating an event cannot inflate a chart or a rollout's health).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActivityCount {
-    pub day: UnixMillis,
-    pub action: String,
-    pub count: u64,
+/// Actions the plugin sends (its sources, versions 5 to 8), counted by name in the fleet's
+/// daily counts; others are counted as [`OTHER_FAILURE`] or [`OTHER_ACTION`], so devices
+/// cannot make the counts grow with made-up names.
+const KNOWN_ACTIONS: &[&str] = &[
+    "set",
+    "set_next",
+    "set_fail",
+    "reset",
+    "delete",
+    "update_fail",
+    "download_10",
+    "download_20",
+    "download_30",
+    "download_40",
+    "download_50",
+    "download_60",
+    "download_70",
+    "download_80",
+    "download_90",
+    "download_complete",
+    "download_fail",
+    "download_zip_start",
+    "download_zip_complete",
+    "download_manifest_start",
+    "download_manifest_complete",
+    "download_manifest_file_fail",
+    "download_manifest_checksum_fail",
+    "download_manifest_brotli_fail",
+    "finish_download_fail",
+    "manifest_path_fail",
+    "checksum_fail",
+    "checksum_required",
+    "decrypt_fail",
+    "unzip_fail",
+    "windows_path_fail",
+    "canonical_path_fail",
+    "directory_path_fail",
+    "low_mem_fail",
+    "insufficient_disk_space",
+    "app_moved_to_foreground",
+    "app_moved_to_background",
+    "app_launch_start",
+    "app_launch_ready",
+    "app_launch_timeout",
+    "app_crash",
+    "app_crash_native",
+    "app_anr",
+    "app_killed_low_memory",
+    "app_killed_excessive_resource_usage",
+    "app_initialization_failure",
+    "app_memory_warning",
+    "webview_javascript_error",
+    "webview_unhandled_rejection",
+    "webview_resource_error",
+    "webview_security_policy_violation",
+    "webview_unclean_restart",
+    "webview_render_process_gone",
+    "webview_content_process_terminated",
+    "webview_dom_content_loaded",
+    "webview_page_loaded",
+    "os_version_changed",
+    "native_app_version_changed",
+    "rate_limit_reached",
+    "blocked_by_server_url",
+];
+/// How an unknown action ending in `_fail` is counted (still a failure).
+pub const OTHER_FAILURE: &str = "other_fail";
+/// How any other unknown action is counted.
+pub const OTHER_ACTION: &str = "other";
+
+/// The name `action` is counted under in aggregates: itself if the plugin sends it, else
+/// [`OTHER_FAILURE`] or [`OTHER_ACTION`] (its kind kept).
+pub fn aggregated_action(action: &str) -> &str {
+    match KNOWN_ACTIONS.iter().find(|known| **known == action) {
+        Some(known) => known,
+        None if ActivityKind::of(action) == ActivityKind::Failure => OTHER_FAILURE,
+        None => OTHER_ACTION,
+    }
 }
 
 /// What an action means for a bundle's health, as the UI charts it.
@@ -250,6 +321,19 @@ mod tests {
             ActivityKind::Other
         );
         assert_eq!(day_of(DAY_MILLIS * 3 + 5), DAY_MILLIS * 3);
+    }
+
+    #[test]
+    fn unknown_actions_are_aggregated_by_kind() {
+        assert_eq!(aggregated_action("set"), "set");
+        assert_eq!(
+            aggregated_action("webview_page_loaded"),
+            "webview_page_loaded"
+        );
+        assert_eq!(aggregated_action("made_up_fail"), OTHER_FAILURE);
+        assert_eq!(ActivityKind::of(OTHER_FAILURE), ActivityKind::Failure);
+        assert_eq!(aggregated_action("made-up-7"), OTHER_ACTION);
+        assert_eq!(ActivityKind::of(OTHER_ACTION), ActivityKind::Other);
     }
 
     #[test]

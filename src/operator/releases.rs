@@ -562,6 +562,7 @@ mod tests {
                 .iter()
                 .map(|(c, id)| (ChannelName::parse(c).unwrap(), (*id).clone()))
                 .collect(),
+            assigned_at: Default::default(),
             release_date: None,
             created_at: 0,
             updated_at: 0,

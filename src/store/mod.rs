@@ -24,10 +24,10 @@ use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
-use crate::domain::fleet::FleetCount;
+use crate::domain::fleet::{FleetCount, Span};
 use crate::domain::manifest::ManifestEntry;
 use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
-use crate::domain::stats::{ActivityCount, StatsEvent};
+use crate::domain::stats::StatsEvent;
 use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 pub use crate::error::BoxError;
@@ -167,14 +167,6 @@ pub trait CatalogStore:
     /// Stores a batch of device events (at least once: a failed batch may be partly stored,
     /// and plugins send it again).
     async fn insert_stats(&self, events: &[StatsEvent]) -> Result<(), StoreError>;
-    /// How many distinct devices reported each action for a bundle (by version name), per
-    /// UTC day, for events since `since` (a device that repeats an event counts once).
-    async fn bundle_activity(
-        &self,
-        app_id: &str,
-        version_name: &str,
-        since: UnixMillis,
-    ) -> Result<Vec<ActivityCount>, StoreError>;
     /// Blob keys that bundle records refer to (for the orphan sweep).
     /// Every object key a record refers to: bundle zips and the file objects of manifests.
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError>;
@@ -388,21 +380,25 @@ pub trait ManifestStore: Send + Sync + 'static {
     async fn unmark_file_objects(&self, object_keys: &[String]) -> Result<(), StoreError>;
 }
 
-/// The fleet overview's per-day counts, and the retention of raw stats. Counts from several
-/// processes for the same day and key merge (events add, device sketches unite), so replicas
-/// flushing at once lose nothing.
+/// The fleet overview's per-day and per-hour counts, and the retention of raw stats. Counts
+/// from several processes for the same period and key merge (events add, device sketches
+/// unite), so replicas flushing at once lose nothing.
 #[async_trait]
 pub trait FleetStore: Send + Sync + 'static {
-    /// Merges each count into the stored one of its day and key.
+    /// Merges each count into the stored one of its period and key.
     async fn record_fleet_counts(&self, counts: &[FleetCount]) -> Result<(), StoreError>;
-    /// An app's counts of `since` (a day, [`crate::domain::stats::day_of`]) and later.
+    /// An app's counts (both spans) of periods starting at `since` or later.
     async fn fleet_counts(
         &self,
         app_id: &str,
         since: UnixMillis,
     ) -> Result<Vec<FleetCount>, StoreError>;
-    /// Forgets the counts of days before `before`; how many were removed.
-    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError>;
+    /// Forgets the counts of `span` of periods that start before `before`; how many.
+    async fn delete_fleet_counts_before(
+        &self,
+        span: Span,
+        before: UnixMillis,
+    ) -> Result<u64, StoreError>;
     /// Forgets raw stats events that occurred before `before`, in batches that never hold
     /// writers up for long; how many were removed.
     async fn delete_stats_before(&self, before: UnixMillis) -> Result<u64, StoreError>;

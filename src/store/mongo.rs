@@ -30,7 +30,7 @@ use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
-use crate::domain::stats::{day_of, ActivityCount, StatsEvent};
+use crate::domain::stats::{day_of, StatsEvent};
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, InvalidInput, RecordId, Release, ReleaseKey,
     ResourceRef, UnixMillis, DEFAULT_CHANNEL,
@@ -84,6 +84,9 @@ struct BundleDoc {
 struct ChannelEntry {
     name: String,
     bundle_id: ObjectId,
+    /// When the channel was pointed at `bundle_id` (absent: before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    assigned_at: Option<DateTime>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -269,6 +272,7 @@ impl ReleaseDoc {
                 .map(|(name, bundle)| ChannelEntry {
                     name: name.to_string(),
                     bundle_id: oid(bundle),
+                    assigned_at: r.assigned_at.get(name).copied().map(DateTime::from_millis),
                 })
                 .collect(),
             released_date: r.release_date.map(DateTime::from_millis),
@@ -291,6 +295,16 @@ impl ReleaseDoc {
                 version_code: self.version_code,
             },
             builtin_bundle_id: record_id(self.builtin_bundle_id),
+            assigned_at: self
+                .channels
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        ChannelName::from_stored(c.name.clone()),
+                        millis(c.assigned_at?),
+                    ))
+                })
+                .collect(),
             channels: self
                 .channels
                 .into_iter()
@@ -550,7 +564,9 @@ impl MongoMetadataStore {
             };
             let read_revision = doc.revision;
             let mut release = doc.into_release()?;
+            let before = release.channels.clone();
             change(&mut release);
+            release.stamp_assignments(&before, updated_at);
             for channel in release.channels.keys() {
                 self.ensure_channel(&release.key.app_id, channel.as_str())
                     .await?;
@@ -588,7 +604,7 @@ impl MongoMetadataStore {
         let channels: Vec<Document> = doc
             .channels
             .iter()
-            .map(|c| doc! {"name": &c.name, "bundle_id": c.bundle_id})
+            .map(|c| doc! {"name": &c.name, "bundle_id": c.bundle_id, "assigned_at": c.assigned_at})
             .collect();
         let update = doc! {"$set": {
             "builtin_bundle_id": doc.builtin_bundle_id,
@@ -947,39 +963,6 @@ impl CatalogStore for MongoMetadataStore {
         });
         self.stats().insert_many(docs).await.map_err(map_error)?;
         Ok(())
-    }
-
-    async fn bundle_activity(
-        &self,
-        app_id: &str,
-        version_name: &str,
-        since: UnixMillis,
-    ) -> Result<Vec<ActivityCount>, StoreError> {
-        let pipeline = [
-            doc! {"$match": {"app_id": app_id, "version_name": version_name,
-            "occurred_at": {"$gte": DateTime::from_millis(since)}}},
-            // Devices, not events: one device cannot inflate a chart.
-            doc! {"$group": {"_id": {"day": "$day", "action": "$action"}, "devices": {"$addToSet": "$device_id"}}},
-            doc! {"$project": {"count": {"$size": "$devices"}}},
-            doc! {"$sort": {"_id.day": 1, "_id.action": 1}},
-        ];
-        let groups: Vec<Document> = all(self.stats().aggregate(pipeline)).await?;
-        Ok(groups
-            .iter()
-            .filter_map(|group| {
-                let key = group.get_document("_id").ok()?;
-                let count = group
-                    .get_i32("count")
-                    .map(i64::from)
-                    .or_else(|_| group.get_i64("count"))
-                    .ok()?;
-                Some(ActivityCount {
-                    day: key.get_i64("day").ok()?,
-                    action: key.get_str("action").ok()?.to_string(),
-                    count: count as u64,
-                })
-            })
-            .collect())
     }
 
     async fn bundle_blob_keys(&self) -> Result<Vec<String>, StoreError> {

@@ -21,7 +21,8 @@ use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
-use crate::domain::stats::{ActivityCount, StatsEvent};
+use crate::domain::release::assignment_time;
+use crate::domain::stats::StatsEvent;
 use crate::domain::{
     Bundle, BundleEncryption, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis,
     DEFAULT_CHANNEL,
@@ -126,7 +127,17 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("releases", "owner", "TEXT"),
     ("bundles", "link", "TEXT"),
     ("bundles", "min_update_version", "TEXT"),
+    // When the channel was pointed at `bundle_id` (NULL: before this was kept).
+    ("release_channels", "assigned_at", "INTEGER"),
 ];
+
+fn has_column(connection: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    connection
+        .prepare(&format!(
+            "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+        ))?
+        .exists([column])
+}
 
 pub struct SqliteMetadataStore {
     /// Every write, and reads that return many rows, run here on the blocking pool.
@@ -183,13 +194,7 @@ impl SqliteMetadataStore {
             .execute_batch(app_keys::SCHEMA)
             .map_err(internal)?;
         for (table, column, declaration) in ADDED_COLUMNS {
-            let exists: bool = connection
-                .prepare(&format!(
-                    "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
-                ))
-                .and_then(|mut s| s.exists([column]))
-                .map_err(internal)?;
-            if !exists {
+            if !has_column(&connection, table, column).map_err(internal)? {
                 connection
                     .execute_batch(&format!(
                         "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
@@ -206,6 +211,11 @@ impl SqliteMetadataStore {
         connection
             .execute_batch(manifests::SCHEMA)
             .map_err(internal)?;
+        if has_column(&connection, "fleet_counts", "day").map_err(internal)? {
+            connection
+                .execute_batch(fleet::DROP_DEVELOPMENT_TABLE)
+                .map_err(internal)?;
+        }
         connection.execute_batch(fleet::SCHEMA).map_err(internal)?;
         Ok(SqliteMetadataStore {
             connection: Arc::new(Mutex::new(connection)),
@@ -341,6 +351,7 @@ fn release_from_row(row: &Row<'_>) -> rusqlite::Result<Release> {
         },
         builtin_bundle_id: RecordId::from_stored(row.get(5)?),
         channels: BTreeMap::new(),
+        assigned_at: BTreeMap::new(),
         release_date: row.get(6)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
@@ -366,21 +377,64 @@ fn load_releases(
         .prepare_cached(&sql)?
         .query_map(params, release_from_row)?
         .collect::<rusqlite::Result<_>>()?;
-    let mut channels = connection
-        .prepare_cached("SELECT channel, bundle_id FROM release_channels WHERE release_id = ?1")?;
+    let mut channels = connection.prepare_cached(
+        "SELECT channel, bundle_id, assigned_at FROM release_channels WHERE release_id = ?1",
+    )?;
     for release in &mut releases {
         let rows = channels.query_map([release.id.as_str()], |row| {
             Ok((
                 ChannelName::from_stored(row.get(0)?),
                 RecordId::from_stored(row.get(1)?),
+                row.get::<_, Option<UnixMillis>>(2)?,
             ))
         })?;
         for row in rows {
-            let (channel, bundle) = row?;
+            let (channel, bundle, assigned_at) = row?;
+            if let Some(at) = assigned_at {
+                release.assigned_at.insert(channel.clone(), at);
+            }
             release.channels.insert(channel, bundle);
         }
     }
     Ok(releases)
+}
+
+/// Points `channel` of a release at `bundle_id`, keeping when it was assigned if the bundle
+/// is the one it had ([`assignment_time`]).
+pub(super) fn assign_channel(
+    tx: &Connection,
+    release_id: &RecordId,
+    channel: &ChannelName,
+    bundle_id: &RecordId,
+    at: UnixMillis,
+) -> rusqlite::Result<()> {
+    let previous: Option<(String, Option<UnixMillis>)> = tx
+        .prepare_cached(
+            "SELECT bundle_id, assigned_at FROM release_channels \
+             WHERE release_id = ?1 AND channel = ?2",
+        )?
+        .query_row(params![release_id.as_str(), channel.as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let previous = previous.map(|(bundle, since)| (RecordId::from_stored(bundle), since));
+    let since = assignment_time(
+        previous.as_ref().map(|(bundle, since)| (bundle, *since)),
+        bundle_id,
+        at,
+    );
+    tx.prepare_cached(
+        "INSERT INTO release_channels (release_id, channel, bundle_id, assigned_at) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (release_id, channel) \
+         DO UPDATE SET bundle_id = excluded.bundle_id, assigned_at = excluded.assigned_at",
+    )?
+    .execute(params![
+        release_id.as_str(),
+        channel.as_str(),
+        bundle_id.as_str(),
+        since
+    ])?;
+    Ok(())
 }
 
 /// Inserts a bundle's row (the caller's transaction, if any, makes it atomic with more).
@@ -526,9 +580,15 @@ impl CatalogStore for SqliteMetadataStore {
             for (channel, bundle) in &r.channels {
                 ensure_channel(&tx, &r.key.app_id, channel.as_str())?;
                 tx.prepare_cached(
-                    "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO release_channels (release_id, channel, bundle_id, assigned_at) \
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![r.id.as_str(), channel.as_str(), bundle.as_str()])?;
+                .execute(params![
+                    r.id.as_str(),
+                    channel.as_str(),
+                    bundle.as_str(),
+                    r.assigned_at.get(channel)
+                ])?;
             }
             tx.commit()
         })
@@ -610,11 +670,7 @@ impl CatalogStore for SqliteMetadataStore {
                 return Ok(false);
             };
             ensure_channel(&tx, &app_id, channel.as_str())?;
-            tx.prepare_cached(
-                "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (release_id, channel) DO UPDATE SET bundle_id = excluded.bundle_id",
-            )?
-            .execute(params![id.as_str(), channel.as_str(), bundle_id.as_str()])?;
+            assign_channel(&tx, &id, &channel, &bundle_id, updated_at)?;
             tx.prepare_cached("UPDATE releases SET updated_at = ?2 WHERE id = ?1")?
                 .execute(params![id.as_str(), updated_at])?;
             tx.commit()?;
@@ -640,14 +696,22 @@ impl CatalogStore for SqliteMetadataStore {
                 "UPDATE releases SET builtin_bundle_id = ?2, updated_at = ?3 WHERE id = ?1",
             )?
             .execute(params![id.as_str(), builtin.as_str(), updated_at])?;
-            tx.prepare_cached("DELETE FROM release_channels WHERE release_id = ?1")?
-                .execute([id.as_str()])?;
+            let assigned: Vec<String> = tx
+                .prepare_cached("SELECT channel FROM release_channels WHERE release_id = ?1")?
+                .query_map([id.as_str()], |row| row.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for removed in assigned
+                .iter()
+                .filter(|c| !channels.keys().any(|kept| kept.as_str() == c.as_str()))
+            {
+                tx.prepare_cached(
+                    "DELETE FROM release_channels WHERE release_id = ?1 AND channel = ?2",
+                )?
+                .execute(params![id.as_str(), removed])?;
+            }
             for (channel, bundle) in &channels {
                 ensure_channel(&tx, &app_id, channel.as_str())?;
-                tx.prepare_cached(
-                    "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![id.as_str(), channel.as_str(), bundle.as_str()])?;
+                assign_channel(&tx, &id, channel, bundle, updated_at)?;
             }
             tx.commit()?;
             Ok(true)
@@ -712,27 +776,6 @@ impl CatalogStore for SqliteMetadataStore {
                 }
             }
             tx.commit()
-        })
-        .await
-    }
-
-    async fn bundle_activity(
-        &self,
-        app_id: &str,
-        version_name: &str,
-        since: UnixMillis,
-    ) -> Result<Vec<ActivityCount>, StoreError> {
-        let (app_id, version_name) = (app_id.to_string(), version_name.to_string());
-        self.run(move |c| {
-            c.prepare_cached(
-                "SELECT occurred_at - (occurred_at % 86400000) AS day, action, COUNT(DISTINCT device_id) FROM stats_events \
-                 WHERE app_id = ?1 AND version_name = ?2 AND occurred_at >= ?3 \
-                 GROUP BY day, action ORDER BY day, action",
-            )?
-            .query_map(params![app_id, version_name, since], |row| {
-                Ok(ActivityCount { day: row.get(0)?, action: row.get(1)?, count: row.get::<_, i64>(2)? as u64 })
-            })?
-            .collect()
         })
         .await
     }

@@ -18,10 +18,10 @@ use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::ChannelSettings;
 use crate::domain::encryption::AppKey;
-use crate::domain::fleet::FleetCount;
+use crate::domain::fleet::{FleetCount, Span};
 use crate::domain::manifest::ManifestEntry;
 use crate::domain::rollout::{CanaryHealth, CanaryMark, Rollout};
-use crate::domain::stats::{ActivityCount, StatsEvent};
+use crate::domain::stats::StatsEvent;
 use crate::domain::targeting::{DeviceOverride, OverrideSource, UnregisteredBuild};
 use crate::domain::{Bundle, ChannelName, RecordId, Release, ReleaseKey, ResourceRef, UnixMillis};
 
@@ -79,7 +79,6 @@ timed_impl! { CatalogStore for TimedMetadataStore, "metadata":
         fn adopt_bundle(&self, id: &RecordId, owner: &ResourceRef) -> bool;
         fn channels(&self, app_id: &str) -> Vec<Channel>;
         fn insert_stats(&self, events: &[StatsEvent]) -> ();
-        fn bundle_activity(&self, app_id: &str, version_name: &str, since: UnixMillis) -> Vec<ActivityCount>;
         fn bundle_blob_keys(&self) -> Vec<String>;
         fn catalog_version(&self) -> Option<CatalogVersion>;
 }
@@ -132,7 +131,7 @@ timed_impl! { ManifestStore for TimedMetadataStore, "metadata":
 timed_impl! { FleetStore for TimedMetadataStore, "metadata":
         fn record_fleet_counts(&self, counts: &[FleetCount]) -> ();
         fn fleet_counts(&self, app_id: &str, since: UnixMillis) -> Vec<FleetCount>;
-        fn delete_fleet_counts_before(&self, before: UnixMillis) -> u64;
+        fn delete_fleet_counts_before(&self, span: Span, before: UnixMillis) -> u64;
         fn delete_stats_before(&self, before: UnixMillis) -> u64;
 }
 

@@ -10,8 +10,9 @@ use super::error::{checked_app_id, ApiQuery};
 use super::views::{ReleaseView, RolloutView, UnregisteredBuildView};
 use super::ApiError;
 use crate::catalog::{ChannelFleet, FleetOverview};
-use crate::domain::fleet::{RECENT_DAYS, WEEK_DAYS};
+use crate::domain::fleet::{RECENT_HOURS, WEEK_DAYS};
 use crate::domain::rfc3339;
+use crate::domain::stats::day_of;
 use crate::http::AppState;
 
 #[derive(Deserialize)]
@@ -43,6 +44,8 @@ fn channel_view(channel: &ChannelFleet) -> Value {
         "bundles": channel.devices.bundles,
         "adoption": {
             "bundle": channel.serves,
+            "counted_from": adoption.counted_from.map(date),
+            "promoted": adoption.promoted,
             "days": adoption.days.iter().map(|d| json!({
                 "day": date(d.day),
                 "active_devices": d.active_devices,
@@ -59,9 +62,10 @@ fn channel_view(channel: &ChannelFleet) -> Value {
 fn view(overview: &FleetOverview) -> Value {
     json!({
         "app_id": overview.app_id,
-        "today": date(overview.today),
+        "today": date(day_of(overview.now)),
+        "generated_at": rfc3339(overview.now),
         "windows": {
-            "recent": format!("the last {RECENT_DAYS} UTC days, today included"),
+            "recent": format!("the last {RECENT_HOURS} hours: the current UTC hour and the {} before it", RECENT_HOURS - 1),
             "week": format!("the last {WEEK_DAYS} UTC days, today included"),
         },
         "releases": overview.releases.iter().map(|r| json!({

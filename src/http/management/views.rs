@@ -107,11 +107,13 @@ impl BundleView {
 }
 
 /// What one channel serves: `because` is `assigned` (its own bundle), `production` (it
-/// follows production) or `builtin` (nothing assigned: the bundle inside the binary).
+/// follows production) or `builtin` (nothing assigned: the bundle inside the binary);
+/// `since` is when the channel (or production) was pointed at it, when known.
 #[derive(Serialize)]
 pub struct ServingView {
     pub bundle_id: String,
     pub because: &'static str,
+    pub since: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -247,6 +249,7 @@ impl From<&Release> for ReleaseView {
                     let view = ServingView {
                         bundle_id: serving.bundle_id.to_string(),
                         because: serving.because.as_str(),
+                        since: serving.since.map(rfc3339),
                     };
                     (channel.to_string(), view)
                 })

@@ -1,7 +1,7 @@
-//! The fleet overview's per-day counts and the retention of raw stats (see [`FleetStore`]).
+//! The fleet overview's counts and the retention of raw stats (see [`FleetStore`]).
 //!
-//! `fleet_counts`: one document per day and key, `_id` the key itself, with `events`, the
-//! device sketch as binary, and a revision. Replicas merge without a transaction: read,
+//! `fleet_counts`: one document per period and key, `_id` the key itself (with the period's
+//! `start` and `span`), with `events`, the device sketch as binary, and a revision. Replicas merge without a transaction: read,
 //! merge, write back only if the revision is unchanged (or insert if absent), retrying.
 
 use async_trait::async_trait;
@@ -10,7 +10,7 @@ use mongodb::bson::{doc, Binary, Bson, DateTime, Document};
 use mongodb::Collection;
 
 use super::{all, map_error, plain_index, MongoMetadataStore, StoreError};
-use crate::domain::fleet::{FleetCount, FleetKey, Outcome};
+use crate::domain::fleet::{FleetCount, FleetKey, Span};
 use crate::domain::sketch::DistinctSketch;
 use crate::domain::{ChannelName, Platform, ReleaseKey, UnixMillis};
 use crate::store::FleetStore;
@@ -18,24 +18,32 @@ use crate::store::FleetStore;
 /// How often a merge is retried when another replica wrote the same count meanwhile.
 const MERGE_ATTEMPTS: usize = 8;
 
-fn id_of(day: UnixMillis, key: &FleetKey) -> Document {
-    match key {
+fn span_name(span: Span) -> &'static str {
+    match span {
+        Span::Day => "day",
+        Span::Hour => "hour",
+    }
+}
+
+fn id_of(count: &FleetCount) -> Document {
+    let (start, span) = (count.start, span_name(count.span));
+    match &count.key {
         FleetKey::Check {
             release,
             channel,
             bundle,
         } => doc! {
-            "app_id": &release.app_id, "day": day, "kind": "check",
+            "app_id": &release.app_id, "start": start, "span": span, "kind": "check",
             "platform": release.platform.as_str(), "version_build": &release.version_name,
             "version_code": &release.version_code, "channel": channel.as_str(), "bundle": bundle,
         },
         FleetKey::Report {
             app_id,
             bundle,
-            outcome,
+            action,
         } => doc! {
-            "app_id": app_id, "day": day, "kind": "report", "bundle": bundle,
-            "outcome": outcome.as_str(),
+            "app_id": app_id, "start": start, "span": span, "kind": "report", "bundle": bundle,
+            "action": action,
         },
     }
 }
@@ -58,11 +66,15 @@ fn count_from(document: &Document) -> Option<FleetCount> {
         _ => FleetKey::Report {
             app_id,
             bundle: text("bundle")?,
-            outcome: Outcome::parse(&text("outcome")?)?,
+            action: text("action")?,
         },
     };
+    let span = [Span::Day, Span::Hour]
+        .into_iter()
+        .find(|span| id.get_str("span") == Ok(span_name(*span)))?;
     Some(FleetCount {
-        day: id.get_i64("day").ok()?,
+        start: id.get_i64("start").ok()?,
+        span,
         key,
         events: document.get_i64("events").ok()? as u64,
         devices: DistinctSketch::from_bytes(document.get_binary_generic("devices").ok()?)?,
@@ -83,11 +95,11 @@ impl MongoMetadataStore {
 
     pub(super) async fn migrate_fleet(&self) -> Result<(), StoreError> {
         self.fleet()
-            .create_index(plain_index(doc! {"_id.app_id": 1, "_id.day": 1}))
+            .create_index(plain_index(doc! {"_id.app_id": 1, "_id.start": 1}))
             .await
             .map_err(map_error)?;
         self.fleet()
-            .create_index(plain_index(doc! {"_id.day": 1}))
+            .create_index(plain_index(doc! {"_id.span": 1, "_id.start": 1}))
             .await
             .map_err(map_error)?;
         self.db
@@ -100,7 +112,7 @@ impl MongoMetadataStore {
 
     /// Merges one count: read, merge, compare-and-swap on the revision.
     async fn merge_fleet_count(&self, count: &FleetCount) -> Result<(), StoreError> {
-        let id = id_of(count.day, &count.key);
+        let id = id_of(count);
         for _ in 0..MERGE_ATTEMPTS {
             let stored = self
                 .fleet()
@@ -165,16 +177,20 @@ impl FleetStore for MongoMetadataStore {
     ) -> Result<Vec<FleetCount>, StoreError> {
         let docs: Vec<Document> = all(self
             .fleet()
-            .find(doc! {"_id.app_id": app_id, "_id.day": {"$gte": since}})
-            .sort(doc! {"_id.day": 1}))
+            .find(doc! {"_id.app_id": app_id, "_id.start": {"$gte": since}})
+            .sort(doc! {"_id.start": 1}))
         .await?;
         Ok(docs.iter().filter_map(count_from).collect())
     }
 
-    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
+    async fn delete_fleet_counts_before(
+        &self,
+        span: Span,
+        before: UnixMillis,
+    ) -> Result<u64, StoreError> {
         let deleted = self
             .fleet()
-            .delete_many(doc! {"_id.day": {"$lt": before}})
+            .delete_many(doc! {"_id.span": span_name(span), "_id.start": {"$lt": before}})
             .await
             .map_err(map_error)?;
         Ok(deleted.deleted_count)

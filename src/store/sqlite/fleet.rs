@@ -1,4 +1,4 @@
-//! The fleet overview's per-day counts (`fleet_counts`, one row per day and key, the device
+//! The fleet overview's counts (`fleet_counts`, one row per period and key, the device
 //! sketch as a blob) and the retention of raw stats (see [`FleetStore`]).
 
 use async_trait::async_trait;
@@ -6,44 +6,68 @@ use rusqlite::types::ToSql;
 use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 
 use super::{SqliteMetadataStore, StoreError};
-use crate::domain::fleet::{FleetCount, FleetKey, Outcome};
+use crate::domain::fleet::{FleetCount, FleetKey, Span};
 use crate::domain::sketch::DistinctSketch;
 use crate::domain::{ChannelName, Platform, ReleaseKey, UnixMillis};
 use crate::store::FleetStore;
 
-/// Run after the main schema. Dimensions a key does not have are stored as `''`, so the
-/// primary key is the whole key.
+/// Run after the main schema. `start` is the period's first millisecond; `kind` says what the
+/// key is about and the period's span ([`kind`]). Dimensions a key does not have are stored
+/// as `''`, so the primary key is the whole key.
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS fleet_counts (
     app_id        TEXT NOT NULL,
-    day           INTEGER NOT NULL,
+    start         INTEGER NOT NULL,
     kind          TEXT NOT NULL,
     platform      TEXT NOT NULL,
     version_build TEXT NOT NULL,
     version_code  TEXT NOT NULL,
     channel       TEXT NOT NULL,
     bundle        TEXT NOT NULL,
-    outcome       TEXT NOT NULL,
+    action        TEXT NOT NULL,
     events        INTEGER NOT NULL,
     devices       BLOB NOT NULL,
-    PRIMARY KEY (app_id, day, kind, platform, version_build, version_code, channel, bundle, outcome)
+    PRIMARY KEY (app_id, start, kind, platform, version_build, version_code, channel, bundle, action)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fleet_counts_by_day ON fleet_counts (day);
+CREATE INDEX IF NOT EXISTS fleet_counts_by_start ON fleet_counts (kind, start);
 CREATE INDEX IF NOT EXISTS stats_by_time ON stats_events (occurred_at);
 "#;
+
+/// Run first when `fleet_counts` has a `day` column: development builds before hourly counts
+/// made it (no release did), and its daily counts are dropped.
+pub(super) const DROP_DEVELOPMENT_TABLE: &str =
+    "DROP INDEX IF EXISTS fleet_counts_by_day; DROP TABLE fleet_counts;";
+
+/// The `kind` column: what a key is about, and its period's span.
+fn kind(key: &FleetKey, span: Span) -> &'static str {
+    match (key, span) {
+        (FleetKey::Check { .. }, Span::Day) => "check",
+        (FleetKey::Check { .. }, Span::Hour) => "hourly_check",
+        (FleetKey::Report { .. }, Span::Day) => "report",
+        (FleetKey::Report { .. }, Span::Hour) => "hourly_report",
+    }
+}
+
+/// The `kind` values of a span.
+fn kinds_of(span: Span) -> [&'static str; 2] {
+    match span {
+        Span::Day => ["check", "report"],
+        Span::Hour => ["hourly_check", "hourly_report"],
+    }
+}
 
 /// Rows deleted per statement when applying retention.
 const DELETE_BATCH: i64 = 5_000;
 
-/// The key's columns after `app_id` and `day`.
-fn columns(key: &FleetKey) -> [&str; 7] {
+/// The key's columns after `app_id` and `start`.
+fn columns(key: &FleetKey, span: Span) -> [&str; 7] {
     match key {
         FleetKey::Check {
             release,
             channel,
             bundle,
         } => [
-            "check",
+            kind(key, span),
             release.platform.as_str(),
             &release.version_name,
             &release.version_code,
@@ -51,17 +75,24 @@ fn columns(key: &FleetKey) -> [&str; 7] {
             bundle,
             "",
         ],
-        FleetKey::Report {
-            bundle, outcome, ..
-        } => ["report", "", "", "", "", bundle, outcome.as_str()],
+        FleetKey::Report { bundle, action, .. } => {
+            [kind(key, span), "", "", "", "", bundle, action]
+        }
     }
 }
 
 fn count_from_row(row: &Row) -> rusqlite::Result<Option<FleetCount>> {
     let text = |i: usize| row.get::<_, String>(i);
     let app_id = text(0)?;
-    let key = match text(2)?.as_str() {
-        "check" => {
+    let kind = text(2)?;
+    let Some(span) = [Span::Day, Span::Hour]
+        .into_iter()
+        .find(|span| kinds_of(*span).contains(&kind.as_str()))
+    else {
+        return Ok(None);
+    };
+    let key = match kind.as_str() {
+        "check" | "hourly_check" => {
             let (Some(platform), Ok(channel)) = (
                 text(3)?.parse::<Platform>().ok(),
                 ChannelName::parse(&text(6)?),
@@ -79,22 +110,18 @@ fn count_from_row(row: &Row) -> rusqlite::Result<Option<FleetCount>> {
                 bundle: text(7)?,
             }
         }
-        _ => {
-            let Some(outcome) = Outcome::parse(&text(8)?) else {
-                return Ok(None);
-            };
-            FleetKey::Report {
-                app_id,
-                bundle: text(7)?,
-                outcome,
-            }
-        }
+        _ => FleetKey::Report {
+            app_id,
+            bundle: text(7)?,
+            action: text(8)?,
+        },
     };
     let Some(devices) = DistinctSketch::from_bytes(&row.get::<_, Vec<u8>>(10)?) else {
         return Ok(None);
     };
     Ok(Some(FleetCount {
-        day: row.get(1)?,
+        start: row.get(1)?,
+        span,
         key,
         events: row.get::<_, i64>(9)? as u64,
         devices,
@@ -109,22 +136,29 @@ impl FleetStore for SqliteMetadataStore {
             let tx = c.transaction()?;
             {
                 let mut read = tx.prepare_cached(
-                    "SELECT events, devices FROM fleet_counts WHERE app_id = ?1 AND day = ?2 \
+                    "SELECT events, devices FROM fleet_counts WHERE app_id = ?1 AND start = ?2 \
                      AND kind = ?3 AND platform = ?4 AND version_build = ?5 \
-                     AND version_code = ?6 AND channel = ?7 AND bundle = ?8 AND outcome = ?9",
+                     AND version_code = ?6 AND channel = ?7 AND bundle = ?8 AND action = ?9",
                 )?;
                 let mut write = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO fleet_counts (app_id, day, kind, platform, \
-                     version_build, version_code, channel, bundle, outcome, events, devices) \
+                    "INSERT OR REPLACE INTO fleet_counts (app_id, start, kind, platform, \
+                     version_build, version_code, channel, bundle, action, events, devices) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for count in &counts {
-                    let [kind, platform, build, code, channel, bundle, outcome] =
-                        columns(&count.key);
+                    let [kind, platform, build, code, channel, bundle, action] =
+                        columns(&count.key, count.span);
                     let app_id = count.key.app_id();
                     let key: [&dyn ToSql; 9] = [
-                        &app_id, &count.day, &kind, &platform, &build, &code, &channel, &bundle,
-                        &outcome,
+                        &app_id,
+                        &count.start,
+                        &kind,
+                        &platform,
+                        &build,
+                        &code,
+                        &channel,
+                        &bundle,
+                        &action,
                     ];
                     let stored: Option<(i64, Vec<u8>)> = read
                         .query_row(&key[..], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -156,9 +190,9 @@ impl FleetStore for SqliteMetadataStore {
         let rows: Vec<Option<FleetCount>> = self
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT app_id, day, kind, platform, version_build, version_code, channel, \
-                     bundle, outcome, events, devices FROM fleet_counts \
-                     WHERE app_id = ?1 AND day >= ?2 ORDER BY day",
+                    "SELECT app_id, start, kind, platform, version_build, version_code, channel, \
+                     bundle, action, events, devices FROM fleet_counts \
+                     WHERE app_id = ?1 AND start >= ?2 ORDER BY start",
                 )?
                 .query_map(params![app_id, since], count_from_row)?
                 .collect()
@@ -167,11 +201,16 @@ impl FleetStore for SqliteMetadataStore {
         Ok(rows.into_iter().flatten().collect())
     }
 
-    async fn delete_fleet_counts_before(&self, before: UnixMillis) -> Result<u64, StoreError> {
-        // A few rows per app and day: one statement.
+    async fn delete_fleet_counts_before(
+        &self,
+        span: Span,
+        before: UnixMillis,
+    ) -> Result<u64, StoreError> {
+        // A few rows per app and period: one statement.
+        let [a, b] = kinds_of(span);
         self.run(move |c| {
-            c.prepare_cached("DELETE FROM fleet_counts WHERE day < ?1")?
-                .execute([before])
+            c.prepare_cached("DELETE FROM fleet_counts WHERE kind IN (?1, ?2) AND start < ?3")?
+                .execute(params![a, b, before])
                 .map(|n| n as u64)
         })
         .await

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use rusqlite::types::{ToSql, Type};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
 
-use super::{owner_from, release_app_id, SqliteMetadataStore, StoreError};
+use super::{assign_channel, owner_from, release_app_id, SqliteMetadataStore, StoreError};
 use crate::domain::rollout::{
     CanaryHealth, CanaryMark, CanarySignal, Rollout, RolloutPhase, RolloutPlan, RolloutProgress,
 };
@@ -280,15 +280,13 @@ impl RolloutStore for SqliteMetadataStore {
             if !write(&tx, &r, Some(r.revision - 1))? {
                 return Ok(false);
             }
-            tx.prepare_cached(
-                "INSERT INTO release_channels (release_id, channel, bundle_id) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (release_id, channel) DO UPDATE SET bundle_id = excluded.bundle_id",
-            )?
-            .execute(params![
-                r.release_id.as_str(),
-                r.channel.as_str(),
-                r.canary_bundle_id.as_str()
-            ])?;
+            assign_channel(
+                &tx,
+                &r.release_id,
+                &r.channel,
+                &r.canary_bundle_id,
+                r.updated_at,
+            )?;
             tx.prepare_cached("UPDATE releases SET updated_at = ?2 WHERE id = ?1")?
                 .execute(params![r.release_id.as_str(), r.updated_at])?;
             tx.commit()?;
