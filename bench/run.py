@@ -624,6 +624,9 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--upload-mib", type=int, default=500)
+    parser.add_argument("--binary", default="",
+                        help="measure this capgo-server binary instead of the tree's build (a "
+                             "baseline for a before/after comparison; the ceiling is still built)")
     parser.add_argument("--only", default="",
                         help="comma-separated parts to run: throughput, rollout, upload, delta "
                              "(all by default)")
@@ -631,6 +634,7 @@ def main():
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk (scripts/bench installs it)")
     binary, ceiling_binary = build()
+    binary = args.binary or binary
     results = {
         "machine": {"cores": os.cpu_count(),
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},

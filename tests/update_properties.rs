@@ -111,7 +111,7 @@ proptest! {
 
     #[test]
     fn answers_are_always_well_formed((bundle, bytes) in bundle(), device in device(), is_builtin in any::<bool>()) {
-        let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle: bundle.clone(), rules: ChannelRules::default(), manifest: None };
+        let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle: bundle.clone(), rules: ChannelRules::default(), manifest: None, memo: Default::default() };
         let answer = decide(&device, &target, ChannelChoice::Default);
         let json = serde_json::to_value(&answer).unwrap();
         match &answer {
@@ -147,7 +147,7 @@ proptest! {
     #[test]
     fn rules_only_block_quietly((bundle, _) in bundle(), device in device(), is_builtin in any::<bool>(),
                                 rules in rules(), choice in choice()) {
-        let open = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle, rules: ChannelRules::default(), manifest: None };
+        let open = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin, bundle, rules: ChannelRules::default(), manifest: None, memo: Default::default() };
         let ruled = ChannelTarget { rules, ..open.clone() };
         let without = decide(&device, &open, choice);
         let with = decide(&device, &ruled, choice);
@@ -171,7 +171,7 @@ proptest! {
     #[test]
     fn answers_do_not_depend_on_the_device_id((bundle, _) in bundle(), device in device(), rules in rules(),
                                               choice in choice(), other_id in "[a-f0-9-]{1,36}") {
-        let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin: false, bundle, rules, manifest: None };
+        let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin: false, bundle, rules, manifest: None, memo: Default::default() };
         let renamed = DeviceInfo { device_id: other_id, ..device.clone() };
         prop_assert_eq!(decide(&device, &target, choice), decide(&renamed, &target, choice));
     }

@@ -317,6 +317,7 @@ impl Catalog {
             bundle,
             rules,
             manifest,
+            memo: Default::default(),
         })
     }
 

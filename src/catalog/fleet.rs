@@ -84,6 +84,9 @@ impl Catalog {
     async fn catalog_bounds(&self, tallies: &[Tally]) -> Result<CatalogBounds, CatalogError> {
         let apps: HashSet<&str> = tallies.iter().map(|t| t.key().app_id()).collect();
         let mut bounds = CatalogBounds::default();
+        if apps.is_empty() {
+            return Ok(bounds);
+        }
         for bundle in self.metadata.list_bundles().await? {
             if apps.contains(bundle.app_id.as_str()) {
                 bounds.bundles.insert((bundle.app_id, bundle.version_name));
@@ -341,76 +344,87 @@ pub const OVERVIEW_DAYS: u32 = 30;
 impl Catalog {
     /// [`FleetOverview`] of `app_id`.
     pub async fn fleet_overview(&self, app_id: &str) -> Result<FleetOverview, CatalogError> {
+        let mut overviews = self.fleet_overviews(&[app_id.to_string()]).await?;
+        Ok(overviews.remove(0))
+    }
+
+    /// [`FleetOverview`]s of `apps`, in order, reading the catalog's lists once for all.
+    async fn fleet_overviews(&self, apps: &[String]) -> Result<Vec<FleetOverview>, CatalogError> {
         let now = now_millis();
-        let counts = self.fleet_counts(app_id, OVERVIEW_DAYS).await?;
         let versions: HashMap<RecordId, String> = self
             .metadata
             .list_bundles()
             .await?
             .into_iter()
-            .filter(|b| b.app_id == app_id)
+            .filter(|b| apps.contains(&b.app_id))
             .map(|b| (b.id, b.version_name))
             .collect();
         let rollouts = self.list_rollouts().await?;
-        let mut releases = Vec::new();
-        for release in self.list_releases().await? {
-            if release.key.app_id != app_id {
-                continue;
-            }
-            // Channels the release sets, production, and any its devices checked in on.
-            let mut channels: BTreeSet<ChannelName> = release.channels.keys().cloned().collect();
-            channels.insert(ChannelName::default_channel());
-            channels.extend(counts.daily.iter().filter_map(|c| match &c.key {
-                FleetKey::Check {
-                    release: key,
-                    channel,
-                    ..
-                } if *key == release.key => Some(channel.clone()),
-                _ => None,
-            }));
-            let channels = channels
-                .into_iter()
-                .map(|channel| {
-                    let serving = release.serving(&channel);
-                    let serves = versions.get(serving.bundle_id).cloned();
-                    ChannelFleet {
-                        devices: channel_devices(&counts, &release.key, &channel, now),
-                        adoption: adoption(
-                            &counts.daily,
-                            &release.key,
-                            &channel,
-                            serves.as_deref().unwrap_or_default(),
-                            serving.since,
-                        ),
-                        rollout: rollouts
-                            .iter()
-                            .find(|r| {
-                                r.release_id == release.id
-                                    && r.channel == channel
-                                    && r.progress.phase.is_active()
-                            })
-                            .cloned(),
-                        serves,
+        let releases = self.list_releases().await?;
+        let unregistered = self.unregistered_builds().await?;
+        let mut overviews = Vec::with_capacity(apps.len());
+        for app_id in apps {
+            let counts = self.fleet_counts(app_id, OVERVIEW_DAYS).await?;
+            let mut fleets = Vec::new();
+            for release in releases.iter().filter(|r| r.key.app_id == *app_id) {
+                // Channels the release sets, production, and any its devices checked in on.
+                let mut channels: BTreeSet<ChannelName> =
+                    release.channels.keys().cloned().collect();
+                channels.insert(ChannelName::default_channel());
+                channels.extend(counts.daily.iter().filter_map(|c| match &c.key {
+                    FleetKey::Check {
+                        release: key,
                         channel,
-                    }
-                })
-                .collect();
-            releases.push(ReleaseFleet { release, channels });
+                        ..
+                    } if *key == release.key => Some(channel.clone()),
+                    _ => None,
+                }));
+                let channels = channels
+                    .into_iter()
+                    .map(|channel| {
+                        let serving = release.serving(&channel);
+                        let serves = versions.get(serving.bundle_id).cloned();
+                        ChannelFleet {
+                            devices: channel_devices(&counts, &release.key, &channel, now),
+                            adoption: adoption(
+                                &counts.daily,
+                                &release.key,
+                                &channel,
+                                serves.as_deref().unwrap_or_default(),
+                                serving.since,
+                            ),
+                            rollout: rollouts
+                                .iter()
+                                .find(|r| {
+                                    r.release_id == release.id
+                                        && r.channel == channel
+                                        && r.progress.phase.is_active()
+                                })
+                                .cloned(),
+                            serves,
+                            channel,
+                        }
+                    })
+                    .collect();
+                fleets.push(ReleaseFleet {
+                    release: release.clone(),
+                    channels,
+                });
+            }
+            overviews.push(FleetOverview {
+                app_id: app_id.clone(),
+                now,
+                releases: fleets,
+                bundles: bundle_health(&counts.daily, day_of(now)),
+                failures_by_day: failures_by_day(&counts.daily),
+                unregistered_builds: unregistered
+                    .iter()
+                    .filter(|b| b.key.app_id == *app_id)
+                    .cloned()
+                    .collect(),
+            });
         }
-        let unregistered_builds = self
-            .unregistered_builds()
-            .await?
-            .into_iter()
-            .filter(|b| b.key.app_id == app_id)
-            .collect();
-        Ok(FleetOverview {
-            app_id: app_id.to_string(),
-            now,
-            releases,
-            bundles: bundle_health(&counts.daily, day_of(now)),
-            failures_by_day: failures_by_day(&counts.daily),
-            unregistered_builds,
-        })
+        Ok(overviews)
     }
 }
 
@@ -442,10 +456,8 @@ impl Catalog {
             .into_iter()
             .map(|r| r.key.app_id)
             .collect();
-        let mut overviews = Vec::with_capacity(apps.len());
-        for app in &apps {
-            overviews.push(self.fleet_overview(app).await?);
-        }
+        let apps: Vec<String> = apps.into_iter().collect();
+        let overviews = self.fleet_overviews(&apps).await?;
         crate::metrics::global().set_fleet_gauges(fleet_gauges(&overviews));
         Ok(())
     }

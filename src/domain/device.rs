@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::channel_policy::DeviceTraits;
+use super::device_object::{DeviceObject, FieldValue};
 use super::stats::MAX_DEVICE_ID_LEN;
 use super::{ChannelName, Platform, PluginVersion, ReleaseKey};
 
@@ -62,25 +63,83 @@ impl DeviceRefusal {
     }
 }
 
-/// Reads the fields of a device's JSON object, with errors that name the field.
-pub struct DeviceFields<'a>(&'a Map<String, Value>);
+/// Reads the fields of a device's JSON object, with errors that name the field: the same
+/// rules whether the object was parsed into a `Value` or read as a [`DeviceObject`].
+pub struct DeviceFields<'a>(Source<'a>);
+
+enum Source<'a> {
+    Json(&'a Map<String, Value>),
+    Object(&'a DeviceObject<'a>),
+}
+
+/// A field as the rules read it.
+enum FieldRef<'a> {
+    Null,
+    Bool(bool),
+    Number,
+    Str(&'a str),
+    Array,
+    Object,
+}
+
+impl FieldRef<'_> {
+    fn json_type(&self) -> &'static str {
+        match self {
+            FieldRef::Null => "null",
+            FieldRef::Bool(_) => "a boolean",
+            FieldRef::Number => "a number",
+            FieldRef::Str(_) => "a string",
+            FieldRef::Array => "an array",
+            FieldRef::Object => "an object",
+        }
+    }
+}
 
 impl<'a> DeviceFields<'a> {
     pub fn new(body: &'a Value) -> Result<DeviceFields<'a>, DeviceRefusal> {
-        body.as_object().map(DeviceFields).ok_or_else(|| {
-            DeviceRefusal::invalid("the request body must be a JSON object of device information")
-        })
+        body.as_object()
+            .map(|map| DeviceFields(Source::Json(map)))
+            .ok_or_else(|| {
+                DeviceRefusal::invalid(
+                    "the request body must be a JSON object of device information",
+                )
+            })
+    }
+
+    pub fn of(object: &'a DeviceObject<'a>) -> DeviceFields<'a> {
+        DeviceFields(Source::Object(object))
+    }
+
+    fn get(&self, name: &str) -> Option<FieldRef<'a>> {
+        match self.0 {
+            Source::Json(map) => map.get(name).map(|value| match value {
+                Value::Null => FieldRef::Null,
+                Value::Bool(b) => FieldRef::Bool(*b),
+                Value::Number(_) => FieldRef::Number,
+                Value::String(s) => FieldRef::Str(s),
+                Value::Array(_) => FieldRef::Array,
+                Value::Object(_) => FieldRef::Object,
+            }),
+            Source::Object(object) => object.get(name).map(|value| match value {
+                FieldValue::Null => FieldRef::Null,
+                FieldValue::Bool(b) => FieldRef::Bool(*b),
+                FieldValue::Number => FieldRef::Number,
+                FieldValue::Str(s) => FieldRef::Str(s),
+                FieldValue::Array => FieldRef::Array,
+                FieldValue::Object => FieldRef::Object,
+            }),
+        }
     }
 
     /// A string field; absent, null and "" all read as `None`.
     pub fn optional_str(&self, name: &str) -> Result<Option<&'a str>, DeviceRefusal> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
+        match self.get(name) {
+            None | Some(FieldRef::Null) => Ok(None),
+            Some(FieldRef::Str("")) => Ok(None),
+            Some(FieldRef::Str(s)) => Ok(Some(s)),
             Some(other) => Err(DeviceRefusal::invalid(format!(
                 "field `{name}` must be a string, got {}",
-                json_type(other)
+                other.json_type()
             ))),
         }
     }
@@ -103,14 +162,14 @@ impl<'a> DeviceFields<'a> {
     }
 
     pub fn optional_bool(&self, name: &str) -> Result<Option<bool>, DeviceRefusal> {
-        match self.0.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
+        match self.get(name) {
+            None | Some(FieldRef::Null) => Ok(None),
+            Some(FieldRef::Bool(b)) => Ok(Some(b)),
             // Query-string requests (GET /channel_self) carry booleans as text.
-            Some(Value::String(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+            Some(FieldRef::Str(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
             Some(other) => Err(DeviceRefusal::invalid(format!(
                 "field `{name}` must be a boolean, got {}",
-                json_type(other)
+                other.json_type()
             ))),
         }
     }
@@ -165,17 +224,6 @@ impl<'a> DeviceFields<'a> {
     }
 }
 
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The version name a device reports while it runs the bundle shipped in the binary.
 pub const BUILTIN_VERSION: &str = "builtin";
 
@@ -197,7 +245,11 @@ pub struct DeviceInfo {
 
 impl DeviceInfo {
     pub fn parse(body: &Value) -> Result<DeviceInfo, DeviceRefusal> {
-        let fields = DeviceFields::new(body)?;
+        DeviceInfo::from_fields(&DeviceFields::new(body)?)
+    }
+
+    /// What `fields` say, or why the device is refused.
+    pub fn from_fields(fields: &DeviceFields) -> Result<DeviceInfo, DeviceRefusal> {
         let traits = fields.traits()?;
         let app_id = fields.required_str("app_id")?;
         let device_id = fields.device_id()?;

@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod channel;
 pub mod channel_policy;
 pub mod device;
+pub mod device_object;
 pub mod duration;
 pub mod encryption;
 pub mod fleet;

@@ -1,14 +1,15 @@
 //! The update decision: a device, the channel it is on and the bundle that channel serves →
 //! the answer it gets.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::channel_policy::{ChannelChoice, ChannelRules};
 use super::device::{DeviceInfo, DeviceRefusal, RefusalKind};
 use super::manifest::{ManifestFile, ServedManifest};
-use super::{Bundle, ChannelName};
+use super::{Bundle, ChannelName, PluginVersion};
 
 /// What a device's channel serves, resolved from the catalog: the same for every device of a
 /// release on that channel, so it is cached once for all of them.
@@ -24,6 +25,105 @@ pub struct ChannelTarget {
     pub rules: ChannelRules,
     /// The bundle's files, for plugins that download only those they lack.
     pub manifest: Option<ServedManifest>,
+    /// What every device of the target shares, worked out once (the target is cached).
+    pub memo: TargetMemo,
+}
+
+/// What plugin versions differ in, in an offer: the checksum they verify, whether they read
+/// the bundle's link and comment, and the manifest they take (none, plain, Brotli).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OfferForm(usize);
+
+/// How many [`OfferForm`]s there are.
+const OFFER_FORMS: usize = 2 * 2 * 3;
+
+impl OfferForm {
+    fn of(plugin: Option<PluginVersion>) -> OfferForm {
+        let sha256 = plugin.is_none_or(|v| v.verifies_sha256());
+        let notes = plugin.is_some_and(|v| v.reads_link_and_comment());
+        let manifest = match plugin.filter(|p| p.takes_manifest()) {
+            None => 0,
+            Some(p) if p.decompresses_brotli_files() => 2,
+            Some(_) => 1,
+        };
+        OfferForm(usize::from(sha256) + 2 * usize::from(notes) + 4 * manifest)
+    }
+}
+
+/// What a target's devices share, made on first use: the rendered offer of each
+/// [`OfferForm`], and the bundle's version check against the release's native version (every
+/// device of a cached target runs the same release).
+#[derive(Debug, Clone, Default)]
+pub struct TargetMemo {
+    offers: [OnceLock<RenderedOffer>; OFFER_FORMS],
+    bundle_check: OnceLock<(String, Result<(), DeviceRefusal>)>,
+}
+
+impl PartialEq for TargetMemo {
+    /// A cache, not part of what a target is.
+    fn eq(&self, _: &TargetMemo) -> bool {
+        true
+    }
+}
+
+impl Eq for TargetMemo {}
+
+impl ChannelTarget {
+    /// [`ChannelRules::check_bundle`] of the bundle for native version `native`, computed once
+    /// per target.
+    fn check_bundle(&self, native: &str) -> Result<(), DeviceRefusal> {
+        let (checked_for, result) = self.memo.bundle_check.get_or_init(|| {
+            (
+                native.to_string(),
+                self.rules.check_bundle(native, &self.bundle),
+            )
+        });
+        if checked_for == native {
+            result.clone()
+        } else {
+            self.rules.check_bundle(native, &self.bundle)
+        }
+    }
+}
+
+/// An offer and its JSON body, rendered once per target and form and shared by every device
+/// that gets it.
+#[derive(Debug, Clone)]
+pub struct RenderedOffer {
+    pub offer: Arc<UpdateOffer>,
+    pub json: Bytes,
+}
+
+impl RenderedOffer {
+    fn new(offer: UpdateOffer) -> RenderedOffer {
+        let json = serde_json::to_vec(&offer).expect("an offer serializes to JSON");
+        RenderedOffer {
+            offer: Arc::new(offer),
+            json: Bytes::from(json),
+        }
+    }
+}
+
+impl std::ops::Deref for RenderedOffer {
+    type Target = UpdateOffer;
+
+    fn deref(&self) -> &UpdateOffer {
+        &self.offer
+    }
+}
+
+impl PartialEq for RenderedOffer {
+    fn eq(&self, other: &RenderedOffer) -> bool {
+        self.offer == other.offer
+    }
+}
+
+impl Eq for RenderedOffer {}
+
+impl Serialize for RenderedOffer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.offer.serialize(serializer)
+    }
 }
 
 /// The body of a `POST /updates` answer. Serialized untagged: each variant is its own shape.
@@ -32,7 +132,7 @@ pub struct ChannelTarget {
 pub enum UpdateAnswer {
     /// Download and switch to this bundle. Carries no `error`, `kind` or `message` key, which
     /// would send plugins down their error path.
-    Update(UpdateOffer),
+    Update(RenderedOffer),
     /// `{"version":"builtin"}`: go back to the bundle shipped in the binary.
     RevertToBuiltin {
         version: &'static str,
@@ -109,10 +209,7 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice
         // Back to the bundle inside the binary: a rollback, which no version rule prevents.
         return UpdateAnswer::RevertToBuiltin { version: "builtin" };
     }
-    if let Err(refusal) = target
-        .rules
-        .check_bundle(&device.release.version_name, bundle)
-    {
+    if let Err(refusal) = target.check_bundle(&device.release.version_name) {
         return UpdateAnswer::Refused(refusal);
     }
     if let (Some(bundle_key), Some(device_key)) = (bundle.key_id(), device.key_id.as_deref()) {
@@ -129,21 +226,21 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice
             });
         }
     }
-    let reads_notes = device
-        .plugin_version
-        .is_some_and(|v| v.reads_link_and_comment());
-    UpdateAnswer::Update(UpdateOffer {
-        version: bundle.version_name.clone(),
-        url: target.url.clone(),
-        checksum: bundle.checksum_for(device.plugin_version).to_string(),
-        session_key: bundle.session_key().to_string(),
-        link: bundle.link.clone().filter(|_| reads_notes),
-        comment: Some(bundle.description.clone()).filter(|d| reads_notes && !d.is_empty()),
-        manifest: target
-            .manifest
-            .as_ref()
-            .and_then(|m| m.for_plugin(device.plugin_version)),
-    })
+    let plugin = device.plugin_version;
+    let form = OfferForm::of(plugin);
+    let rendered = target.memo.offers[form.0].get_or_init(|| {
+        let reads_notes = plugin.is_some_and(|v| v.reads_link_and_comment());
+        RenderedOffer::new(UpdateOffer {
+            version: bundle.version_name.clone(),
+            url: target.url.clone(),
+            checksum: bundle.checksum_for(plugin).to_string(),
+            session_key: bundle.session_key().to_string(),
+            link: bundle.link.clone().filter(|_| reads_notes),
+            comment: Some(bundle.description.clone()).filter(|d| reads_notes && !d.is_empty()),
+            manifest: target.manifest.as_ref().and_then(|m| m.for_plugin(plugin)),
+        })
+    });
+    UpdateAnswer::Update(rendered.clone())
 }
 
 #[cfg(test)]
@@ -199,6 +296,7 @@ mod tests {
             is_builtin,
             rules: ChannelRules::default(),
             manifest: None,
+            memo: TargetMemo::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Every request: a span carrying its trace id (continuing the caller's W3C `traceparent`
-//! when traces are exported), and counts and times by route pattern (not the raw path, so ids
-//! do not create new series).
+//! when traces are exported; on the device server only then or at debug level), and counts
+//! and times by route pattern (not the raw path, so ids do not create new series).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -17,6 +17,35 @@ pub async fn record(server: &'static str, request: Request, next: Next) -> Respo
     // An Arc inside: no copy of the route per request.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let exported = crate::telemetry::traces_exported();
+    let started = Instant::now();
+    let response = match request_span(server, route, &request, exported) {
+        Some(span) => {
+            let response = next.run(request).instrument(span.clone()).await;
+            if exported {
+                span.record("http.response.status_code", response.status().as_u16());
+            }
+            response
+        }
+        None => next.run(request).await,
+    };
+    let status = response.status().as_u16();
+    crate::metrics::global().http_request(server, route, status, started.elapsed());
+    response
+}
+
+/// The request's span, carrying its trace id. Device requests are the hot path: theirs is
+/// made only when traces are exported or the log level is debug (a device refusal that is
+/// logged carries a trace of its own).
+fn request_span(
+    server: &str,
+    route: &str,
+    request: &Request,
+    exported: bool,
+) -> Option<tracing::Span> {
+    if server == "device" && !exported && !tracing::enabled!(tracing::Level::DEBUG) {
+        return None;
+    }
     // Only the trace id is formatted for every request (the log layer formats span fields when
     // the span opens); the OpenTelemetry fields are filled in only when traces are exported.
     let span = tracing::info_span!(
@@ -28,22 +57,14 @@ pub async fn record(server: &'static str, request: Request, next: Next) -> Respo
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
-    let exported = crate::telemetry::traces_exported();
     if exported {
         span.record("otel.name", format!("{} {route}", request.method()));
         span.record("otel.kind", "server");
         span.record("http.request.method", request.method().as_str());
         span.record("http.route", route);
     }
-    span.record("trace_id", trace_id(&span, &request, exported));
-    let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    if exported {
-        span.record("http.response.status_code", status);
-    }
-    crate::metrics::global().http_request(server, route, status, started.elapsed());
-    response
+    span.record("trace_id", trace_id(&span, request, exported));
+    Some(span)
 }
 
 /// The exported trace's id when traces are on (after adopting the caller's `traceparent`),

@@ -7,9 +7,8 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use governor::clock::{Clock, DefaultClock};
@@ -58,22 +57,12 @@ impl DeviceRateLimiter {
     }
 }
 
-pub async fn limit_device_requests(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(limiter) = &state.rate_limiter else {
-        return next.run(request).await;
-    };
-    let client = state.client_ip.of_request(&request);
-    match limiter.check(client) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => {
-            crate::metrics::global().rate_limited();
-            too_many_requests(wait)
-        }
-    }
+/// The 429 answer when the request's address is over its device request rate, else `None`.
+pub fn refuse_if_limited(state: &AppState, request: &Request) -> Option<Response> {
+    let limiter = state.rate_limiter.as_ref()?;
+    let wait = limiter.check(state.client_ip.of_request(request)).err()?;
+    crate::metrics::global().rate_limited();
+    Some(too_many_requests(wait))
 }
 
 pub fn too_many_requests(wait: Duration) -> Response {

@@ -6,6 +6,8 @@ mod manifest_size;
 mod stats;
 mod updates;
 
+use std::future::Future;
+
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
@@ -15,11 +17,12 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use serde_json::{json, Value};
 
-use super::rate_limit::limit_device_requests;
+use super::rate_limit::refuse_if_limited;
 use super::AppState;
 use crate::catalog::CatalogError;
 use crate::domain::bundle::FILES_ROUTE_PREFIX;
-use crate::domain::device::DeviceRefusal;
+use crate::domain::device::{DeviceFields, DeviceInfo, DeviceRefusal};
+use crate::domain::device_object::DeviceObject;
 use crate::error::Chain;
 
 /// Largest device request body: an InfoObject is well under 2 KiB.
@@ -69,26 +72,38 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Device routes under the per-device rate limit and the request timeout, with bodies up to
-/// `body_limit` bytes.
+/// Device routes under the per-address rate limit and the request timeout (one layer), with
+/// bodies up to `body_limit` bytes.
 fn rate_limited(routes: Router<AppState>, state: &AppState, body_limit: usize) -> Router<AppState> {
     routes
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            limit_device_requests,
+            guard_device_request,
         ))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limit_duration,
-        ))
+}
+
+async fn guard_device_request(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(refused) = refuse_if_limited(&state, &request) {
+        return refused;
+    }
+    within_timeout(&state, next.run(request)).await
+}
+
+/// [`within_timeout`] as a layer (`/stats`, which has its own per-event limit).
+async fn limit_duration(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    within_timeout(&state, next.run(request)).await
 }
 
 /// A device request (body included) must arrive and be answered within
 /// DEVICE_REQUEST_TIMEOUT, so slow clients cannot hold connections; bundle downloads are
 /// exempt (slow mobile networks). The answer keeps the device error shape.
-async fn limit_duration(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.device_request_timeout, next.run(request)).await {
+async fn within_timeout(state: &AppState, answer: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(state.device_request_timeout, answer).await {
         Ok(response) => response,
         Err(_) => device_error(
             StatusCode::REQUEST_TIMEOUT,
@@ -111,29 +126,50 @@ pub(crate) fn device_error(status: StatusCode, error: &str, message: &str) -> Re
     (status, Json(json!({"error": error, "message": message}))).into_response()
 }
 
-/// A JSON body read leniently: whatever the Content-Type, and with any problem (too large,
-/// empty, not JSON) kept as a refusal for the handler to answer in its endpoint's shape.
+/// A body read leniently: whatever the Content-Type, and with any problem (too large,
+/// unreadable) kept as a refusal for the handler to answer in its endpoint's shape.
+pub struct DeviceBytes(pub Result<Bytes, DeviceRefusal>);
+
+impl<S: Send + Sync> FromRequest<S> for DeviceBytes {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request(request: Request, state: &S) -> Result<DeviceBytes, Self::Rejection> {
+        Ok(DeviceBytes(
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| {
+                    DeviceRefusal::invalid(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        "the request body is too large".to_string()
+                    } else {
+                        format!(
+                            "the request body could not be read: {}",
+                            rejection.body_text()
+                        )
+                    })
+                }),
+        ))
+    }
+}
+
+/// [`DeviceBytes`] as JSON (empty or not JSON: a refusal too).
 pub struct DeviceBody(pub Result<Value, DeviceRefusal>);
 
 impl<S: Send + Sync> FromRequest<S> for DeviceBody {
     type Rejection = std::convert::Infallible;
 
     async fn from_request(request: Request, state: &S) -> Result<DeviceBody, Self::Rejection> {
-        let bytes = match Bytes::from_request(request, state).await {
-            Ok(bytes) => bytes,
-            Err(rejection) => {
-                let message = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "the request body is too large".to_string()
-                } else {
-                    format!(
-                        "the request body could not be read: {}",
-                        rejection.body_text()
-                    )
-                };
-                return Ok(DeviceBody(Err(DeviceRefusal::invalid(message))));
-            }
-        };
-        Ok(DeviceBody(parse_json_body(&bytes)))
+        let Ok(DeviceBytes(bytes)) = DeviceBytes::from_request(request, state).await;
+        Ok(DeviceBody(bytes.and_then(|bytes| parse_json_body(&bytes))))
+    }
+}
+
+/// What the `/updates` body says about the device. An object is read field by field without
+/// building a `Value` (the check's hot path); anything else gets the refusal every endpoint
+/// gives, from the `Value` parse. Both give the same answer for every input (fuzzed).
+pub fn device_info(bytes: &[u8]) -> Result<DeviceInfo, DeviceRefusal> {
+    match DeviceObject::from_json(bytes) {
+        Ok(object) => DeviceInfo::from_fields(&DeviceFields::of(&object)),
+        Err(_) => DeviceInfo::parse(&parse_json_body(bytes)?),
     }
 }
 
@@ -166,5 +202,56 @@ pub(crate) fn server_refusal(error: &CatalogError) -> DeviceRefusal {
                 format!("Internal server error (trace {trace})"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowed read and the `Value` one give the same device or the same refusal.
+    #[test]
+    fn both_reads_of_a_device_agree() {
+        let device = r#""app_id": "com.example.app", "device_id": "ABC", "platform": "android",
+            "version_build": "1.0.0", "version_code": "10", "plugin_version": "8.51.14""#;
+        let bodies = [
+            format!("{{{device}}}"),
+            format!(
+                "{{{device}, \"version_name\": \"1.0.\\u0031\", \"defaultChannel\": \"beta\"}}"
+            ),
+            format!("{{{device}, \"is_emulator\": \"true\", \"is_prod\": false}}"),
+            format!("{{{device}, \"version_name\": 1}}"),
+            format!("{{{device}, \"version_name\": [\"a\"]}}"),
+            format!("{{{device}, \"is_prod\": {{\"nested\": true}}}}"),
+            format!("{{{device}, \"app_id\": \"com.example.other\"}}"),
+            format!("{{{device}, \"defaultChannel\": \"not a channel!\"}}"),
+            format!("{{{device}, \"plugin_version\": \"4.0.0\"}}"),
+            format!("  {{{device}}}\n"),
+            r#"{"app_id": "com.example.app"}"#.to_string(),
+            "{}".to_string(),
+            "[]".to_string(),
+            "\"text\"".to_string(),
+            "".to_string(),
+            "   ".to_string(),
+            "{oops".to_string(),
+            format!("{{{device}}} trailing"),
+            format!("{}{{}}{}", "[".repeat(200), "]".repeat(200)),
+        ];
+        for body in &bodies {
+            let through_value =
+                parse_json_body(body.as_bytes()).and_then(|value| DeviceInfo::parse(&value));
+            assert_eq!(device_info(body.as_bytes()), through_value, "{body}");
+        }
+        let mut not_utf8 = format!("{{{device}, \"version_name\": \"x\"}}").into_bytes();
+        let at = not_utf8.len() - 3;
+        not_utf8[at] = 0xff;
+        let through_value = parse_json_body(&not_utf8).and_then(|value| DeviceInfo::parse(&value));
+        assert!(through_value.is_err());
+        assert_eq!(device_info(&not_utf8), through_value);
+        let read = device_info(bodies[1].as_bytes()).unwrap();
+        assert_eq!(
+            (read.version_name.as_str(), read.device_id.as_str()),
+            ("1.0.1", "abc")
+        );
     }
 }

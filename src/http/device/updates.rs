@@ -3,8 +3,12 @@
 use axum::extract::State;
 use axum::Json;
 
-use super::{server_refusal, DeviceBody};
-use crate::domain::device::{DeviceInfo, DeviceRefusal};
+use axum::body::Bytes;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::{device_info, server_refusal, DeviceBytes};
+use crate::domain::device::DeviceRefusal;
 use crate::domain::update::UpdateAnswer;
 use crate::http::AppState;
 
@@ -12,18 +16,26 @@ use crate::http::AppState;
 /// and older ones only report `download_fail` for non-2xx answers.
 pub async fn check_for_update(
     State(state): State<AppState>,
-    DeviceBody(body): DeviceBody,
-) -> Json<UpdateAnswer> {
+    DeviceBytes(body): DeviceBytes,
+) -> Response {
     let answer = answer_for(&state, body).await;
     crate::metrics::global().update_answer(answer.kind());
-    Json(answer)
+    match answer {
+        // Rendered once per cached target: no serialization per device.
+        UpdateAnswer::Update(rendered) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            rendered.json,
+        )
+            .into_response(),
+        other => Json(other).into_response(),
+    }
 }
 
-async fn answer_for(
-    state: &AppState,
-    body: Result<serde_json::Value, DeviceRefusal>,
-) -> UpdateAnswer {
-    let device = match body.and_then(|body| DeviceInfo::parse(&body)) {
+async fn answer_for(state: &AppState, body: Result<Bytes, DeviceRefusal>) -> UpdateAnswer {
+    let device = match body.and_then(|bytes| device_info(&bytes)) {
         Ok(device) => device,
         Err(refusal) => return UpdateAnswer::refused(refusal),
     };

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Instructions per device check, counted by callgrind: a measure of the check path's cost that
+does not move with the machine's load (wrk ratios on two shared cores move by ±0.1 from run to
+run). For before/after comparisons of one change (BENCHMARKS.md, "The device check's cost").
+
+    python3 bench/instructions.py <capgo-server binary> [requests]
+
+Starts the binary under `valgrind --tool=callgrind`, seeds one app (a release of android 1.0.0
+whose production channel serves 1.1.0), warms up, then counts the instructions of `requests`
+`POST /updates` over one keep-alive connection (callgrind's counters are zeroed before and
+dumped after), in two scenarios: `hit` (one device, answered from the answer cache) and `miss`
+(distinct devices with CACHE_RESULT_DURATION=0s: every check reads the store). Prints one JSON
+object: instructions per request for each, and the dump files (read them with
+`callgrind_annotate`).
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the benchmark's server, seeding and device bodies)
+
+
+def total_instructions(dump):
+    with open(dump) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise SystemExit(f"no totals in {dump}")
+
+
+def scenario(binary, name, env, requests, work):
+    out = os.path.join(work, f"callgrind.{name}")
+    wrapper = os.path.join(work, f"under-callgrind-{name}")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={out}.%p "
+                f"--dump-instr=no --collect-atstart=yes {binary}\n")
+    os.chmod(wrapper, 0o755)
+    server = run.Server(wrapper, os.path.join(work, f"data-{name}"), env)
+    try:
+        connection = server.connection(True)
+        builtin = run.upload(server, run.app_id(0), "1.0.0", run.small_zip("a"), connection)
+        served = run.upload(server, run.app_id(0), "1.1.0", run.small_zip("b"), connection)
+        status, body = server.request("POST", "/api/v1/releases.create", {
+            "platform": "android", "app_id": run.app_id(0), "version_name": "1.0.0",
+            "version_code": "1", "builtin_bundle_id": builtin}, management=True)
+        assert status == 200, body
+        release = json.loads(body)["release"]["id"]
+        status, body = server.request("POST", "/api/v1/releases.set-active", {
+            "release_id": release, "bundle_id": served}, management=True)
+        assert status == 200, body
+        device = server.connection(False)
+
+        def check(n):
+            body = run.device_body(0, "android", 0, device=n if name == "miss" else 0)
+            status, answer = server.request("POST", "/updates", json.dumps(body).encode(),
+                                            {"content-type": "application/json"},
+                                            connection=device)
+            assert status == 200 and b'"version":"1.1.0"' in answer, answer
+
+        for n in range(200):
+            check(n)
+        pid = subprocess.run(["pgrep", "-f", f"callgrind-out-file={out}"], capture_output=True,
+                             text=True).stdout.split()
+        valgrind_pid = pid[0]
+        subprocess.run(["callgrind_control", "-z", valgrind_pid], check=True,
+                       capture_output=True)
+        for n in range(requests):
+            check(1000 + n)
+        subprocess.run(["callgrind_control", "-d", name, valgrind_pid], check=True,
+                       capture_output=True)
+        time.sleep(1)
+        dumps = sorted(glob.glob(f"{out}.*"), key=os.path.getmtime)
+        dump = [d for d in dumps if not d.endswith(valgrind_pid)][-1]
+        return total_instructions(dump) / requests, dump
+    finally:
+        server.stop()
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    requests = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    work = tempfile.mkdtemp(prefix="capgo-instructions-")
+    results = {"binary": binary, "requests": requests}
+    for name, env in [("hit", {}), ("miss", {"CACHE_RESULT_DURATION": "0s"})]:
+        per_request, dump = scenario(binary, name, env, requests, work)
+        results[name] = {"instructions_per_request": round(per_request), "dump": dump}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
