@@ -326,8 +326,7 @@ impl Catalog {
     pub async fn follow_external_changes(&self, every: Duration, shutdown: CancellationToken) {
         let mut last = None;
         let mut failing = false;
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = super::ticker(every);
         while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
             match self.metadata.catalog_version().await {
                 Ok(None) => return,

@@ -42,8 +42,7 @@ impl Catalog {
     /// one batch; a failed batch is merged into the next.
     pub async fn record_fleet_periodically(&self, every: Duration, shutdown: CancellationToken) {
         let mut pending: Vec<Tally> = Vec::new();
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = super::ticker(every);
         loop {
             let stopping = shutdown.run_until_cancelled(ticks.tick()).await.is_none();
             pending.extend(self.fleet.take());
@@ -439,8 +438,7 @@ impl Catalog {
         every: Duration,
         shutdown: CancellationToken,
     ) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = super::ticker(every);
         while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
             if let Err(e) = self.publish_fleet_gauges().await {
                 tracing::warn!(error = %Chain(&e), "could not compute the fleet gauges; keeping the last ones");

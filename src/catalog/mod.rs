@@ -92,3 +92,11 @@ impl Catalog {
         self.max_bundle_size
     }
 }
+
+/// The ticker of a background job: the first tick at once, and a tick missed while the job
+/// ran late is delayed rather than fired in a burst.
+fn ticker(every: std::time::Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}

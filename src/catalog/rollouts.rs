@@ -283,8 +283,7 @@ impl Catalog {
     /// the canary tally's batch, learn which rollouts are active, and, while this process holds
     /// the driver's lease, move rollouts on.
     pub async fn run_rollout_background(&self, holder: String, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(ROLLOUT_TICK);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = super::ticker(ROLLOUT_TICK);
         let mut driving = false;
         let mut failing = false;
         while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {

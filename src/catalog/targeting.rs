@@ -486,8 +486,7 @@ impl Catalog {
         every: Duration,
         shutdown: CancellationToken,
     ) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = super::ticker(every);
         while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
             self.flush_unregistered().await;
         }

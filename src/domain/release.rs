@@ -178,27 +178,26 @@ pub fn assignment_time(
 mod tests {
     use super::*;
 
-    #[test]
-    fn channels_fall_back_to_production_then_builtin() {
-        let builtin = RecordId::generate();
-        let prod = RecordId::generate();
-        let beta = RecordId::generate();
-        let mut release = Release {
+    fn release_of(builtin: RecordId) -> Release {
+        Release {
             id: RecordId::generate(),
-            key: ReleaseKey {
-                platform: Platform::Android,
-                app_id: "com.example.app".into(),
-                version_name: "1.0.0".into(),
-                version_code: "1".into(),
-            },
-            builtin_bundle_id: builtin.clone(),
+            key: ReleaseKey::example(),
+            builtin_bundle_id: builtin,
             channels: BTreeMap::new(),
             assigned_at: BTreeMap::new(),
             release_date: None,
             created_at: 0,
             updated_at: 0,
             owner: None,
-        };
+        }
+    }
+
+    #[test]
+    fn channels_fall_back_to_production_then_builtin() {
+        let builtin = RecordId::generate();
+        let prod = RecordId::generate();
+        let beta = RecordId::generate();
+        let mut release = release_of(builtin.clone());
         let beta_channel = ChannelName::parse("beta").unwrap();
         assert_eq!(release.bundle_for(&beta_channel), &builtin);
         release
@@ -215,17 +214,7 @@ mod tests {
         let (one, two) = (RecordId::generate(), RecordId::generate());
         let production = ChannelName::default_channel();
         let beta = ChannelName::parse("beta").unwrap();
-        let mut release = Release {
-            id: RecordId::generate(),
-            key: ReleaseKey::example(),
-            builtin_bundle_id: RecordId::generate(),
-            channels: BTreeMap::new(),
-            assigned_at: BTreeMap::new(),
-            release_date: None,
-            created_at: 0,
-            updated_at: 0,
-            owner: None,
-        };
+        let mut release = release_of(RecordId::generate());
         assert_eq!(release.serving(&beta).since, None);
         let before = release.channels.clone();
         release.channels.insert(production.clone(), one.clone());
