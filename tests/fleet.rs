@@ -72,6 +72,16 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
     let mut stranger = device_body("builtin", "8.51.14");
     stranger["app_id"] = json!("com.example.unknown");
     app.device_post("/updates", stranger.to_string()).await;
+    let strangers: Vec<_> = (0..20)
+        .map(|n| {
+            json!({"app_id": format!("com.example.unknown{n}"), "device_id": id(4000 + n),
+                        "action": "set", "version_name": "1.0.0", "platform": "android"})
+        })
+        .collect();
+    let (status, body) = app
+        .device_post("/stats", json!(strangers).to_string())
+        .await;
+    assert_eq!(status.as_u16(), 200, "{body}");
 
     let catalog = &app.state.catalog;
     let counts = catalog.stored_fleet_counts(APP_ID, 1).await.unwrap();
@@ -146,12 +156,17 @@ async fn checks_and_reports_become_daily_counts_of_distinct_devices() {
         6,
         "builtin, 1.0.1, other; set, download_fail, other: {counts:?}"
     );
-    assert!(catalog
-        .fleet_counts("com.example.unknown", 7)
-        .await
-        .unwrap()
-        .daily
-        .is_empty());
+    for unknown in ["com.example.unknown", "com.example.unknown3"] {
+        assert!(
+            catalog
+                .fleet_counts(unknown, 7)
+                .await
+                .unwrap()
+                .daily
+                .is_empty(),
+            "apps with no bundle or release add no counts"
+        );
+    }
 
     // A second flush merges into the same day.
     let mut body = device_body("1.0.1", "8.51.14");

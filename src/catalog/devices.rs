@@ -11,7 +11,7 @@ use super::target_cache::{Canary, Lookup, OverrideMap, Resolution, Resolved, Ser
 use super::{Catalog, CatalogError};
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::{ChannelChoice, ChannelRules, DeviceTraits};
-use crate::domain::device::{DeviceInfo, DeviceRefusal, RefusalKind};
+use crate::domain::device::{DeviceInfo, DeviceRefusal, RefusalKind, BUILTIN_VERSION};
 use crate::domain::manifest::{ManifestEntry, ServedManifest};
 use crate::domain::rollout;
 use crate::domain::stats::StatsEvent;
@@ -96,10 +96,16 @@ impl Catalog {
                 self.unregistered.note(&device.release, &device.device_id);
             }
             Resolved::Target(served) => {
+                // Plugins 8.44+ on the builtin bundle send the native version as its name.
+                let running = if device.runs_builtin() {
+                    BUILTIN_VERSION
+                } else {
+                    &device.version_name
+                };
                 self.fleet.note_check(
                     &device.release,
                     &key.channel,
-                    &device.version_name,
+                    running,
                     &device.device_id,
                     now_millis(),
                 );

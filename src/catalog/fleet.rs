@@ -38,8 +38,8 @@ pub struct Retained {
 }
 
 impl Catalog {
-    /// Every `every`, merges what checks and reports noted into the store's daily counts, in
-    /// one batch; a failed batch is merged into the next.
+    /// Every `every`, merges what checks and reports noted into the store's daily and hourly
+    /// counts, in one batch; a failed batch is merged into the next.
     pub async fn record_fleet_periodically(&self, every: Duration, shutdown: CancellationToken) {
         let mut pending: Vec<Tally> = Vec::new();
         let mut ticks = super::ticker(every);
@@ -88,15 +88,17 @@ impl Catalog {
         }
         for bundle in self.metadata.list_bundles().await? {
             if apps.contains(bundle.app_id.as_str()) {
+                bounds.apps.insert(bundle.app_id.clone());
                 bounds.bundles.insert((bundle.app_id, bundle.version_name));
             }
         }
         for release in self.list_releases().await? {
             if apps.contains(release.key.app_id.as_str()) {
+                bounds.apps.insert(release.key.app_id.clone());
                 bounds.releases.insert(release.key);
             }
         }
-        for app in apps {
+        for app in apps.into_iter().filter(|app| bounds.apps.contains(*app)) {
             let channels = self.metadata.channels(app).await?;
             bounds.channels.insert(
                 app.to_string(),
@@ -143,11 +145,14 @@ impl Catalog {
 }
 
 /// What the fleet's counts may name, so devices cannot make them grow with made-up names:
-/// checks of builds with no release are not counted (the unregistered builds list has
-/// them), a channel the app does not have is counted as `production` (it is served like
-/// it), and a bundle the app does not have (deleted, or made up) as [`OTHER_BUNDLE`].
+/// reports about an app with no bundle or release and checks of builds with no release are
+/// not counted (the unregistered builds list has those), a channel the app does not have is
+/// counted as `production` (it is served like it), and a bundle the app does not have
+/// (deleted, or made up) as [`OTHER_BUNDLE`].
 #[derive(Default)]
 struct CatalogBounds {
+    /// Apps with a bundle or a release.
+    apps: HashSet<String>,
     bundles: HashSet<(String, String)>,
     releases: HashSet<ReleaseKey>,
     channels: HashMap<String, HashSet<ChannelName>>,
@@ -156,6 +161,9 @@ struct CatalogBounds {
 impl CatalogBounds {
     fn bound(&self, mut count: FleetCount) -> Option<FleetCount> {
         let app_id = count.key.app_id().to_string();
+        if !self.apps.contains(&app_id) {
+            return None;
+        }
         if let FleetKey::Check {
             release, channel, ..
         } = &mut count.key

@@ -32,12 +32,13 @@ struct State {
     notes: usize,
 }
 
-/// What was noted for one hour and key between two flushes: the events, and the device
+/// What was noted for one period and key between two flushes: the events, and the device
 /// hashes (turned into sketches only when written, a few at a time, so memory stays at 8
 /// bytes a note rather than a 4 KiB sketch a key).
 #[derive(Debug, Clone)]
 pub struct Tally {
-    hour: UnixMillis,
+    /// The hour of a check, the day of a report (reports are counted per day only).
+    start: UnixMillis,
     key: FleetKey,
     events: u64,
     devices: Vec<u64>,
@@ -58,7 +59,7 @@ impl Tally {
             FleetKey::Check { .. } => &[Span::Day, Span::Hour],
             FleetKey::Report { .. } => &[Span::Day],
         };
-        let mut day = FleetCount::new(Span::Day, self.hour, self.key.clone());
+        let mut day = FleetCount::new(Span::Day, self.start, self.key.clone());
         day.events = self.events;
         for device in &self.devices {
             day.devices.insert_hash(*device);
@@ -66,7 +67,7 @@ impl Tally {
         spans
             .iter()
             .map(|span| FleetCount {
-                start: span.start_of(self.hour),
+                start: span.start_of(self.start),
                 span: *span,
                 ..day.clone()
             })
@@ -108,10 +109,10 @@ impl FleetTally {
                 continue;
             };
             let action = aggregated_action(&event.action);
-            let hour = Span::Hour.start_of(event.occurred_at);
+            let day = Span::Day.start_of(event.occurred_at);
             let slot = self
                 .hasher
-                .hash_one((hour, 1u8, &event.app_id, bundle, action));
+                .hash_one((day, 1u8, &event.app_id, bundle, action));
             let matches = |key: &FleetKey| match key {
                 FleetKey::Report {
                     app_id,
@@ -120,7 +121,7 @@ impl FleetTally {
                 } => *app_id == event.app_id && b == bundle && a == action,
                 FleetKey::Check { .. } => false,
             };
-            self.note(slot, hour, matches, &event.device_id, || FleetKey::Report {
+            self.note(slot, day, matches, &event.device_id, || FleetKey::Report {
                 app_id: event.app_id.clone(),
                 bundle: bundle.to_string(),
                 action: action.to_string(),
@@ -131,7 +132,7 @@ impl FleetTally {
     fn note(
         &self,
         slot: u64,
-        hour: UnixMillis,
+        start: UnixMillis,
         matches: impl Fn(&FleetKey) -> bool,
         device_id: &str,
         key: impl FnOnce() -> FleetKey,
@@ -143,7 +144,7 @@ impl FleetTally {
         }
         let full = state.tallies.len() >= MAX_KEYS;
         match state.tallies.get_mut(&slot) {
-            Some(tally) if tally.hour == hour && matches(&tally.key) => {
+            Some(tally) if tally.start == start && matches(&tally.key) => {
                 tally.events += 1;
                 tally.devices.push(device);
             }
@@ -154,7 +155,7 @@ impl FleetTally {
                 state.tallies.insert(
                     slot,
                     Tally {
-                        hour,
+                        start,
                         key: key(),
                         events: 1,
                         devices: vec![device],

@@ -40,6 +40,14 @@ impl<'a> DeviceObject<'a> {
         Ok(object)
     }
 
+    /// True when a top-level value is an array or an object (skipped, so not checked as the
+    /// `Value` parse checks them: depth, number range, escapes). InfoObjects are flat.
+    pub fn has_nested_values(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|(_, value)| matches!(value, FieldValue::Array | FieldValue::Object))
+    }
+
     pub fn get(&self, name: &str) -> Option<&FieldValue<'a>> {
         self.fields
             .iter()

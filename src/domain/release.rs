@@ -139,14 +139,16 @@ impl Release {
 
     /// Keeps `assigned_at` true after `channels` changed from `before`: an assignment that is
     /// new or names another bundle is stamped `at`, the others keep their time, and removed
-    /// ones lose it. The one rule for "when was this channel promoted", used by every store.
+    /// ones lose it ([`assignment_time`], which the SQLite store applies row by row).
     pub fn stamp_assignments(&mut self, before: &BTreeMap<ChannelName, RecordId>, at: UnixMillis) {
         let mut assigned_at = BTreeMap::new();
         for (channel, bundle) in &self.channels {
             let previous = before
                 .get(channel)
                 .map(|b| (b, self.assigned_at.get(channel).copied()));
-            assigned_at.insert(channel.clone(), assignment_time(previous, bundle, at));
+            if let Some(since) = assignment_time(previous, bundle, at) {
+                assigned_at.insert(channel.clone(), since);
+            }
         }
         self.assigned_at = assigned_at;
     }
@@ -162,15 +164,16 @@ impl Release {
 }
 
 /// When a channel that was assigned `previous` (its bundle and time) and is now assigned
-/// `bundle` at `at` counts as assigned: kept if the bundle is the same and its time known.
+/// `bundle` at `at` counts as assigned: `at` for a new or another bundle, else the time it
+/// had (`None` stays `None`: rewriting the same bundle is no promote).
 pub fn assignment_time(
     previous: Option<(&RecordId, Option<UnixMillis>)>,
     bundle: &RecordId,
     at: UnixMillis,
-) -> UnixMillis {
+) -> Option<UnixMillis> {
     match previous {
-        Some((was, Some(since))) if was == bundle => since,
-        _ => at,
+        Some((was, since)) if was == bundle => since,
+        _ => Some(at),
     }
 }
 

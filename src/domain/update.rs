@@ -52,11 +52,18 @@ impl OfferForm {
 
 /// What a target's devices share, made on first use: the rendered offer of each
 /// [`OfferForm`], and the bundle's version check against the release's native version (every
-/// device of a cached target runs the same release).
-#[derive(Debug, Clone, Default)]
+/// device of a cached target runs the same release). A clone starts empty: whoever clones a
+/// target changes it (a re-signed download URL), and the old renderings would be stale.
+#[derive(Debug, Default)]
 pub struct TargetMemo {
     offers: [OnceLock<RenderedOffer>; OFFER_FORMS],
     bundle_check: OnceLock<(String, Result<(), DeviceRefusal>)>,
+}
+
+impl Clone for TargetMemo {
+    fn clone(&self) -> TargetMemo {
+        TargetMemo::default()
+    }
 }
 
 impl PartialEq for TargetMemo {
@@ -71,7 +78,7 @@ impl Eq for TargetMemo {}
 impl ChannelTarget {
     /// [`ChannelRules::check_bundle`] of the bundle for native version `native`, computed once
     /// per target.
-    fn check_bundle(&self, native: &str) -> Result<(), DeviceRefusal> {
+    fn bundle_check(&self, native: &str) -> Result<(), DeviceRefusal> {
         let (checked_for, result) = self.memo.bundle_check.get_or_init(|| {
             (
                 native.to_string(),
@@ -209,7 +216,7 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice
         // Back to the bundle inside the binary: a rollback, which no version rule prevents.
         return UpdateAnswer::RevertToBuiltin { version: "builtin" };
     }
-    if let Err(refusal) = target.check_bundle(&device.release.version_name) {
+    if let Err(refusal) = target.bundle_check(&device.release.version_name) {
         return UpdateAnswer::Refused(refusal);
     }
     if let (Some(bundle_key), Some(device_key)) = (bundle.key_id(), device.key_id.as_deref()) {
@@ -298,6 +305,24 @@ mod tests {
             manifest: None,
             memo: TargetMemo::default(),
         }
+    }
+
+    #[test]
+    fn a_cloned_target_renders_its_own_offer() {
+        let device = device("builtin", "8.51.14");
+        let first = target(bundle("1.0.1"), false);
+        let UpdateAnswer::Update(offer) = decide_default(&device, &first) else {
+            panic!("an update");
+        };
+        assert_eq!(offer.url, first.url);
+        // As the store-outage path does: the last known target with a re-signed URL.
+        let mut resigned = first.clone();
+        resigned.url = "http://localhost:8000/files/x.zip?signature=new".into();
+        let UpdateAnswer::Update(offer) = decide_default(&device, &resigned) else {
+            panic!("an update");
+        };
+        assert_eq!(offer.url, resigned.url, "not the first target's rendering");
+        assert!(String::from_utf8_lossy(&offer.json).contains("signature=new"));
     }
 
     #[test]
