@@ -5,6 +5,9 @@ run). For before/after comparisons of one change (BENCHMARKS.md, "The device che
 
     python3 bench/instructions.py <capgo-server binary> [requests]
 
+Needs valgrind (`apt-get install valgrind`); the release profile's line tables give the dumps
+function names.
+
 Starts the binary under `valgrind --tool=callgrind`, seeds one app (a release of android 1.0.0
 whose production channel serves 1.1.0), warms up, then counts the instructions of `requests`
 `POST /updates` over one keep-alive connection (callgrind's counters are zeroed before and
