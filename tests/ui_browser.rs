@@ -1368,13 +1368,7 @@ async fn the_overview_shows_where_the_fleet_is_in_a_real_browser() {
         assert!(started.elapsed() < Duration::from_secs(30), "{overview}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let production = overview["releases"][0]["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["channel"] == "production")
-        .unwrap()
-        .clone();
+    let production = overview_channel(&overview, "production");
     let devices_week = production["devices_week"].as_u64().unwrap();
     assert!(devices_week.abs_diff(200) <= 6, "{production}");
     let on_next = production["bundles"]

@@ -192,32 +192,47 @@ impl Catalog {
     /// store has, plus what this process noted and has not written yet (so a person sees
     /// their own test device at once; other replicas' notes arrive with their next flush).
     pub async fn fleet_counts(&self, app_id: &str, days: u32) -> Result<FleetCounts, CatalogError> {
+        let mut counts = self.fleet_counts_of(&[app_id.to_string()], days).await?;
+        Ok(counts.remove(0))
+    }
+
+    /// [`Catalog::fleet_counts`] of each of `apps`, in order, bounding the unwritten notes
+    /// with one read of the catalog for all.
+    async fn fleet_counts_of(
+        &self,
+        apps: &[String],
+        days: u32,
+    ) -> Result<Vec<FleetCounts>, CatalogError> {
         let since = Self::fleet_window_start(days);
-        let pending = self.fleet.pending(app_id);
+        let pending = self.fleet.pending(apps);
         let bounds = self.catalog_bounds(&pending).await?;
-        let mut merged: BTreeMap<(Span, UnixMillis, FleetKey), FleetCount> = BTreeMap::new();
-        let unwritten = pending
+        let mut unwritten: Vec<FleetCount> = pending
             .iter()
             .flat_map(Tally::to_counts)
             .filter_map(|count| bounds.bound(count))
-            .filter(|count| count.start >= since);
-        for count in self
-            .metadata
-            .fleet_counts(app_id, since)
-            .await?
-            .into_iter()
-            .chain(unwritten)
-        {
-            match merged.entry((count.span, count.start, count.key.clone())) {
-                std::collections::btree_map::Entry::Occupied(mut stored) => {
-                    stored.get_mut().merge(&count)
-                }
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    slot.insert(count);
+            .filter(|count| count.start >= since)
+            .collect();
+        let mut all = Vec::with_capacity(apps.len());
+        for app_id in apps {
+            let mut merged: BTreeMap<(Span, UnixMillis, FleetKey), FleetCount> = BTreeMap::new();
+            let (mine, others) = unwritten
+                .into_iter()
+                .partition(|c| c.key.app_id() == app_id);
+            unwritten = others;
+            let stored = self.metadata.fleet_counts(app_id, since).await?;
+            for count in stored.into_iter().chain(mine) {
+                match merged.entry((count.span, count.start, count.key.clone())) {
+                    std::collections::btree_map::Entry::Occupied(mut stored) => {
+                        stored.get_mut().merge(&count)
+                    }
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(count);
+                    }
                 }
             }
+            all.push(merged.into_values().collect());
         }
-        Ok(merged.into_values().collect())
+        Ok(all)
     }
 
     /// Only what the store has (tests).
@@ -370,8 +385,8 @@ impl Catalog {
         let releases = self.list_releases().await?;
         let unregistered = self.unregistered_builds().await?;
         let mut overviews = Vec::with_capacity(apps.len());
-        for app_id in apps {
-            let counts = self.fleet_counts(app_id, OVERVIEW_DAYS).await?;
+        let all_counts = self.fleet_counts_of(apps, OVERVIEW_DAYS).await?;
+        for (app_id, counts) in apps.iter().zip(all_counts) {
             let mut fleets = Vec::new();
             for release in releases.iter().filter(|r| r.key.app_id == *app_id) {
                 // Channels the release sets, production, and any its devices checked in on.

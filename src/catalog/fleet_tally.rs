@@ -170,13 +170,13 @@ impl FleetTally {
         crate::metrics::global().fleet_note_dropped();
     }
 
-    /// Copies of what was noted for `app_id` and not written yet.
-    pub fn pending(&self, app_id: &str) -> Vec<Tally> {
+    /// Copies of what was noted for `apps` and not written yet.
+    pub fn pending(&self, apps: &[String]) -> Vec<Tally> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state
             .tallies
             .values()
-            .filter(|t| t.key.app_id() == app_id)
+            .filter(|t| apps.iter().any(|app| app == t.key.app_id()))
             .cloned()
             .collect()
     }

@@ -1106,3 +1106,14 @@ impl KubeControlPlane {
         .ok();
     }
 }
+
+/// The channel `channel` of the first release in an `apps.overview` answer.
+pub fn overview_channel(overview: &Value, channel: &str) -> Value {
+    overview["releases"][0]["channels"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no releases in {overview}"))
+        .iter()
+        .find(|c| c["channel"] == channel)
+        .unwrap_or_else(|| panic!("no channel {channel} in {overview}"))
+        .clone()
+}
