@@ -360,14 +360,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), St
     let public_server = run_server(
         "device API",
         public,
-        http::device::router(state.clone()),
+        http::device::DeviceApi::new(state.clone()),
         device_limits,
         shutdown.clone(),
     );
     let management_server = run_server(
         "management API",
         management,
-        http::management::router(state),
+        http::observe::observed_router("management", http::management::router(state)),
         limits,
         shutdown.clone(),
     );
@@ -464,26 +464,28 @@ async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, St
         })
 }
 
-async fn run_server(
+async fn run_server<S>(
     what: &'static str,
     listener: TcpListener,
-    router: axum::Router,
+    service: S,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-) {
+) where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     if let Ok(bound) = listener.local_addr() {
         // Logged once everything is ready: tests and scripts wait for it (and read ports
         // chosen with port 0 from it).
         tracing::info!(address = %bound, "{what} listening on http://{bound}");
     }
-    let server = if what.starts_with("device") {
-        "device"
-    } else {
-        "management"
-    };
-    let router = router.layer(axum::middleware::from_fn(move |request, next| {
-        http::observe::record(server, request, next)
-    }));
-    http::serve::serve(listener, router, limits, shutdown).await;
+    http::serve::serve(listener, service, limits, shutdown).await;
     tracing::info!("{what} stopped");
 }

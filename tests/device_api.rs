@@ -10,6 +10,7 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{Request, StatusCode};
 use common::*;
 use serde_json::{json, Value};
+use tower::Layer;
 
 /// A catalog with release android 1.0.0 (10): builtin 1.0.0, and 1.0.1 uploaded (not active).
 async fn catalog() -> (TestApp, String, String, String) {
@@ -334,7 +335,7 @@ async fn channel_self_speaks_every_verb() {
 }
 
 async fn status_from(
-    app: &axum::Router,
+    app: &capgo_server::http::device::DeviceApi,
     peer: &str,
     forwarded_for: Option<&str>,
 ) -> (StatusCode, Value, Option<String>) {
@@ -350,12 +351,12 @@ async fn status_from(
 
 /// `request` to `app` from `peer`: status, JSON body and `Retry-After`.
 async fn call_from(
-    app: &axum::Router,
+    app: &capgo_server::http::device::DeviceApi,
     peer: &str,
     request: Request<Body>,
 ) -> (StatusCode, Value, Option<String>) {
     let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
-    let response = tower::ServiceExt::oneshot(app.clone().layer(MockConnectInfo(peer)), request)
+    let response = tower::ServiceExt::oneshot(MockConnectInfo(peer).layer(app.clone()), request)
         .await
         .unwrap();
     let status = response.status();
@@ -416,9 +417,7 @@ async fn rate_limit_per_client_with_retry_hints() {
         ))
         .unwrap();
     let response = tower::ServiceExt::oneshot(
-        app.device.clone().layer(MockConnectInfo(
-            "203.0.113.1:1".parse::<SocketAddr>().unwrap(),
-        )),
+        MockConnectInfo("203.0.113.1:1".parse::<SocketAddr>().unwrap()).layer(app.device.clone()),
         request,
     )
     .await
@@ -566,4 +565,66 @@ async fn a_bundle_cannot_be_downloaded_by_guessing_its_id() {
     assert!(!url.ends_with(&format!("/{next}.zip")), "{url}");
     let path = url.trim_start_matches("http://localhost:8000").to_string();
     assert_eq!(get(path).await, StatusCode::OK);
+}
+
+/// The device port answers `POST /updates` without the router; its answers are the route's
+/// own, byte for byte, for updates, refusals and unreadable bodies, and every other request
+/// still reaches the router.
+#[tokio::test]
+async fn the_ports_own_dispatch_answers_like_the_router() {
+    let (app, release, _, next) = catalog().await;
+    app.set_active(&release, &next, None).await;
+    let routed = capgo_server::http::device::router(app.state.clone());
+    let mut unknown_app = device_body("builtin", "8.51.14");
+    unknown_app["app_id"] = json!("com.example.unknown");
+    let bodies = [
+        device_body("builtin", "8.51.14").to_string(),
+        device_body("1.0.1", "8.51.14").to_string(),
+        unknown_app.to_string(),
+        "{broken".to_string(),
+        String::new(),
+        format!("{{\"pad\": \"{}\"}}", "x".repeat(100 * 1024)),
+    ];
+    let answer = |service: Either, body: String| async move {
+        let request = Request::post("/updates").body(Body::from(body)).unwrap();
+        let response = match service {
+            Either::Direct(api) => tower::ServiceExt::oneshot(api, request).await,
+            Either::Routed(router) => tower::ServiceExt::oneshot(router, request).await,
+        }
+        .unwrap();
+        let status = response.status();
+        let content_type = response.headers().get("content-type").cloned();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, content_type, bytes)
+    };
+    for body in bodies {
+        let direct = answer(Either::Direct(app.device.clone()), body.clone()).await;
+        let through_router = answer(Either::Routed(routed.clone()), body.clone()).await;
+        assert_eq!(direct, through_router, "{body:.80}");
+        assert_eq!(direct.0, StatusCode::OK);
+    }
+    // Other methods and paths go through the router.
+    let (status, answer) = TestApp::call(
+        &app.device,
+        Request::get("/updates").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"status": "ok"})));
+    let (status, answer) = TestApp::call(
+        &app.device,
+        Request::post("/updates/nowhere")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(answer["error"], "not_found");
+}
+
+enum Either {
+    Direct(capgo_server::http::device::DeviceApi),
+    Routed(axum::Router),
 }

@@ -167,11 +167,11 @@ async fn metrics_parse_and_move_with_traffic() {
         ),
         6.0
     );
-    // Store latency, by operation: the /updates cache misses looked releases up.
+    // Store latency, by operation: the /updates cache misses read what their channel serves.
     assert!(
         value(
             &after,
-            "capgo_store_operation_duration_seconds_count{store=\"metadata\",operation=\"release_by_key\",result=\"ok\"}"
+            "capgo_store_operation_duration_seconds_count{store=\"metadata\",operation=\"served_records\",result=\"ok\"}"
         ) >= 2.0
     );
     assert_eq!(

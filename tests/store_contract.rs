@@ -320,6 +320,7 @@ async fn metadata_contract(store: Arc<dyn MetadataStore>) {
     canary_health_contract(store.as_ref()).await;
     lease_contract(store.as_ref()).await;
     manifest_contract(store.as_ref()).await;
+    served_records_contract(store.as_ref()).await;
     fleet_contract(store.clone()).await;
 }
 
@@ -553,6 +554,120 @@ async fn manifest_contract(store: &dyn MetadataStore) {
 }
 
 /// One public key per app: registered, read back as registered, replaced, listed, removed.
+/// What an update check reads when the answer cache misses: the release, the channel's bundle
+/// with its manifest, the channel's own settings (not another channel's or app's), and the
+/// rollout only while it is active, with its canary bundle.
+async fn served_records_contract(store: &dyn MetadataStore) {
+    let app = "com.contract.served";
+    let builtin = bundle(app, "1.0.0", 1);
+    let stable = bundle(app, "1.0.1", 2);
+    let canary = bundle(app, "1.1.0", 3);
+    let files = vec![manifest_entry("index.html", "dd", true)];
+    store.insert_bundle(&builtin).await.unwrap();
+    store
+        .insert_bundle_with_manifest(&stable, &files)
+        .await
+        .unwrap();
+    store.insert_bundle(&canary).await.unwrap();
+    let mut r = release(&builtin, "700");
+    r.channels
+        .insert(ChannelName::default_channel(), stable.id.clone());
+    store.insert_release(&r).await.unwrap();
+    let production = ChannelName::default_channel();
+    let beta = channel("beta");
+
+    let mut unknown = r.key.clone();
+    unknown.version_code = "701".into();
+    assert!(store
+        .served_records(&unknown, &production)
+        .await
+        .unwrap()
+        .is_none());
+
+    let served = store
+        .served_records(&r.key, &production)
+        .await
+        .unwrap()
+        .expect("the release");
+    assert_eq!(served.release, store.release(&r.id).await.unwrap().unwrap());
+    let served_bundle = served.bundle.expect("the channel's bundle");
+    assert_eq!(
+        (served_bundle.bundle, served_bundle.manifest),
+        (stable.clone(), Some(files.clone()))
+    );
+    assert_eq!(served.settings, None, "nobody configured it");
+    assert!(served.rollout.is_none());
+
+    let beta_settings = settings(
+        app,
+        "beta",
+        ChannelRules {
+            allow_emulator: false,
+            ..ChannelRules::default()
+        },
+        None,
+        5,
+    );
+    store.put_channel_settings(&beta_settings).await.unwrap();
+    let mut other_app = beta_settings.clone();
+    other_app.app_id = "com.contract.served-other".into();
+    store.put_channel_settings(&other_app).await.unwrap();
+    let on_beta = store.served_records(&r.key, &beta).await.unwrap().unwrap();
+    assert_eq!(on_beta.settings, Some(beta_settings));
+    assert_eq!(
+        on_beta.bundle.map(|b| b.bundle.id),
+        Some(r.bundle_for(&beta).clone())
+    );
+    assert_eq!(
+        store
+            .served_records(&r.key, &production)
+            .await
+            .unwrap()
+            .unwrap()
+            .settings,
+        None
+    );
+
+    let mut rollout = new_rollout(&r, &production, &stable, &canary, 10);
+    rollout.owner = None;
+    store.insert_rollout(&rollout).await.unwrap();
+    let during = store
+        .served_records(&r.key, &production)
+        .await
+        .unwrap()
+        .unwrap()
+        .rollout
+        .expect("an active rollout");
+    assert_eq!(during.rollout, rollout);
+    let canary_record = during.canary.expect("the canary bundle");
+    assert_eq!(
+        (canary_record.bundle, canary_record.manifest),
+        (canary, None)
+    );
+    assert!(store
+        .served_records(&r.key, &beta)
+        .await
+        .unwrap()
+        .unwrap()
+        .rollout
+        .is_none());
+
+    let mut finished = rollout.clone();
+    finished.progress.phase = RolloutPhase::RolledBack {
+        reason: "contract".into(),
+    };
+    finished.finished_at = Some(20);
+    finished.revision += 1;
+    assert!(store.update_rollout(&finished).await.unwrap());
+    assert!(store
+        .served_records(&r.key, &production)
+        .await
+        .unwrap()
+        .unwrap()
+        .rollout
+        .is_none());
+}
+
 async fn app_key_contract(store: &dyn MetadataStore) {
     let key = |app_id: &str, pem: &str, at: i64| AppKey {
         app_id: app_id.into(),
@@ -1953,6 +2068,7 @@ async fn sqlite_file_meets_the_metadata_contract_and_persists() {
                 && !b.app_id.starts_with("com.contract.race")
                 && !b.app_id.starts_with("com.contract.details")
                 && !b.app_id.starts_with("com.contract.rollouts")
+                && !b.app_id.starts_with("com.contract.served")
         })
         .count();
     assert_eq!(of_the_main_contract, 2);

@@ -17,9 +17,9 @@ use crate::domain::rollout;
 use crate::domain::stats::StatsEvent;
 use crate::domain::targeting::{DeviceOverride, OverrideSource};
 use crate::domain::update::{decide, ChannelTarget, UpdateAnswer};
-use crate::domain::{now_millis, Bundle, ChannelName, Release};
+use crate::domain::{now_millis, ChannelName, Release};
 use crate::error::Chain;
-use crate::store::StoreError;
+use crate::store::{BundleRecord, ServedRecords, ServedRollout, StoreError};
 
 /// An override that decides a device's channel.
 struct FoundOverride {
@@ -137,7 +137,9 @@ impl Catalog {
             Lookup::Missing(generation) => (None, generation),
         };
         crate::metrics::global().cache_lookup(false);
-        let loaded = self.load_target(key).await;
+        // Boxed: the reads' state would otherwise make every check's future (cache hits too)
+        // kilobytes larger, and each is moved to the heap when a request starts.
+        let loaded = Box::pin(self.load_target(key)).await;
         match (loaded, last_known) {
             (Ok(resolved), _) => {
                 let resolution = Arc::new(resolved);
@@ -147,7 +149,7 @@ impl Catalog {
             }
             (Err(error @ CatalogError::Unavailable { .. }), Some(last_known)) => {
                 tracing::warn!(error = %Chain(&error), release = %key.release, "storage unavailable: serving the last known answer");
-                Ok(self.with_fresh_url(last_known).await)
+                Ok(Box::pin(self.with_fresh_url(last_known)).await)
             }
             (Err(e), _) => Err(e),
         }
@@ -224,7 +226,11 @@ impl Catalog {
     }
 
     async fn load_target(&self, key: &TargetKey) -> Result<Resolved, CatalogError> {
-        let Some(release) = self.metadata.release_by_key(&key.release).await? else {
+        let Some(records) = self
+            .metadata
+            .served_records(&key.release, &key.channel)
+            .await?
+        else {
             // Quiet (`blocked`): a `failed` answer makes plugins 8.45.11+ report a
             // `download_fail` on every launch until someone registers the build.
             let refusal = DeviceRefusal {
@@ -244,18 +250,37 @@ impl Catalog {
                 Resolved::Refused(refusal)
             });
         };
-        let bundle_id = release.bundle_for(&key.channel);
-        let Some(bundle) = self.metadata.bundle(bundle_id).await? else {
+        let ServedRecords {
+            release,
+            bundle,
+            settings,
+            rollout,
+        } = records;
+        let Some(bundle) = bundle else {
             return Ok(Resolved::Refused(DeviceRefusal::failed(
                 "no_bundle",
                 format!("The bundle of channel {} is missing", key.channel),
             )));
         };
-        let rules = self
-            .channel_settings_of(&key.release.app_id, &key.channel)
-            .await?
-            .rules;
-        let canary = self.canary_of(&release, &key.channel, &rules).await?;
+        let rules = settings.map(|s| s.rules).unwrap_or_default();
+        let canary = match rollout {
+            Some(ServedRollout {
+                rollout,
+                canary: Some(canary),
+            }) => Some(Canary {
+                share: rollout.share(),
+                rollout_id: rollout.id,
+                salt: rollout.salt,
+                target: self
+                    .channel_target(&release, &key.channel, canary, rules.clone())
+                    .await?,
+            }),
+            Some(ServedRollout { rollout, .. }) => {
+                tracing::warn!(rollout = %rollout.id, "the canary bundle of a rollout is missing; its devices get the stable bundle");
+                None
+            }
+            None => None,
+        };
         Ok(Resolved::Target(Box::new(Served {
             stable: self
                 .channel_target(&release, &key.channel, bundle, rules)
@@ -264,47 +289,17 @@ impl Catalog {
         })))
     }
 
-    /// The canary a channel serves part of its devices, while a rollout of it is active and its
-    /// bundle exists.
-    async fn canary_of(
-        &self,
-        release: &Release,
-        channel: &ChannelName,
-        rules: &ChannelRules,
-    ) -> Result<Option<Canary>, CatalogError> {
-        let Some(rollout) = self
-            .metadata
-            .rollout(&release.id, channel)
-            .await?
-            .filter(|r| r.progress.phase.is_active())
-        else {
-            return Ok(None);
-        };
-        let Some(bundle) = self.metadata.bundle(&rollout.canary_bundle_id).await? else {
-            tracing::warn!(rollout = %rollout.id, "the canary bundle of a rollout is missing; its devices get the stable bundle");
-            return Ok(None);
-        };
-        Ok(Some(Canary {
-            share: rollout.share(),
-            rollout_id: rollout.id,
-            salt: rollout.salt,
-            target: self
-                .channel_target(release, channel, bundle, rules.clone())
-                .await?,
-        }))
-    }
-
     /// What a channel of `release` serves when it serves `bundle`: its download URLs and
     /// manifest resolved once for every device.
     async fn channel_target(
         &self,
         release: &Release,
         channel: &ChannelName,
-        bundle: Bundle,
+        BundleRecord { bundle, manifest }: BundleRecord,
         rules: ChannelRules,
     ) -> Result<ChannelTarget, CatalogError> {
         let is_builtin = bundle.id == release.builtin_bundle_id;
-        let manifest = match self.metadata.bundle_manifest(&bundle.id).await? {
+        let manifest = match manifest {
             Some(entries) if !is_builtin => {
                 let mut urls = HashMap::new();
                 for key in entries.iter().flat_map(ManifestEntry::object_keys) {

@@ -2,6 +2,7 @@
 //! when traces are exported; on the device server only then or at debug level), and counts
 //! and times by route pattern (not the raw path, so ids do not create new series).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Instant;
@@ -9,25 +10,48 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::Router;
 use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub async fn record(server: &'static str, request: Request, next: Next) -> Response {
+/// `router` with each request counted, timed and (when traced) in a span, under `server`.
+pub fn observed_router(server: &'static str, router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(move |request, next| {
+        record(server, request, next)
+    }))
+}
+
+async fn record(server: &'static str, request: Request, next: Next) -> Response {
     // An Arc inside: no copy of the route per request.
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    observed(server, route, request, |request| next.run(request)).await
+}
+
+/// Answers `request` with `answer` inside the request's span (when there is one), counting and
+/// timing it under `route`: [`record`] for routes answered without the router.
+pub async fn observed<F, Answer>(
+    server: &'static str,
+    route: &str,
+    request: Request,
+    answer: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Answer,
+    Answer: Future<Output = Response>,
+{
     let exported = crate::telemetry::traces_exported();
     let started = Instant::now();
     let response = match request_span(server, route, &request, exported) {
         Some(span) => {
-            let response = next.run(request).instrument(span.clone()).await;
+            let response = answer(request).instrument(span.clone()).await;
             if exported {
                 span.record("http.response.status_code", response.status().as_u16());
             }
             response
         }
-        None => next.run(request).await,
+        None => answer(request).await,
     };
     let status = response.status().as_u16();
     crate::metrics::global().http_request(server, route, status, started.elapsed());

@@ -9,14 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use axum::extract::connect_info::ConnectInfo;
-use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::{Layer, Service, ServiceExt};
 
 use super::connections::{ConnectionGate, StallGuard};
 
@@ -37,13 +40,17 @@ pub struct ConnectionLimits {
     pub gate: Option<Arc<ConnectionGate>>,
 }
 
-/// Serves `router` on `listener` until `shutdown`, then lets in-flight requests finish.
-pub async fn serve(
+/// Serves `service` (a router, or the device API's own dispatch) on `listener` until
+/// `shutdown`, then lets in-flight requests finish.
+pub async fn serve<S>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-) {
+) where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -78,9 +85,8 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let stream = StallGuard::new(stream, limits.write_stall_timeout);
-        let service = router
-            .clone()
-            .layer(axum::Extension(ConnectInfo(peer)))
+        let service = axum::Extension(ConnectInfo(peer))
+            .layer(service.clone())
             .map_request(|request: hyper::Request<hyper::body::Incoming>| {
                 request.map(axum::body::Body::new)
             });

@@ -174,6 +174,73 @@ pub trait CatalogStore:
     /// What changes whenever another process changes what `/updates` answers; `None` for a
     /// store only this process writes (its own writes already clear the answer cache).
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError>;
+
+    /// Everything an update check needs about one channel of a release (`None`: no such
+    /// release), read when the answer cache misses. Read one record at a time here; a back end
+    /// that can read them together overrides it (SQLite: one read transaction, so the records
+    /// are also one consistent snapshot).
+    async fn served_records(
+        &self,
+        key: &ReleaseKey,
+        channel: &ChannelName,
+    ) -> Result<Option<ServedRecords>, StoreError> {
+        let Some(release) = self.release_by_key(key).await? else {
+            return Ok(None);
+        };
+        let bundle = self.bundle_record(release.bundle_for(channel)).await?;
+        let settings = self
+            .channel_settings(Some(&key.app_id))
+            .await?
+            .into_iter()
+            .find(|s| &s.channel == channel);
+        let rollout = match self.rollout(&release.id, channel).await? {
+            Some(rollout) if rollout.progress.phase.is_active() => {
+                let canary = self.bundle_record(&rollout.canary_bundle_id).await?;
+                Some(ServedRollout { rollout, canary })
+            }
+            _ => None,
+        };
+        Ok(Some(ServedRecords {
+            release,
+            bundle,
+            settings,
+            rollout,
+        }))
+    }
+
+    /// A bundle with its manifest, for [`CatalogStore::served_records`].
+    async fn bundle_record(&self, id: &RecordId) -> Result<Option<BundleRecord>, StoreError> {
+        let Some(bundle) = self.bundle(id).await? else {
+            return Ok(None);
+        };
+        let manifest = self.bundle_manifest(id).await?;
+        Ok(Some(BundleRecord { bundle, manifest }))
+    }
+}
+
+/// What one channel of a release serves, as stored ([`CatalogStore::served_records`]).
+#[derive(Debug, Clone)]
+pub struct ServedRecords {
+    pub release: Release,
+    /// The bundle the channel serves (`None`: missing).
+    pub bundle: Option<BundleRecord>,
+    /// The channel's stored settings (`None`: the defaults).
+    pub settings: Option<ChannelSettings>,
+    /// The channel's rollout while it is active.
+    pub rollout: Option<ServedRollout>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BundleRecord {
+    pub bundle: Bundle,
+    pub manifest: Option<Vec<ManifestEntry>>,
+}
+
+/// An active rollout and its canary bundle (`None`: missing).
+#[derive(Debug, Clone)]
+pub struct ServedRollout {
+    pub rollout: Rollout,
+    pub canary: Option<BundleRecord>,
 }
 
 /// The public keys apps' encrypted bundles are checked with (one per app); part of what the

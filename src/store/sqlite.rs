@@ -12,12 +12,15 @@ mod targeting;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
-use super::{AccessStore, CatalogStore, CatalogVersion, StoreError};
+use super::{
+    AccessStore, BundleRecord, CatalogStore, CatalogVersion, ServedRecords, ServedRollout,
+    StoreError,
+};
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
 use crate::domain::channel::Channel;
@@ -359,19 +362,53 @@ fn release_from_row(row: &Row<'_>) -> rusqlite::Result<Release> {
     })
 }
 
+fn bundle_of(connection: &Connection, id: &RecordId) -> rusqlite::Result<Option<Bundle>> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {BUNDLE_COLUMNS} FROM bundles WHERE id = ?1"));
+    connection
+        .prepare_cached(&SQL)?
+        .query_row([id.as_str()], bundle_from_row)
+        .optional()
+}
+
+fn bundle_record(connection: &Connection, id: &RecordId) -> rusqlite::Result<Option<BundleRecord>> {
+    let Some(bundle) = bundle_of(connection, id)? else {
+        return Ok(None);
+    };
+    let manifest = manifests::manifest_of(connection, id)?;
+    Ok(Some(BundleRecord { bundle, manifest }))
+}
+
+fn release_by_key(connection: &Connection, key: &ReleaseKey) -> rusqlite::Result<Option<Release>> {
+    Ok(load_releases(
+        connection,
+        "r.platform = ?1 AND r.app_id = ?2 AND r.version_name = ?3 AND r.version_code = ?4",
+        &[
+            &key.platform.as_str(),
+            &key.app_id,
+            &key.version_name,
+            &key.version_code,
+        ],
+    )?
+    .pop())
+}
+
 /// Loads releases matching `filter` (a WHERE clause over `releases r`) with their channels.
 fn load_releases(
     connection: &Connection,
     filter: &str,
     params: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<Vec<Release>> {
-    let sql = format!(
-        "SELECT {} FROM releases r WHERE {filter} ORDER BY r.created_at DESC, r.id DESC",
+    static COLUMNS: LazyLock<String> = LazyLock::new(|| {
         RELEASE_COLUMNS
             .split(", ")
             .map(|c| format!("r.{c}"))
             .collect::<Vec<_>>()
             .join(", ")
+    });
+    let sql = format!(
+        "SELECT {} FROM releases r WHERE {filter} ORDER BY r.created_at DESC, r.id DESC",
+        *COLUMNS
     );
     let mut releases: Vec<Release> = connection
         .prepare_cached(&sql)?
@@ -510,14 +547,7 @@ impl CatalogStore for SqliteMetadataStore {
 
     async fn bundle(&self, id: &RecordId) -> Result<Option<Bundle>, StoreError> {
         let id = id.clone();
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "SELECT {BUNDLE_COLUMNS} FROM bundles WHERE id = ?1"
-            ))?
-            .query_row([id.as_str()], bundle_from_row)
-            .optional()
-        })
-        .await
+        self.read(move |c| bundle_of(c, &id)).await
     }
 
     async fn bundle_by_version(
@@ -603,20 +633,7 @@ impl CatalogStore for SqliteMetadataStore {
 
     async fn release_by_key(&self, key: &ReleaseKey) -> Result<Option<Release>, StoreError> {
         let key = key.clone();
-        self.read(move |c| {
-            Ok(load_releases(
-                c,
-                "r.platform = ?1 AND r.app_id = ?2 AND r.version_name = ?3 AND r.version_code = ?4",
-                &[
-                    &key.platform.as_str(),
-                    &key.app_id,
-                    &key.version_name,
-                    &key.version_code,
-                ],
-            )?
-            .pop())
-        })
-        .await
+        self.read(move |c| release_by_key(c, &key)).await
     }
 
     async fn list_releases(&self) -> Result<Vec<Release>, StoreError> {
@@ -795,6 +812,39 @@ impl CatalogStore for SqliteMetadataStore {
     async fn catalog_version(&self) -> Result<Option<CatalogVersion>, StoreError> {
         // DATA_DIR is locked to this process, whose writes clear its cache directly.
         Ok(None)
+    }
+
+    /// One read transaction on one connection: a consistent snapshot, and one lock and one
+    /// transaction instead of one per record (most of a store read's cost for these small
+    /// point lookups).
+    async fn served_records(
+        &self,
+        key: &ReleaseKey,
+        channel: &ChannelName,
+    ) -> Result<Option<ServedRecords>, StoreError> {
+        let (key, channel) = (key.clone(), channel.clone());
+        self.read(move |c| {
+            let snapshot = c.transaction()?;
+            let Some(release) = release_by_key(&snapshot, &key)? else {
+                return Ok(None);
+            };
+            let bundle = bundle_record(&snapshot, release.bundle_for(&channel))?;
+            let settings = targeting::settings_of(&snapshot, &key.app_id, &channel)?;
+            let rollout = match rollouts::rollout_of(&snapshot, &release.id, &channel)? {
+                Some(rollout) if rollout.progress.phase.is_active() => {
+                    let canary = bundle_record(&snapshot, &rollout.canary_bundle_id)?;
+                    Some(ServedRollout { rollout, canary })
+                }
+                _ => None,
+            };
+            Ok(Some(ServedRecords {
+                release,
+                bundle,
+                settings,
+                rollout,
+            }))
+        })
+        .await
     }
 
     async fn adopt_release(&self, id: &RecordId, owner: &ResourceRef) -> Result<bool, StoreError> {

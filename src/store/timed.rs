@@ -11,7 +11,8 @@ use async_trait::async_trait;
 
 use super::{
     AccessStore, AppKeyStore, BlobBytes, BlobInfo, BlobStore, CatalogStore, CatalogVersion,
-    FleetStore, ManifestStore, MetadataStore, RolloutStore, SeenDevice, StoreError, TargetingStore,
+    FleetStore, ManifestStore, MetadataStore, RolloutStore, SeenDevice, ServedRecords, StoreError,
+    TargetingStore,
 };
 use crate::domain::access::{ApiToken, AuditCursor, AuditEntry};
 use crate::domain::bundle::BundleDetails;
@@ -81,6 +82,7 @@ timed_impl! { CatalogStore for TimedMetadataStore, "metadata":
         fn insert_stats(&self, events: &[StatsEvent]) -> ();
         fn bundle_blob_keys(&self) -> Vec<String>;
         fn catalog_version(&self) -> Option<CatalogVersion>;
+        fn served_records(&self, key: &ReleaseKey, channel: &ChannelName) -> Option<ServedRecords>;
 }
 
 timed_impl! { AppKeyStore for TimedMetadataStore, "metadata":

@@ -151,7 +151,8 @@ pub fn multipart_body(parts: &[(&str, Part<'_>)]) -> Vec<u8> {
 
 /// The app in-process: both routers over an in-memory SQLite and a temporary blob folder.
 pub struct TestApp {
-    pub device: Router,
+    /// The device port's service (its own dispatch of `POST /updates`, the router for the rest).
+    pub device: http::device::DeviceApi,
     pub management: Router,
     pub data: tempfile::TempDir,
     pub state: AppState,
@@ -198,15 +199,19 @@ impl TestApp {
             ),
         );
         TestApp {
-            device: http::device::router(state.clone()),
+            device: http::device::DeviceApi::new(state.clone()),
             management: http::management::router(state.clone()),
             data,
             state,
         }
     }
 
-    pub async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
-        let response = router.clone().oneshot(request).await.unwrap();
+    pub async fn call<S>(service: &S, request: Request<Body>) -> (StatusCode, Value)
+    where
+        S: tower::Service<Request<Body>, Response = axum::response::Response> + Clone,
+        S::Error: std::fmt::Debug,
+    {
+        let response = service.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let value = if bytes.is_empty() {

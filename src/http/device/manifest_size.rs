@@ -10,12 +10,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use super::{device_error, server_refusal, DeviceBody};
+use super::{device_error, server_refusal, DeviceBody, MAX_MANIFEST_SIZE_BODY};
 use crate::domain::device::{DeviceInfo, DeviceRefusal};
 use crate::domain::manifest::{SizeQuery, MAX_MANIFEST_FILES};
 use crate::http::AppState;
 
-pub async fn sizes(State(state): State<AppState>, DeviceBody(body): DeviceBody) -> Response {
+pub async fn sizes(
+    State(state): State<AppState>,
+    DeviceBody(body): DeviceBody<MAX_MANIFEST_SIZE_BODY>,
+) -> Response {
     let (device, version, queries) = match body.and_then(|body| parse(&body)) {
         Ok(parsed) => parsed,
         Err(refusal) => {

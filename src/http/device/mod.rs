@@ -6,17 +6,23 @@ mod manifest_size;
 mod stats;
 mod updates;
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
+use http_body_util::LengthLimitError;
 use serde_json::{json, Value};
+use tower::{Service, ServiceExt};
 
+use super::observe;
 use super::rate_limit::refuse_if_limited;
 use super::AppState;
 use crate::catalog::CatalogError;
@@ -35,33 +41,26 @@ const MAX_MANIFEST_SIZE_BODY: usize = 4 * 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     let limited = rate_limited(
         Router::new()
-            .route("/updates", post(updates::check_for_update).get(ok))
+            .route(UPDATES_ROUTE, post(updates::check_for_update).get(ok))
             .route(
                 "/channel_self",
                 post(channel_self::set_channel)
                     .put(channel_self::get_channel)
                     .get(channel_self::list_channels)
                     .delete(channel_self::unset_channel),
-            ),
+            )
+            .route("/updates/manifest_size", post(manifest_size::sizes)),
         &state,
-        MAX_DEVICE_BODY,
     );
     let stats = Router::new()
         .route("/stats", post(stats::record).get(ok))
-        .layer(DefaultBodyLimit::max(MAX_STATS_BODY))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             limit_duration,
         ));
-    let manifest_sizes = rate_limited(
-        Router::new().route("/updates/manifest_size", post(manifest_size::sizes)),
-        &state,
-        MAX_MANIFEST_SIZE_BODY,
-    );
     Router::new()
         .merge(limited)
         .merge(stats)
-        .merge(manifest_sizes)
         .route("/ok", get(ok))
         .route(
             &format!("{FILES_ROUTE_PREFIX}{{*key}}"),
@@ -72,15 +71,62 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Device routes under the per-address rate limit and the request timeout (one layer), with
-/// bodies up to `body_limit` bytes.
-fn rate_limited(routes: Router<AppState>, state: &AppState, body_limit: usize) -> Router<AppState> {
-    routes
-        .layer(DefaultBodyLimit::max(body_limit))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            guard_device_request,
-        ))
+/// The update check's route.
+const UPDATES_ROUTE: &str = "/updates";
+
+/// The device API as the device port serves it: `POST /updates`, which every launch and
+/// foreground of every device sends, is answered without the router, through the same steps
+/// as its route (observation, rate limit and timeout, body limit, handler); every other
+/// request goes through `routes`. The router's path matching and its per-request boxing and
+/// cloning of layered services cost about a fifth of a cached check (BENCHMARKS.md).
+#[derive(Clone)]
+pub struct DeviceApi {
+    state: AppState,
+    routes: Router,
+}
+
+impl DeviceApi {
+    pub fn new(state: AppState) -> DeviceApi {
+        DeviceApi {
+            routes: observe::observed_router("device", router(state.clone())),
+            state,
+        }
+    }
+}
+
+impl Service<Request> for DeviceApi {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.method() != Method::POST || request.uri().path() != UPDATES_ROUTE {
+            return Box::pin(self.routes.clone().oneshot(request));
+        }
+        let state = self.state.clone();
+        Box::pin(async move {
+            Ok(
+                observe::observed("device", UPDATES_ROUTE, request, |request| {
+                    guarded(&state, request, |request| {
+                        updates::check_request(&state, request)
+                    })
+                })
+                .await,
+            )
+        })
+    }
+}
+
+/// Device routes under the per-address rate limit and the request timeout (one layer).
+fn rate_limited(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard_device_request,
+    ))
 }
 
 async fn guard_device_request(
@@ -88,10 +134,19 @@ async fn guard_device_request(
     request: Request,
     next: Next,
 ) -> Response {
-    if let Some(refused) = refuse_if_limited(&state, &request) {
+    guarded(&state, request, |request| next.run(request)).await
+}
+
+/// The rate limit, then `answer` within the request timeout.
+async fn guarded<F, Answer>(state: &AppState, request: Request, answer: F) -> Response
+where
+    F: FnOnce(Request) -> Answer,
+    Answer: Future<Output = Response>,
+{
+    if let Some(refused) = refuse_if_limited(state, &request) {
         return refused;
     }
-    within_timeout(&state, next.run(request)).await
+    within_timeout(state, answer(request)).await
 }
 
 /// [`within_timeout`] as a layer (`/stats`, which has its own per-event limit).
@@ -126,39 +181,45 @@ pub(crate) fn device_error(status: StatusCode, error: &str, message: &str) -> Re
     (status, Json(json!({"error": error, "message": message}))).into_response()
 }
 
-/// A body read leniently: whatever the Content-Type, and with any problem (too large,
-/// unreadable) kept as a refusal for the handler to answer in its endpoint's shape.
-pub struct DeviceBytes(pub Result<Bytes, DeviceRefusal>);
+/// A body of at most `LIMIT` bytes read leniently: whatever the Content-Type, and with any
+/// problem (too large, unreadable) kept as a refusal for the handler to answer in its
+/// endpoint's shape.
+pub struct DeviceBytes<const LIMIT: usize = MAX_DEVICE_BODY>(pub Result<Bytes, DeviceRefusal>);
 
-impl<S: Send + Sync> FromRequest<S> for DeviceBytes {
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for DeviceBytes<LIMIT> {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request(request: Request, state: &S) -> Result<DeviceBytes, Self::Rejection> {
-        Ok(DeviceBytes(
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| {
-                    DeviceRefusal::invalid(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        "the request body is too large".to_string()
-                    } else {
-                        format!(
-                            "the request body could not be read: {}",
-                            rejection.body_text()
-                        )
-                    })
-                }),
-        ))
+    async fn from_request(request: Request, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(DeviceBytes(read_body(request, LIMIT).await))
     }
 }
 
-/// [`DeviceBytes`] as JSON (empty or not JSON: a refusal too).
-pub struct DeviceBody(pub Result<Value, DeviceRefusal>);
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, DeviceRefusal> {
+    axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|error| {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+            let mut too_large = false;
+            while let Some(e) = cause {
+                too_large |= e.is::<LengthLimitError>();
+                cause = e.source();
+            }
+            DeviceRefusal::invalid(if too_large {
+                "the request body is too large".to_string()
+            } else {
+                format!("the request body could not be read: {error}")
+            })
+        })
+}
 
-impl<S: Send + Sync> FromRequest<S> for DeviceBody {
+/// [`DeviceBytes`] as JSON (empty or not JSON: a refusal too).
+pub struct DeviceBody<const LIMIT: usize = MAX_DEVICE_BODY>(pub Result<Value, DeviceRefusal>);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for DeviceBody<LIMIT> {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request(request: Request, state: &S) -> Result<DeviceBody, Self::Rejection> {
-        let Ok(DeviceBytes(bytes)) = DeviceBytes::from_request(request, state).await;
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Ok(DeviceBytes(bytes)) = DeviceBytes::<LIMIT>::from_request(request, state).await;
         Ok(DeviceBody(bytes.and_then(|bytes| parse_json_body(&bytes))))
     }
 }

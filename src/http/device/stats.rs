@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{device_error, server_refusal, DeviceBody};
+use super::{device_error, server_refusal, DeviceBody, MAX_STATS_BODY};
 use crate::catalog::CatalogError;
 use crate::domain::now_millis;
 use crate::domain::stats::{StatsEvent, MAX_BATCH};
@@ -17,7 +17,7 @@ use crate::http::AppState;
 /// retried (a 4xx makes plugins drop them, a 5xx makes them send again later).
 pub async fn record(State(state): State<AppState>, request: Request) -> Response {
     let client = state.client_ip.of_request(&request);
-    let Ok(DeviceBody(body)) = DeviceBody::from_request(request, &state).await;
+    let Ok(DeviceBody(body)) = DeviceBody::<MAX_STATS_BODY>::from_request(request, &state).await;
     let body = match body {
         Ok(body) => body,
         Err(refusal) => {

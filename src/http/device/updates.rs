@@ -1,13 +1,13 @@
 //! `POST /updates`: the check every app launch and foreground makes.
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::Json;
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::{device_info, server_refusal, DeviceBytes};
+use super::{device_info, read_body, server_refusal, DeviceBytes, MAX_DEVICE_BODY};
 use crate::domain::device::DeviceRefusal;
 use crate::domain::update::UpdateAnswer;
 use crate::http::AppState;
@@ -18,7 +18,16 @@ pub async fn check_for_update(
     State(state): State<AppState>,
     DeviceBytes(body): DeviceBytes,
 ) -> Response {
-    let answer = answer_for(&state, body).await;
+    respond(&state, body).await
+}
+
+/// [`check_for_update`] for the device port's own dispatch ([`super::DeviceApi`]).
+pub async fn check_request(state: &AppState, request: Request) -> Response {
+    respond(state, read_body(request, MAX_DEVICE_BODY).await).await
+}
+
+async fn respond(state: &AppState, body: Result<Bytes, DeviceRefusal>) -> Response {
+    let answer = answer_for(state, body).await;
     crate::metrics::global().update_answer(answer.kind());
     match answer {
         // Rendered once per cached target: no serialization per device.

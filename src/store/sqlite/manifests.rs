@@ -98,19 +98,7 @@ impl ManifestStore for SqliteMetadataStore {
         bundle_id: &RecordId,
     ) -> Result<Option<Vec<ManifestEntry>>, StoreError> {
         let bundle_id = bundle_id.clone();
-        let entries: Vec<ManifestEntry> = self
-            .read(move |c| {
-                c.prepare_cached(
-                    "SELECT path, sha256, size, object_key, brotli_key, brotli_size \
-                     FROM bundle_files \
-                     WHERE bundle_id = ?1 ORDER BY path",
-                )?
-                .query_map([bundle_id.as_str()], entry_from_row)?
-                .collect()
-            })
-            .await?;
-        // A manifest lists at least `index.html`: none stored means no manifest.
-        Ok(Some(entries).filter(|e| !e.is_empty()))
+        self.read(move |c| manifest_of(c, &bundle_id)).await
     }
 
     async fn set_bundle_manifest(
@@ -195,4 +183,20 @@ impl ManifestStore for SqliteMetadataStore {
         })
         .await
     }
+}
+
+/// The manifest of a bundle, by path; `None` when it has none.
+pub(super) fn manifest_of(
+    connection: &Connection,
+    bundle_id: &RecordId,
+) -> rusqlite::Result<Option<Vec<ManifestEntry>>> {
+    let entries: Vec<ManifestEntry> = connection
+        .prepare_cached(
+            "SELECT path, sha256, size, object_key, brotli_key, brotli_size \
+             FROM bundle_files WHERE bundle_id = ?1 ORDER BY path",
+        )?
+        .query_map([bundle_id.as_str()], entry_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    // A manifest lists at least `index.html`: none stored means no manifest.
+    Ok(Some(entries).filter(|e| !e.is_empty()))
 }

@@ -12,6 +12,7 @@
 //!
 //! This process is the only writer of its database, so nothing here moves a catalog version.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -239,17 +240,8 @@ impl RolloutStore for SqliteMetadataStore {
         channel: &ChannelName,
     ) -> Result<Option<Rollout>, StoreError> {
         let (release_id, channel) = (release_id.clone(), channel.clone());
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM rollouts WHERE release_id = ?1 AND channel = ?2"
-            ))?
-            .query_row(
-                params![release_id.as_str(), channel.as_str()],
-                rollout_from_row,
-            )
-            .optional()
-        })
-        .await
+        self.read(move |c| rollout_of(c, &release_id, &channel))
+            .await
     }
 
     async fn list_rollouts(&self, active_only: bool) -> Result<Vec<Rollout>, StoreError> {
@@ -420,4 +412,22 @@ impl RolloutStore for SqliteMetadataStore {
         })
         .await
     }
+}
+
+/// The rollout of a release's channel (active or the last finished one).
+pub(super) fn rollout_of(
+    connection: &Connection,
+    release_id: &RecordId,
+    channel: &ChannelName,
+) -> rusqlite::Result<Option<Rollout>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!("SELECT {COLUMNS} FROM rollouts WHERE release_id = ?1 AND channel = ?2")
+    });
+    connection
+        .prepare_cached(&SQL)?
+        .query_row(
+            params![release_id.as_str(), channel.as_str()],
+            rollout_from_row,
+        )
+        .optional()
 }

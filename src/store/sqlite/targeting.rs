@@ -17,9 +17,11 @@
 //! This process is the only writer of its database, so nothing here moves a catalog version:
 //! the catalog clears its own answer cache after each write.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, Row, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{ensure_channel, owner_from, SqliteMetadataStore, StoreError};
 use crate::domain::channel_policy::{ChannelRules, ChannelSettings, UpdatePolicy};
@@ -427,4 +429,21 @@ fn build_from_row(row: &Row<'_>) -> rusqlite::Result<UnregisteredBuild> {
         first_seen: row.get(6)?,
         last_seen: row.get(7)?,
     })
+}
+
+/// The stored settings of one channel of an app (`None`: it has the defaults).
+pub(super) fn settings_of(
+    connection: &Connection,
+    app_id: &str,
+    channel: &ChannelName,
+) -> rusqlite::Result<Option<ChannelSettings>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {SETTINGS_COLUMNS} FROM channel_settings WHERE app_id = ?1 AND channel = ?2"
+        )
+    });
+    connection
+        .prepare_cached(&SQL)?
+        .query_row(params![app_id, channel.as_str()], settings_from_row)
+        .optional()
 }
