@@ -628,3 +628,56 @@ enum Either {
     Direct(capgo_server::http::device::DeviceApi),
     Routed(axum::Router),
 }
+
+/// Each device endpoint keeps its body limit: 64 KiB for the InfoObject endpoints (every verb
+/// of `/channel_self` included), 4 MiB for `/stats` and `/updates/manifest_size`.
+#[tokio::test]
+async fn every_device_endpoint_keeps_its_body_limit() {
+    let app = TestApp::new();
+    let padded = |bytes: usize| format!("{{\"pad\": \"{}\"}}", "x".repeat(bytes));
+    let send = |method: &'static str, path: &'static str, body: String| {
+        let device = app.device.clone();
+        async move {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(Body::from(body))
+                .unwrap();
+            TestApp::call(&device, request).await
+        }
+    };
+    for (method, path) in [
+        ("POST", "/channel_self"),
+        ("PUT", "/channel_self"),
+        ("DELETE", "/channel_self"),
+        ("POST", "/updates"),
+    ] {
+        let (_, answer) = send(method, path, padded(100 * 1024)).await;
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("too large")),
+            "{method} {path}: {answer}"
+        );
+        let (_, answer) = send(method, path, padded(1024)).await;
+        assert!(
+            !answer.to_string().contains("too large"),
+            "{method} {path}: {answer}"
+        );
+    }
+    for path in ["/stats", "/updates/manifest_size"] {
+        let (_, answer) = send("POST", path, padded(100 * 1024)).await;
+        assert!(
+            !answer.to_string().contains("too large"),
+            "{path}: {answer}"
+        );
+        let (status, answer) = send("POST", path, padded(5 * 1024 * 1024)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+        assert!(
+            answer["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("too large")),
+            "{path}: {answer}"
+        );
+    }
+}

@@ -553,7 +553,6 @@ async fn manifest_contract(store: &dyn MetadataStore) {
     assert!(store.delete_bundle(&b.id).await.unwrap());
 }
 
-/// One public key per app: registered, read back as registered, replaced, listed, removed.
 /// What an update check reads when the answer cache misses: the release, the channel's bundle
 /// with its manifest, the channel's own settings (not another channel's or app's), and the
 /// rollout only while it is active, with its canary bundle.
@@ -668,6 +667,7 @@ async fn served_records_contract(store: &dyn MetadataStore) {
         .is_none());
 }
 
+/// One public key per app: registered, read back as registered, replaced, listed, removed.
 async fn app_key_contract(store: &dyn MetadataStore) {
     let key = |app_id: &str, pem: &str, at: i64| AppKey {
         app_id: app_id.into(),

@@ -30,7 +30,8 @@ async fn record(server: &'static str, request: Request, next: Next) -> Response 
 }
 
 /// Answers `request` with `answer` inside the request's span (when there is one), counting and
-/// timing it under `route`: [`record`] for routes answered without the router.
+/// timing it under `route`: what the router's layer does, for requests answered without the
+/// router.
 pub async fn observed<F, Answer>(
     server: &'static str,
     route: &str,

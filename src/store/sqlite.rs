@@ -244,8 +244,9 @@ impl SqliteMetadataStore {
 }
 
 impl SqliteMetadataStore {
-    /// A point lookup on a free read connection, on this task; on the writer's thread when
-    /// every reader is in use or the database is momentarily busy.
+    /// Indexed lookups (a record, or the records of an answer-cache miss with their manifests)
+    /// on a free read connection, on this task; on the writer's thread when every reader is in
+    /// use or the database is momentarily busy.
     async fn read<T: Send + 'static>(
         &self,
         work: impl Fn(&mut Connection) -> rusqlite::Result<T> + Send + 'static,

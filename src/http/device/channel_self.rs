@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::{device_error, server_refusal, DeviceBody};
+use super::{device_error, server_refusal, DeviceBody, DeviceBytes};
 use crate::catalog::{CatalogError, ChannelChange};
 use crate::domain::device::{DeviceFields, DeviceRefusal};
 use crate::http::AppState;
@@ -164,8 +163,14 @@ pub async fn list_channels(
 pub async fn unset_channel(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    DeviceBytes(body): DeviceBytes,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(refusal) => {
+            return device_error(StatusCode::BAD_REQUEST, refusal.error, &refusal.message)
+        }
+    };
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(
             query

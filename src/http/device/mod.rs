@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
 use http_body_util::LengthLimitError;
 use serde_json::{json, Value};
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use super::observe;
 use super::rate_limit::refuse_if_limited;
@@ -77,8 +77,8 @@ const UPDATES_ROUTE: &str = "/updates";
 /// The device API as the device port serves it: `POST /updates`, which every launch and
 /// foreground of every device sends, is answered without the router, through the same steps
 /// as its route (observation, rate limit and timeout, body limit, handler); every other
-/// request goes through `routes`. The router's path matching and its per-request boxing and
-/// cloning of layered services cost about a fifth of a cached check (BENCHMARKS.md).
+/// request goes through `routes`. This skips the router's path matching and its per-request
+/// boxing and cloning of layered services (BENCHMARKS.md, "The device check's cost").
 #[derive(Clone)]
 pub struct DeviceApi {
     state: AppState,
@@ -105,7 +105,7 @@ impl Service<Request> for DeviceApi {
 
     fn call(&mut self, request: Request) -> Self::Future {
         if request.method() != Method::POST || request.uri().path() != UPDATES_ROUTE {
-            return Box::pin(self.routes.clone().oneshot(request));
+            return Box::pin(self.routes.call(request));
         }
         let state = self.state.clone();
         Box::pin(async move {
