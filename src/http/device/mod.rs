@@ -78,7 +78,8 @@ const UPDATES_ROUTE: &str = "/updates";
 /// foreground of every device sends, is answered without the router, through the same steps
 /// as its route (observation, rate limit and timeout, body limit, handler); every other
 /// request goes through `routes`. This skips the router's path matching and its per-request
-/// boxing and cloning of layered services (BENCHMARKS.md, "The device check's cost").
+/// boxing and cloning of layered services (BENCHMARKS.md, "The device check's cost"). A layer
+/// added to [`router`] does not reach `POST /updates`: add its step to `call` too.
 #[derive(Clone)]
 pub struct DeviceApi {
     state: AppState,
