@@ -187,7 +187,7 @@ pub trait CatalogStore:
         let Some(release) = self.release_by_key(key).await? else {
             return Ok(None);
         };
-        let bundle = self.bundle_record(release.bundle_for(channel)).await?;
+        let bundle = bundle_record(self, release.bundle_for(channel)).await?;
         let settings = self
             .channel_settings(Some(&key.app_id))
             .await?
@@ -195,7 +195,7 @@ pub trait CatalogStore:
             .find(|s| &s.channel == channel);
         let rollout = match self.rollout(&release.id, channel).await? {
             Some(rollout) if rollout.progress.phase.is_active() => {
-                let canary = self.bundle_record(&rollout.canary_bundle_id).await?;
+                let canary = bundle_record(self, &rollout.canary_bundle_id).await?;
                 Some(ServedRollout { rollout, canary })
             }
             _ => None,
@@ -207,15 +207,18 @@ pub trait CatalogStore:
             rollout,
         }))
     }
+}
 
-    /// A bundle with its manifest, for [`CatalogStore::served_records`].
-    async fn bundle_record(&self, id: &RecordId) -> Result<Option<BundleRecord>, StoreError> {
-        let Some(bundle) = self.bundle(id).await? else {
-            return Ok(None);
-        };
-        let manifest = self.bundle_manifest(id).await?;
-        Ok(Some(BundleRecord { bundle, manifest }))
-    }
+/// A bundle with its manifest, for the default [`CatalogStore::served_records`].
+async fn bundle_record<S: CatalogStore + ?Sized>(
+    store: &S,
+    id: &RecordId,
+) -> Result<Option<BundleRecord>, StoreError> {
+    let Some(bundle) = store.bundle(id).await? else {
+        return Ok(None);
+    };
+    let manifest = store.bundle_manifest(id).await?;
+    Ok(Some(BundleRecord { bundle, manifest }))
 }
 
 /// What one channel of a release serves, as stored ([`CatalogStore::served_records`]).
