@@ -125,8 +125,6 @@ impl<'a> DeviceFields<'a> {
                 FieldValue::Bool(b) => FieldRef::Bool(*b),
                 FieldValue::Number => FieldRef::Number,
                 FieldValue::Str(s) => FieldRef::Str(s),
-                FieldValue::Array => FieldRef::Array,
-                FieldValue::Object => FieldRef::Object,
             }),
         }
     }

@@ -1,13 +1,13 @@
-//! A device's JSON object read without building a `serde_json::Value`: the top-level fields
-//! only, strings borrowed from the request body where they have no escapes, nested arrays and
-//! objects skipped (only their type is kept, for the refusal message). The `/updates` check
-//! reads its InfoObject this way; [`super::device::DeviceFields`] gives both forms the same
-//! field rules and messages.
+//! A device's JSON object read without building a `serde_json::Value`: one pass over the
+//! bytes that records the top-level fields, strings borrowed from the body where they have no
+//! escapes. It reads only what plugins send (one flat object); anything else, a nested array or
+//! object, a number with an exponent, any syntax error, is [`NotFlat`], and the caller reads the
+//! body with the `Value` parse instead, which gives the refusal message. So this reader never
+//! decides on its own that a body is bad, and the two reads cannot disagree about what a good
+//! one says (a unit test and the fuzz target compare them). The `/updates` check reads its
+//! InfoObject this way; [`super::device::DeviceFields`] gives both forms the same field rules.
 
 use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// One top-level field's value.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,36 +16,27 @@ pub enum FieldValue<'a> {
     Bool(bool),
     Number,
     Str(Cow<'a, str>),
-    Array,
-    Object,
 }
 
-/// The top-level fields of a JSON object, in order (a repeated name: the last one counts, as
-/// in `serde_json`).
+/// The top-level fields of a flat JSON object, in order (a repeated name: the last one counts,
+/// as in `serde_json`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeviceObject<'a> {
     fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
 }
 
 impl<'a> DeviceObject<'a> {
-    /// The object `bytes` hold, if they are UTF-8 and one JSON object (and nothing else).
-    pub fn from_json(bytes: &'a [u8]) -> Result<DeviceObject<'a>, NotAnObject> {
-        // Checked once here, so the parser does not check each string again.
-        let text = std::str::from_utf8(bytes).map_err(|_| NotAnObject)?;
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let object = deserializer
-            .deserialize_map(ObjectVisitor)
-            .map_err(|_| NotAnObject)?;
-        deserializer.end().map_err(|_| NotAnObject)?;
+    /// The object `bytes` hold, if they are UTF-8 text of one flat JSON object and nothing else.
+    pub fn from_json(bytes: &'a [u8]) -> Result<DeviceObject<'a>, NotFlat> {
+        // Checked once here; every string then is a slice of valid text.
+        let text = std::str::from_utf8(bytes).map_err(|_| NotFlat)?;
+        let mut reader = Reader { text, at: 0 };
+        let object = reader.object()?;
+        reader.skip_whitespace();
+        if reader.at != text.len() {
+            return Err(NotFlat);
+        }
         Ok(object)
-    }
-
-    /// True when a top-level value is an array or an object (skipped, so not checked as the
-    /// `Value` parse checks them: depth, number range, escapes). InfoObjects are flat.
-    pub fn has_nested_values(&self) -> bool {
-        self.fields
-            .iter()
-            .any(|(_, value)| matches!(value, FieldValue::Array | FieldValue::Object))
     }
 
     pub fn get(&self, name: &str) -> Option<&FieldValue<'a>> {
@@ -57,99 +48,171 @@ impl<'a> DeviceObject<'a> {
     }
 }
 
-/// The bytes are not UTF-8 text of one JSON object (the `Value` parse says why).
+/// The bytes are not one flat JSON object this reader takes (the `Value` parse decides).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotAnObject;
+pub struct NotFlat;
 
-struct ObjectVisitor;
+/// Integer digits beyond which a number might overflow an `f64`, which `serde_json` refuses.
+const MAX_PLAIN_DIGITS: usize = 300;
 
-impl<'de> Visitor<'de> for ObjectVisitor {
-    type Value = DeviceObject<'de>;
+/// A cursor over JSON text (RFC 8259 grammar, the subset a flat object uses).
+struct Reader<'a> {
+    text: &'a str,
+    at: usize,
+}
 
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
+impl<'a> Reader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
     }
 
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<DeviceObject<'de>, M::Error> {
-        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
-        while let Some(key) = map.next_key::<BorrowedText>()? {
-            fields.push((key.0, map.next_value::<Field>()?.0));
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+            self.at += 1;
         }
-        Ok(DeviceObject { fields })
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), NotFlat> {
+        self.skip_whitespace();
+        if self.peek() != Some(byte) {
+            return Err(NotFlat);
+        }
+        self.at += 1;
+        Ok(())
+    }
+
+    fn object(&mut self) -> Result<DeviceObject<'a>, NotFlat> {
+        self.expect(b'{')?;
+        let mut fields = Vec::with_capacity(16);
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return Ok(DeviceObject { fields });
+        }
+        loop {
+            self.expect(b'"')?;
+            let key = self.string()?;
+            self.expect(b':')?;
+            self.skip_whitespace();
+            fields.push((key, self.value()?));
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(DeviceObject { fields });
+                }
+                _ => return Err(NotFlat),
+            }
+        }
+    }
+
+    fn value(&mut self) -> Result<FieldValue<'a>, NotFlat> {
+        match self.peek().ok_or(NotFlat)? {
+            b'"' => {
+                self.at += 1;
+                Ok(FieldValue::Str(self.string()?))
+            }
+            b't' => self.word("true", FieldValue::Bool(true)),
+            b'f' => self.word("false", FieldValue::Bool(false)),
+            b'n' => self.word("null", FieldValue::Null),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => Err(NotFlat),
+        }
+    }
+
+    fn word(&mut self, word: &str, value: FieldValue<'a>) -> Result<FieldValue<'a>, NotFlat> {
+        if !self.text[self.at..].starts_with(word) {
+            return Err(NotFlat);
+        }
+        self.at += word.len();
+        Ok(value)
+    }
+
+    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)?`; an exponent or a very long integer part is left to
+    /// the `Value` parse (it refuses numbers out of an `f64`'s range).
+    fn number(&mut self) -> Result<FieldValue<'a>, NotFlat> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        let digits = self.digits();
+        let leading_zero = self.text.as_bytes()[self.at - digits..].first() == Some(&b'0');
+        if digits == 0 || digits > MAX_PLAIN_DIGITS || (leading_zero && digits > 1) {
+            return Err(NotFlat);
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return Err(NotFlat);
+            }
+        }
+        match self.peek() {
+            Some(b'e' | b'E') => Err(NotFlat),
+            _ => Ok(FieldValue::Number),
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// The rest of a string whose opening quote was read: borrowed when it has no escapes,
+    /// decoded by `serde_json` when it has (escapes are rare in an InfoObject).
+    fn string(&mut self) -> Result<Cow<'a, str>, NotFlat> {
+        let start = self.at;
+        let bytes = self.text.as_bytes();
+        let end = start + plain_text_len(&bytes[start..]);
+        if bytes.get(end) == Some(&b'"') {
+            self.at = end + 1;
+            return Ok(Cow::Borrowed(&self.text[start..end]));
+        }
+        let mut at = end;
+        loop {
+            match bytes.get(at).copied().ok_or(NotFlat)? {
+                b'"' => break,
+                b'\\' => at += 2,
+                0x00..=0x1f => return Err(NotFlat),
+                _ => at += 1,
+            }
+        }
+        self.at = at + 1;
+        serde_json::from_str::<String>(&self.text[start - 1..self.at])
+            .map(Cow::Owned)
+            .map_err(|_| NotFlat)
     }
 }
 
-/// Text borrowed from the input when it has no escapes.
-struct BorrowedText<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for BorrowedText<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TextVisitor;
-        impl<'de> Visitor<'de> for TextVisitor {
-            type Value = BorrowedText<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(BorrowedText(Cow::Borrowed(text)))
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(BorrowedText(Cow::Owned(text.to_string())))
-            }
-            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
-                Ok(BorrowedText(Cow::Owned(text)))
-            }
+/// How many bytes at the start of `bytes` can be string text as they are: up to the first quote,
+/// backslash or control character (JSON strings hold those escaped only), or the end. Eight
+/// bytes at a time: in each 64-bit word, `(x - 0x01..) & !x & 0x80..` marks bytes of `x` that
+/// are zero (`word ^ quotes`: a quote) or, with `0x20..`, below 0x20. A mark can be wrong only
+/// above a right one (a borrow), so the lowest mark of a word is exact.
+fn plain_text_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH_BITS: u64 = ONES * 0x80;
+    let below = |word: u64, byte: u8| word.wrapping_sub(ONES * u64::from(byte)) & !word;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let marks = (below(word ^ (ONES * u64::from(b'"')), 1)
+            | below(word ^ (ONES * u64::from(b'\\')), 1)
+            | below(word, 0x20))
+            & HIGH_BITS;
+        if marks != 0 {
+            return at + marks.trailing_zeros() as usize / 8;
         }
-        deserializer.deserialize_str(TextVisitor)
+        at += 8;
     }
-}
-
-/// A field's value, nested containers skipped.
-struct Field<'a>(FieldValue<'a>);
-
-impl<'de> de::Deserialize<'de> for Field<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ValueVisitor;
-        impl<'de> Visitor<'de> for ValueVisitor {
-            type Value = Field<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Null))
-            }
-            fn visit_bool<E: de::Error>(self, value: bool) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Bool(value)))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Number))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Number))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Number))
-            }
-            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Str(Cow::Borrowed(text))))
-            }
-            fn visit_str<E: de::Error>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Str(Cow::Owned(text.to_string()))))
-            }
-            fn visit_string<E: de::Error>(self, text: String) -> Result<Self::Value, E> {
-                Ok(Field(FieldValue::Str(Cow::Owned(text))))
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, mut items: S) -> Result<Self::Value, S::Error> {
-                while items.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Field(FieldValue::Array))
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Field(FieldValue::Object))
-            }
-        }
-        deserializer.deserialize_any(ValueVisitor)
-    }
+    let rest = chunks.remainder();
+    at + rest
+        .iter()
+        .position(|byte| matches!(byte, b'"' | b'\\' | 0x00..=0x1f))
+        .unwrap_or(rest.len())
 }
 
 #[cfg(test)]
@@ -157,10 +220,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_level_fields_are_read_and_nested_ones_skipped() {
-        let body = br#"{"app_id": "com.example.app", "n": 1.5, "b": false, "z": null,
-            "escaped": "a\"b\u00e9", "list": [1, {"x": [2]}], "obj": {"k": "v"},
-            "app_id": "com.example.last"}"#;
+    fn top_level_fields_are_read() {
+        let body = br#" {"app_id": "com.example.app", "n": -0.5, "i": 10, "b": false, "t": true,
+            "z": null, "escaped": "a\"b\u00e9", "app_id": "com.example.last", "": "" } "#;
         let object = DeviceObject::from_json(body).unwrap();
         assert_eq!(
             object.get("app_id"),
@@ -176,19 +238,33 @@ mod tests {
             Some(&FieldValue::Str(Cow::Owned("a\"bé".into())))
         );
         assert_eq!(object.get("n"), Some(&FieldValue::Number));
+        assert_eq!(object.get("i"), Some(&FieldValue::Number));
         assert_eq!(object.get("b"), Some(&FieldValue::Bool(false)));
+        assert_eq!(object.get("t"), Some(&FieldValue::Bool(true)));
         assert_eq!(object.get("z"), Some(&FieldValue::Null));
-        assert_eq!(object.get("list"), Some(&FieldValue::Array));
-        assert_eq!(object.get("obj"), Some(&FieldValue::Object));
-        assert_eq!(
-            object.get("k"),
-            None,
-            "nested fields are not top-level ones"
-        );
+        assert_eq!(object.get(""), Some(&FieldValue::Str(Cow::Borrowed(""))));
+        assert_eq!(object.get("missing"), None);
+        assert_eq!(DeviceObject::from_json(b"{}"), Ok(DeviceObject::default()));
     }
 
     #[test]
-    fn anything_but_one_object_is_an_error() {
+    fn plain_text_ends_at_the_first_quote_backslash_or_control_character() {
+        for length in 0..40 {
+            for stop in [b'"', b'\\', 0x00, 0x1f, b'\n'] {
+                // Bytes around the stops (0x20, '#', ']', 0xff), and one more stop after it.
+                let mut text: Vec<u8> = (0..length)
+                    .map(|i| [b' ', b'#', b']', b'a', 0xff, b'!'][i % 6])
+                    .collect();
+                text.push(stop);
+                text.extend_from_slice(b"abc\"\\");
+                assert_eq!(plain_text_len(&text), length, "{text:?}");
+            }
+            assert_eq!(plain_text_len(&vec![b'x'; length]), length);
+        }
+    }
+
+    #[test]
+    fn anything_but_one_flat_object_is_left_to_the_value_parse() {
         for body in [
             &b"[]"[..],
             b"\"text\"",
@@ -196,8 +272,33 @@ mod tests {
             b"{\"a\": }",
             b"",
             b"{\"a\": 1",
+            b"{\"a\": 1,}",
+            b"{\"a\" 1}",
+            b"{a: 1}",
+            b"{\"a\": [1]}",
+            b"{\"a\": {\"b\": 1}}",
+            b"{\"a\": 1e3}",
+            b"{\"a\": 01}",
+            b"{\"a\": 1.}",
+            b"{\"a\": -}",
+            b"{\"a\": +1}",
+            b"{\"a\": tru}",
+            b"{\"a\": nul}",
+            b"{\"a\": \"tab\there\"}",
+            b"{\"a\": \"\\ud800\"}",
+            b"{\"a\": \"\\x\"}",
+            b"{\"a\": \"unterminated\\\"}",
+            b"{\"a\": 1}\x0c",
+            b"{\"a\": \"\xff\"}",
         ] {
-            assert!(DeviceObject::from_json(body).is_err(), "{body:?}");
+            assert_eq!(
+                DeviceObject::from_json(body),
+                Err(NotFlat),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
+        let long = format!("{{\"a\": {}}}", "9".repeat(MAX_PLAIN_DIGITS + 1));
+        assert_eq!(DeviceObject::from_json(long.as_bytes()), Err(NotFlat));
     }
 }

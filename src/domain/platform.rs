@@ -26,19 +26,36 @@ impl FromStr for Platform {
 
     /// Accepts any case and surrounding spaces, as the seed did.
     fn from_str(value: &str) -> Result<Platform, InvalidInput> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "android" => Ok(Platform::Android),
-            "ios" => Ok(Platform::Ios),
-            "electron" => Ok(Platform::Electron),
-            _ => Err(InvalidInput(format!(
-                "unknown platform {value:?}: expected \"ios\", \"android\" or \"electron\""
-            ))),
-        }
+        let name = value.trim();
+        [Platform::Android, Platform::Ios, Platform::Electron]
+            .into_iter()
+            .find(|platform| platform.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                InvalidInput(format!(
+                    "unknown platform {value:?}: expected \"ios\", \"android\" or \"electron\""
+                ))
+            })
     }
 }
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read_in_any_case_and_unknown_ones_refused() {
+        assert_eq!(" Android ".parse::<Platform>().unwrap(), Platform::Android);
+        assert_eq!("IOS".parse::<Platform>().unwrap(), Platform::Ios);
+        assert_eq!("electron".parse::<Platform>().unwrap(), Platform::Electron);
+        for unknown in ["", "web", "androi", "android2", "i os"] {
+            let error = unknown.parse::<Platform>().unwrap_err();
+            assert!(error.0.contains("expected \"ios\""), "{}", error.0);
+        }
     }
 }

@@ -226,15 +226,13 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for DeviceBody<LIMIT> {
 }
 
 /// What the `/updates` body says about the device. A flat object (what plugins send) is read
-/// field by field without building a `Value` (the check's hot path); anything else, nested
-/// values included, goes through the `Value` parse, so every endpoint refuses the same bodies
-/// with the same message (a unit test and the fuzz target compare both reads).
+/// in one pass without building a `Value` (the check's hot path); anything else, nested values
+/// and syntax errors included, goes through the `Value` parse, so every endpoint refuses the
+/// same bodies with the same message (unit tests and the fuzz target compare both reads).
 pub fn device_info(bytes: &[u8]) -> Result<DeviceInfo, DeviceRefusal> {
     match DeviceObject::from_json(bytes) {
-        Ok(object) if !object.has_nested_values() => {
-            DeviceInfo::from_fields(&DeviceFields::of(&object))
-        }
-        _ => DeviceInfo::parse(&parse_json_body(bytes)?),
+        Ok(object) => DeviceInfo::from_fields(&DeviceFields::of(&object)),
+        Err(_) => DeviceInfo::parse(&parse_json_body(bytes)?),
     }
 }
 
@@ -301,7 +299,7 @@ mod tests {
             "{oops".to_string(),
             format!("{{{device}}} trailing"),
             format!("{}{{}}{}", "[".repeat(200), "]".repeat(200)),
-            // Nested values the borrowed read skips: the Value parse decides.
+            // Nested values and exponents the flat read leaves to the Value parse.
             format!("{{{device}, \"x\": [1e400]}}"),
             format!("{{{device}, \"x\": [\"\\ud800\"]}}"),
             format!(
@@ -327,6 +325,84 @@ mod tests {
         assert_eq!(
             (read.version_name.as_str(), read.device_id.as_str()),
             ("1.0.1", "abc")
+        );
+    }
+
+    /// Bodies one to four random edits away from a plugin's: both reads still agree, and the
+    /// edits reach the flat reader's every branch (strings, escapes, numbers, words, nesting).
+    #[test]
+    fn both_reads_agree_on_edited_bodies() {
+        let plugin_body = br#"{"app_id":"com.example.app","device_id":"4e5f-ab","platform":"ios",
+            "version_build":"1.2.0","version_code":"12","version_name":"1.2.3","version_os":"17.1",
+            "plugin_version":"8.40.0","custom_id":"","is_emulator":false,"is_prod":true,
+            "defaultChannel":"beta","key_id":"ab12","n":-12.5,"z":null}"#;
+        let alphabet: &[&[u8]] = &[
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b":",
+            b",",
+            b"\"",
+            b"\\",
+            b"\\u00e9",
+            b"\\ud800",
+            b"u",
+            b"e",
+            b"E5",
+            b"e-2",
+            b"E",
+            b"-",
+            b"+",
+            b".",
+            b"0",
+            b"7",
+            b" ",
+            b"\n",
+            b"\t",
+            b"true",
+            b"null",
+            b"\x00",
+            b"\x0c",
+            b"\xff",
+            "é".as_bytes(),
+            b"a",
+            b"1e400",
+            b"01",
+        ];
+        // xorshift64*: a fixed seed, so a failure names a body that fails again.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % below
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut body = plugin_body.to_vec();
+            for _ in 0..=next(4) {
+                let at = next(body.len() + 1);
+                let piece = alphabet[next(alphabet.len())];
+                let (end, piece) = match next(3) {
+                    0 => (at, piece),
+                    1 => ((at + piece.len()).min(body.len()), piece),
+                    _ => ((at + 1 + next(3)).min(body.len()), &b""[..]),
+                };
+                body.splice(at..end, piece.iter().copied());
+            }
+            let through_value = parse_json_body(&body).and_then(|value| DeviceInfo::parse(&value));
+            let read = device_info(&body);
+            assert_eq!(read, through_value, "{}", String::from_utf8_lossy(&body));
+            if read.is_ok() {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(
+            accepted > 1_000 && refused > 1_000,
+            "{accepted} read, {refused} refused"
         );
     }
 }
