@@ -25,7 +25,9 @@ platforms x 20 native releases with 3 channels each, and drives it with wrk:
   delta           bytes a device downloads for an update that changed one line of a real Vite
                   React app, against the zip (bench/delta.py)
 
-Every throughput figure is the median of --runs runs, ceiling and server runs interleaved. The
+Every throughput figure is the median of --runs runs, ceiling and server runs interleaved; a
+scenario's peak RSS is the server's highest RSS during its load (the kernel's peak is started
+over before it, so seeding the catalog does not count; the RSS before the load is kept too). The
 same scenarios run on MongoDB + S3 with --backends external (scripts/services start first).
 Results: a table on stdout and JSON in target/bench/results.json.
 """
@@ -78,6 +80,13 @@ def build():
         cwd=ROOT, check=True)
     release = os.path.join(target_dir(), "release")
     return os.path.join(release, "capgo-server"), os.path.join(release, "examples", "ceiling")
+
+
+def reset_peak_rss(pid):
+    """Starts the process's peak RSS (VmHWM) over from its current RSS (Linux 4.0+), so a peak
+    read after a load is the load's, not that of the seeding before it."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def peak_rss_mib(pid):
@@ -334,6 +343,8 @@ def against_ceiling(ceiling_binary, answer_file, server, script, name, ceiling_n
     ceiling = subprocess.Popen([ceiling_binary, str(port), answer_file], stdout=subprocess.DEVNULL)
     time.sleep(0.3)
     ceiling_runs, server_runs = [], []
+    rss_before = current_rss_mib(server.process.pid)
+    reset_peak_rss(server.process.pid)
     for run in range(args.runs):
         ceiling_runs.append(wrk(port, script, args.seconds))
         server_runs.append(wrk(server.device_port, script, args.seconds))
@@ -344,6 +355,7 @@ def against_ceiling(ceiling_binary, answer_file, server, script, name, ceiling_n
     report[ceiling_name] = summarize(ceiling_runs)
     report[name] = summarize(server_runs)
     report[name]["peak_rss_mib"] = peak_rss_mib(server.process.pid)
+    report[name]["rss_before_mib"] = rss_before
 
 
 def stored_events(backend, data_dir):
