@@ -44,7 +44,31 @@ pub struct Tally {
     devices: Vec<u64>,
 }
 
+/// Device hashes a tally holds before it first drops repeats.
+const FIRST_COMPACTION: usize = 64;
+
 impl Tally {
+    /// Adds a device's hash. A device checks many times between two flushes and its sketch
+    /// needs it once, so when the list is full it first drops the repeats (sorted, then
+    /// deduplicated): memory follows the distinct devices, not the checks, and a busy fleet
+    /// does not reach [`MAX_NOTES`] by checking often. Returns how many repeats it dropped.
+    fn add_device(&mut self, device: u64) -> usize {
+        let mut repeats = 0;
+        let capacity = self.devices.capacity();
+        if self.devices.len() == capacity && capacity >= FIRST_COMPACTION {
+            self.devices.sort_unstable();
+            self.devices.dedup();
+            repeats = capacity - self.devices.len();
+            // Mostly distinct devices: grow now, so the next compaction is `capacity` notes
+            // away (a compaction sorts the list: this keeps its cost per note logarithmic).
+            if self.devices.len() > capacity / 2 {
+                self.devices.reserve(capacity);
+            }
+        }
+        self.devices.push(device);
+        repeats
+    }
+
     pub fn notes(&self) -> usize {
         self.devices.len()
     }
@@ -146,7 +170,8 @@ impl FleetTally {
         match state.tallies.get_mut(&slot) {
             Some(tally) if tally.start == start && matches(&tally.key) => {
                 tally.events += 1;
-                tally.devices.push(device);
+                let repeats = tally.add_device(device);
+                state.notes -= repeats;
             }
             // Another key with the same 64-bit hash (vanishingly rare), or no room: dropped.
             Some(_) => return self.drop_note(),
@@ -271,6 +296,45 @@ mod tests {
             ]
         );
         assert!(tally.take().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_tally_holds_each_device_about_once_however_often_it_checks() {
+        let tally = FleetTally::default();
+        let production = ChannelName::default_channel();
+        let devices: Vec<String> = (0..1_000).map(|n| format!("device-{n}")).collect();
+        // 1,000 devices, 200 checks each, in rounds (each round every device once).
+        for _ in 0..200 {
+            for device in &devices {
+                tally.note_check(&release(), &production, "1.0.1", device, 10);
+            }
+        }
+        // One more device, checking 50,000 times alone.
+        for _ in 0..50_000 {
+            tally.note_check(&release(), &production, "1.0.1", "busy", 10);
+        }
+        let state = tally.state.lock().unwrap();
+        let held = state.notes;
+        assert_eq!(
+            held,
+            state.tallies.values().map(Tally::notes).sum::<usize>(),
+            "the bound counts what is held"
+        );
+        drop(state);
+        assert!(held < 4 * 1_001, "{held} hashes held for 1,001 devices");
+        let taken = tally.take();
+        assert_eq!(taken.len(), 1);
+        let day = taken[0]
+            .to_counts()
+            .into_iter()
+            .find(|count| count.span == Span::Day)
+            .unwrap();
+        assert_eq!(day.events, 250_000, "every check is counted");
+        let estimate = day.devices.estimate();
+        assert!(
+            (980..=1_020).contains(&estimate),
+            "{estimate} devices estimated for 1,001"
+        );
     }
 
     #[test]
