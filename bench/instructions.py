@@ -74,17 +74,7 @@ def scenario(binary, name, env, requests, work):
     os.chmod(wrapper, 0o755)
     server = run.Server(wrapper, os.path.join(work, f"data-{name}"), env)
     try:
-        connection = server.connection(True)
-        builtin = run.upload(server, run.app_id(0), "1.0.0", run.small_zip("a"), connection)
-        served = run.upload(server, run.app_id(0), "1.1.0", run.small_zip("b"), connection)
-        status, body = server.request("POST", "/api/v1/releases.create", {
-            "platform": "android", "app_id": run.app_id(0), "version_name": "1.0.0",
-            "version_code": "1", "builtin_bundle_id": builtin}, management=True)
-        assert status == 200, body
-        release = json.loads(body)["release"]["id"]
-        status, body = server.request("POST", "/api/v1/releases.set-active", {
-            "release_id": release, "bundle_id": served}, management=True)
-        assert status == 200, body
+        run.seed_one_app(server)
         device = server.connection(False)
         answers = []
 

@@ -222,6 +222,22 @@ def seed(server):
     return bundles
 
 
+def seed_one_app(server):
+    """The small catalog of the per-check probes (bench/instructions.py, bench/cpu_per_check.py):
+    one app whose android 1.0.0 release serves 1.1.0 (two files) on its production channel."""
+    connection = server.connection(True)
+    builtin = upload(server, app_id(0), "1.0.0", small_zip("a"), connection)
+    served = upload(server, app_id(0), "1.1.0", small_zip("b"), connection)
+    status, body = server.request("POST", "/api/v1/releases.create", {
+        "platform": "android", "app_id": app_id(0), "version_name": "1.0.0",
+        "version_code": "1", "builtin_bundle_id": builtin}, management=True)
+    assert status == 200, body
+    release = json.loads(body)["release"]["id"]
+    status, body = server.request("POST", "/api/v1/releases.set-active", {
+        "release_id": release, "bundle_id": served}, management=True)
+    assert status == 200, body
+
+
 def device_body(app=0, platform="android", release=0, device=0, channel=""):
     return {
         "platform": platform, "device_id": f"00000000-0000-4000-8000-{device:012d}",
