@@ -38,11 +38,20 @@ def per_check(pid, port, script, seconds):
     time.sleep(0.2)
     result = run.wrk(port, script, seconds)
     perf.send_signal(signal.SIGINT)
+    output = perf.communicate()[1]
     counts = {}
-    for line in perf.communicate()[1].strip().splitlines():
+    for line in output.strip().splitlines():
         fields = line.split(",")
         if len(fields) > 2 and fields[2] in EVENTS:
-            counts[fields[2]] = float(fields[0])
+            try:
+                counts[fields[2]] = float(fields[0])
+            except ValueError:  # "<not supported>", "<not counted>"
+                pass
+    missing = [event for event in EVENTS if event not in counts]
+    if missing:
+        raise SystemExit(f"perf did not count {', '.join(missing)}:\n{output}")
+    if result["errors"] or result["non2xx"]:
+        raise SystemExit(f"wrk saw errors: {result}")
     checks = result["requests"]
     return {
         "checks_per_s": round(result["rps"]),
@@ -59,7 +68,7 @@ def main():
     ceiling = os.path.join(os.path.dirname(binary), "examples", "ceiling")
     if not os.path.exists(ceiling):
         raise SystemExit(f"no ceiling server at {ceiling}: build it with scripts/bench")
-    work = tempfile.mkdtemp(prefix="capgo-cpu-")
+    work = tempfile.mkdtemp(prefix="capgo-cpu-")  # kept for inspection (the data directory)
     server = run.Server(binary, os.path.join(work, "data"), {})
     ceiling_process = None
     try:
