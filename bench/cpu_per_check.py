@@ -65,7 +65,7 @@ def per_check(pid, port, script, seconds):
 def main():
     binary = os.path.abspath(sys.argv[1])
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    ceiling = os.path.join(os.path.dirname(binary), "examples", "ceiling")
+    ceiling = run.ceiling_beside(binary)
     if not os.path.exists(ceiling):
         raise SystemExit(f"no ceiling server at {ceiling}: build it with scripts/bench")
     work = tempfile.mkdtemp(prefix="capgo-cpu-")  # kept for inspection (the data directory)

@@ -127,7 +127,7 @@ def ceiling_scenario(ceiling, answer, requests, work):
 def main():
     binary = os.path.abspath(sys.argv[1])
     requests = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
-    ceiling = os.path.join(os.path.dirname(binary), "examples", "ceiling")
+    ceiling = run.ceiling_beside(binary)
     work = tempfile.mkdtemp(prefix="capgo-instructions-")
     results = {"binary": binary, "requests": requests}
     answer = None

@@ -89,12 +89,27 @@ def reset_peak_rss(pid):
         clear_refs.write("5")
 
 
-def peak_rss_mib(pid):
+def status_mib(pid, field):
+    """A size field of /proc/<pid>/status (VmRSS, VmHWM, RssAnon...) in MiB."""
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib(pid):
+    return status_mib(pid, "VmHWM")
+
+
+def current_rss_mib(pid):
+    return status_mib(pid, "VmRSS")
+
+
+def ceiling_beside(binary):
+    """The ceiling server built beside a capgo-server binary (`<dir>/examples/ceiling`, as
+    `build()` makes it)."""
+    return os.path.join(os.path.dirname(binary), "examples", "ceiling")
 
 
 class Server:
@@ -535,13 +550,6 @@ def soak(server, target, name, report):
         "stats_errors": stats_result["errors"] + stats_result["non2xx"],
     }
 
-
-def current_rss_mib(pid):
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def big_zip(path, size):
