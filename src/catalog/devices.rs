@@ -17,7 +17,7 @@ use crate::domain::rollout;
 use crate::domain::stats::StatsEvent;
 use crate::domain::targeting::{DeviceOverride, OverrideSource};
 use crate::domain::update::{decide, ChannelTarget, UpdateAnswer};
-use crate::domain::{now_millis, ChannelName, Release};
+use crate::domain::{now_millis, ChannelName, Release, ReleaseKey};
 use crate::error::Chain;
 use crate::store::{BundleRecord, ServedRecords, ServedRollout, StoreError};
 
@@ -78,18 +78,15 @@ impl Catalog {
     /// channel an override puts it on, else the one it asks for, else the default one.
     /// When the metadata store is unreachable, the last known answer is served, however old.
     pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<DeviceTarget, CatalogError> {
-        let (channel, choice) = match self.override_for(device).await? {
-            Some(found) => (found.channel, found.choice),
+        let found = self.override_for(device).await?;
+        let (channel, choice) = match &found {
+            Some(found) => (&found.channel, found.choice),
             None => match &device.channel {
-                Some(channel) => (channel.clone(), ChannelChoice::ByDevice),
-                None => (ChannelName::default_channel(), ChannelChoice::Default),
+                Some(channel) => (channel, ChannelChoice::ByDevice),
+                None => (ChannelName::default_ref(), ChannelChoice::Default),
             },
         };
-        let key = TargetKey {
-            release: device.release.clone(),
-            channel,
-        };
-        let resolution = self.resolve(&key).await?;
+        let resolution = self.resolve(&device.release, channel).await?;
         let mut in_canary = false;
         match resolution.as_ref() {
             Resolved::Unregistered(_) => {
@@ -104,7 +101,7 @@ impl Catalog {
                 };
                 self.fleet.note_check(
                     &device.release,
-                    &key.channel,
+                    channel,
                     running,
                     &device.device_id,
                     now_millis(),
@@ -127,8 +124,12 @@ impl Catalog {
         })
     }
 
-    async fn resolve(&self, key: &TargetKey) -> Result<Resolution, CatalogError> {
-        let (last_known, generation) = match self.targets.get(key) {
+    async fn resolve(
+        &self,
+        release: &ReleaseKey,
+        channel: &ChannelName,
+    ) -> Result<Resolution, CatalogError> {
+        let (last_known, generation) = match self.targets.get(release, channel) {
             Lookup::Fresh(resolution) => {
                 crate::metrics::global().cache_lookup(true);
                 return Ok(resolution);
@@ -137,14 +138,17 @@ impl Catalog {
             Lookup::Missing(generation) => (None, generation),
         };
         crate::metrics::global().cache_lookup(false);
+        let key = TargetKey {
+            release: release.clone(),
+            channel: channel.clone(),
+        };
         // Boxed: the reads' state would otherwise make every check's future (cache hits too)
         // kilobytes larger, and each is moved to the heap when a request starts.
-        let loaded = Box::pin(self.load_target(key)).await;
+        let loaded = Box::pin(self.load_target(&key)).await;
         match (loaded, last_known) {
             (Ok(resolved), _) => {
                 let resolution = Arc::new(resolved);
-                self.targets
-                    .store(key.clone(), generation, resolution.clone());
+                self.targets.store(key, generation, resolution.clone());
                 Ok(resolution)
             }
             (Err(error @ CatalogError::Unavailable { .. }), Some(last_known)) => {

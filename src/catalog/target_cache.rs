@@ -4,7 +4,9 @@
 //! of last resort when the store is unreachable. Devices that differ only in id share one
 //! entry: a check costs two hash lookups whatever the fleet size.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,10 +63,65 @@ pub enum Lookup {
     Missing(u64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetKey {
     pub release: ReleaseKey,
     pub channel: ChannelName,
+}
+
+/// A release and channel as a lookup sees them: a [`TargetKey`], or the parts borrowed from a
+/// device's check, so a check that the cache answers copies none of the device's strings into
+/// a key (the map finds entries through `Borrow<dyn KeyParts>`).
+trait KeyParts {
+    fn release(&self) -> &ReleaseKey;
+    fn channel(&self) -> &ChannelName;
+}
+
+impl KeyParts for TargetKey {
+    fn release(&self) -> &ReleaseKey {
+        &self.release
+    }
+    fn channel(&self) -> &ChannelName {
+        &self.channel
+    }
+}
+
+impl KeyParts for (&ReleaseKey, &ChannelName) {
+    fn release(&self) -> &ReleaseKey {
+        self.0
+    }
+    fn channel(&self) -> &ChannelName {
+        self.1
+    }
+}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for TargetKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+/// One hash for both forms of a key: the map's `Borrow` lookups need a key and its borrowed
+/// form to hash alike.
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.release().hash(state);
+        self.channel().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.release() == other.release() && self.channel() == other.channel()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl Hash for TargetKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn KeyParts).hash(state);
+    }
 }
 
 pub struct TargetCache {
@@ -92,9 +149,11 @@ impl TargetCache {
         }
     }
 
-    pub fn get(&self, key: &TargetKey) -> Lookup {
+    /// What the cache knows about `release` on `channel`.
+    pub fn get(&self, release: &ReleaseKey, channel: &ChannelName) -> Lookup {
+        let parts: &dyn KeyParts = &(release, channel);
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        self.lookup(state.entries.get(key), state.generation)
+        self.lookup(state.entries.get(parts), state.generation)
     }
 
     /// Stores a resolution computed at `generation`, unless a write happened since.
@@ -180,6 +239,11 @@ mod tests {
         }
     }
 
+    fn lookup(cache: &TargetCache) -> Lookup {
+        let key = key();
+        cache.get(&key.release, &key.channel)
+    }
+
     fn resolution() -> Resolution {
         Arc::new(Resolved::Refused(DeviceRefusal::failed(
             "no_bundle",
@@ -190,13 +254,37 @@ mod tests {
     #[test]
     fn stores_until_invalidated() {
         let cache = TargetCache::new(Duration::from_secs(60));
-        let Lookup::Missing(generation) = cache.get(&key()) else {
+        let Lookup::Missing(generation) = lookup(&cache) else {
             panic!("empty cache")
         };
         cache.store(key(), generation, resolution());
-        assert!(matches!(cache.get(&key()), Lookup::Fresh(_)));
+        assert!(matches!(lookup(&cache), Lookup::Fresh(_)));
         cache.invalidate();
-        assert!(matches!(cache.get(&key()), Lookup::Missing(_)));
+        assert!(matches!(lookup(&cache), Lookup::Missing(_)));
+    }
+
+    #[test]
+    fn a_lookup_finds_only_its_own_release_and_channel() {
+        let cache = TargetCache::new(Duration::from_secs(60));
+        cache.store(key(), 0, resolution());
+        let stored = key();
+        assert!(matches!(
+            cache.get(&stored.release, &stored.channel),
+            Lookup::Fresh(_)
+        ));
+        let beta = ChannelName::parse("beta").unwrap();
+        assert!(matches!(
+            cache.get(&stored.release, &beta),
+            Lookup::Missing(0)
+        ));
+        let other_build = ReleaseKey {
+            version_code: "2".into(),
+            ..stored.release.clone()
+        };
+        assert!(matches!(
+            cache.get(&other_build, &stored.channel),
+            Lookup::Missing(0)
+        ));
     }
 
     #[test]
@@ -218,7 +306,7 @@ mod tests {
     #[test]
     fn one_apps_overrides_can_be_forgotten_alone() {
         let cache = TargetCache::new(Duration::from_secs(60));
-        let Lookup::Missing(generation) = cache.get(&key()) else {
+        let Lookup::Missing(generation) = lookup(&cache) else {
             panic!("empty cache")
         };
         cache.store(key(), generation, resolution());
@@ -227,10 +315,7 @@ mod tests {
         cache.invalidate_overrides("a");
         assert!(cache.overrides("a").is_err());
         assert!(cache.overrides("b").is_ok(), "other apps keep theirs");
-        assert!(
-            matches!(cache.get(&key()), Lookup::Fresh(_)),
-            "answers stay"
-        );
+        assert!(matches!(lookup(&cache), Lookup::Fresh(_)), "answers stay");
         cache.store_overrides("a", generation, OverrideMap::default());
         assert!(
             cache.overrides("a").is_err(),
@@ -241,12 +326,12 @@ mod tests {
     #[test]
     fn a_lookup_that_raced_a_write_is_not_stored() {
         let cache = TargetCache::new(Duration::from_secs(60));
-        let Lookup::Missing(generation) = cache.get(&key()) else {
+        let Lookup::Missing(generation) = lookup(&cache) else {
             panic!("empty cache")
         };
         cache.invalidate();
         cache.store(key(), generation, resolution());
-        assert!(matches!(cache.get(&key()), Lookup::Missing(_)));
+        assert!(matches!(lookup(&cache), Lookup::Missing(_)));
     }
 
     #[test]
@@ -254,10 +339,10 @@ mod tests {
         let cache = TargetCache::new(Duration::ZERO);
         cache.store(key(), 0, resolution());
         assert!(
-            matches!(cache.get(&key()), Lookup::Stale(_, 0)),
+            matches!(lookup(&cache), Lookup::Stale(_, 0)),
             "zero duration: never fresh"
         );
         cache.invalidate();
-        assert!(matches!(cache.get(&key()), Lookup::Missing(1)));
+        assert!(matches!(lookup(&cache), Lookup::Missing(1)));
     }
 }

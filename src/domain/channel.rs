@@ -37,6 +37,14 @@ impl ChannelName {
         ChannelName(DEFAULT_CHANNEL.to_string())
     }
 
+    /// [`ChannelName::default_channel`] borrowed: the update check's, which allocates nothing
+    /// for it.
+    pub fn default_ref() -> &'static ChannelName {
+        static DEFAULT: std::sync::LazyLock<ChannelName> =
+            std::sync::LazyLock::new(ChannelName::default_channel);
+        &DEFAULT
+    }
+
     pub fn from_stored(value: String) -> ChannelName {
         ChannelName(value)
     }
