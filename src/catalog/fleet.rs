@@ -144,6 +144,13 @@ impl Catalog {
     }
 }
 
+/// Notes not written yet, ready to be added to what the store has ([`Catalog::fleet_counts`]).
+struct UnwrittenNotes {
+    since: UnixMillis,
+    tallies: Vec<Tally>,
+    bounds: CatalogBounds,
+}
+
 /// What the fleet's counts may name, so devices cannot make them grow with made-up names:
 /// reports about an app with no bundle or release and checks of builds with no release are
 /// not counted (the unregistered builds list has those), a channel the app does not have is
@@ -192,47 +199,56 @@ impl Catalog {
     /// store has, plus what this process noted and has not written yet (so a person sees
     /// their own test device at once; other replicas' notes arrive with their next flush).
     pub async fn fleet_counts(&self, app_id: &str, days: u32) -> Result<FleetCounts, CatalogError> {
-        let mut counts = self.fleet_counts_of(&[app_id.to_string()], days).await?;
-        Ok(counts.remove(0))
+        let apps = [app_id.to_string()];
+        let unwritten = self.unwritten_notes(&apps, days).await?;
+        self.app_fleet_counts(app_id, &unwritten).await
     }
 
-    /// [`Catalog::fleet_counts`] of each of `apps`, in order, bounding the unwritten notes
-    /// with one read of the catalog for all.
-    async fn fleet_counts_of(
+    /// What this process noted for `apps` and has not written, with what bounds it: read once
+    /// for several apps' counts.
+    async fn unwritten_notes(
         &self,
         apps: &[String],
         days: u32,
-    ) -> Result<Vec<FleetCounts>, CatalogError> {
-        let since = Self::fleet_window_start(days);
-        let pending = self.fleet.pending(apps);
-        let bounds = self.catalog_bounds(&pending).await?;
-        let mut unwritten: Vec<FleetCount> = pending
+    ) -> Result<UnwrittenNotes, CatalogError> {
+        let tallies = self.fleet.pending(apps);
+        let bounds = self.catalog_bounds(&tallies).await?;
+        Ok(UnwrittenNotes {
+            since: Self::fleet_window_start(days),
+            tallies,
+            bounds,
+        })
+    }
+
+    /// [`Catalog::fleet_counts`] of one app of `unwritten`. One app at a time: a count holds a
+    /// 4 KiB sketch, and the counts of every app at once (the fleet gauges' apps) took tens of
+    /// MiB for a few seconds each minute.
+    async fn app_fleet_counts(
+        &self,
+        app_id: &str,
+        unwritten: &UnwrittenNotes,
+    ) -> Result<FleetCounts, CatalogError> {
+        let since = unwritten.since;
+        let mine = unwritten
+            .tallies
             .iter()
+            .filter(|tally| tally.key().app_id() == app_id)
             .flat_map(Tally::to_counts)
-            .filter_map(|count| bounds.bound(count))
-            .filter(|count| count.start >= since)
-            .collect();
-        let mut all = Vec::with_capacity(apps.len());
-        for app_id in apps {
-            let mut merged: BTreeMap<(Span, UnixMillis, FleetKey), FleetCount> = BTreeMap::new();
-            let (mine, others) = unwritten
-                .into_iter()
-                .partition(|c| c.key.app_id() == app_id);
-            unwritten = others;
-            let stored = self.metadata.fleet_counts(app_id, since).await?;
-            for count in stored.into_iter().chain(mine) {
-                match merged.entry((count.span, count.start, count.key.clone())) {
-                    std::collections::btree_map::Entry::Occupied(mut stored) => {
-                        stored.get_mut().merge(&count)
-                    }
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(count);
-                    }
+            .filter_map(|count| unwritten.bounds.bound(count))
+            .filter(|count| count.start >= since);
+        let stored = self.metadata.fleet_counts(app_id, since).await?;
+        let mut merged: BTreeMap<(Span, UnixMillis, FleetKey), FleetCount> = BTreeMap::new();
+        for count in stored.into_iter().chain(mine) {
+            match merged.entry((count.span, count.start, count.key.clone())) {
+                std::collections::btree_map::Entry::Occupied(mut stored) => {
+                    stored.get_mut().merge(&count)
+                }
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(count);
                 }
             }
-            all.push(merged.into_values().collect());
         }
-        Ok(all)
+        Ok(merged.into_values().collect())
     }
 
     /// Only what the store has (tests).
@@ -385,8 +401,9 @@ impl Catalog {
         let releases = self.list_releases().await?;
         let unregistered = self.unregistered_builds().await?;
         let mut overviews = Vec::with_capacity(apps.len());
-        let all_counts = self.fleet_counts_of(apps, OVERVIEW_DAYS).await?;
-        for (app_id, counts) in apps.iter().zip(all_counts) {
+        let unwritten = self.unwritten_notes(apps, OVERVIEW_DAYS).await?;
+        for app_id in apps {
+            let counts = self.app_fleet_counts(app_id, &unwritten).await?;
             let mut fleets = Vec::new();
             for release in releases.iter().filter(|r| r.key.app_id == *app_id) {
                 // Channels the release sets, production, and any its devices checked in on.
