@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Where capgo-server's memory goes under load (BENCHMARKS.md, "The device check's cost").
 
-    python3 bench/memory_probe.py <capgo-server binary> [fixed|devices] [NAME=VALUE ...]
+    python3 bench/memory_probe.py [--seconds N] <capgo-server binary> [fixed|devices] [NAME=VALUE ...]
 
-Seeds the benchmark's catalog (2,000 releases), then runs 10 s of wrk with the answer cache off
+Seeds the benchmark's catalog (2,000 releases), then runs N s (10 by default; the benchmark's
+scenarios run 60 s and more in all) of wrk with the answer cache off
 (CACHE_RESULT_DURATION=0s), from one device (`fixed`) or from the 100,000 devices of
 `updates-100k` (`devices`, the default), and prints the server's RSS (anonymous and
-file-backed, MiB) and thread count after seeding, every 2 s under load, and 12 s after it
+file-backed, MiB) and thread count after seeding, every 2 s under load (or often enough for 30 lines), and 12 s after it
 (once the fleet tally was written). Extra NAME=VALUE arguments go to the server's environment
 (for example MIMALLOC_PURGE_DELAY=0, to see whether freed pages are kept).
 """
@@ -34,9 +35,13 @@ def status(pid):
 
 
 def main():
-    binary = os.path.abspath(sys.argv[1])
-    load = sys.argv[2] if len(sys.argv) > 2 else "devices"
-    extra = dict(arg.split("=", 1) for arg in sys.argv[3:])
+    args = sys.argv[1:]
+    seconds = 10
+    if args[:1] == ["--seconds"]:
+        seconds, args = int(args[1]), args[2:]
+    binary = os.path.abspath(args[0])
+    load = args[1] if len(args) > 1 else "devices"
+    extra = dict(arg.split("=", 1) for arg in args[2:])
     data = tempfile.mkdtemp(prefix="capgo-memory-")
     server = run.Server(binary, data, {"CACHE_RESULT_DURATION": "0s", **extra})
     try:
@@ -54,11 +59,11 @@ def main():
         sampler.start()
         script = (run.lua_fixed("/updates", run.device_body()) if load == "fixed"
                   else run.lua_devices())
-        result = run.wrk(server.device_port, script, 10)
+        result = run.wrk(server.device_port, script, seconds)
         done.set()
         sampler.join()
         print("requests/s", round(result["rps"]), flush=True)
-        for sampled in samples[::4]:
+        for sampled in samples[::max(4, len(samples) // 30)]:
             print("under load", sampled)
         time.sleep(12)
         print("after the tally's flush", status(pid))

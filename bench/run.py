@@ -9,7 +9,10 @@ platforms x 20 native releases with 3 channels each, and drives it with wrk:
   updates-hit     POST /updates, one plugin-shaped body, answers from the cache
   updates-100k    POST /updates from 100,000 distinct devices spread over all 2,000 releases
                   and the 3 channels, with CACHE_RESULT_DURATION=0s: every check reads the store
-  latency-half    updates-hit at half of its measured peak rate (wrk's delay(), 16 connections)
+  latency-half    updates-hit at half of its measured peak rate (each connection waits 10 ms
+                  after each answer, with as many connections as that rate needs)
+  ceiling-latency-half  the same paced load on the ceiling server: the latency the machine
+                  adds (wrk and the server share its cores) whatever the server does
   stats           POST /stats with batches of 200 events; every stored event is counted back
                   (embedded store: rows of its stats table)
   upload          one 500 MiB bundle through bundles.upload, against `cp` of the same file on
@@ -33,6 +36,7 @@ Results: a table on stdout and JSON in target/bench/results.json.
 """
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -367,22 +371,31 @@ def backend_env(backend):
     return env
 
 
-def against_ceiling(ceiling_binary, answer_file, server, script, name, ceiling_name, args,
-                    report):
-    """The same wrk load on the ceiling server and on capgo-server, runs interleaved."""
+@contextlib.contextmanager
+def ceiling_server(ceiling_binary, answer_file):
+    """The ceiling server answering `answer_file` to every request; yields its port."""
     port = free_port()
     ceiling = subprocess.Popen([ceiling_binary, str(port), answer_file], stdout=subprocess.DEVNULL)
     time.sleep(0.3)
+    try:
+        yield port
+    finally:
+        ceiling.terminate()
+        ceiling.wait()
+
+
+def against_ceiling(ceiling_binary, answer_file, server, script, name, ceiling_name, args,
+                    report, connections=CONNECTIONS):
+    """The same wrk load on the ceiling server and on capgo-server, runs interleaved."""
     ceiling_runs, server_runs = [], []
     rss_before = current_rss_mib(server.process.pid)
     reset_peak_rss(server.process.pid)
-    for run in range(args.runs):
-        ceiling_runs.append(wrk(port, script, args.seconds))
-        server_runs.append(wrk(server.device_port, script, args.seconds))
-        log(f"  run {run + 1}: {ceiling_name} {ceiling_runs[-1]['rps']:.0f}/s, "
-            f"{name} {server_runs[-1]['rps']:.0f}/s")
-    ceiling.terminate()
-    ceiling.wait()
+    with ceiling_server(ceiling_binary, answer_file) as port:
+        for run in range(args.runs):
+            ceiling_runs.append(wrk(port, script, args.seconds, connections))
+            server_runs.append(wrk(server.device_port, script, args.seconds, connections))
+            log(f"  run {run + 1}: {ceiling_name} {ceiling_runs[-1]['rps']:.0f}/s, "
+                f"{name} {server_runs[-1]['rps']:.0f}/s")
     report[ceiling_name] = summarize(ceiling_runs)
     report[name] = summarize(server_runs)
     report[name]["peak_rss_mib"] = peak_rss_mib(server.process.pid)
@@ -412,15 +425,18 @@ def throughput(binary, ceiling_binary, backend, data_dir, args, report):
     against_ceiling(ceiling_binary, answer_file, server, hit_script, "updates-hit", "ceiling",
                     args, report)
 
-        # Half the peak rate: each connection waits 10 ms after each answer (wrk's delay()), with
+    # Half the peak rate: each connection waits 10 ms after each answer (wrk's delay()), with
     # as many connections as that rate needs; the rate reached is reported beside the target.
+    # The ceiling server gets the same paced load, so its latency shows what the machine
+    # (wrk and the server sharing its cores) adds whatever the server does.
     half_rate = report["updates-hit"]["rps"] / 2
     interval_ms = 10
     connections = max(16, round(half_rate * interval_ms / 1000))
-    half_runs = [wrk(server.device_port, lua_fixed("/updates", hit_body, interval_ms),
-                     args.seconds, connections) for _ in range(args.runs)]
-    report["latency-half"] = summarize(half_runs)
-    report["latency-half"]["target_rps"] = half_rate
+    against_ceiling(ceiling_binary, answer_file, server,
+                    lua_fixed("/updates", hit_body, interval_ms), "latency-half",
+                    "ceiling-latency-half", args, report, connections)
+    for name in ("latency-half", "ceiling-latency-half"):
+        report[name]["target_rps"] = half_rate
 
     # Stats ingestion: batches of 200, then every stored event counted back.
     batch = [{"app_id": app_id(0), "device_id": f"device-{i}", "action": "set",
@@ -616,7 +632,8 @@ def print_report(results):
             print("| scenario | requests/s | ratio to ceiling | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |")
             print("|---|---|---|---|---|---|---|---|")
         for name, ceiling in (("ceiling", None), ("updates-hit", "ceiling"),
-                              ("latency-half", None), ("ceiling-100k", None),
+                              ("ceiling-latency-half", None), ("latency-half", None),
+                              ("ceiling-100k", None),
                               ("updates-100k", "ceiling-100k"), ("ceiling-devices", None),
                               ("updates-devices", "ceiling-devices"),
                               ("ceiling-rollout", None), ("updates-rollout", "ceiling-rollout")):
@@ -625,7 +642,7 @@ def print_report(results):
                 continue
             ratio = f"{r['rps'] / report[ceiling]['rps']:.2f}" if ceiling else ""
             rps = f"{r['rps']:.0f}"
-            if name == "latency-half":
+            if name in ("latency-half", "ceiling-latency-half"):
                 rps += f" (target {r['target_rps']:.0f})"
             rss = f"{r['peak_rss_mib']:.1f}" if "peak_rss_mib" in r else ""
             print(f"| {name} | {rps} | {ratio} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
@@ -678,6 +695,9 @@ def main():
                      "runs": args.runs},
         "backends": {},
     }
+    # The scratch folders live in the checkout's target/, which a fresh clone built elsewhere
+    # (CARGO_TARGET_DIR) does not have.
+    os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
     for backend in args.backends.split(","):
         log(f"== {backend}")
         report = results["backends"][backend] = {}
