@@ -7,8 +7,8 @@ Seeds the benchmark's catalog (2,000 releases), then runs N s (10 by default; th
 scenarios run 60 s and more in all) of wrk with the answer cache off
 (CACHE_RESULT_DURATION=0s), from one device (`fixed`) or from the 100,000 devices of
 `updates-100k` (`devices`, the default), and prints the server's RSS (anonymous and
-file-backed, MiB) and thread count after seeding, every 2 s under load (or often enough for 30 lines), and 12 s after it
-(once the fleet tally was written). Extra NAME=VALUE arguments go to the server's environment
+file-backed, MiB) and thread count after seeding, every 2 s under load (less often in longer
+runs: about 30 lines), and 12 s after it (once the fleet tally was written). Extra NAME=VALUE arguments go to the server's environment
 (for example MIMALLOC_PURGE_DELAY=0, to see whether freed pages are kept).
 """
 

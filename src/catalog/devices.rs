@@ -78,8 +78,8 @@ impl Catalog {
     /// channel an override puts it on, else the one it asks for, else the default one.
     /// When the metadata store is unreachable, the last known answer is served, however old.
     pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<DeviceTarget, CatalogError> {
-        let found = self.override_for(device).await?;
-        let (channel, choice) = match &found {
+        let overridden = self.override_for(device).await?;
+        let (channel, choice) = match &overridden {
             Some(found) => (&found.channel, found.choice),
             None => match &device.channel {
                 Some(channel) => (channel, ChannelChoice::ByDevice),
@@ -152,7 +152,7 @@ impl Catalog {
                 Ok(resolution)
             }
             (Err(error @ CatalogError::Unavailable { .. }), Some(last_known)) => {
-                tracing::warn!(error = %Chain(&error), release = %key.release, "storage unavailable: serving the last known answer");
+                tracing::warn!(error = %Chain(&error), %release, "storage unavailable: serving the last known answer");
                 Ok(Box::pin(self.with_fresh_url(last_known)).await)
             }
             (Err(e), _) => Err(e),

@@ -211,10 +211,11 @@ impl Catalog {
         apps: &[String],
         days: u32,
     ) -> Result<UnwrittenNotes, CatalogError> {
+        let since = Self::fleet_window_start(days);
         let tallies = self.fleet.pending(apps);
         let bounds = self.catalog_bounds(&tallies).await?;
         Ok(UnwrittenNotes {
-            since: Self::fleet_window_start(days),
+            since,
             tallies,
             bounds,
         })

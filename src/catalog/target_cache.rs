@@ -63,7 +63,7 @@ pub enum Lookup {
     Missing(u64),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct TargetKey {
     pub release: ReleaseKey,
     pub channel: ChannelName,
@@ -123,6 +123,14 @@ impl Hash for TargetKey {
         (self as &dyn KeyParts).hash(state);
     }
 }
+
+impl PartialEq for TargetKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn KeyParts) == (other as &dyn KeyParts)
+    }
+}
+
+impl Eq for TargetKey {}
 
 pub struct TargetCache {
     ttl: Duration,
@@ -285,6 +293,16 @@ mod tests {
             cache.get(&other_build, &stored.channel),
             Lookup::Missing(0)
         ));
+    }
+
+    #[test]
+    fn a_key_and_its_borrowed_parts_hash_alike() {
+        use std::hash::BuildHasher;
+        let hasher = std::collections::hash_map::RandomState::new();
+        let key = key();
+        let parts: &dyn KeyParts = &(&key.release, &key.channel);
+        assert_eq!(hasher.hash_one(&key), hasher.hash_one(parts));
+        assert!(parts == (&key as &dyn KeyParts));
     }
 
     #[test]

@@ -34,14 +34,13 @@ impl ChannelName {
     }
 
     pub fn default_channel() -> ChannelName {
-        ChannelName(DEFAULT_CHANNEL.to_string())
+        ChannelName::default_ref().clone()
     }
 
-    /// [`ChannelName::default_channel`] borrowed: the update check's, which allocates nothing
-    /// for it.
+    /// The default channel, borrowed (the update check takes it without allocating).
     pub fn default_ref() -> &'static ChannelName {
         static DEFAULT: std::sync::LazyLock<ChannelName> =
-            std::sync::LazyLock::new(ChannelName::default_channel);
+            std::sync::LazyLock::new(|| ChannelName(DEFAULT_CHANNEL.to_string()));
         &DEFAULT
     }
 
