@@ -304,23 +304,8 @@ async fn each_apps_gauges_count_only_its_own_devices() {
     let app = TestApp::with_env(&[("LIMIT_REQUEST_PER_MINUTE", "0")]);
     const OTHER_APP: &str = "com.example.other";
     for app_id in [APP_ID, OTHER_APP] {
-        let zip = web_bundle(app_id);
-        let (status, body) = app
-            .upload(&[
-                ("app_id", Part::Text(app_id)),
-                ("version_name", Part::Text("1.0.0")),
-                ("bundle", Part::File(&zip)),
-            ])
-            .await;
-        assert_eq!(status.as_u16(), 200, "{body}");
-        let (status, body) = app
-            .post_json(
-                "/api/v1/releases.create",
-                json!({"platform": "android", "app_id": app_id, "version_name": "1.0.0",
-                       "version_code": "10", "builtin_bundle_id": body["bundle"]["id"]}),
-            )
-            .await;
-        assert_eq!(status.as_u16(), 200, "{body}");
+        let builtin = app.upload_bundle_for(app_id, "1.0.0").await;
+        app.create_release_for(app_id, &builtin).await;
     }
     let check = |app_id: &'static str, n: usize| {
         let mut body = device_body("builtin", "8.51.14");

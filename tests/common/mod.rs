@@ -279,10 +279,15 @@ impl TestApp {
 
     /// Uploads a valid bundle and returns its id.
     pub async fn upload_bundle(&self, version: &str) -> String {
+        self.upload_bundle_for(APP_ID, version).await
+    }
+
+    /// [`TestApp::upload_bundle`] for another app.
+    pub async fn upload_bundle_for(&self, app_id: &str, version: &str) -> String {
         let zip = web_bundle(version);
         let (status, body) = self
             .upload(&[
-                ("app_id", Part::Text(APP_ID)),
+                ("app_id", Part::Text(app_id)),
                 ("version_name", Part::Text(version)),
                 ("bundle", Part::File(&zip)),
             ])
@@ -293,10 +298,15 @@ impl TestApp {
 
     /// Creates the android 1.0.0 (10) release with `builtin` and returns its id.
     pub async fn create_release(&self, builtin: &str) -> String {
+        self.create_release_for(APP_ID, builtin).await
+    }
+
+    /// [`TestApp::create_release`] for another app.
+    pub async fn create_release_for(&self, app_id: &str, builtin: &str) -> String {
         let (status, body) = self
             .post_json(
                 "/api/v1/releases.create",
-                json!({"platform": "android", "app_id": APP_ID, "version_name": "1.0.0",
+                json!({"platform": "android", "app_id": app_id, "version_name": "1.0.0",
                        "version_code": "10", "builtin_bundle_id": builtin}),
             )
             .await;
