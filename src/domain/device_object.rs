@@ -1,6 +1,7 @@
 //! A device's JSON object read without building a `serde_json::Value`: one pass over the
-//! bytes that records the top-level fields, strings borrowed from the body where they have no
-//! escapes. It reads only what plugins send (one flat object); anything else, a nested array or
+//! bytes that keeps the top-level fields the update check reads ([`FIELDS`]), strings borrowed
+//! from the body where they have no escapes, and checks the others' syntax without keeping
+//! them. It reads only what plugins send (one flat object); anything else, a nested array or
 //! object, a number with an exponent, any syntax error, is [`NotFlat`], and the caller reads the
 //! body with the `Value` parse instead, which gives the refusal message. So this reader never
 //! decides on its own that a body is bad, and the two reads cannot disagree about what a good
@@ -18,11 +19,43 @@ pub enum FieldValue<'a> {
     Str(Cow<'a, str>),
 }
 
-/// The top-level fields of a flat JSON object, in order (a repeated name: the last one counts,
-/// as in `serde_json`).
+/// Declares the fields a [`DeviceObject`] keeps: their names in [`FIELDS`], and the slot of
+/// each name, found by a `match` (a length test and one comparison) instead of a scan.
+macro_rules! kept_fields {
+    ($($slot:literal => $name:literal),* $(,)?) => {
+        /// The InfoObject fields the update check reads (`DeviceInfo::from_fields`); a
+        /// [`DeviceObject`] keeps these and no others.
+        pub const FIELDS: [&str; kept_fields!(@count $($name)*)] = [$($name),*];
+
+        fn slot_of(name: &str) -> Option<usize> {
+            match name {
+                $($name => Some($slot),)*
+                _ => None,
+            }
+        }
+    };
+    (@count $($name:literal)*) => { 0 $(+ { let _ = $name; 1 })* };
+}
+
+kept_fields! {
+    0 => "platform",
+    1 => "app_id",
+    2 => "device_id",
+    3 => "version_build",
+    4 => "version_code",
+    5 => "version_name",
+    6 => "plugin_version",
+    7 => "defaultChannel",
+    8 => "key_id",
+    9 => "is_emulator",
+    10 => "is_prod",
+}
+
+/// The [`FIELDS`] of a flat JSON object, each where its name puts it (a repeated name: the last
+/// one counts, as in `serde_json`). No allocation: the values borrow the body.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeviceObject<'a> {
-    fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    values: [Option<FieldValue<'a>>; FIELDS.len()],
 }
 
 impl<'a> DeviceObject<'a> {
@@ -39,12 +72,11 @@ impl<'a> DeviceObject<'a> {
         Ok(object)
     }
 
+    /// The value of `name`, one of [`FIELDS`] (any other name is not kept: `None`).
     pub fn get(&self, name: &str) -> Option<&FieldValue<'a>> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value)
+        let slot = slot_of(name);
+        debug_assert!(slot.is_some(), "{name} is not a kept InfoObject field");
+        self.values[slot?].as_ref()
     }
 }
 
@@ -83,24 +115,27 @@ impl<'a> Reader<'a> {
 
     fn object(&mut self) -> Result<DeviceObject<'a>, NotFlat> {
         self.expect(b'{')?;
-        let mut fields = Vec::with_capacity(16);
+        let mut object = DeviceObject::default();
         self.skip_whitespace();
         if self.peek() == Some(b'}') {
             self.at += 1;
-            return Ok(DeviceObject { fields });
+            return Ok(object);
         }
         loop {
             self.expect(b'"')?;
-            let key = self.string()?;
+            let slot = slot_of(&self.string()?);
             self.expect(b':')?;
             self.skip_whitespace();
-            fields.push((key, self.value()?));
+            let value = self.value()?;
+            if let Some(slot) = slot {
+                object.values[slot] = Some(value);
+            }
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => self.at += 1,
                 Some(b'}') => {
                     self.at += 1;
-                    return Ok(DeviceObject { fields });
+                    return Ok(object);
                 }
                 _ => return Err(NotFlat),
             }
@@ -220,9 +255,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn top_level_fields_are_read() {
-        let body = br#" {"app_id": "com.example.app", "n": -0.5, "i": 10, "b": false, "t": true,
-            "z": null, "escaped": "a\"b\u00e9", "app_id": "com.example.last", "": "" } "#;
+    fn the_kept_fields_are_read() {
+        let body = br#" {"app_id": "com.example.app", "n": -0.5, "version_code": 10,
+            "is_prod": false, "is_emulator": true, "key_id": null, "other": "x",
+            "version_name": "a\"b\u00e9", "app_id": "com.example.last", "": "",
+            "platform": "" } "#;
         let object = DeviceObject::from_json(body).unwrap();
         assert_eq!(
             object.get("app_id"),
@@ -234,17 +271,27 @@ mod tests {
             Some(FieldValue::Str(Cow::Borrowed(_)))
         ));
         assert_eq!(
-            object.get("escaped"),
+            object.get("version_name"),
             Some(&FieldValue::Str(Cow::Owned("a\"bé".into())))
         );
-        assert_eq!(object.get("n"), Some(&FieldValue::Number));
-        assert_eq!(object.get("i"), Some(&FieldValue::Number));
-        assert_eq!(object.get("b"), Some(&FieldValue::Bool(false)));
-        assert_eq!(object.get("t"), Some(&FieldValue::Bool(true)));
-        assert_eq!(object.get("z"), Some(&FieldValue::Null));
-        assert_eq!(object.get(""), Some(&FieldValue::Str(Cow::Borrowed(""))));
-        assert_eq!(object.get("missing"), None);
+        assert_eq!(object.get("version_code"), Some(&FieldValue::Number));
+        assert_eq!(object.get("is_prod"), Some(&FieldValue::Bool(false)));
+        assert_eq!(object.get("is_emulator"), Some(&FieldValue::Bool(true)));
+        assert_eq!(object.get("key_id"), Some(&FieldValue::Null));
+        assert_eq!(
+            object.get("platform"),
+            Some(&FieldValue::Str(Cow::Borrowed("")))
+        );
+        assert_eq!(object.get("device_id"), None);
         assert_eq!(DeviceObject::from_json(b"{}"), Ok(DeviceObject::default()));
+    }
+
+    #[test]
+    fn every_kept_name_has_its_own_slot() {
+        let slots: Vec<_> = FIELDS.iter().map(|name| slot_of(name)).collect();
+        let expected: Vec<_> = (0..FIELDS.len()).map(Some).collect();
+        assert_eq!(slots, expected);
+        assert_eq!(slot_of("version_os"), None);
     }
 
     #[test]
