@@ -464,23 +464,13 @@ async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, St
         })
 }
 
-async fn run_server<S>(
+async fn run_server(
     what: &'static str,
     listener: TcpListener,
-    service: S,
+    service: impl http::serve::ConnectionService,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-) where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     if let Ok(bound) = listener.local_addr() {
         // Logged once everything is ready: tests and scripts wait for it (and read ports
         // chosen with port 0 from it).

@@ -650,3 +650,52 @@ async fn one_address_holds_a_bounded_number_of_device_connections() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The status of `request_line` (with `body`) sent from the loopback address `from`.
+async fn status_from_address(url: &str, from: [u8; 4], request_line: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    let mut stream = socket.connect(address).await.unwrap();
+    let request = format!(
+        "{request_line} HTTP/1.1\r\nHost: {address}\r\nx-forwarded-for: 198.51.100.7\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The rate limit follows each connection's peer address on both ways a device request is
+/// answered: `POST /updates` (the port's own dispatch) and every other route (the router),
+/// which share one bucket per address; a forged `X-Forwarded-For` from an untrusted peer is
+/// ignored.
+#[tokio::test]
+async fn the_device_rate_limit_follows_each_connections_peer() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        data.path(),
+        &[
+            ("MANAGEMENT_API_TOKENS", API_KEY),
+            ("LIMIT_REQUEST_PER_MINUTE", "3"),
+        ],
+    );
+    let url = &server.public_url;
+    let check = "POST /updates";
+    let channel = "PUT /channel_self";
+    let device = json!({"app_id": "com.example.app", "device_id": "a", "platform": "ios",
+        "version_build": "1.0.0", "version_code": "1"})
+    .to_string();
+    let (busy, other) = ([127, 0, 0, 2], [127, 0, 0, 3]);
+    for _ in 0..3 {
+        assert_eq!(status_from_address(url, busy, check, &device).await, 200);
+    }
+    assert_eq!(status_from_address(url, busy, check, &device).await, 429);
+    assert_eq!(status_from_address(url, busy, channel, &device).await, 429);
+    assert_eq!(status_from_address(url, other, check, &device).await, 200);
+    assert_ne!(status_from_address(url, other, channel, &device).await, 429);
+    assert_eq!(status_from_address(url, other, check, &device).await, 200);
+    assert_eq!(status_from_address(url, other, channel, &device).await, 429);
+}

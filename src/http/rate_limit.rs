@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -57,10 +56,11 @@ impl DeviceRateLimiter {
     }
 }
 
-/// The 429 answer when the request's address is over its device request rate, else `None`.
-pub fn refuse_if_limited(state: &AppState, request: &Request) -> Option<Response> {
+/// The 429 answer when `client` (the request's address) is over its device request rate, else
+/// `None`.
+pub fn refuse_if_limited(state: &AppState, client: IpAddr) -> Option<Response> {
     let limiter = state.rate_limiter.as_ref()?;
-    let wait = limiter.check(state.client_ip.of_request(request)).err()?;
+    let wait = limiter.check(client).err()?;
     crate::metrics::global().rate_limited();
     Some(too_many_requests(wait))
 }

@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::Request;
 use axum::response::Response;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -40,17 +41,34 @@ pub struct ConnectionLimits {
     pub gate: Option<Arc<ConnectionGate>>,
 }
 
+/// What answers the requests of one accepted connection: a service that knows the
+/// connection's peer address (rate limits and logs need it).
+pub trait ConnectionService: Send + Sync + 'static {
+    type Service: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static;
+
+    fn for_peer(&self, peer: SocketAddr) -> Self::Service;
+}
+
+/// A router gets the peer as a `ConnectInfo` extension on every request.
+impl ConnectionService for Router {
+    type Service = <Extension<ConnectInfo<SocketAddr>> as Layer<Router>>::Service;
+
+    fn for_peer(&self, peer: SocketAddr) -> Self::Service {
+        Extension(ConnectInfo(peer)).layer(self.clone())
+    }
+}
+
 /// Serves `service` (a router, or the device API's own dispatch) on `listener` until
 /// `shutdown`, then lets in-flight requests finish.
-pub async fn serve<S>(
+pub async fn serve(
     listener: TcpListener,
-    service: S,
+    service: impl ConnectionService,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
-) where
-    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -85,11 +103,12 @@ pub async fn serve<S>(
         };
         let _ = stream.set_nodelay(true);
         let stream = StallGuard::new(stream, limits.write_stall_timeout);
-        let service = axum::Extension(ConnectInfo(peer))
-            .layer(service.clone())
-            .map_request(|request: hyper::Request<hyper::body::Incoming>| {
-                request.map(axum::body::Body::new)
-            });
+        let service =
+            service
+                .for_peer(peer)
+                .map_request(|request: hyper::Request<hyper::body::Incoming>| {
+                    request.map(axum::body::Body::new)
+                });
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);

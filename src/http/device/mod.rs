@@ -8,22 +8,26 @@ mod updates;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
-use http_body_util::LengthLimitError;
+use bytes::BytesMut;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
 use tower::Service;
 
 use super::observe;
 use super::rate_limit::refuse_if_limited;
+use super::serve::ConnectionService;
 use super::AppState;
 use crate::catalog::CatalogError;
 use crate::domain::bundle::FILES_ROUTE_PREFIX;
@@ -84,6 +88,10 @@ const UPDATES_ROUTE: &str = "/updates";
 pub struct DeviceApi {
     state: AppState,
     routes: Router,
+    /// The connection's peer, when made by [`ConnectionService::for_peer`]: `POST /updates`
+    /// reads it here, other routes as the `ConnectInfo` extension it adds for them (without
+    /// a peer, as tests drive it, both read the request's extensions).
+    peer: Option<SocketAddr>,
 }
 
 impl DeviceApi {
@@ -91,6 +99,26 @@ impl DeviceApi {
         DeviceApi {
             routes: observe::observed_router("device", router(state.clone())),
             state,
+            peer: None,
+        }
+    }
+
+    /// Who sent `request`: its connection's peer, or a trusted proxy's client.
+    fn client_of(&self, request: &Request) -> IpAddr {
+        match self.peer {
+            Some(peer) => self.state.client_ip.resolve(peer.ip(), request.headers()),
+            None => self.state.client_ip.of_request(request),
+        }
+    }
+}
+
+impl ConnectionService for DeviceApi {
+    type Service = DeviceApi;
+
+    fn for_peer(&self, peer: SocketAddr) -> DeviceApi {
+        DeviceApi {
+            peer: Some(peer),
+            ..self.clone()
         }
     }
 }
@@ -104,15 +132,19 @@ impl Service<Request> for DeviceApi {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         if request.method() != Method::POST || request.uri().path() != UPDATES_ROUTE {
+            if let Some(peer) = self.peer {
+                request.extensions_mut().insert(ConnectInfo(peer));
+            }
             return Box::pin(self.routes.call(request));
         }
         let state = self.state.clone();
+        let client = self.client_of(&request);
         Box::pin(async move {
             Ok(
                 observe::observed("device", UPDATES_ROUTE, request, |request| {
-                    guarded(&state, request, |request| {
+                    guarded(&state, client, request, |request| {
                         updates::check_request(&state, request)
                     })
                 })
@@ -135,16 +167,22 @@ async fn guard_device_request(
     request: Request,
     next: Next,
 ) -> Response {
-    guarded(&state, request, |request| next.run(request)).await
+    let client = state.client_ip.of_request(&request);
+    guarded(&state, client, request, |request| next.run(request)).await
 }
 
-/// The rate limit, then `answer` within the request timeout.
-async fn guarded<F, Answer>(state: &AppState, request: Request, answer: F) -> Response
+/// The rate limit of `client`, then `answer` within the request timeout.
+async fn guarded<F, Answer>(
+    state: &AppState,
+    client: IpAddr,
+    request: Request,
+    answer: F,
+) -> Response
 where
     F: FnOnce(Request) -> Answer,
     Answer: Future<Output = Response>,
 {
-    if let Some(refused) = refuse_if_limited(state, &request) {
+    if let Some(refused) = refuse_if_limited(state, client) {
         return refused;
     }
     within_timeout(state, answer(request)).await
@@ -196,21 +234,45 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for DeviceBytes<LIMIT> {
 }
 
 async fn read_body(request: Request, limit: usize) -> Result<Bytes, DeviceRefusal> {
-    axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|error| {
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-            let mut too_large = false;
-            while let Some(e) = cause {
-                too_large |= e.is::<LengthLimitError>();
-                cause = e.source();
-            }
-            DeviceRefusal::invalid(if too_large {
-                "the request body is too large".to_string()
-            } else {
-                format!("the request body could not be read: {error}")
-            })
+    collect_at_most(request, limit).await.map_err(|error| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+        let mut too_large = false;
+        while let Some(e) = cause {
+            too_large |= e.is::<LengthLimitError>();
+            cause = e.source();
+        }
+        DeviceRefusal::invalid(if too_large {
+            "the request body is too large".to_string()
+        } else {
+            format!("the request body could not be read: {error}")
         })
+    })
+}
+
+/// The body's data (trailers ignored), at most `limit` bytes. A body that arrives in one frame,
+/// as a device's does, is returned as that frame, with no buffer list or copy.
+async fn collect_at_most(request: Request, limit: usize) -> Result<Bytes, axum::BoxError> {
+    let mut body = Limited::new(request.into_body(), limit);
+    let mut first = Bytes::new();
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if first.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.extend_from_slice(&first);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(if joined.is_empty() {
+        first
+    } else {
+        joined.freeze()
+    })
 }
 
 /// [`DeviceBytes`] as JSON (empty or not JSON: a refusal too).
