@@ -27,6 +27,27 @@ struct FoundOverride {
     choice: ChannelChoice,
 }
 
+/// The override of `overrides` that decides a device's channel, if any: forced ones always, a
+/// choice the server remembered only for plugins that keep none themselves (a device that
+/// updated its plugin follows its own choice again).
+fn override_in(overrides: &OverrideMap, device: &DeviceInfo) -> Option<FoundOverride> {
+    let found = overrides.get(&device.device_id)?;
+    let choice = if found.source.is_forced() {
+        ChannelChoice::Forced
+    } else if device
+        .plugin_version
+        .is_some_and(|v| !v.keeps_channel_locally())
+    {
+        ChannelChoice::ByDevice
+    } else {
+        return None;
+    };
+    Some(FoundOverride {
+        channel: found.channel.clone(),
+        choice,
+    })
+}
+
 /// What a device's check resolved to: what its channel serves, and how it came to be on it.
 pub struct DeviceTarget {
     pub resolution: Resolution,
@@ -77,8 +98,16 @@ impl Catalog {
     /// What the device's channel serves now (cached; see [`super::TargetCache`]), on the
     /// channel an override puts it on, else the one it asks for, else the default one.
     /// When the metadata store is unreachable, the last known answer is served, however old.
+    /// A check answered from the caches awaits nothing; the reads of a miss are boxed, so
+    /// every check's future stays the size of a hit's (it is moved as the request starts).
     pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<DeviceTarget, CatalogError> {
-        let overridden = self.override_for(device).await?;
+        let overrides = match self.targets.overrides(&device.release.app_id) {
+            Ok(overrides) => overrides,
+            Err(generation) => {
+                Box::pin(self.read_overrides(&device.release.app_id, generation)).await?
+            }
+        };
+        let overridden = override_in(&overrides, device);
         let (channel, choice) = match &overridden {
             Some(found) => (&found.channel, found.choice),
             None => match &device.channel {
@@ -86,7 +115,18 @@ impl Catalog {
                 None => (ChannelName::default_ref(), ChannelChoice::Default),
             },
         };
-        let resolution = self.resolve(&device.release, channel).await?;
+        let resolution = match self.targets.get(&device.release, channel) {
+            Lookup::Fresh(resolution) => {
+                crate::metrics::global().cache_lookup(true);
+                resolution
+            }
+            Lookup::Stale(last_known, generation) => {
+                Box::pin(self.load(&device.release, channel, Some(last_known), generation)).await?
+            }
+            Lookup::Missing(generation) => {
+                Box::pin(self.load(&device.release, channel, None, generation)).await?
+            }
+        };
         let mut in_canary = false;
         match resolution.as_ref() {
             Resolved::Unregistered(_) => {
@@ -124,28 +164,21 @@ impl Catalog {
         })
     }
 
-    async fn resolve(
+    /// What the store says `release` on `channel` serves now (the answer cache missed or
+    /// expired), remembered at `generation`; when the store is unreachable, `last_known`.
+    async fn load(
         &self,
         release: &ReleaseKey,
         channel: &ChannelName,
+        last_known: Option<Resolution>,
+        generation: u64,
     ) -> Result<Resolution, CatalogError> {
-        let (last_known, generation) = match self.targets.get(release, channel) {
-            Lookup::Fresh(resolution) => {
-                crate::metrics::global().cache_lookup(true);
-                return Ok(resolution);
-            }
-            Lookup::Stale(resolution, generation) => (Some(resolution), generation),
-            Lookup::Missing(generation) => (None, generation),
-        };
         crate::metrics::global().cache_lookup(false);
         let key = TargetKey {
             release: release.clone(),
             channel: channel.clone(),
         };
-        // Boxed: the reads' state would otherwise make every check's future (cache hits too)
-        // kilobytes larger, and each is moved to the heap when a request starts.
-        let loaded = Box::pin(self.load_target(&key)).await;
-        match (loaded, last_known) {
+        match (self.load_target(&key).await, last_known) {
             (Ok(resolved), _) => {
                 let resolution = Arc::new(resolved);
                 self.targets.store(key, generation, resolution.clone());
@@ -153,46 +186,27 @@ impl Catalog {
             }
             (Err(error @ CatalogError::Unavailable { .. }), Some(last_known)) => {
                 tracing::warn!(error = %Chain(&error), %release, "storage unavailable: serving the last known answer");
-                Ok(Box::pin(self.with_fresh_url(last_known)).await)
+                Ok(self.with_fresh_url(last_known).await)
             }
             (Err(e), _) => Err(e),
         }
     }
 
-    /// The override that decides a device's channel, if any: forced ones always, a choice the
-    /// server remembered only for plugins that keep none themselves (a device that updated
-    /// its plugin follows its own choice again).
-    async fn override_for(
-        &self,
-        device: &DeviceInfo,
-    ) -> Result<Option<FoundOverride>, CatalogError> {
-        let overrides = self.overrides_of(&device.release.app_id).await?;
-        let Some(found) = overrides.get(&device.device_id) else {
-            return Ok(None);
-        };
-        let choice = if found.source.is_forced() {
-            ChannelChoice::Forced
-        } else if device
-            .plugin_version
-            .is_some_and(|v| !v.keeps_channel_locally())
-        {
-            ChannelChoice::ByDevice
-        } else {
-            return Ok(None);
-        };
-        Ok(Some(FoundOverride {
-            channel: found.channel.clone(),
-            choice,
-        }))
-    }
-
     /// An app's overrides (cached until the next write). When the store is unreachable and
     /// they are not known, there are none: devices then follow their own choice.
     pub(super) async fn overrides_of(&self, app_id: &str) -> Result<OverrideMap, CatalogError> {
-        let generation = match self.targets.overrides(app_id) {
-            Ok(overrides) => return Ok(overrides),
-            Err(generation) => generation,
-        };
+        match self.targets.overrides(app_id) {
+            Ok(overrides) => Ok(overrides),
+            Err(generation) => self.read_overrides(app_id, generation).await,
+        }
+    }
+
+    /// An app's overrides as the store has them, remembered at `generation`.
+    async fn read_overrides(
+        &self,
+        app_id: &str,
+        generation: u64,
+    ) -> Result<OverrideMap, CatalogError> {
         match self.metadata.device_overrides(app_id).await {
             Ok(list) => {
                 let overrides: OverrideMap =

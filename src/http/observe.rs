@@ -42,21 +42,49 @@ where
     F: FnOnce(Request) -> Answer,
     Answer: Future<Output = Response>,
 {
-    let exported = crate::telemetry::traces_exported();
-    let started = Instant::now();
-    let response = match request_span(server, route, &request, exported) {
-        Some(span) => {
-            let response = answer(request).instrument(span.clone()).await;
-            if exported {
-                span.record("http.response.status_code", response.status().as_u16());
-            }
-            response
-        }
+    let observation = Observation::start(server, route, &request);
+    let response = match observation.span() {
+        Some(span) => answer(request).instrument(span.clone()).await,
         None => answer(request).await,
     };
-    let status = response.status().as_u16();
-    crate::metrics::global().http_request(server, route, status, started.elapsed());
+    observation.finish(route, &response);
     response
+}
+
+/// One request observed: its span (when it has one) and when it arrived. [`observed`] in two
+/// steps, for a caller that awaits its answer itself (the device port's update check, whose
+/// steps run in one future instead of one nested future each).
+pub struct Observation {
+    server: &'static str,
+    span: Option<tracing::Span>,
+    exported: bool,
+    started: Instant,
+}
+
+impl Observation {
+    pub fn start(server: &'static str, route: &str, request: &Request) -> Observation {
+        let exported = crate::telemetry::traces_exported();
+        Observation {
+            server,
+            span: request_span(server, route, request, exported),
+            exported,
+            started: Instant::now(),
+        }
+    }
+
+    /// The span the answer runs in, if the request has one.
+    pub fn span(&self) -> Option<&tracing::Span> {
+        self.span.as_ref()
+    }
+
+    /// Counts and times the request under `route`.
+    pub fn finish(self, route: &str, response: &Response) {
+        let status = response.status().as_u16();
+        if let (Some(span), true) = (&self.span, self.exported) {
+            span.record("http.response.status_code", status);
+        }
+        crate::metrics::global().http_request(self.server, route, status, self.started.elapsed());
+    }
 }
 
 /// The request's span, carrying its trace id. Device requests are the hot path: theirs is

@@ -23,7 +23,10 @@ use axum::{middleware, Json, Router};
 use bytes::BytesMut;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{json, Value};
+use tokio::time::error::Elapsed;
+use tokio::time::Timeout;
 use tower::Service;
+use tracing::Instrument;
 
 use super::observe;
 use super::rate_limit::refuse_if_limited;
@@ -141,15 +144,22 @@ impl Service<Request> for DeviceApi {
         }
         let state = self.state.clone();
         let client = self.client_of(&request);
+        // The steps of `guarded` inside those of `observed`, written out: one future for the
+        // whole check instead of one nested future per step, each moved into its parent.
         Box::pin(async move {
-            Ok(
-                observe::observed("device", UPDATES_ROUTE, request, |request| {
-                    guarded(&state, client, request, |request| {
-                        updates::check_request(&state, request)
+            let observation = observe::Observation::start("device", UPDATES_ROUTE, &request);
+            let response = match refuse_if_limited(&state, client) {
+                Some(refused) => refused,
+                None => {
+                    let check = limited_in_time(&state, updates::check_request(&state, request));
+                    or_timed_out(match observation.span() {
+                        Some(span) => check.instrument(span.clone()).await,
+                        None => check.await,
                     })
-                })
-                .await,
-            )
+                }
+            };
+            observation.finish(UPDATES_ROUTE, &response);
+            Ok(response)
         })
     }
 }
@@ -185,26 +195,30 @@ where
     if let Some(refused) = refuse_if_limited(state, client) {
         return refused;
     }
-    within_timeout(state, answer(request)).await
+    or_timed_out(limited_in_time(state, answer(request)).await)
 }
 
-/// [`within_timeout`] as a layer (`/stats`, which has its own per-event limit).
+/// The request timeout as a layer (`/stats`, which has its own per-event limit).
 async fn limit_duration(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    within_timeout(&state, next.run(request)).await
+    or_timed_out(limited_in_time(&state, next.run(request)).await)
 }
 
 /// A device request (body included) must arrive and be answered within
 /// DEVICE_REQUEST_TIMEOUT, so slow clients cannot hold connections; bundle downloads are
-/// exempt (slow mobile networks). The answer keeps the device error shape.
-async fn within_timeout(state: &AppState, answer: impl Future<Output = Response>) -> Response {
-    match tokio::time::timeout(state.device_request_timeout, answer).await {
-        Ok(response) => response,
-        Err(_) => device_error(
+/// exempt (slow mobile networks). [`or_timed_out`] gives the answer.
+fn limited_in_time<F: Future<Output = Response>>(state: &AppState, answer: F) -> Timeout<F> {
+    tokio::time::timeout(state.device_request_timeout, answer)
+}
+
+/// The answer, or past the request timeout the device error shape.
+fn or_timed_out(answer: Result<Response, Elapsed>) -> Response {
+    answer.unwrap_or_else(|_| {
+        device_error(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             "the request took too long to arrive; send it again",
-        ),
-    }
+        )
+    })
 }
 
 async fn ok() -> Json<Value> {

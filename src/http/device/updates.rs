@@ -3,31 +3,37 @@
 use axum::extract::{Request, State};
 use axum::Json;
 
-use axum::body::Bytes;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::{device_info, read_body, server_refusal, DeviceBytes, MAX_DEVICE_BODY};
-use crate::domain::device::DeviceRefusal;
+use super::{device_info, read_body, server_refusal, MAX_DEVICE_BODY};
 use crate::domain::update::UpdateAnswer;
 use crate::http::AppState;
 
-/// Always HTTP 200: plugins handle `error` + `kind` answers gracefully whatever the status,
-/// and older ones only report `download_fail` for non-2xx answers.
-pub async fn check_for_update(
-    State(state): State<AppState>,
-    DeviceBytes(body): DeviceBytes,
-) -> Response {
-    respond(&state, body).await
+/// The route's handler: [`check_request`]. Always HTTP 200: plugins handle `error` + `kind`
+/// answers gracefully whatever the status, and older ones only report `download_fail` for
+/// non-2xx answers.
+pub async fn check_for_update(State(state): State<AppState>, request: Request) -> Response {
+    check_request(&state, request).await
 }
 
-/// [`check_for_update`] for the device port's own dispatch ([`super::DeviceApi`]).
+/// The update check, for the route and for the device port's own dispatch
+/// ([`super::DeviceApi`]): the body read and the check are its only waits, in one future.
 pub async fn check_request(state: &AppState, request: Request) -> Response {
-    respond(state, read_body(request, MAX_DEVICE_BODY).await).await
+    let answer = match read_body(request, MAX_DEVICE_BODY)
+        .await
+        .and_then(|bytes| device_info(&bytes))
+    {
+        Ok(device) => match state.catalog.resolve_target(&device).await {
+            Ok(target) => target.answer(&device),
+            Err(error) => UpdateAnswer::refused(server_refusal(&error)),
+        },
+        Err(refusal) => UpdateAnswer::refused(refusal),
+    };
+    respond(answer)
 }
 
-async fn respond(state: &AppState, body: Result<Bytes, DeviceRefusal>) -> Response {
-    let answer = answer_for(state, body).await;
+fn respond(answer: UpdateAnswer) -> Response {
     crate::metrics::global().update_answer(answer.kind());
     match answer {
         // Rendered once per cached target: no serialization per device.
@@ -40,16 +46,5 @@ async fn respond(state: &AppState, body: Result<Bytes, DeviceRefusal>) -> Respon
         )
             .into_response(),
         other => Json(other).into_response(),
-    }
-}
-
-async fn answer_for(state: &AppState, body: Result<Bytes, DeviceRefusal>) -> UpdateAnswer {
-    let device = match body.and_then(|bytes| device_info(&bytes)) {
-        Ok(device) => device,
-        Err(refusal) => return UpdateAnswer::refused(refusal),
-    };
-    match state.catalog.resolve_target(&device).await {
-        Ok(target) => target.answer(&device),
-        Err(error) => UpdateAnswer::refused(server_refusal(&error)),
     }
 }
