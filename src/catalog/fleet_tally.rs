@@ -4,10 +4,10 @@
 //! and merges them into the store in one batch. Past the bounds, notes are dropped and
 //! counted, never waited for.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-use super::check_hash::{CheckHash, CheckMap};
 use crate::domain::fleet::{FleetCount, FleetKey, Span};
 use crate::domain::rollout::event_version;
 use crate::domain::sketch::device_hash;
@@ -22,13 +22,13 @@ pub const MAX_NOTES: usize = 1_000_000;
 #[derive(Default)]
 pub struct FleetTally {
     state: Mutex<State>,
-    hasher: CheckHash,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 #[derive(Default)]
 struct State {
     /// By a hash of (hour, key), checked against the key itself.
-    tallies: CheckMap<u64, Tally>,
+    tallies: HashMap<u64, Tally>,
     notes: usize,
 }
 

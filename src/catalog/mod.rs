@@ -5,7 +5,6 @@
 mod app_keys;
 mod bundles;
 mod canary_tally;
-mod check_hash;
 mod devices;
 mod error;
 mod fleet;

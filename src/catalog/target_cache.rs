@@ -5,11 +5,11 @@
 //! entry: a check costs two hash lookups whatever the fleet size.
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::check_hash::CheckMap;
 use crate::domain::device::DeviceRefusal;
 use crate::domain::targeting::DeviceOverride;
 use crate::domain::update::ChannelTarget;
@@ -51,7 +51,7 @@ pub struct Canary {
 const OVERRIDES_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// An app's device overrides by device id (only devices that have one).
-pub type OverrideMap = Arc<CheckMap<String, DeviceOverride>>;
+pub type OverrideMap = Arc<HashMap<String, DeviceOverride>>;
 
 /// Entries kept at most; past it the cache starts over (unknown keys cannot grow it forever).
 const MAX_ENTRIES: usize = 100_000;
@@ -141,12 +141,12 @@ pub struct TargetCache {
 struct CacheState {
     /// Bumped by every invalidation, so a lookup that raced a write cannot store a stale answer.
     generation: u64,
-    entries: CheckMap<TargetKey, (Instant, Resolution)>,
+    entries: HashMap<TargetKey, (Instant, Resolution)>,
     /// Not expired by CACHE_RESULT_DURATION: every override write clears them, here and (through
     /// the catalog version) on other replicas, so a check that misses the answer cache costs no
     /// extra read. Read again after [`OVERRIDES_MAX_AGE`] all the same, in case another
     /// replica died between its write and announcing it.
-    overrides: CheckMap<String, (Instant, OverrideMap)>,
+    overrides: HashMap<String, (Instant, OverrideMap)>,
 }
 
 impl TargetCache {
