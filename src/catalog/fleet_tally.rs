@@ -5,7 +5,7 @@
 //! counted, never waited for.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use crate::domain::fleet::{FleetCount, FleetKey, Span};
@@ -28,8 +28,28 @@ pub struct FleetTally {
 #[derive(Default)]
 struct State {
     /// By a hash of (hour, key), checked against the key itself.
-    tallies: HashMap<u64, Tally>,
+    tallies: HashMap<u64, Tally, BuildHasherDefault<SlotHasher>>,
     notes: usize,
+}
+
+/// The tally map's hash of a slot: the slot itself, which is already SipHash under the
+/// tally's secret keys (hashing it again would cost a second SipHash per check, and could not
+/// make it less predictable).
+#[derive(Default)]
+struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("the tally map hashes only u64 slots");
+    }
+
+    fn write_u64(&mut self, slot: u64) {
+        self.0 = slot;
+    }
 }
 
 /// What was noted for one period and key between two flushes: the events, and the device
