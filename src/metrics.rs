@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -77,7 +77,7 @@ const REQUEST_SHARDS: usize = 8;
 #[repr(align(128))]
 struct RequestShard(Mutex<RequestFigures>);
 
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct RequestFigures {
     /// (server, status class) → route → (count, latency).
     http: BTreeMap<(&'static str, &'static str), RouteHistograms>,
@@ -204,9 +204,9 @@ impl Metrics {
 
     /// The calling thread's [`RequestShard`].
     fn own_shard(&self) -> std::sync::MutexGuard<'_, RequestFigures> {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
         thread_local! {
-            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) as usize % REQUEST_SHARDS;
+            static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % REQUEST_SHARDS;
         }
         lock(&self.requests[SHARD.with(|shard| *shard)].0)
     }

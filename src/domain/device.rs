@@ -106,6 +106,9 @@ impl<'a> DeviceFields<'a> {
             })
     }
 
+    /// The fields of a [`DeviceObject`], which keeps only `device_object::FIELDS` (what
+    /// [`DeviceInfo::from_fields`] reads): any other name reads as absent, so a rule that
+    /// reads a new field needs it added there.
     pub fn of(object: &'a DeviceObject<'a>) -> DeviceFields<'a> {
         DeviceFields(Source::Object(object))
     }

@@ -20,7 +20,7 @@ pub enum FieldValue<'a> {
 }
 
 /// Declares the fields a [`DeviceObject`] keeps: their names in [`FIELDS`], and the slot of
-/// each name, found by a `match` (a length test and one comparison) instead of a scan.
+/// each name, found by a `match` on the name instead of a scan of the fields read.
 macro_rules! kept_fields {
     ($($slot:literal => $name:literal),* $(,)?) => {
         /// The InfoObject fields the update check reads (`DeviceInfo::from_fields`); a
@@ -52,7 +52,8 @@ kept_fields! {
 }
 
 /// The [`FIELDS`] of a flat JSON object, each where its name puts it (a repeated name: the last
-/// one counts, as in `serde_json`). No allocation: the values borrow the body.
+/// one counts, as in `serde_json`). The values borrow the body; only a string with escapes is
+/// decoded into a copy.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DeviceObject<'a> {
     values: [Option<FieldValue<'a>>; FIELDS.len()],

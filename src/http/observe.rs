@@ -30,9 +30,8 @@ async fn record(server: &'static str, request: Request, next: Next) -> Response 
 }
 
 /// Answers `request` with `answer` inside the request's span (when there is one), counting and
-/// timing it under `route`: what the router's layer does, for requests answered without the
-/// router.
-pub async fn observed<F, Answer>(
+/// timing it under `route` (the router's layer).
+async fn observed<F, Answer>(
     server: &'static str,
     route: &str,
     request: Request,
@@ -47,28 +46,31 @@ where
         Some(span) => answer(request).instrument(span.clone()).await,
         None => answer(request).await,
     };
-    observation.finish(route, &response);
+    observation.finish(&response);
     response
 }
 
 /// One request observed: its span (when it has one) and when it arrived. [`observed`] in two
 /// steps, for a caller that awaits its answer itself (the device port's update check, whose
 /// steps run in one future instead of one nested future each).
-pub struct Observation {
+pub struct Observation<'r> {
     server: &'static str,
+    route: &'r str,
     span: Option<tracing::Span>,
     exported: bool,
     started: Instant,
 }
 
-impl Observation {
-    pub fn start(server: &'static str, route: &str, request: &Request) -> Observation {
+impl<'r> Observation<'r> {
+    pub fn start(server: &'static str, route: &'r str, request: &Request) -> Observation<'r> {
+        let started = Instant::now();
         let exported = crate::telemetry::traces_exported();
         Observation {
             server,
+            route,
             span: request_span(server, route, request, exported),
             exported,
-            started: Instant::now(),
+            started,
         }
     }
 
@@ -77,13 +79,18 @@ impl Observation {
         self.span.as_ref()
     }
 
-    /// Counts and times the request under `route`.
-    pub fn finish(self, route: &str, response: &Response) {
+    /// Counts and times the request under its route.
+    pub fn finish(self, response: &Response) {
         let status = response.status().as_u16();
         if let (Some(span), true) = (&self.span, self.exported) {
             span.record("http.response.status_code", status);
         }
-        crate::metrics::global().http_request(self.server, route, status, self.started.elapsed());
+        crate::metrics::global().http_request(
+            self.server,
+            self.route,
+            status,
+            self.started.elapsed(),
+        );
     }
 }
 

@@ -144,8 +144,9 @@ impl Service<Request> for DeviceApi {
         }
         let state = self.state.clone();
         let client = self.client_of(&request);
-        // The steps of `guarded` inside those of `observed`, written out: one future for the
-        // whole check instead of one nested future per step, each moved into its parent.
+        // The steps of `guard_device_request` inside those of the observation layer, written
+        // out: one future for the whole check instead of one nested future per step, each
+        // moved into its parent.
         Box::pin(async move {
             let observation = observe::Observation::start("device", UPDATES_ROUTE, &request);
             let response = match refuse_if_limited(&state, client) {
@@ -158,7 +159,7 @@ impl Service<Request> for DeviceApi {
                     })
                 }
             };
-            observation.finish(UPDATES_ROUTE, &response);
+            observation.finish(&response);
             Ok(response)
         })
     }
@@ -172,30 +173,18 @@ fn rate_limited(routes: Router<AppState>, state: &AppState) -> Router<AppState> 
     ))
 }
 
+/// The rate limit of the request's address, then the answer within the request timeout (the
+/// device port's `POST /updates` takes the same steps in `DeviceApi::call`).
 async fn guard_device_request(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let client = state.client_ip.of_request(&request);
-    guarded(&state, client, request, |request| next.run(request)).await
-}
-
-/// The rate limit of `client`, then `answer` within the request timeout.
-async fn guarded<F, Answer>(
-    state: &AppState,
-    client: IpAddr,
-    request: Request,
-    answer: F,
-) -> Response
-where
-    F: FnOnce(Request) -> Answer,
-    Answer: Future<Output = Response>,
-{
-    if let Some(refused) = refuse_if_limited(state, client) {
+    if let Some(refused) = refuse_if_limited(&state, client) {
         return refused;
     }
-    or_timed_out(limited_in_time(state, answer(request)).await)
+    or_timed_out(limited_in_time(&state, next.run(request)).await)
 }
 
 /// The request timeout as a layer (`/stats`, which has its own per-event limit).
