@@ -101,12 +101,7 @@ impl Catalog {
     /// A check answered from the caches awaits nothing; the reads of a miss are boxed, so
     /// every check's future stays the size of a hit's (it is moved as the request starts).
     pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<DeviceTarget, CatalogError> {
-        let overrides = match self.targets.overrides(&device.release.app_id) {
-            Ok(overrides) => overrides,
-            Err(generation) => {
-                Box::pin(self.read_overrides(&device.release.app_id, generation)).await?
-            }
-        };
+        let overrides = self.overrides_of(&device.release.app_id).await?;
         let overridden = override_in(&overrides, device);
         let (channel, choice) = match &overridden {
             Some(found) => (&found.channel, found.choice),
@@ -197,7 +192,8 @@ impl Catalog {
     pub(super) async fn overrides_of(&self, app_id: &str) -> Result<OverrideMap, CatalogError> {
         match self.targets.overrides(app_id) {
             Ok(overrides) => Ok(overrides),
-            Err(generation) => self.read_overrides(app_id, generation).await,
+            // Boxed: the read's state would make every check's future larger.
+            Err(generation) => Box::pin(self.read_overrides(app_id, generation)).await,
         }
     }
 

@@ -20,35 +20,40 @@ pub enum FieldValue<'a> {
 }
 
 /// Declares the fields a [`DeviceObject`] keeps: their names in [`FIELDS`], and the slot of
-/// each name, found by a `match` on the name instead of a scan of the fields read.
+/// each name (its place in the list), found by comparing it with each kept name in turn
+/// instead of a scan of the fields read.
 macro_rules! kept_fields {
-    ($($slot:literal => $name:literal),* $(,)?) => {
+    ($($name:literal),* $(,)?) => {
         /// The InfoObject fields the update check reads (`DeviceInfo::from_fields`); a
         /// [`DeviceObject`] keeps these and no others.
-        pub const FIELDS: [&str; kept_fields!(@count $($name)*)] = [$($name),*];
+        pub const FIELDS: [&str; [$($name),*].len()] = [$($name),*];
 
+        #[allow(unused_assignments)] // the count after the last name
         fn slot_of(name: &str) -> Option<usize> {
-            match name {
-                $($name => Some($slot),)*
-                _ => None,
-            }
+            let mut slot = 0;
+            $(
+                if name == $name {
+                    return Some(slot);
+                }
+                slot += 1;
+            )*
+            None
         }
     };
-    (@count $($name:literal)*) => { 0 $(+ { let _ = $name; 1 })* };
 }
 
 kept_fields! {
-    0 => "platform",
-    1 => "app_id",
-    2 => "device_id",
-    3 => "version_build",
-    4 => "version_code",
-    5 => "version_name",
-    6 => "plugin_version",
-    7 => "defaultChannel",
-    8 => "key_id",
-    9 => "is_emulator",
-    10 => "is_prod",
+    "platform",
+    "app_id",
+    "device_id",
+    "version_build",
+    "version_code",
+    "version_name",
+    "plugin_version",
+    "defaultChannel",
+    "key_id",
+    "is_emulator",
+    "is_prod",
 }
 
 /// The [`FIELDS`] of a flat JSON object, each where its name puts it (a repeated name: the last
