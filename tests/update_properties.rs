@@ -8,7 +8,7 @@ use capgo_server::domain::channel_policy::{ChannelChoice, ChannelRules, UpdatePo
 use capgo_server::domain::device::{DeviceInfo, RefusalKind};
 use capgo_server::domain::update::{decide, ChannelTarget, UpdateAnswer};
 use capgo_server::domain::{
-    Bundle, BundleEncryption, ChannelName, Platform, PluginVersion, RecordId, ReleaseKey,
+    Bundle, BundleEncryption, ChannelName, Platform, PluginVersion, RecordId, ReleaseRef,
 };
 
 const VERSIONS: &[&str] = &[
@@ -60,14 +60,14 @@ prop_compose! {
                 key_id in proptest::option::of(proptest::sample::select(&["KEYA", "KEYB"][..])),
                 platform in proptest::sample::select(&[Platform::Ios, Platform::Android, Platform::Electron][..]),
                 is_emulator in proptest::option::of(any::<bool>()),
-                is_prod in proptest::option::of(any::<bool>())) -> DeviceInfo {
+                is_prod in proptest::option::of(any::<bool>())) -> DeviceInfo<'static> {
         DeviceInfo {
-            release: ReleaseKey { platform, app_id: "com.example.app".into(), version_name: "1.0.0".into(), version_code: "1".into() },
+            release: ReleaseRef { platform, app_id: "com.example.app", version_name: "1.0.0", version_code: "1" },
             device_id: "d".into(),
-            version_name: version_name.into(),
+            version_name,
             plugin_version,
             channel: None,
-            key_id: key_id.map(Into::into),
+            key_id,
             is_emulator,
             is_prod,
         }
@@ -172,7 +172,7 @@ proptest! {
     fn answers_do_not_depend_on_the_device_id((bundle, _) in bundle(), device in device(), rules in rules(),
                                               choice in choice(), other_id in "[a-f0-9-]{1,36}") {
         let target = ChannelTarget { channel: beta(), url: "https://cdn.example.com/b.zip".into(), is_builtin: false, bundle, rules, manifest: None, memo: Default::default() };
-        let renamed = DeviceInfo { device_id: other_id, ..device.clone() };
+        let renamed = DeviceInfo { device_id: other_id.into(), ..device.clone() };
         prop_assert_eq!(decide(&device, &target, choice), decide(&renamed, &target, choice));
     }
 }

@@ -17,7 +17,7 @@ use crate::domain::rollout;
 use crate::domain::stats::StatsEvent;
 use crate::domain::targeting::{DeviceOverride, OverrideSource};
 use crate::domain::update::{decide, ChannelTarget, UpdateAnswer};
-use crate::domain::{now_millis, ChannelName, Release, ReleaseKey};
+use crate::domain::{now_millis, ChannelName, Release, ReleaseRef};
 use crate::error::Chain;
 use crate::store::{BundleRecord, ServedRecords, ServedRollout, StoreError};
 
@@ -30,8 +30,8 @@ struct FoundOverride {
 /// The override of `overrides` that decides a device's channel, if any: forced ones always, a
 /// choice the server remembered only for plugins that keep none themselves (a device that
 /// updated its plugin follows its own choice again).
-fn override_in(overrides: &OverrideMap, device: &DeviceInfo) -> Option<FoundOverride> {
-    let found = overrides.get(&device.device_id)?;
+fn override_in(overrides: &OverrideMap, device: &DeviceInfo<'_>) -> Option<FoundOverride> {
+    let found = overrides.get(device.device_id.as_ref())?;
     let choice = if found.source.is_forced() {
         ChannelChoice::Forced
     } else if device
@@ -58,7 +58,7 @@ pub struct DeviceTarget {
 
 impl DeviceTarget {
     /// The answer the device gets.
-    pub fn answer(&self, device: &DeviceInfo) -> UpdateAnswer {
+    pub fn answer(&self, device: &DeviceInfo<'_>) -> UpdateAnswer {
         match self.resolution.as_ref() {
             Resolved::Target(served) => {
                 let target = match &served.canary {
@@ -100,8 +100,11 @@ impl Catalog {
     /// When the metadata store is unreachable, the last known answer is served, however old.
     /// A check answered from the caches awaits nothing; the reads of a miss are boxed, so
     /// every check's future stays the size of a hit's (it is moved as the request starts).
-    pub async fn resolve_target(&self, device: &DeviceInfo) -> Result<DeviceTarget, CatalogError> {
-        let overrides = self.overrides_of(&device.release.app_id).await?;
+    pub async fn resolve_target(
+        &self,
+        device: &DeviceInfo<'_>,
+    ) -> Result<DeviceTarget, CatalogError> {
+        let overrides = self.overrides_of(device.release.app_id).await?;
         let overridden = override_in(&overrides, device);
         let (channel, choice) = match &overridden {
             Some(found) => (&found.channel, found.choice),
@@ -110,32 +113,32 @@ impl Catalog {
                 None => (ChannelName::default_ref(), ChannelChoice::Default),
             },
         };
-        let resolution = match self.targets.get(&device.release, channel) {
+        let resolution = match self.targets.get(device.release, channel) {
             Lookup::Fresh(resolution) => {
                 crate::metrics::global().cache_lookup(true);
                 resolution
             }
             Lookup::Stale(last_known, generation) => {
-                Box::pin(self.load(&device.release, channel, Some(last_known), generation)).await?
+                Box::pin(self.load(device.release, channel, Some(last_known), generation)).await?
             }
             Lookup::Missing(generation) => {
-                Box::pin(self.load(&device.release, channel, None, generation)).await?
+                Box::pin(self.load(device.release, channel, None, generation)).await?
             }
         };
         let mut in_canary = false;
         match resolution.as_ref() {
             Resolved::Unregistered(_) => {
-                self.unregistered.note(&device.release, &device.device_id);
+                self.unregistered.note(device.release, &device.device_id);
             }
             Resolved::Target(served) => {
                 // Plugins 8.44+ on the builtin bundle send the native version as its name.
                 let running = if device.runs_builtin() {
                     BUILTIN_VERSION
                 } else {
-                    &device.version_name
+                    device.version_name
                 };
                 self.fleet.note_check(
-                    &device.release,
+                    device.release,
                     channel,
                     running,
                     &device.device_id,
@@ -163,14 +166,14 @@ impl Catalog {
     /// expired), remembered at `generation`; when the store is unreachable, `last_known`.
     async fn load(
         &self,
-        release: &ReleaseKey,
+        release: ReleaseRef<'_>,
         channel: &ChannelName,
         last_known: Option<Resolution>,
         generation: u64,
     ) -> Result<Resolution, CatalogError> {
         crate::metrics::global().cache_lookup(false);
         let key = TargetKey {
-            release: release.clone(),
+            release: release.to_key(),
             channel: channel.clone(),
         };
         match (self.load_target(&key).await, last_known) {

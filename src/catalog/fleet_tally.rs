@@ -12,7 +12,7 @@ use crate::domain::fleet::{FleetCount, FleetKey, Span};
 use crate::domain::rollout::event_version;
 use crate::domain::sketch::device_hash;
 use crate::domain::stats::{aggregated_action, StatsEvent};
-use crate::domain::{ChannelName, ReleaseKey, UnixMillis};
+use crate::domain::{ChannelName, ReleaseRef, UnixMillis};
 
 /// Most keys (hour, build, channel, bundle or report) tallied between two flushes.
 pub const MAX_KEYS: usize = 20_000;
@@ -123,7 +123,7 @@ impl FleetTally {
     /// A device of `release` on `channel` checked in running `bundle`.
     pub fn note_check(
         &self,
-        release: &ReleaseKey,
+        release: ReleaseRef<'_>,
         channel: &ChannelName,
         bundle: &str,
         device_id: &str,
@@ -136,11 +136,11 @@ impl FleetTally {
                 release: r,
                 channel: c,
                 bundle: b,
-            } => r == release && c == channel && b == bundle,
+            } => release == *r && c == channel && b == bundle,
             FleetKey::Report { .. } => false,
         };
         self.note(slot, hour, matches, device_id, || FleetKey::Check {
-            release: release.clone(),
+            release: release.to_key(),
             channel: channel.clone(),
             bundle: bundle.to_string(),
         });
@@ -237,6 +237,7 @@ impl FleetTally {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::ReleaseKey;
 
     fn release() -> ReleaseKey {
         ReleaseKey::example()
@@ -248,10 +249,16 @@ mod tests {
         let production = ChannelName::default_channel();
         const HOUR: i64 = 3_600_000;
         for (device, at) in [("a", 10), ("b", 10), ("a", HOUR + 10)] {
-            tally.note_check(&release(), &production, "1.0.1", device, at);
+            tally.note_check(release().as_ref(), &production, "1.0.1", device, at);
         }
-        tally.note_check(&release(), &production, "builtin", "c", 10);
-        tally.note_check(&release(), &production, "1.0.1", "d", 86_400_000 + 5);
+        tally.note_check(release().as_ref(), &production, "builtin", "c", 10);
+        tally.note_check(
+            release().as_ref(),
+            &production,
+            "1.0.1",
+            "d",
+            86_400_000 + 5,
+        );
         tally.note_reports(&[
             StatsEvent::example("a", "set", "1.0.1"),
             StatsEvent::example("b", "download_fail", "1.0.1:assets/a.js"),
@@ -326,12 +333,12 @@ mod tests {
         // 1,000 devices, 200 checks each, in rounds (each round every device once).
         for _ in 0..200 {
             for device in &devices {
-                tally.note_check(&release(), &production, "1.0.1", device, 10);
+                tally.note_check(release().as_ref(), &production, "1.0.1", device, 10);
             }
         }
         // One more device, checking 50,000 times alone.
         for _ in 0..50_000 {
-            tally.note_check(&release(), &production, "1.0.1", "busy", 10);
+            tally.note_check(release().as_ref(), &production, "1.0.1", "busy", 10);
         }
         let state = tally.state.lock().unwrap();
         let held = state.notes;
@@ -362,7 +369,7 @@ mod tests {
         let tally = FleetTally::default();
         let production = ChannelName::default_channel();
         for n in 0..MAX_KEYS + 10 {
-            tally.note_check(&release(), &production, &n.to_string(), "a", 0);
+            tally.note_check(release().as_ref(), &production, &n.to_string(), "a", 0);
         }
         assert_eq!(
             tally.take().len(),

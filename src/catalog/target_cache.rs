@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::domain::device::DeviceRefusal;
 use crate::domain::targeting::DeviceOverride;
 use crate::domain::update::ChannelTarget;
-use crate::domain::{ChannelName, RecordId, ReleaseKey};
+use crate::domain::{ChannelName, RecordId, ReleaseKey, ReleaseRef};
 
 /// What a release and channel resolve to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,21 +73,21 @@ pub struct TargetKey {
 /// device's check, so a check that the cache answers copies none of the device's strings into
 /// a key (the map finds entries through `Borrow<dyn KeyParts>`).
 trait KeyParts {
-    fn release(&self) -> &ReleaseKey;
+    fn release(&self) -> ReleaseRef<'_>;
     fn channel(&self) -> &ChannelName;
 }
 
 impl KeyParts for TargetKey {
-    fn release(&self) -> &ReleaseKey {
-        &self.release
+    fn release(&self) -> ReleaseRef<'_> {
+        self.release.as_ref()
     }
     fn channel(&self) -> &ChannelName {
         &self.channel
     }
 }
 
-impl KeyParts for (&ReleaseKey, &ChannelName) {
-    fn release(&self) -> &ReleaseKey {
+impl KeyParts for (ReleaseRef<'_>, &ChannelName) {
+    fn release(&self) -> ReleaseRef<'_> {
         self.0
     }
     fn channel(&self) -> &ChannelName {
@@ -158,7 +158,7 @@ impl TargetCache {
     }
 
     /// What the cache knows about `release` on `channel`.
-    pub fn get(&self, release: &ReleaseKey, channel: &ChannelName) -> Lookup {
+    pub fn get(&self, release: ReleaseRef<'_>, channel: &ChannelName) -> Lookup {
         let parts: &dyn KeyParts = &(release, channel);
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
         self.lookup(state.entries.get(parts), state.generation)
@@ -249,7 +249,7 @@ mod tests {
 
     fn lookup(cache: &TargetCache) -> Lookup {
         let key = key();
-        cache.get(&key.release, &key.channel)
+        cache.get(key.release.as_ref(), &key.channel)
     }
 
     fn resolution() -> Resolution {
@@ -277,12 +277,12 @@ mod tests {
         cache.store(key(), 0, resolution());
         let stored = key();
         assert!(matches!(
-            cache.get(&stored.release, &stored.channel),
+            cache.get(stored.release.as_ref(), &stored.channel),
             Lookup::Fresh(_)
         ));
         let beta = ChannelName::parse("beta").unwrap();
         assert!(matches!(
-            cache.get(&stored.release, &beta),
+            cache.get(stored.release.as_ref(), &beta),
             Lookup::Missing(0)
         ));
         let other_build = ReleaseKey {
@@ -290,7 +290,7 @@ mod tests {
             ..stored.release.clone()
         };
         assert!(matches!(
-            cache.get(&other_build, &stored.channel),
+            cache.get(other_build.as_ref(), &stored.channel),
             Lookup::Missing(0)
         ));
     }
@@ -300,7 +300,7 @@ mod tests {
         use std::hash::BuildHasher;
         let hasher = std::collections::hash_map::RandomState::new();
         let key = key();
-        let parts: &dyn KeyParts = &(&key.release, &key.channel);
+        let parts: &dyn KeyParts = &(key.release.as_ref(), &key.channel);
         assert_eq!(hasher.hash_one(&key), hasher.hash_one(parts));
         assert!(parts == (&key as &dyn KeyParts));
     }

@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 use crate::domain::targeting::{UnregisteredBuild, MAX_DEVICES_COUNTED};
-use crate::domain::{now_millis, ReleaseKey, UnixMillis};
+use crate::domain::{now_millis, ReleaseKey, ReleaseRef, UnixMillis};
 
 /// Builds tallied in memory between flushes; past it new builds wait for the next flush.
 const MAX_BUILDS_TALLIED: usize = 200;
@@ -29,15 +29,16 @@ struct Tally {
 }
 
 impl UnregisteredTally {
-    /// Counts one check of `key` by `device_id`.
-    pub fn note(&self, key: &ReleaseKey, device_id: &str) {
+    /// Counts one check of `release` by `device_id`.
+    pub fn note(&self, release: ReleaseRef<'_>, device_id: &str) {
+        let key = release.to_key();
         let device = self.hasher.hash_one(device_id);
         let now = now_millis();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !state.contains_key(key) && state.len() >= MAX_BUILDS_TALLIED {
+        if !state.contains_key(&key) && state.len() >= MAX_BUILDS_TALLIED {
             return;
         }
-        let tally = state.entry(key.clone()).or_insert_with(|| Tally {
+        let tally = state.entry(key).or_insert_with(|| Tally {
             devices: HashSet::new(),
             checks: 0,
             first_seen: now,
@@ -104,13 +105,13 @@ mod tests {
     fn counts_checks_per_flush_and_devices_since_start() {
         let tally = UnregisteredTally::default();
         for device in ["a", "b", "a"] {
-            tally.note(&build(1), device);
+            tally.note(build(1).as_ref(), device);
         }
         let taken = tally.take();
         assert_eq!(taken.len(), 1);
         assert_eq!((taken[0].devices, taken[0].checks), (2, 3));
         assert!(tally.take().is_empty(), "no new checks, nothing to write");
-        tally.note(&build(1), "c");
+        tally.note(build(1).as_ref(), "c");
         let taken = tally.take();
         assert_eq!((taken[0].devices, taken[0].checks), (3, 1));
         tally.restore(&taken);
@@ -120,7 +121,7 @@ mod tests {
             "a failed flush is written next time"
         );
         tally.forget(&build(1));
-        tally.note(&build(1), "d");
+        tally.note(build(1).as_ref(), "d");
         assert_eq!(tally.take()[0].devices, 1);
     }
 
@@ -128,10 +129,10 @@ mod tests {
     fn memory_is_bounded() {
         let tally = UnregisteredTally::default();
         for code in 0..MAX_BUILDS_TALLIED + 50 {
-            tally.note(&build(code), "a");
+            tally.note(build(code).as_ref(), "a");
         }
         for device in 0..MAX_DEVICES_COUNTED + 10 {
-            tally.note(&build(0), &device.to_string());
+            tally.note(build(0).as_ref(), &device.to_string());
         }
         let taken = tally.take();
         assert_eq!(taken.len(), MAX_BUILDS_TALLIED);

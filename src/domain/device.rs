@@ -1,13 +1,15 @@
 //! What a device sends: the plugin's "InfoObject", read leniently where plugins differ and
 //! strictly where a wrong value would mislead the update decision.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::channel_policy::DeviceTraits;
 use super::device_object::{DeviceObject, FieldValue};
 use super::stats::MAX_DEVICE_ID_LEN;
-use super::{ChannelName, Platform, PluginVersion, ReleaseKey};
+use super::{ChannelName, Platform, PluginVersion, ReleaseRef};
 
 /// How the plugin treats a refusal (`kind` in the answer): `up_to_date` and `blocked` end
 /// quietly, `failed` also emits `downloadFailed` and a `download_fail` stat.
@@ -207,14 +209,18 @@ impl<'a> DeviceFields<'a> {
     }
 
     /// A device id: at most 36 characters, lowercased (plugins before 7 sent uppercase).
-    pub fn device_id(&self) -> Result<String, DeviceRefusal> {
+    pub fn device_id(&self) -> Result<Cow<'a, str>, DeviceRefusal> {
         let device_id = self.required_str("device_id")?;
         if device_id.len() > MAX_DEVICE_ID_LEN {
             return Err(DeviceRefusal::invalid(format!(
                 "device_id is longer than {MAX_DEVICE_ID_LEN} characters"
             )));
         }
-        Ok(device_id.to_ascii_lowercase())
+        Ok(if device_id.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(device_id.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(device_id)
+        })
     }
 
     /// The channel a device asks for in `field` (`defaultChannel` or `channel`).
@@ -228,49 +234,46 @@ impl<'a> DeviceFields<'a> {
 /// The version name a device reports while it runs the bundle shipped in the binary.
 pub const BUILTIN_VERSION: &str = "builtin";
 
-/// What `POST /updates` needs from a device.
+/// What `POST /updates` needs from a device, borrowed from its request body (a check the
+/// caches answer copies none of it).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
-    pub release: ReleaseKey,
-    pub device_id: String,
+pub struct DeviceInfo<'a> {
+    pub release: ReleaseRef<'a>,
+    /// Lowercased: a copy only when the device sent capitals (plugins before 7).
+    pub device_id: Cow<'a, str>,
     /// The bundle the device runs now: a bundle version, `builtin`, or (plugin 8.44+ on the
     /// builtin bundle) the native `version_build`.
-    pub version_name: String,
+    pub version_name: &'a str,
     pub plugin_version: Option<PluginVersion>,
     /// The channel chosen with `setChannel` or configured as `defaultChannel`.
     pub channel: Option<ChannelName>,
-    pub key_id: Option<String>,
+    pub key_id: Option<&'a str>,
     pub is_emulator: Option<bool>,
     pub is_prod: Option<bool>,
 }
 
-impl DeviceInfo {
-    pub fn parse(body: &Value) -> Result<DeviceInfo, DeviceRefusal> {
+impl<'a> DeviceInfo<'a> {
+    pub fn parse(body: &'a Value) -> Result<DeviceInfo<'a>, DeviceRefusal> {
         DeviceInfo::from_fields(&DeviceFields::new(body)?)
     }
 
     /// What `fields` say, or why the device is refused.
-    pub fn from_fields(fields: &DeviceFields) -> Result<DeviceInfo, DeviceRefusal> {
+    pub fn from_fields(fields: &DeviceFields<'a>) -> Result<DeviceInfo<'a>, DeviceRefusal> {
         let traits = fields.traits()?;
-        let app_id = fields.required_str("app_id")?;
-        let device_id = fields.device_id()?;
-        let version_build = fields.required_str("version_build")?;
-        let version_code = fields.required_str("version_code")?;
         Ok(DeviceInfo {
-            release: ReleaseKey {
+            release: ReleaseRef {
                 platform: traits.platform,
-                app_id: app_id.to_string(),
-                version_name: version_build.to_string(),
-                version_code: version_code.to_string(),
+                app_id: fields.required_str("app_id")?,
+                version_name: fields.required_str("version_build")?,
+                version_code: fields.required_str("version_code")?,
             },
-            device_id,
+            device_id: fields.device_id()?,
             version_name: fields
                 .optional_str("version_name")?
-                .unwrap_or(BUILTIN_VERSION)
-                .to_string(),
+                .unwrap_or(BUILTIN_VERSION),
             plugin_version: fields.plugin_version()?,
             channel: fields.channel("defaultChannel")?,
-            key_id: fields.optional_str("key_id")?.map(str::to_string),
+            key_id: fields.optional_str("key_id")?,
             is_emulator: traits.is_emulator,
             is_prod: traits.is_prod,
         })
@@ -307,7 +310,8 @@ mod tests {
 
     #[test]
     fn parses_a_plugin_8_body() {
-        let info = DeviceInfo::parse(&plugin8()).unwrap();
+        let body = plugin8();
+        let info = DeviceInfo::parse(&body).unwrap();
         assert_eq!(info.release.platform, Platform::Android);
         assert_eq!(info.device_id, "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d");
         assert_eq!(info.channel, None);

@@ -31,7 +31,7 @@ pub use ids::RecordId;
 pub use ownership::{Actor, ResourceRef};
 pub use platform::Platform;
 pub use plugin_version::PluginVersion;
-pub use release::{Release, ReleaseKey};
+pub use release::{Release, ReleaseKey, ReleaseRef};
 
 /// Milliseconds since the Unix epoch: how every timestamp is stored.
 pub type UnixMillis = i64;

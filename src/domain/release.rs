@@ -1,10 +1,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use super::{ChannelName, Platform, RecordId, ResourceRef, UnixMillis};
 
 /// What identifies a native build: devices send these four in every request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ReleaseKey {
     pub platform: Platform,
     pub app_id: String,
@@ -28,7 +29,59 @@ impl ReleaseKey {
     }
 }
 
+impl ReleaseKey {
+    pub fn as_ref(&self) -> ReleaseRef<'_> {
+        ReleaseRef {
+            platform: self.platform,
+            app_id: &self.app_id,
+            version_name: &self.version_name,
+            version_code: &self.version_code,
+        }
+    }
+}
+
+/// A [`ReleaseKey`]'s hash is its [`ReleaseRef`]'s, so maps keyed by one can be searched with
+/// the other.
+impl Hash for ReleaseKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
 impl fmt::Display for ReleaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_ref().fmt(f)
+    }
+}
+
+/// A [`ReleaseKey`] borrowed from where its parts are, such as a device's request body: a check
+/// that the caches answer reads its build without copying the four parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReleaseRef<'a> {
+    pub platform: Platform,
+    pub app_id: &'a str,
+    pub version_name: &'a str,
+    pub version_code: &'a str,
+}
+
+impl ReleaseRef<'_> {
+    pub fn to_key(self) -> ReleaseKey {
+        ReleaseKey {
+            platform: self.platform,
+            app_id: self.app_id.to_string(),
+            version_name: self.version_name.to_string(),
+            version_code: self.version_code.to_string(),
+        }
+    }
+}
+
+impl PartialEq<ReleaseKey> for ReleaseRef<'_> {
+    fn eq(&self, other: &ReleaseKey) -> bool {
+        *self == other.as_ref()
+    }
+}
+
+impl fmt::Display for ReleaseRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,

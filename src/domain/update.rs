@@ -216,10 +216,10 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice
         // Back to the bundle inside the binary: a rollback, which no version rule prevents.
         return UpdateAnswer::RevertToBuiltin { version: "builtin" };
     }
-    if let Err(refusal) = target.bundle_check(&device.release.version_name) {
+    if let Err(refusal) = target.bundle_check(device.release.version_name) {
         return UpdateAnswer::Refused(refusal);
     }
-    if let (Some(bundle_key), Some(device_key)) = (bundle.key_id(), device.key_id.as_deref()) {
+    if let (Some(bundle_key), Some(device_key)) = (bundle.key_id(), device.key_id) {
         let checks_key = device.plugin_version.is_none_or(|v| v.checks_key_id());
         if bundle_key != device_key && checks_key {
             return UpdateAnswer::Refused(DeviceRefusal {
@@ -253,7 +253,7 @@ pub fn decide(device: &DeviceInfo, target: &ChannelTarget, choice: ChannelChoice
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{BundleEncryption, Platform, PluginVersion, RecordId, ReleaseKey};
+    use crate::domain::{BundleEncryption, Platform, PluginVersion, RecordId, ReleaseRef};
 
     fn bundle(version: &str) -> Bundle {
         Bundle {
@@ -273,16 +273,16 @@ mod tests {
         }
     }
 
-    fn device(version_name: &str, plugin: &str) -> DeviceInfo {
+    fn device<'a>(version_name: &'a str, plugin: &str) -> DeviceInfo<'a> {
         DeviceInfo {
-            release: ReleaseKey {
+            release: ReleaseRef {
                 platform: Platform::Ios,
-                app_id: "com.example.app".into(),
-                version_name: "1.0.0".into(),
-                version_code: "1".into(),
+                app_id: "com.example.app",
+                version_name: "1.0.0",
+                version_code: "1",
             },
             device_id: "d".into(),
-            version_name: version_name.into(),
+            version_name,
             plugin_version: PluginVersion::parse(plugin),
             channel: None,
             key_id: None,
@@ -395,7 +395,7 @@ mod tests {
             serde_json::to_value(decide_default(&dev, &target(encrypted.clone(), false))).unwrap();
         assert_eq!(json["checksum"], "c".repeat(512));
         assert_eq!(json["session_key"], "aXY=:a2V5");
-        dev.key_id = Some("KEYB".into());
+        dev.key_id = Some("KEYB");
         let json = serde_json::to_value(decide_default(&dev, &target(encrypted, false))).unwrap();
         assert_eq!(json["error"], "key_id_mismatch");
         assert_eq!(json["kind"], "blocked");

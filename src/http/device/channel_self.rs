@@ -3,6 +3,7 @@
 //! channel's settings (devices may only choose channels that allow it, for their platform and
 //! kind), reports overrides, and lists the channels a device may choose.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use axum::extract::{Query, State};
@@ -36,7 +37,7 @@ pub async fn set_channel(State(state): State<AppState>, DeviceBody(body): Device
         let fields = DeviceFields::new(&body)?;
         Ok((
             fields.required_str("app_id")?.to_string(),
-            fields.device_id()?,
+            fields.device_id()?.into_owned(),
             fields.traits()?,
             fields.plugin_version()?,
             fields.channel("channel")?,
@@ -94,7 +95,7 @@ pub async fn get_channel(State(state): State<AppState>, DeviceBody(body): Device
             fields.required_str("app_id")?.to_string(),
             fields
                 .optional_str("device_id")?
-                .map(|_| fields.device_id())
+                .map(|_| fields.device_id().map(Cow::into_owned))
                 .transpose()?,
             fields.channel("channel")?,
             fields.channel("defaultChannel")?,
@@ -195,7 +196,7 @@ pub async fn unset_channel(
             fields.required_str("app_id")?.to_string(),
             fields
                 .optional_str("device_id")?
-                .map(|_| fields.device_id())
+                .map(|_| fields.device_id().map(Cow::into_owned))
                 .transpose()?,
         ))
     });

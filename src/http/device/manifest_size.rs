@@ -19,7 +19,8 @@ pub async fn sizes(
     State(state): State<AppState>,
     DeviceBody(body): DeviceBody<MAX_MANIFEST_SIZE_BODY>,
 ) -> Response {
-    let (device, version, queries) = match body.and_then(|body| parse(&body)) {
+    let parsed = body.as_ref().map_err(Clone::clone).and_then(parse);
+    let (device, version, queries) = match parsed {
         Ok(parsed) => parsed,
         Err(refusal) => {
             return device_error(StatusCode::BAD_REQUEST, refusal.error, &refusal.message)
@@ -27,7 +28,7 @@ pub async fn sizes(
     };
     match state
         .catalog
-        .manifest_sizes(&device.release.app_id, &version, queries)
+        .manifest_sizes(device.release.app_id, &version, queries)
         .await
     {
         Ok(sizes) => Json(sizes).into_response(),
@@ -42,7 +43,7 @@ pub async fn sizes(
     }
 }
 
-fn parse(body: &Value) -> Result<(DeviceInfo, String, Vec<SizeQuery>), DeviceRefusal> {
+fn parse(body: &Value) -> Result<(DeviceInfo<'_>, String, Vec<SizeQuery>), DeviceRefusal> {
     let device = DeviceInfo::parse(body)?;
     let version = match body.get("version") {
         Some(Value::String(version)) if !version.is_empty() => version.clone(),

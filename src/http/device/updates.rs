@@ -6,7 +6,7 @@ use axum::Json;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use super::{device_info, read_body, server_refusal, MAX_DEVICE_BODY};
+use super::{read_body, server_refusal, InfoObject, MAX_DEVICE_BODY};
 use crate::domain::update::UpdateAnswer;
 use crate::http::AppState;
 
@@ -20,10 +20,15 @@ pub async fn check_for_update(State(state): State<AppState>, request: Request) -
 /// The update check, for the route and for the device port's own dispatch
 /// ([`super::DeviceApi`]): the body read and the check are its only waits, in one future.
 pub async fn check_request(state: &AppState, request: Request) -> Response {
-    let answer = match read_body(request, MAX_DEVICE_BODY)
-        .await
-        .and_then(|bytes| device_info(&bytes))
-    {
+    let bytes = match read_body(request, MAX_DEVICE_BODY).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return respond(UpdateAnswer::refused(refusal)),
+    };
+    let object = match InfoObject::read(&bytes) {
+        Ok(object) => object,
+        Err(refusal) => return respond(UpdateAnswer::refused(refusal)),
+    };
+    let answer = match object.device() {
         Ok(device) => match state.catalog.resolve_target(&device).await {
             Ok(target) => target.answer(&device),
             Err(error) => UpdateAnswer::refused(server_refusal(&error)),
