@@ -48,6 +48,21 @@ fn override_in(overrides: &OverrideMap, device: &DeviceInfo<'_>) -> Option<Found
     })
 }
 
+/// The channel a device's check reads, and how the device came to be on it: the one an
+/// override puts it on, else the one it asks for, else the default one.
+fn channel_of<'a>(
+    overridden: &'a Option<FoundOverride>,
+    device: &'a DeviceInfo<'_>,
+) -> (&'a ChannelName, ChannelChoice) {
+    match overridden {
+        Some(found) => (&found.channel, found.choice),
+        None => match &device.channel {
+            Some(channel) => (channel, ChannelChoice::ByDevice),
+            None => (ChannelName::default_ref(), ChannelChoice::Default),
+        },
+    }
+}
+
 /// What a device's check resolved to: what its channel serves, and how it came to be on it.
 pub struct DeviceTarget {
     pub resolution: Resolution,
@@ -104,16 +119,29 @@ impl Catalog {
         &self,
         device: &DeviceInfo<'_>,
     ) -> Result<DeviceTarget, CatalogError> {
-        let overrides = self.overrides_of(device.release.app_id).await?;
-        let overridden = override_in(&overrides, device);
-        let (channel, choice) = match &overridden {
-            Some(found) => (&found.channel, found.choice),
-            None => match &device.channel {
-                Some(channel) => (channel, ChannelChoice::ByDevice),
-                None => (ChannelName::default_ref(), ChannelChoice::Default),
-            },
+        // The overrides and the answer under one read of the cache, when it knows both.
+        let known = {
+            let cache = self.targets.view();
+            cache.overrides(device.release.app_id).map(|overrides| {
+                let overridden = override_in(overrides, device);
+                let lookup = cache.get(device.release, channel_of(&overridden, device).0);
+                (overridden, lookup)
+            })
         };
-        let resolution = match self.targets.get(device.release, channel) {
+        let (overridden, lookup) = match known {
+            Ok(known) => known,
+            Err(generation) => {
+                let app_id = device.release.app_id;
+                let overrides = Box::pin(self.read_overrides(app_id, generation)).await?;
+                let overridden = override_in(&overrides, device);
+                let lookup = self
+                    .targets
+                    .get(device.release, channel_of(&overridden, device).0);
+                (overridden, lookup)
+            }
+        };
+        let (channel, choice) = channel_of(&overridden, device);
+        let resolution = match lookup {
             Lookup::Fresh(resolution) => {
                 crate::metrics::global().cache_lookup(true);
                 resolution

@@ -7,7 +7,7 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use crate::domain::device::DeviceRefusal;
@@ -159,9 +159,16 @@ impl TargetCache {
 
     /// What the cache knows about `release` on `channel`.
     pub fn get(&self, release: ReleaseRef<'_>, channel: &ChannelName) -> Lookup {
-        let parts: &dyn KeyParts = &(release, channel);
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        self.lookup(state.entries.get(parts), state.generation)
+        self.view().get(release, channel)
+    }
+
+    /// The cache as it is now, for several reads under one lock (a device's check reads the
+    /// overrides, then the answer for the channel they give). Not to be held across an await.
+    pub fn view(&self) -> CacheView<'_> {
+        CacheView {
+            ttl: self.ttl,
+            state: self.state.read().unwrap_or_else(|e| e.into_inner()),
+        }
     }
 
     /// Stores a resolution computed at `generation`, unless a write happened since.
@@ -180,13 +187,7 @@ impl TargetCache {
     /// An app's overrides, if read since the last write and within [`OVERRIDES_MAX_AGE`]; else
     /// the generation to store them at.
     pub fn overrides(&self, app_id: &str) -> Result<OverrideMap, u64> {
-        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
-        match state.overrides.get(app_id) {
-            Some((read_at, overrides)) if read_at.elapsed() < OVERRIDES_MAX_AGE => {
-                Ok(overrides.clone())
-            }
-            _ => Err(state.generation),
-        }
+        self.view().overrides(app_id).cloned()
     }
 
     /// Stores an app's overrides read at `generation`, unless a write happened since.
@@ -203,16 +204,6 @@ impl TargetCache {
             .insert(app_id.to_string(), (Instant::now(), overrides));
     }
 
-    fn lookup(&self, entry: Option<&(Instant, Resolution)>, generation: u64) -> Lookup {
-        match entry {
-            Some((stored_at, value)) if stored_at.elapsed() < self.ttl => {
-                Lookup::Fresh(value.clone())
-            }
-            Some((_, value)) => Lookup::Stale(value.clone(), generation),
-            None => Lookup::Missing(generation),
-        }
-    }
-
     /// Forgets one app's overrides (a device changed its own choice): the answers stay, as
     /// they do not depend on who is on a channel. In-flight reads started before are not kept.
     pub fn invalidate_overrides(&self, app_id: &str) {
@@ -226,6 +217,35 @@ impl TargetCache {
         state.generation += 1;
         state.entries.clear();
         state.overrides.clear();
+    }
+}
+
+/// A read of the [`TargetCache`] ([`TargetCache::view`]): its lookups, under one read lock.
+pub struct CacheView<'a> {
+    ttl: Duration,
+    state: RwLockReadGuard<'a, CacheState>,
+}
+
+impl CacheView<'_> {
+    /// What the cache knows about `release` on `channel`.
+    pub fn get(&self, release: ReleaseRef<'_>, channel: &ChannelName) -> Lookup {
+        let parts: &dyn KeyParts = &(release, channel);
+        match self.state.entries.get(parts) {
+            Some((stored_at, value)) if stored_at.elapsed() < self.ttl => {
+                Lookup::Fresh(value.clone())
+            }
+            Some((_, value)) => Lookup::Stale(value.clone(), self.state.generation),
+            None => Lookup::Missing(self.state.generation),
+        }
+    }
+
+    /// An app's overrides, if read since the last write and within [`OVERRIDES_MAX_AGE`]; else
+    /// the generation to store them at.
+    pub fn overrides(&self, app_id: &str) -> Result<&OverrideMap, u64> {
+        match self.state.overrides.get(app_id) {
+            Some((read_at, overrides)) if read_at.elapsed() < OVERRIDES_MAX_AGE => Ok(overrides),
+            _ => Err(self.state.generation),
+        }
     }
 }
 
