@@ -216,7 +216,11 @@ impl<'a> DeviceFields<'a> {
                 "device_id is longer than {MAX_DEVICE_ID_LEN} characters"
             )));
         }
-        Ok(if device_id.bytes().any(|b| b.is_ascii_uppercase()) {
+        // A fold, not `any`: without an early exit the scan is vectorised (ids are 36 bytes).
+        let has_capitals = device_id
+            .bytes()
+            .fold(false, |seen, b| seen | b.is_ascii_uppercase());
+        Ok(if has_capitals {
             Cow::Owned(device_id.to_ascii_lowercase())
         } else {
             Cow::Borrowed(device_id)
