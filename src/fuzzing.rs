@@ -8,11 +8,11 @@ use crate::catalog::zip_check::{check_bundle_archive, MAX_ENTRIES, MAX_UNCOMPRES
 use crate::config::Config;
 use crate::domain::device::DeviceInfo;
 use crate::domain::stats::StatsEvent;
+use crate::http::device::InfoObject;
 
 /// A device request body through the parsers of `/updates`, `/channel_self` and `/stats`.
 pub fn device_request(data: &[u8]) {
-    // The borrowed read of /updates and the Value one agree.
-    crate::http::device::compare_both_reads(data);
+    compare_both_reads(data);
     let Ok(body) = crate::http::device::parse_json_body(data) else {
         return;
     };
@@ -27,6 +27,29 @@ pub fn device_request(data: &[u8]) {
     for event in events {
         let _ = StatsEvent::parse(event, 0);
     }
+}
+
+/// Reads `bytes` both ways, as `/updates` does ([`InfoObject`]) and through the plain `Value`
+/// parse, and panics unless both give the same device or the same refusal; true when they read a
+/// device. For the fuzz target and the unit tests of `http::device`.
+pub fn compare_both_reads(bytes: &[u8]) -> bool {
+    let value = crate::http::device::parse_json_body(bytes);
+    let through_value = value
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(DeviceInfo::parse);
+    let object = InfoObject::read(bytes);
+    let through_object = object
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(InfoObject::device);
+    assert_eq!(
+        through_object,
+        through_value,
+        "the two reads disagree on {}",
+        String::from_utf8_lossy(bytes)
+    );
+    through_object.is_ok()
 }
 
 /// Uploaded bytes through the bundle zip check; what it accepts stays within its limits.

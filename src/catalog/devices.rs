@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::target_cache::{Canary, Lookup, OverrideMap, Resolution, Resolved, Served, TargetKey};
+use super::target_cache::{
+    CacheView, Canary, Lookup, OverrideMap, Resolution, Resolved, Served, TargetKey,
+};
 use super::{Catalog, CatalogError};
 use crate::domain::channel::Channel;
 use crate::domain::channel_policy::{ChannelChoice, ChannelRules, DeviceTraits};
@@ -61,6 +63,17 @@ fn channel_of<'a>(
             None => (ChannelName::default_ref(), ChannelChoice::Default),
         },
     }
+}
+
+/// The override that decides a device's channel, and what `cache` knows about the channel.
+fn look_up(
+    cache: &CacheView<'_>,
+    overrides: &OverrideMap,
+    device: &DeviceInfo<'_>,
+) -> (Option<FoundOverride>, Lookup) {
+    let overridden = override_in(overrides, device);
+    let lookup = cache.get(device.release, channel_of(&overridden, device).0);
+    (overridden, lookup)
 }
 
 /// What a device's check resolved to: what its channel serves, and how it came to be on it.
@@ -122,22 +135,15 @@ impl Catalog {
         // The overrides and the answer under one read of the cache, when it knows both.
         let known = {
             let cache = self.targets.view();
-            cache.overrides(device.release.app_id).map(|overrides| {
-                let overridden = override_in(overrides, device);
-                let lookup = cache.get(device.release, channel_of(&overridden, device).0);
-                (overridden, lookup)
-            })
+            let overrides = cache.overrides(device.release.app_id);
+            overrides.map(|overrides| look_up(&cache, overrides, device))
         };
         let (overridden, lookup) = match known {
             Ok(known) => known,
             Err(generation) => {
                 let app_id = device.release.app_id;
                 let overrides = Box::pin(self.read_overrides(app_id, generation)).await?;
-                let overridden = override_in(&overrides, device);
-                let lookup = self
-                    .targets
-                    .get(device.release, channel_of(&overridden, device).0);
-                (overridden, lookup)
+                look_up(&self.targets.view(), &overrides, device)
             }
         };
         let (channel, choice) = channel_of(&overridden, device);

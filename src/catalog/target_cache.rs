@@ -157,11 +157,6 @@ impl TargetCache {
         }
     }
 
-    /// What the cache knows about `release` on `channel`.
-    pub fn get(&self, release: ReleaseRef<'_>, channel: &ChannelName) -> Lookup {
-        self.view().get(release, channel)
-    }
-
     /// The cache as it is now, for several reads under one lock (a device's check reads the
     /// overrides, then the answer for the channel they give). Not to be held across an await.
     pub fn view(&self) -> CacheView<'_> {
@@ -269,7 +264,7 @@ mod tests {
 
     fn lookup(cache: &TargetCache) -> Lookup {
         let key = key();
-        cache.get(key.release.as_ref(), &key.channel)
+        cache.view().get(key.release.as_ref(), &key.channel)
     }
 
     fn resolution() -> Resolution {
@@ -297,12 +292,12 @@ mod tests {
         cache.store(key(), 0, resolution());
         let stored = key();
         assert!(matches!(
-            cache.get(stored.release.as_ref(), &stored.channel),
+            cache.view().get(stored.release.as_ref(), &stored.channel),
             Lookup::Fresh(_)
         ));
         let beta = ChannelName::parse("beta").unwrap();
         assert!(matches!(
-            cache.get(stored.release.as_ref(), &beta),
+            cache.view().get(stored.release.as_ref(), &beta),
             Lookup::Missing(0)
         ));
         let other_build = ReleaseKey {
@@ -310,7 +305,7 @@ mod tests {
             ..stored.release.clone()
         };
         assert!(matches!(
-            cache.get(other_build.as_ref(), &stored.channel),
+            cache.view().get(other_build.as_ref(), &stored.channel),
             Lookup::Missing(0)
         ));
     }

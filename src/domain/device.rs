@@ -263,15 +263,20 @@ impl<'a> DeviceInfo<'a> {
 
     /// What `fields` say, or why the device is refused.
     pub fn from_fields(fields: &DeviceFields<'a>) -> Result<DeviceInfo<'a>, DeviceRefusal> {
+        // In this order: a body with several bad fields is refused for the first.
         let traits = fields.traits()?;
+        let app_id = fields.required_str("app_id")?;
+        let device_id = fields.device_id()?;
+        let version_build = fields.required_str("version_build")?;
+        let version_code = fields.required_str("version_code")?;
         Ok(DeviceInfo {
             release: ReleaseRef {
                 platform: traits.platform,
-                app_id: fields.required_str("app_id")?,
-                version_name: fields.required_str("version_build")?,
-                version_code: fields.required_str("version_code")?,
+                app_id,
+                version_name: version_build,
+                version_code,
             },
-            device_id: fields.device_id()?,
+            device_id,
             version_name: fields
                 .optional_str("version_name")?
                 .unwrap_or(BUILTIN_VERSION),
@@ -356,5 +361,14 @@ mod tests {
             DeviceInfo::parse(&json!([1, 2])).unwrap_err().kind,
             RefusalKind::Failed
         );
+
+        // Several bad fields: the first in reading order (app_id, device_id, version_build, ...)
+        // is the one named.
+        let mut body = plugin8();
+        body["device_id"] = json!("x".repeat(MAX_DEVICE_ID_LEN + 1));
+        body.as_object_mut().unwrap().remove("version_build");
+        let refusal = DeviceInfo::parse(&body).unwrap_err();
+        assert_eq!(refusal.error, "invalid_request");
+        assert!(refusal.message.contains("device_id"), "{}", refusal.message);
     }
 }

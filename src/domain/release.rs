@@ -40,8 +40,8 @@ impl ReleaseKey {
     }
 }
 
-/// A [`ReleaseKey`]'s hash is its [`ReleaseRef`]'s, so maps keyed by one can be searched with
-/// the other.
+/// A [`ReleaseKey`]'s hash is its [`ReleaseRef`]'s: the answer cache finds an entry stored under
+/// a key with the parts a device sent (`catalog::target_cache`'s `KeyParts`).
 impl Hash for ReleaseKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_ref().hash(state);

@@ -316,29 +316,6 @@ impl<'a> InfoObject<'a> {
     }
 }
 
-/// Reads `bytes` both ways, as [`InfoObject`] and through the plain `Value` parse, and panics
-/// unless both give the same device or the same refusal; true when they read a device. For the
-/// unit tests and the fuzz target.
-pub fn compare_both_reads(bytes: &[u8]) -> bool {
-    let value = parse_json_body(bytes);
-    let through_value = value
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(DeviceInfo::parse);
-    let object = InfoObject::read(bytes);
-    let through_object = object
-        .as_ref()
-        .map_err(Clone::clone)
-        .and_then(InfoObject::device);
-    assert_eq!(
-        through_object,
-        through_value,
-        "the two reads disagree on {}",
-        String::from_utf8_lossy(bytes)
-    );
-    through_object.is_ok()
-}
-
 /// A device request body as JSON, or the refusal devices get (also the fuzz target's entry).
 pub fn parse_json_body(bytes: &[u8]) -> Result<Value, DeviceRefusal> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -414,12 +391,12 @@ mod tests {
             format!("{{{device}, \"x\": \"\\ud800\"}}"),
         ];
         for body in &bodies {
-            compare_both_reads(body.as_bytes());
+            crate::fuzzing::compare_both_reads(body.as_bytes());
         }
         let mut not_utf8 = format!("{{{device}, \"version_name\": \"x\"}}").into_bytes();
         let at = not_utf8.len() - 3;
         not_utf8[at] = 0xff;
-        assert!(!compare_both_reads(&not_utf8));
+        assert!(!crate::fuzzing::compare_both_reads(&not_utf8));
         let object = InfoObject::read(bodies[1].as_bytes()).unwrap();
         let read = object.device().unwrap();
         assert!(matches!(object, InfoObject::Flat(_)));
@@ -492,7 +469,7 @@ mod tests {
                 };
                 body.splice(at..end, piece.iter().copied());
             }
-            if compare_both_reads(&body) {
+            if crate::fuzzing::compare_both_reads(&body) {
                 accepted += 1;
             } else {
                 refused += 1;
